@@ -1,0 +1,49 @@
+"""`skoracle`: one CLI, thin over the harness modules.
+
+Each subcommand lives in its own module that exposes `register(subparsers)`; the parser it
+adds sets `func`, which takes the parsed namespace and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from harness.errors import HarnessError
+from oracle.formats import OracleError
+
+#: Modules that contribute subcommands, in the order `--help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "harness.selfcheck",
+    "harness.fixtures",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skoracle",
+        description="Bit-exact oracle and parity harness for SKaiNET packed quantized weights.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (HarnessError, OracleError) as exc:
+        print(f"skoracle {args.command}: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print(f"skoracle {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""`skoracle selfcheck`: quantize and dequantize every format on generated rows (ordinary and
+adversarial), cross-check each against ggml's C library when it is built, print a table.
+
+Exit 0 when every comparison is exact, 1 when any differs, 2 when the C library was
+required (--require-c) but cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+from oracle import PACKED_TYPES, dequantize, quantize
+from oracle.samples import adversarial_rows, random_rows
+
+
+@dataclass
+class FormatCheck:
+    """One format's result: cases compared, mismatching cases, worst round-trip error."""
+
+    qtype: str
+    cases: int = 0
+    quantize_mismatch: tuple[str, ...] = ()
+    dequantize_mismatch: tuple[str, ...] = ()
+    max_abs_err: float = 0.0  # relative to the row's largest magnitude
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.quantize_mismatch or self.dequantize_mismatch)
+
+
+def sample_cases(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cases = adversarial_rows(rng)
+    cases["random_normal"] = random_rows(rng, 64, 1024)
+    return cases
+
+
+def check_format(qtype: str, cases: dict[str, np.ndarray], cref=None) -> FormatCheck:
+    """Compare the oracle with the C library (when given) on every case."""
+    res = FormatCheck(qtype)
+    qbad, dbad = [], []
+    t0 = time.perf_counter()
+    for name, x in cases.items():
+        raw = quantize(qtype, x)
+        y = dequantize(qtype, raw)
+        res.cases += 1
+        if name.startswith("random"):
+            res.max_abs_err = max(res.max_abs_err, float(np.abs(y - x).max() / np.abs(x).max()))
+        if cref is not None:
+            if not np.array_equal(raw, cref.quantize(qtype, x)):
+                qbad.append(name)
+            if not np.array_equal(y.view(np.uint32), cref.dequantize(qtype, raw).view(np.uint32)):
+                dbad.append(name)
+    res.seconds = time.perf_counter() - t0
+    res.quantize_mismatch, res.dequantize_mismatch = tuple(qbad), tuple(dbad)
+    return res
+
+
+def load_cref(required: bool):
+    """The C library, or None (with the reason printed) when it is not built here."""
+    from harness.cref import CRef, is_built
+
+    if not is_built() and not required:
+        return None, "ggml C library not built (run `python3 -m harness.cref build`)"
+    try:
+        return CRef.load(build_if_missing=required), ""
+    except HarnessError as exc:
+        if required:
+            raise
+        return None, str(exc)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    cref, why = load_cref(args.require_c)
+    if cref is None:
+        console.print(f"[yellow]C cross-check skipped:[/] {why}")
+    cases = sample_cases(args.seed)
+    table = Table(title=f"oracle selfcheck (seed {args.seed}, {len(cases)} cases per format)")
+    for col in ("format", "vs ggml C: quantize bytes", "dequantize bits", "max |err|/max|x| (normal)",
+                "time"):
+        table.add_column(col)
+    results = [check_format(q, cases, cref) for q in PACKED_TYPES]
+    for r in results:
+        if cref is None:
+            qv = dv = "[yellow]not compared[/]"
+        else:
+            qv = "[green]equal[/]" if not r.quantize_mismatch else f"[red]DIFF {r.quantize_mismatch}"
+            dv = "[green]equal[/]" if not r.dequantize_mismatch else f"[red]DIFF {r.dequantize_mismatch}"
+        table.add_row(r.qtype, qv, dv, f"{r.max_abs_err:.2e}", f"{r.seconds:.2f}s")
+    console.print(table)
+    bad = [r.qtype for r in results if not r.ok]
+    if bad:
+        console.print(f"[red]selfcheck FAILED for {', '.join(bad)}[/]")
+        return 1
+    verdict = "bit-exact with ggml's C reference" if cref else "ran (no C cross-check)"
+    console.print(f"[green]selfcheck passed:[/] {len(results)} formats {verdict}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selfcheck", help="quantize/dequantize every format, cross-check with C")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p.add_argument("--require-c", action="store_true",
+                   help="build/load ggml's C library and fail (exit 2) if impossible")
+    p.set_defaults(func=run)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# All set-up for a fresh machine, idempotent: Debian packages, the Python package and its
+# test extras, and ggml's C reference library built from the llama-cpp-python sdist (cached).
+# Every step skips itself when already done, so running it before each command costs seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# --- Debian packages -------------------------------------------------------------------
+APT_PACKAGES=(
+  cmake                        # ggml C reference build
+  qemu-user                    # aarch64 programs under qemu-aarch64 -cpu cortex-a76
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
+  dropbear-bin openssh-client  # board-in-a-box SSH server, ssh-keygen
+  busybox-static               # board-in-a-box userland
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Python ----------------------------------------------------------------------------
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import oracle, harness, kernels_ref, numpy, gguf, jpype, elftools, paramiko, pytest, hypothesis, rich, matplotlib" 2>/dev/null \
+   || ! "$PY" -m pip show skainet-oracle 2>/dev/null | grep -q "Editable project location: $(pwd)$"; then
+  echo "setup: installing the Python package and test extras"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+fi
+
+# --- ggml's C reference (quantize_row_*_ref, dequantize_row_*, CPU vec_dot) -----------------
+"$PY" -m harness.cref build
