@@ -53,7 +53,8 @@ def check_format(qtype: str, cases: dict[str, np.ndarray], cref=None) -> FormatC
         y = dequantize(qtype, raw)
         res.cases += 1
         if name.startswith("random"):
-            res.max_abs_err = max(res.max_abs_err, float(np.abs(y - x).max() / np.abs(x).max()))
+            rel = float(np.abs(y - x).max() / np.abs(x).max())
+            res.max_abs_err = max(res.max_abs_err, rel)
         if cref is not None:
             if not np.array_equal(raw, cref.quantize(qtype, x)):
                 qbad.append(name)
@@ -85,16 +86,16 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]C cross-check skipped:[/] {why}")
     cases = sample_cases(args.seed)
     table = Table(title=f"oracle selfcheck (seed {args.seed}, {len(cases)} cases per format)")
-    for col in ("format", "vs ggml C: quantize bytes", "dequantize bits", "max |err|/max|x| (normal)",
-                "time"):
+    for col in ("format", "vs ggml C: quantize bytes", "dequantize bits",
+                "max |err|/max|x| (normal)", "time"):
         table.add_column(col)
     results = [check_format(q, cases, cref) for q in PACKED_TYPES]
     for r in results:
         if cref is None:
             qv = dv = "[yellow]not compared[/]"
         else:
-            qv = "[green]equal[/]" if not r.quantize_mismatch else f"[red]DIFF {r.quantize_mismatch}"
-            dv = "[green]equal[/]" if not r.dequantize_mismatch else f"[red]DIFF {r.dequantize_mismatch}"
+            qv, dv = (f"[red]DIFF {bad}" if bad else "[green]equal[/]"
+                      for bad in (r.quantize_mismatch, r.dequantize_mismatch))
         table.add_row(r.qtype, qv, dv, f"{r.max_abs_err:.2e}", f"{r.seconds:.2f}s")
     console.print(table)
     bad = [r.qtype for r in results if not r.ok]

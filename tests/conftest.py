@@ -1,13 +1,2 @@
-"""Session fixtures shared by the test modules."""
-
-from __future__ import annotations
-
-import pytest
-
-from harness.cref import CRef
-
-
-@pytest.fixture(scope="session")
-def cref() -> CRef:
-    """ggml's C reference library (built and cached by `python3 -m harness.cref build`)."""
-    return CRef.load()
+"""Fixtures for the project's own tests. The shared session fixtures (`cref`, ...) come from
+the project's pytest plugin, harness/pytest_plugin.py, registered as a pytest11 entry point."""
