@@ -37,6 +37,26 @@ def fp16_to_f32(h: np.ndarray) -> np.ndarray:
     return f32_from_bits(sign | chosen)
 
 
+_FP16_TABLE: np.ndarray | None = None
+
+
+def fp16_table() -> np.ndarray:
+    """float32 of every one of the 65536 fp16 bit patterns, built once by `fp16_to_f32`
+    itself, so a table look-up carries every bit of the literal conversion (NaN
+    quieting included)."""
+    global _FP16_TABLE
+    if _FP16_TABLE is None:
+        table = fp16_to_f32(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16))
+        table.setflags(write=False)
+        _FP16_TABLE = table
+    return _FP16_TABLE
+
+
+def fp16_lookup_f32(h: np.ndarray) -> np.ndarray:
+    """`fp16_to_f32(h)` by table look-up (bit-identical, several times faster)."""
+    return fp16_table()[np.asarray(h, dtype=np.uint16)]
+
+
 def f32_to_fp16(f: np.ndarray) -> np.ndarray:
     """ggml_compute_fp32_to_fp16: round to nearest even, overflow to Inf, NaN -> 0x7E00."""
     f = np.ascontiguousarray(f, dtype=F32)
@@ -75,6 +95,34 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (i & np.int32(0x007FFFFF)) - np.int32(0x00400000)
 
 
+_MAGIC = F32(12582912.0)  # 1.5 * 2**23, nearest_int's rounding constant
+
+
+def nearest_int_clip_f32(v: np.ndarray, lo: int, hi: int, out: np.ndarray | None = None,
+                         scratch: np.ndarray | None = None) -> np.ndarray:
+    """`MAX(lo, MIN(hi, nearest_int(v)))` as float32 codes, computed in the float domain.
+
+    With s = v + 1.5*2^23 rounded to float32, nearest_int reads s's mantissa minus 2^22.
+    Whenever 2^23 <= s < 2^24 the float32 spacing there is 1, so that mantissa is exactly
+    s - 2^23 and nearest_int(v) == s - 1.5*2^23, which float32 computes exactly (and as +0,
+    never -0). Only when some s falls outside that binade (|v| >= 2^22, Inf, NaN) does the C
+    code return mantissa garbage; then the literal bit emulation `nearest_int` is used.
+    `out` and `scratch` are optional float32 buffers shaped like v (neither may alias v).
+    """
+    v = np.asarray(v, dtype=F32)
+    out = np.empty(v.shape, F32) if out is None else out
+    s = np.empty(v.shape, F32) if scratch is None else scratch
+    with np.errstate(all="ignore"):
+        np.add(v, _MAGIC, out=s)
+        if s.size and not (s.min() >= F32(2.0**23) and s.max() < F32(2.0**24)):
+            # min()/max() propagate NaN, so any NaN fails the test above as well
+            codes = np.clip(nearest_int(v), lo, hi)
+            out[...] = codes
+            return out
+        np.subtract(s, _MAGIC, out=out)
+    return np.clip(out, F32(lo), F32(hi), out=out)
+
+
 def roundf(v: np.ndarray) -> np.ndarray:
     """C roundf: to nearest, ties AWAY from zero (np.round would tie to even)."""
     v = np.asarray(v, dtype=F32)
@@ -109,9 +157,23 @@ def seqsum(terms: np.ndarray, start_zero: bool = True) -> np.ndarray:
 
     `start_zero=True` models `float s = 0; for (...) s += t[i];` (so a first term of -0.0
     gives +0.0); False models `float s = t[0]; for (i = 1; ...)`.
-    ufunc.accumulate is sequential, unlike np.sum's pairwise summation.
+
+    For a C-contiguous (n, G) array with G >= 2, `np.add.reduce(axis=0)` adds whole rows
+    into the running (G,) result one row after another, which is exactly the C order and
+    touches the data once. np.sum's pairwise (8-way unrolled) summation only happens when
+    the reduced axis is the contiguous inner loop, i.e. for a single column or a
+    non-C-contiguous layout; those take the always-sequential ufunc.accumulate instead.
     """
     terms = np.asarray(terms, dtype=F32)
+    if terms.ndim >= 2 and terms.size and terms.flags.c_contiguous:
+        flat = terms.reshape(terms.shape[0], -1)
+        if flat.shape[1] >= 2:
+            with np.errstate(all="ignore"):
+                if start_zero:
+                    s = np.add.reduce(flat, axis=0, initial=F32(0))
+                else:
+                    s = np.add.reduce(flat, axis=0)
+            return s.reshape(terms.shape[1:])
     if start_zero:
         terms = np.concatenate([np.zeros((1,) + terms.shape[1:], F32), terms], axis=0)
     with np.errstate(all="ignore"):

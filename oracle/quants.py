@@ -23,8 +23,9 @@ from oracle.cfloat import (
     f32_to_bf16,
     f32_to_fp16,
     first_extreme,
-    fp16_to_f32,
+    fp16_lookup_f32,
     nearest_int,
+    nearest_int_clip_f32,
     roundf,
     seqsum,
 )
@@ -35,7 +36,7 @@ GROUP_MAX_EPS = F32(1e-15)
 
 def _half(raw: np.ndarray, off: int) -> np.ndarray:
     """The little-endian fp16 field at byte `off` of each block, as float32 (ggml decode)."""
-    return fp16_to_f32(raw[:, off : off + 2].copy().view("<u2")[:, 0])
+    return fp16_lookup_f32(raw[:, off : off + 2].copy().view("<u2")[:, 0])
 
 
 def _half_bytes(v: np.ndarray) -> np.ndarray:
@@ -53,6 +54,38 @@ def _qh_bits(raw: np.ndarray, off: int, nbits: int) -> np.ndarray:
 def _pack_qh(bits: np.ndarray) -> np.ndarray:
     """(N, nbits) 0/1 -> packed little-endian bytes (inverse of `_qh_bits`)."""
     return np.packbits(bits.astype(np.uint8), axis=1, bitorder="little")
+
+
+#: Dequantize works through runs of blocks of about this many values, so that its uint8 and
+#: float32 temporaries stay in a core's L2 cache instead of streaming through memory.
+DEQUANT_CHUNK_VALUES = 1 << 15
+
+
+def _dequantize_chunked(raw: np.ndarray, block: int, kernel, *per_block: np.ndarray) -> np.ndarray:
+    """float32 (N, block) filled by `kernel(raw_rows, out_rows, *per_block_rows)` one run of
+    blocks at a time; `per_block` are arrays with one leading entry per block (the scales,
+    decoded for all blocks at once)."""
+    out = np.empty((raw.shape[0], block), F32)
+    step = max(1, DEQUANT_CHUNK_VALUES // block)
+    with np.errstate(all="ignore"):
+        for start in range(0, raw.shape[0], step):
+            rows = slice(start, start + step)
+            kernel(raw[rows], out[rows], *(a[rows] for a in per_block))
+    return out
+
+
+def _nibbles_into(qs: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
+    """`qs & 0xF` into `low` and `qs >> 4` into `high` (uint8 arrays shaped like qs)."""
+    np.bitwise_and(qs, 0xF, out=low)
+    np.right_shift(qs, 4, out=high)
+
+
+def _or_fifth_bits(codes: np.ndarray, qh: np.ndarray) -> None:
+    """`codes |= bit << 4` for Q5_0/Q5_1: bit j of the little-endian 32-bit qh belongs to
+    element j (C: `((qh >> j) << 4) & 0x10` and `(qh >> (j + 12)) & 0x10`)."""
+    bits = np.unpackbits(qh, axis=1, bitorder="little")
+    np.left_shift(bits, 4, out=bits)
+    np.bitwise_or(codes, bits, out=codes)
 
 
 class BlockFormat:
@@ -176,9 +209,11 @@ class Q8_0(BlockFormat):
 
     @classmethod
     def dequantize_blocks(cls, raw):
-        u = cls.unpack_blocks(raw)
-        with np.errstate(all="ignore"):
-            return u["qs"].astype(F32) * u["d"][:, None]
+        def kernel(raw, out, d):
+            out[...] = raw[:, 2:34].view(np.int8)  # (float)qs[j], exact
+            np.multiply(out, d, out=out)  # y = qs[j]*d
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None])
 
 
 def _split32(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,9 +252,14 @@ class Q4_0(BlockFormat):
 
     @classmethod
     def dequantize_blocks(cls, raw):
-        u = cls.unpack_blocks(raw)
-        with np.errstate(all="ignore"):
-            return u["qs"].astype(F32) * u["d"][:, None]
+        def kernel(raw, out, d):
+            q = np.empty(out.shape, np.uint8)
+            _nibbles_into(raw[:, 2:18], q[:, :16], q[:, 16:])
+            np.subtract(q, 8, out=q)  # wraps in uint8: the int8 view is (qs & 0xF) - 8
+            out[...] = q.view(np.int8)
+            np.multiply(out, d, out=out)  # y = x0*d
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None])
 
 
 @register
@@ -242,9 +282,15 @@ class Q5_0(BlockFormat):
 
     @classmethod
     def dequantize_blocks(cls, raw):
-        u = cls.unpack_blocks(raw)
-        with np.errstate(all="ignore"):
-            return u["qs"].astype(F32) * u["d"][:, None]
+        def kernel(raw, out, d):
+            q = np.empty(out.shape, np.uint8)
+            _nibbles_into(raw[:, 6:22], q[:, :16], q[:, 16:])
+            _or_fifth_bits(q, raw[:, 2:6])
+            np.subtract(q, 16, out=q)  # the int8 view is ((qs & 0xF) | xh_0) - 16 etc.
+            out[...] = q.view(np.int8)
+            np.multiply(out, d, out=out)  # y = x0*d
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None])
 
 
 @register
@@ -269,9 +315,15 @@ class Q5_1(BlockFormat):
 
     @classmethod
     def dequantize_blocks(cls, raw):
-        u = cls.unpack_blocks(raw)
-        with np.errstate(all="ignore"):
-            return u["qs"].astype(F32) * u["d"][:, None] + u["m"][:, None]
+        def kernel(raw, out, d, m):
+            q = np.empty(out.shape, np.uint8)
+            _nibbles_into(raw[:, 8:24], q[:, :16], q[:, 16:])
+            _or_fifth_bits(q, raw[:, 4:8])
+            out[...] = q
+            np.multiply(out, d, out=out)  # y = x0*d + m, two roundings
+            np.add(out, m, out=out)
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None], _half(raw, 2)[:, None])
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,83 +335,125 @@ def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep):
 
     Returns (L uint8 (n, G), scale (G,), the_min (G,)). Loop order and float32 rounding
     follow the C code step by step: an improving step replaces BOTH scale and min, and the
-    later steps' iscale and codes use the new min.
+    later steps' iscale and codes use the new min. Each `for (i...)` of the C code is a
+    whole-array operation on (n, G) buffers; its float sums are `seqsum` (row order).
+    Instead of copying the winning codes at every step, the (iscale, min) pair that produced
+    them is kept and the codes are recomputed once at the end (the same float operations).
     """
+    x = np.ascontiguousarray(x, dtype=F32)
+    w = np.ascontiguousarray(w, dtype=F32)
     lo = first_extreme(x, axis=0, largest=False)
     hi = first_extreme(x, axis=0, largest=True)
     lo = np.where(lo > 0, F32(0), lo)
-    flat = hi == lo
+    flat = hi == lo  # C returns early (L = 0, scale 0); their lanes are masked at the end
     nm = F32(nmax)
+    xl, lf, t, wl = (np.empty_like(x) for _ in range(4))
+
+    def codes(iscale, lo):
+        """Laux[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min)))) as float32."""
+        np.subtract(x, lo, out=xl)
+        np.multiply(iscale, xl, out=xl)
+        return nearest_int_clip_f32(xl, 0, nmax, out=lf, scratch=t)
+
+    def weighted_error(scale, lo, lf):
+        """sum of w * (diff*diff) with diff = scale * L[i] + min - x[i]."""
+        np.multiply(scale, lf, out=t)
+        np.add(t, lo, out=t)
+        np.subtract(t, x, out=t)
+        np.multiply(t, t, out=t)
+        np.multiply(w, t, out=t)
+        return seqsum(t)
+
     with np.errstate(all="ignore"):
         sum_w = seqsum(w, start_zero=False)
         sum_x = seqsum(w * x, start_zero=False)
-        iscale = nm / (hi - lo)
+        iscale = nm / np.where(flat, F32(1), hi - lo)
         scale = F32(1) / iscale
-        L = np.clip(nearest_int(iscale * (x - lo)), 0, nmax)
-        diff = scale * L.astype(F32) + lo - x
-        best_error = seqsum(w * (diff * diff))
+        best_error = weighted_error(scale, lo, codes(iscale, lo))
+        best_iscale, best_lo = iscale, lo
         for step in range(nstep + 1):
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + nm) / (hi - lo)
-            laux = np.clip(nearest_int(iscale * (x - lo)), 0, nmax)
-            lf = laux.astype(F32)
-            wl = w * lf
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + nm) / np.where(flat, F32(1), hi - lo)
+            codes(iscale, lo)
+            np.multiply(w, lf, out=wl)
             sum_l = seqsum(wl)
-            sum_l2 = seqsum(wl * lf)
-            sum_xl = seqsum(wl * x)
+            sum_l2 = seqsum(np.multiply(wl, lf, out=t))
+            sum_xl = seqsum(np.multiply(wl, x, out=t))
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
             pos = this_min > 0
             this_min = np.where(pos, F32(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            d2 = this_scale * lf + this_min - x
-            cur_error = seqsum(w * (d2 * d2))
+            cur_error = weighted_error(this_scale, this_min, lf)
             better = (D > 0) & (cur_error < best_error) & ~flat
-            L = np.where(better, laux, L)
+            best_iscale = np.where(better, iscale, best_iscale)
+            best_lo = np.where(better, lo, best_lo)
             best_error = np.where(better, cur_error, best_error)
             scale = np.where(better, this_scale, scale)
             lo = np.where(better, this_min, lo)
-    L = np.where(flat, 0, L).astype(np.uint8)
+        L = codes(best_iscale, best_lo)
+    L = np.where(flat, F32(0), L).astype(np.uint8)
     scale = np.where(flat, F32(0), scale).astype(F32)
     return L, scale, (-lo).astype(F32)
 
 
 def _make_qx_quants(x, nmax):
     """ggml make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) for every group at once.
-    x: float32 (n, G) element-major. Returns (L int (n, G) in 0..2*nmax-1, scale (G,))."""
+    x: float32 (n, G) element-major. Returns (L int (n, G) in 0..2*nmax-1, scale (G,)).
+    As in `_make_qkx2_quants`, the winning iscale is kept and its codes rebuilt at the end."""
+    x = np.ascontiguousarray(x, dtype=F32)
     amax = np.abs(x).max(axis=0)
     mx = np.take_along_axis(x, np.argmax(np.abs(x), axis=0)[None, :], axis=0)[0]
     mx = np.where(amax > 0, mx, F32(0))
-    zero = amax < GROUP_MAX_EPS
+    zero = amax < GROUP_MAX_EPS  # C returns early (L = 0, scale 0); masked at the end
+    mx = np.where(zero, F32(1), mx)
+    lf, t, v = (np.empty_like(x) for _ in range(3))
     with np.errstate(all="ignore"):
         w = x * x
+        wx = w * x
 
     def codes(iscale):
-        return np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
+        """l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i]))) as float32."""
+        np.multiply(iscale, x, out=v)
+        return nearest_int_clip_f32(v, -nmax, nmax - 1, out=lf, scratch=t)
 
-    def sums(lv):
-        lf = lv.astype(F32)
-        return seqsum(w * x * lf), seqsum(w * lf * lf)
+    def sums(lf):
+        """sumlx += w*x[i]*l; suml2 += w*l*l (float32, in C's left-to-right order)."""
+        sumlx = seqsum(np.multiply(wx, lf, out=t))
+        np.multiply(w, lf, out=t)
+        return sumlx, seqsum(np.multiply(t, lf, out=t))
 
     with np.errstate(all="ignore"):
         iscale = F32(-nmax) / mx
-        lv = codes(iscale)
-        L = lv + nmax
-        sumlx, suml2 = sums(lv)
+        sumlx, suml2 = sums(codes(iscale))
+        best_iscale = iscale
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
         best = scale * sumlx
         for step in range(-9, 10):
             if step == 0:
                 continue
             iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
-            lv = codes(iscale)
-            sumlx, suml2 = sums(lv)
+            sumlx, suml2 = sums(codes(iscale))
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            L = np.where(better, lv + nmax, L)
+            best_iscale = np.where(better, iscale, best_iscale)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
+        L = codes(best_iscale).astype(np.int32) + nmax
     L = np.where(zero, 0, L)
     return L, np.where(zero, F32(0), scale).astype(F32)
+
+
+#: K-quant quantize works through this many super-blocks at a time, so the (n, groups)
+#: float32 buffers of the scale searches stay in a core's L2 cache.
+QUANT_CHUNK_BLOCKS = 256
+
+
+def _quantize_chunked(x: np.ndarray, nbytes: int, run) -> np.ndarray:
+    """uint8 (N, nbytes) from `run(x_rows)` over runs of blocks (blocks are independent)."""
+    out = np.empty((x.shape[0], nbytes), np.uint8)
+    for start in range(0, x.shape[0], QUANT_CHUNK_BLOCKS):
+        out[start : start + QUANT_CHUNK_BLOCKS] = run(x[start : start + QUANT_CHUNK_BLOCKS])
+    return out
 
 
 def _running_max(v: np.ndarray) -> np.ndarray:
@@ -399,6 +493,13 @@ def _from_nibble_planes(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([q & 0xF, q >> 4], axis=2).reshape(-1, 256)
 
 
+def _nibble_plane_codes_into(qs: np.ndarray, q: np.ndarray) -> None:
+    """`_from_nibble_planes` into uint8 q (N, 8, 32): per 64-chunk c, group 2c is
+    `ql[l] & 0xF` and group 2c+1 is `ql[l] >> 4`."""
+    q = q.reshape(-1, 4, 2, 32)
+    _nibbles_into(qs.reshape(-1, 4, 32), q[:, :, 0], q[:, :, 1])
+
+
 class _KQuantMinFormat(BlockFormat):
     """Q4_K and Q5_K: 8 groups of 32 with a 6-bit scale and min each, against fp16 d/dmin."""
 
@@ -410,7 +511,7 @@ class _KQuantMinFormat(BlockFormat):
     def _codes(cls, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """quantize_row_q{4,5}_K_ref up to the codes: returns (header bytes (N, 16), L (N, 256))."""
         nb = x.shape[0]
-        g = x.reshape(nb * 8, 32).T  # (32, G) element-major
+        g = np.ascontiguousarray(x.reshape(nb * 8, 32).T)  # (32, G) element-major
         with np.errstate(all="ignore"):
             av_x = np.sqrt(seqsum(g * g) / F32(32))
             weights = av_x + np.abs(g)
@@ -430,10 +531,14 @@ class _KQuantMinFormat(BlockFormat):
             d = _half(header, 0)[:, None] * sc.astype(F32)  # (nb, 8)
             dm = _half(header, 2)[:, None] * mn.astype(F32)
             xg = x.reshape(nb, 8, 32)
-            requant = np.clip(nearest_int((xg + dm[..., None]) / d[..., None]), 0, cls.nmax)
+            requant = nearest_int_clip_f32((xg + dm[..., None]) / d[..., None], 0, cls.nmax)
         L = L.T.reshape(nb, 8, 32)
         L = np.where((d != 0)[..., None], requant, L).reshape(nb, 256)
         return header, L.astype(np.int32)
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
 
     @classmethod
     def _scales(cls, raw: np.ndarray) -> dict[str, np.ndarray]:
@@ -441,13 +546,25 @@ class _KQuantMinFormat(BlockFormat):
         return {"d": _half(raw, 0), "dmin": _half(raw, 2), "sc": sc, "mn": mn}
 
     @classmethod
+    def _codes_into(cls, raw: np.ndarray, q: np.ndarray) -> None:
+        """The unsigned codes of `raw`'s blocks into uint8 q (N, 8, 32), group-major."""
+        raise NotImplementedError
+
+    @classmethod
     def dequantize_blocks(cls, raw):
-        u = cls.unpack_blocks(raw)
+        def kernel(raw, out, d1, m1):
+            q = np.empty((raw.shape[0], 8, 32), np.uint8)
+            cls._codes_into(raw, q)
+            out = out.reshape(q.shape)
+            out[...] = q
+            np.multiply(out, d1, out=out)  # y = d1 * q - m1, two roundings
+            np.subtract(out, m1, out=out)
+
+        sc, mn = _unpack_scale_min_k4(raw[:, 4:16])
         with np.errstate(all="ignore"):
-            d1 = u["d"][:, None] * u["sc"].astype(F32)  # d * sc, then dmin * m (float32)
-            m1 = u["dmin"][:, None] * u["mn"].astype(F32)
-            q = u["qs"].reshape(-1, 8, 32).astype(F32)
-            return (d1[..., None] * q - m1[..., None]).reshape(-1, 256)
+            d1 = _half(raw, 0)[:, None] * sc.astype(F32)  # d1 = d * sc, m1 = min * m
+            m1 = _half(raw, 2)[:, None] * mn.astype(F32)
+        return _dequantize_chunked(raw, 256, kernel, d1[..., None], m1[..., None])
 
 
 @register
@@ -458,13 +575,17 @@ class Q4_K(_KQuantMinFormat):
     nmax, rmin, nstep = 15, -1.0, 20
 
     @classmethod
-    def quantize_blocks(cls, x):
+    def _quantize_run(cls, x):
         header, L = cls._codes(x)
         return np.concatenate([header, _nibble_planes(L)], axis=1)
 
     @classmethod
     def unpack_blocks(cls, raw):
         return {**cls._scales(raw), "qs": _from_nibble_planes(raw[:, 16:144]).astype(np.uint8)}
+
+    @classmethod
+    def _codes_into(cls, raw, q):
+        _nibble_plane_codes_into(raw[:, 16:144], q)
 
 
 @register
@@ -475,7 +596,7 @@ class Q5_K(_KQuantMinFormat):
     nmax, rmin, nstep = 31, -0.5, 15
 
     @classmethod
-    def quantize_blocks(cls, x):
+    def _quantize_run(cls, x):
         header, L = cls._codes(x)
         hi = (L >> 4).reshape(-1, 4, 2, 32)  # (N, chunk, half, l) -> qh[l] bit 2*chunk+half
         qh = np.zeros((L.shape[0], 32), np.int32)
@@ -490,6 +611,18 @@ class Q5_K(_KQuantMinFormat):
         hi = np.stack([(qh >> k) & 1 for k in range(8)], axis=1)  # (N, 8 bits, 32)
         return {**cls._scales(raw), "qs": (low | (hi.reshape(-1, 256) << 4)).astype(np.uint8)}
 
+    @classmethod
+    def _codes_into(cls, raw, q):
+        """Group g = 2c+h holds `(ql[l] & 0xF or >> 4) + (qh[l] & (1 << g) ? 16 : 0)`."""
+        _nibble_plane_codes_into(raw[:, 48:176], q)
+        # qh as 4 little-endian 64-bit words: (word >> g) & 0x0101... has, in byte l, bit g of
+        # qh[l]; shifted left by 4 it is that byte's +16 for group g.
+        qh = np.ascontiguousarray(raw[:, 16:48]).view("<u8")[:, None, :]
+        hi = np.right_shift(qh, np.arange(8, dtype=np.uint64)[:, None])
+        np.bitwise_and(hi, np.uint64(0x0101010101010101), out=hi)
+        np.left_shift(hi, np.uint64(4), out=hi)
+        np.bitwise_or(q, hi.view(np.uint8), out=q)
+
 
 @register
 class Q6_K(BlockFormat):
@@ -499,8 +632,12 @@ class Q6_K(BlockFormat):
 
     @classmethod
     def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
+
+    @classmethod
+    def _quantize_run(cls, x):
         nb = x.shape[0]
-        g = x.reshape(nb * 16, 16).T
+        g = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, G) element-major
         L, scales = _make_qx_quants(g, 32)
         scales = scales.reshape(nb, 16)
         a = np.abs(scales)
@@ -516,7 +653,7 @@ class Q6_K(BlockFormat):
             sc8 = sc.astype(np.uint8).view(np.int8)
             d = _half(d_bytes, 0)[:, None] * sc8.astype(F32)
             xg = x.reshape(nb, 16, 16)
-            requant = np.clip(nearest_int(xg / d[..., None]), -32, 31) + 32
+            requant = nearest_int_clip_f32(xg / d[..., None], -32, 31).astype(np.int32) + 32
         L = L.T.reshape(nb, 16, 16)
         L = np.where((d != 0)[..., None], requant, L).reshape(nb, 256)
         c = L.reshape(nb, 2, 4, 32)  # (N, half of 128, quarter, l)
@@ -544,10 +681,25 @@ class Q6_K(BlockFormat):
 
     @classmethod
     def dequantize_blocks(cls, raw):
-        u = cls.unpack_blocks(raw)
+        shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
+
+        def kernel(raw, out, ds):
+            nb = raw.shape[0]
+            q = np.empty((nb, 2, 4, 32), np.uint8)  # (half of 128, quarter, l)
+            ql = raw[:, 0:128].reshape(nb, 2, 2, 32)  # ql[l] and ql[l + 32] of each half
+            _nibbles_into(ql, q[:, :, 0:2], q[:, :, 2:4])
+            hi = np.right_shift(raw[:, 128:192].reshape(nb, 2, 1, 32), shifts)  # qh[l] >> 2k
+            np.bitwise_and(hi, 3, out=hi)
+            np.left_shift(hi, 4, out=hi)
+            np.bitwise_or(q, hi, out=q)
+            np.subtract(q, 32, out=q)  # the int8 view is q1..q4 - 32
+            out = out.reshape(nb, 16, 16)
+            out[...] = q.view(np.int8).reshape(nb, 16, 16)
+            np.multiply(out, ds, out=out)  # y = (d * sc[is]) * q
+
         with np.errstate(all="ignore"):
-            ds = u["d"][:, None] * u["sc"].astype(F32)  # (d * sc) * q, as dequantize_row_q6_K
-            return (ds[..., None] * u["qs"].reshape(-1, 16, 16).astype(F32)).reshape(-1, 256)
+            ds = _half(raw, 208)[:, None] * raw[:, 192:208].view(np.int8).astype(F32)
+        return _dequantize_chunked(raw, 256, kernel, ds[..., None])
 
 
 # ---------------------------------------------------------------------------------------
