@@ -1,0 +1,213 @@
+"""`skoracle footprint MODEL.gguf`: resident weight bytes under two loading policies.
+
+Reads only the GGUF tensor table (gguf-py's GGUFReader memory-maps the file; no tensor data
+is touched) and prices every tensor under
+
+- `dequant-fp32`: what SKaiNET 0.30.0's converter did — token_embd and output expanded to
+  FP32 and both kept (a tied output, i.e. no output.weight tensor, is a second FP32 copy of
+  token_embd); every other tensor as stored;
+- `packed`: every packable weight kept in its GGUF blocks and the tied embedding/output
+  stored once; block formats SKaiNET cannot pack are priced as FP32.
+
+Float tensors (F32/F16/BF16) are priced as stored under both policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from oracle.formats import PACKED_TYPES, QTYPES
+
+POLICIES = ("dequant-fp32", "packed")
+EMBEDDING = "token_embd.weight"
+OUTPUT = "output.weight"
+PLAIN_FLOATS = tuple(n for n, q in QTYPES.items() if not q.packed)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'1.9GB' / '512MiB' / '2000000' -> bytes (decimal kB/MB/GB, binary KiB/MiB/GiB)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise HarnessError(f"{what}: cannot read {text!r} as a size (e.g. 1.9GB, 512MiB, 2000000)")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(value) or value < 0:
+        raise HarnessError(f"{what}: size must be a finite non-negative number, got {text!r}")
+    return int(value)
+
+
+def human(n: int) -> str:
+    """Bytes as decimal units: 178.3 MB, 1.42 GB."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class TensorCost:
+    """One tensor of the table and its resident bytes under each policy."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]  # rows first: [out, in] for a weight matrix
+    elements: int
+    stored_bytes: int
+    dequant_fp32: int
+    packed: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Footprint:
+    path: str
+    file_bytes: int
+    tied_output: bool
+    tensors: tuple[TensorCost, ...]
+
+    def total(self, policy: str) -> int:
+        key = policy.replace("-", "_")
+        return sum(getattr(t, key) for t in self.tensors)
+
+    def embedding_output(self, policy: str) -> int:
+        key = policy.replace("-", "_")
+        return sum(getattr(t, key) for t in self.tensors if t.name.startswith((EMBEDDING,
+                                                                                OUTPUT)))
+
+
+def _type_name(tensor_type: object) -> str:
+    return getattr(tensor_type, "name", str(tensor_type))
+
+
+def _price(name: str, type_name: str, elements: int, stored: int) -> tuple[int, int, str]:
+    fp32 = elements * 4
+    if name in (EMBEDDING, OUTPUT):
+        dequant = fp32
+    elif type_name in PACKED_TYPES or type_name in PLAIN_FLOATS:
+        dequant = stored
+    else:
+        dequant = fp32
+    if type_name in PACKED_TYPES or type_name in PLAIN_FLOATS:
+        return dequant, stored, ""
+    return dequant, fp32, f"{type_name} is not a SKaiNET packed format: priced as FP32"
+
+
+def read_footprint(path: str | os.PathLike[str]) -> Footprint:
+    """Price every tensor of a GGUF file from its tensor table (HarnessError on bad input)."""
+    from gguf import GGUFReader
+
+    p = Path(path)
+    if not p.is_file():
+        raise HarnessError(f"{p}: no such file")
+    size = p.stat().st_size
+    try:
+        reader = GGUFReader(p, "r")
+    except Exception as exc:  # a third-party parser on untrusted bytes: report, never trace
+        raise HarnessError(f"{p}: not a readable GGUF file ({type(exc).__name__}: {exc}); "
+                           f"truncated or corrupt?") from None
+    costs = []
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise HarnessError(f"{p}: truncated: tensor {t.name!r} needs bytes up to {end}, "
+                               f"the file has {size}")
+        type_name = _type_name(t.tensor_type)
+        shape = tuple(int(v) for v in reversed([int(s) for s in t.shape]))
+        dq, pk, note = _price(t.name, type_name, int(t.n_elements), int(t.n_bytes))
+        costs.append(TensorCost(t.name, type_name, shape, int(t.n_elements), int(t.n_bytes),
+                                dq, pk, note))
+    names = {c.name for c in costs}
+    tied = OUTPUT not in names and EMBEDDING in names
+    if tied:
+        emb = next(c for c in costs if c.name == EMBEDDING)
+        costs.append(TensorCost(f"{OUTPUT} (tied to {EMBEDDING})", emb.type, emb.shape,
+                                emb.elements, 0, emb.elements * 4, 0,
+                                "tied: a second FP32 copy under dequant-fp32, shared when packed"))
+    return Footprint(str(p), size, tied, tuple(costs))
+
+
+def report_json(fp: Footprint, budget: int, reserve: int) -> dict:
+    avail = budget - reserve
+    return {
+        "file": fp.path,
+        "file_bytes": fp.file_bytes,
+        "tied_output": fp.tied_output,
+        "budget_bytes": budget,
+        "reserve_bytes": reserve,
+        "policies": {
+            pol: {"total_bytes": fp.total(pol),
+                  "embedding_output_bytes": fp.embedding_output(pol),
+                  "fits": fp.total(pol) <= avail}
+            for pol in POLICIES
+        },
+        "tensors": [{**asdict(t), "shape": list(t.shape)} for t in fp.tensors],
+    }
+
+
+def render(fp: Footprint, budget: int, reserve: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze names into 80 columns
+        console = Console(width=132)
+    table = Table(title=f"{fp.path}: resident weight bytes", title_justify="left")
+    table.add_column("tensor", no_wrap=True)
+    table.add_column("type")
+    table.add_column("shape", justify="right")
+    table.add_column("stored", justify="right")
+    table.add_column("dequant-fp32", justify="right")
+    table.add_column("packed", justify="right")
+    for t in fp.tensors:
+        table.add_row(t.name, t.type, " x ".join(str(s) for s in t.shape), human(t.stored_bytes),
+                      human(t.dequant_fp32), human(t.packed))
+    table.add_section()
+    table.add_row("token_embd + output", "", "", "", human(fp.embedding_output("dequant-fp32")),
+                  human(fp.embedding_output("packed")), style="bold")
+    table.add_row("total", "", "", human(fp.file_bytes), human(fp.total("dequant-fp32")),
+                  human(fp.total("packed")), style="bold")
+    console.print(table)
+    avail = budget - reserve
+    where = f"budget {human(budget)}" + (f" - reserve {human(reserve)}" if reserve else "")
+    for pol in POLICIES:
+        total = fp.total(pol)
+        verdict = "[green]fits[/]" if total <= avail else "[red]exceeds[/]"
+        console.print(f"{pol:>13}: {human(total):>10} of weights  {verdict} {where} "
+                      f"({100.0 * total / max(avail, 1):.0f}% of {human(avail)})")
+    drop = fp.embedding_output("dequant-fp32"), fp.embedding_output("packed")
+    console.print(f"token_embd + output: {human(drop[0])} -> {human(drop[1])}"
+                  + (" (tied output)" if fp.tied_output else ""))
+
+
+def run(args: argparse.Namespace) -> int:
+    budget = parse_size(args.budget, "--budget")
+    reserve = parse_size(args.reserve, "--reserve")
+    fp = read_footprint(args.model)
+    if args.json:
+        print(json.dumps(report_json(fp, budget, reserve), indent=2))
+    else:
+        render(fp, budget, reserve)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "footprint",
+        help="resident weight bytes of a GGUF under dequant-fp32 vs packed loading",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="the .gguf file (only its tensor table is read)")
+    p.add_argument("--budget", default="1.9GB", help="memory budget (default 1.9GB)")
+    p.add_argument("--reserve", default="0",
+                   help="part of the budget kept for OS and runtime (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)

@@ -1,0 +1,16 @@
+"""Reference kernels for packed quantized weights, in each real kernel's float order.
+
+    y = matmul_wt(x, w_raw, "Q8_0", out_dim, in_dim, order="row_major", semantics="exact")
+    e = gather_rows(table_raw, "Q8_0", rows, cols, ids, scale=None, order="row_major")
+    b = error_bound(x, w_raw, "Q8_0", out_dim, in_dim)   # rigorous |kernel - exact| bound
+
+SEMANTICS maps each semantics name to a one-line description; the classes in
+`kernels_ref.semantics` name the source functions they model.
+"""
+
+from kernels_ref.bounds import error_bound
+from kernels_ref.fma import fma32
+from kernels_ref.matmul import gather_rows, matmul_wt
+from kernels_ref.semantics import SEMANTICS
+
+__all__ = ["SEMANTICS", "error_bound", "fma32", "gather_rows", "matmul_wt"]

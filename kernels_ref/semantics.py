@@ -1,0 +1,736 @@
+"""Float orders of the real kernels: one class per semantics, one method per block format.
+
+Every method takes the activations and the unpacked blocks of a chunk of output rows and
+returns float32 (batch, rows), computed in exactly the order of float32 operations the
+modelled kernel performs. Arrays are laid out element-major, (block, element, batch, row),
+so each step the kernel's order forces to be sequential is one NumPy operation across
+every block, batch row and output row of the chunk; the loops in Python only walk those
+few in-block steps (and the blocks, where the kernel accumulates across them in order).
+
+Sources read to build each model are named in the class docstrings (paths inside the
+SKaiNET-developers/SKaiNET repository and ggml's ggml-cpu/quants.c from llama.cpp as
+vendored by llama-cpp-python 0.3.36).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kernels_ref import activations
+from kernels_ref.fma import fma32
+from oracle import OracleError, dequantize, unpack
+from oracle.cfloat import F32
+
+# ----------------------------------------------------------------------------------------
+# element-major helpers
+
+
+def em_codes(a: np.ndarray, group: int | None = None) -> np.ndarray:
+    """Codes (rows, nb, B) -> (nb, B, 1, rows); with `group`, (nb, B/group, group, 1, rows)."""
+    t = np.moveaxis(a, 0, -1)[:, :, None, :]
+    if group is not None:
+        nb, b = t.shape[:2]
+        t = t.reshape(nb, b // group, group, 1, t.shape[-1])
+    return t
+
+
+def em_scale(a: np.ndarray, ones: int) -> np.ndarray:
+    """Per-block values (rows, nb[, k]) -> (nb[, k], <ones x 1>, rows) for broadcasting."""
+    t = np.moveaxis(a, 0, -1)
+    return t.reshape(t.shape[:-1] + (1,) * ones + t.shape[-1:])
+
+
+def em_x(x: np.ndarray, block: int, group: int | None = None) -> np.ndarray:
+    """Activations (batch, in) -> (nb, block, batch, 1) (or grouped like em_codes)."""
+    nb = x.shape[1] // block
+    t = x.reshape(x.shape[0], nb, block).transpose(1, 2, 0)[..., None]
+    if group is not None:
+        t = t.reshape(nb, block // group, group, x.shape[0], 1)
+    return t
+
+
+def f32(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=F32)
+
+
+def seq_add(terms: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
+    """acc (+0 when None) plus terms[0], terms[1], ... strictly in order (axis 0)."""
+    acc = np.zeros(terms.shape[1:], F32) if acc is None else acc
+    with np.errstate(all="ignore"):
+        for t in terms:
+            acc = acc + t
+    return acc
+
+
+def lane_fma(x: np.ndarray, w: np.ndarray, lanes: int) -> np.ndarray:
+    """A `lanes`-wide vector accumulator fed by FMA, from +0: axis 1 (the block's elements)
+    is walked `lanes` at a time, so lane j takes elements j, j+lanes, j+2*lanes, ..."""
+    acc = np.zeros((), F32)
+    for s in range(0, max(x.shape[1], w.shape[1]), lanes):
+        acc = fma32(x[:, s : s + lanes], w[:, s : s + lanes], acc)
+    return acc
+
+
+def lane_add(x: np.ndarray, lanes: int) -> np.ndarray:
+    """A `lanes`-wide vector accumulator of plain adds (acc = v + acc), from +0."""
+    acc = np.zeros((), F32)
+    with np.errstate(all="ignore"):
+        for s in range(0, x.shape[1], lanes):
+            acc = x[:, s : s + lanes] + acc
+    return f32(acc)
+
+
+def reduce_sequential(v: np.ndarray) -> np.ndarray:
+    """((0 + v0) + v1) + ... over axis 1: the strictly ordered lane reduction."""
+    return seq_add(np.moveaxis(v, 1, 0))
+
+
+def reduce_pairwise(v: np.ndarray) -> np.ndarray:
+    """Adjacent-pair tree over axis 1: (v0+v1)+(v2+v3) for 4 lanes, as AArch64 `faddp`
+    twice (the body of `vaddvq_f32`) computes it."""
+    with np.errstate(all="ignore"):
+        while v.shape[1] > 1:
+            v = v[:, 0::2] + v[:, 1::2]
+    return v[:, 0]
+
+
+def fmul(a: Any, b: Any) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return f32(f32(a) * f32(b))
+
+
+def fadd(a: Any, b: Any) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return f32(f32(a) + f32(b))
+
+
+def fsub(a: Any, b: Any) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return f32(f32(a) - f32(b))
+
+
+def as_f32(ints: np.ndarray) -> np.ndarray:
+    """C's (float) conversion of integers: round to nearest even (exact below 2**24)."""
+    return ints.astype(np.int64).astype(F32)
+
+
+
+def int_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact integer dot products a (n, batch, k) . b (n, k, rows) -> float64 (n, batch, rows).
+
+    The operands are small integers, so every product and partial sum is exact in float64
+    (well below 2**53), so no summation order can change the result. einsum, not BLAS:
+    the many small products here pay OpenBLAS's per-call threading cost otherwise."""
+    return np.einsum("...bk,...kr->...br", a, b, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------
+# registry
+
+
+class Semantics:
+    """Base: a named float order. Subclasses implement one method per format, named like
+    the format in lower case, taking (x, parts, prep) and returning float32 (batch, rows)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params: ClassVar[dict[str, Any]] = {}
+    #: format -> why this semantics has no kernel for it
+    refused: ClassVar[dict[str, str]] = {}
+    #: whether run() needs unpacked codes and scales (exact works from dequantized values)
+    needs_parts: ClassVar[bool] = True
+    #: whether the modelled kernel quantizes the activations (error_bound adds that error)
+    quantizes_activations: ClassVar[frozenset[str]] = frozenset()
+
+    #: (first row of the current chunk, rows in the whole matrix), set by matmul_wt before
+    #: each run(): a few kernels treat the block stored last in their array differently
+    window: tuple[int, int] = (0, 0)
+
+    def __init__(self, **opts: Any) -> None:
+        unknown = set(opts) - set(self.params)
+        if unknown:
+            allowed = ", ".join(self.params) or "none"
+            raise OracleError(f"semantics {self.name!r}: unknown option(s) "
+                              f"{', '.join(sorted(unknown))} (options: {allowed})")
+        self.opts = {**self.params, **opts}
+        self.check_opts()
+
+    def check_opts(self) -> None:
+        """Validate option values (OracleError)."""
+
+    def check_format(self, fmt: str) -> None:
+        """OracleError naming semantics and format when no such kernel exists."""
+        if fmt in self.refused:
+            raise OracleError(f"semantics {self.name!r} has no kernel for {fmt}: "
+                              f"{self.refused[fmt]}")
+        if not hasattr(self, fmt.lower()):
+            raise OracleError(f"semantics {self.name!r} has no kernel for {fmt}")
+
+    def prepare(self, fmt: str, x: np.ndarray) -> Any:
+        """Per-call work on the activations (e.g. quantizing them), shared by all chunks."""
+        return None
+
+    def run(self, fmt: str, x: np.ndarray, raw_rows: np.ndarray, parts: dict | None,
+            prep: Any) -> np.ndarray:
+        """float32 (batch, rows) for the chunk whose row-order bytes are `raw_rows`."""
+        return getattr(self, fmt.lower())(x, parts, prep)
+
+    def activation_values(self, fmt: str, x: np.ndarray) -> np.ndarray | None:
+        """The float activations the kernel effectively multiplies (codes times scales), for
+        kernels that quantize them; None when it uses x itself."""
+        return None
+
+
+REGISTRY: dict[str, type[Semantics]] = {}
+
+
+def register(cls: type[Semantics]) -> type[Semantics]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def make(name: str, **opts: Any) -> Semantics:
+    """Instantiate a semantics by name (OracleError listing the known ones)."""
+    try:
+        cls = REGISTRY[name]
+    except (KeyError, TypeError):
+        raise OracleError(f"unknown semantics {name!r}: expected one of "
+                          f"{', '.join(REGISTRY)}") from None
+    return cls(**opts)
+
+
+# ----------------------------------------------------------------------------------------
+# exact
+
+
+@register
+class Exact(Semantics):
+    """The yardstick: float64 sum of x times the dequantized float32 weights (oracle's
+    `dequantize`, i.e. ggml's dequantize_row_*), rounded to float32 once at the end.
+    Each float32 x float32 product is exact in float64."""
+
+    name = "exact"
+    description = "float64 accumulation of the dequantized weights, rounded once to float32"
+    needs_parts = False
+
+    def check_format(self, fmt: str) -> None:
+        pass
+
+    #: formats whose dequantized weight is q*d, exact in float32 (<= 8-bit code x fp16 scale)
+    SCALED_CODES: ClassVar[tuple[str, ...]] = ("Q8_0", "Q4_0", "Q5_0")
+
+    def run(self, fmt, x, raw_rows, parts, prep):
+        if fmt in self.SCALED_CODES:
+            p = unpack(fmt, raw_rows)
+            d = p["d"]
+            if np.isfinite(d).all():
+                # sum_b d_b * (sum_j x_j q_j): the same real sum as over x*w (w = q*d exactly),
+                # without materializing w; float64 throughout.
+                nb = d.shape[-1]
+                xb = prep.reshape(prep.shape[0], nb, -1)
+                inner = np.einsum("bnk,rnk->brn", xb, p["qs"].astype(F32), dtype=np.float64)
+                return np.einsum("brn,rn->br", inner, d.astype(np.float64)).astype(F32)
+        w = dequantize(fmt, raw_rows)
+        with np.errstate(all="ignore"):
+            # einsum casts w to float64 before multiplying: every product is exact
+            return np.einsum("bk,rk->br", prep, w, dtype=np.float64).astype(F32)
+
+    def prepare(self, fmt, x):
+        return x.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------
+# SKaiNET scalar (commonMain) kernels
+
+
+def q6k_weights(p: dict) -> np.ndarray:
+    """Q6_K weights as SKaiNET's dequantBlock builds them: (d*sc)*(q-32), (nb, 256, 1, rows)."""
+    scale = fmul(em_scale(p["d"], 3), em_scale(p["sc"], 2).astype(F32))  # (nb, 16, 1, 1, rows)
+    w = fmul(scale, em_codes(p["qs"], 16).astype(F32))
+    return w.reshape(w.shape[0], 256, *w.shape[3:])
+
+
+def kquant_scale_offset(p: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(d*sc, dmin*mn) per 32-group, (nb, 8, 1, rows): SKaiNET's scale and offset."""
+    scale = fmul(em_scale(p["d"], 2), em_scale(p["sc"], 1).astype(F32))
+    offset = fmul(em_scale(p["dmin"], 2), em_scale(p["mn"], 1).astype(F32))
+    return scale, offset
+
+
+def flat_blocks(t: np.ndarray) -> np.ndarray:
+    """(nb, k, batch, rows) -> (nb*k, batch, rows): the sequence a row accumulator walks."""
+    return t.reshape(-1, *t.shape[-2:])
+
+
+@register
+class SkainetScalar(Semantics):
+    """SKaiNET's scalar kernels (skainet-backend-cpu commonMain, sk/ainet/exec/kernel/
+    ScalarQ8_0MatmulKernel.kt, ScalarQ4_0-, ScalarQ5_0-, ScalarQ5_1-, ScalarQ4_K-,
+    ScalarQ5_K-, ScalarQ6_KMatmulKernel.kt): one float32 accumulator per output starting at
+    0, every operation rounded (JVM and Kotlin/Native float semantics, no FMA):
+
+    - Q8_0: per element in input order, `acc += input*code*d` = acc + ((x*code)*d).
+    - Q4_0: per block, j = 0..15: acc += (x[j]*(lo-8))*d, then acc += (x[j+16]*(hi-8))*d.
+    - Q5_0: w = d*(q-16); per j = 0..15: acc += (x[j]*w[j] + x[j+16]*w[j+16]).
+    - Q5_1: w = d*q + m; the same pairing as Q5_0.
+    - Q4_K / Q5_K: per 32-group in order, codeSum = sum of x*code and inputSum = sum of x (each
+      from 0, in order); acc += codeSum*(d*sc) - inputSum*(dmin*mn).
+    - Q6_K: the block dequantized as (d*sc)*(q-32), then acc += x*w in input order.
+    """
+
+    name = "skainet_scalar"
+    description = ("SKaiNET scalar kernel: one float32 accumulator per output, element by "
+                   "element in the kernel's order, no FMA")
+
+    def q8_0(self, x, p, prep):
+        t = fmul(fmul(em_x(x, 32), em_codes(p["qs"]).astype(F32)), em_scale(p["d"], 2))
+        return seq_add(flat_blocks(t))
+
+    def q4_0(self, x, p, prep):
+        t = fmul(fmul(em_x(x, 32), em_codes(p["qs"]).astype(F32)), em_scale(p["d"], 2))
+        interleave = np.stack([np.arange(16), np.arange(16, 32)], axis=1).reshape(-1)
+        return seq_add(flat_blocks(t[:, interleave]))
+
+    @staticmethod
+    def _pair_sums(x, w):
+        xw = fmul(em_x(x, 32), w)
+        return seq_add(flat_blocks(fadd(xw[:, :16], xw[:, 16:])))
+
+    def q5_0(self, x, p, prep):
+        return self._pair_sums(x, fmul(em_scale(p["d"], 2), em_codes(p["qs"]).astype(F32)))
+
+    def q5_1(self, x, p, prep):
+        w = fadd(fmul(em_scale(p["d"], 2), em_codes(p["qs"]).astype(F32)), em_scale(p["m"], 2))
+        return self._pair_sums(x, w)
+
+    def _kquant_min(self, x, p):
+        xg = em_x(x, 256, 32)  # (nb, 8, 32, batch, 1)
+        code_sum = seq_add(np.moveaxis(fmul(xg, em_codes(p["qs"], 32).astype(F32)), 2, 0))
+        input_sum = seq_add(np.moveaxis(xg, 2, 0))  # (nb, 8, batch, 1)
+        scale, offset = kquant_scale_offset(p)
+        return seq_add(flat_blocks(fsub(fmul(code_sum, scale), fmul(input_sum, offset))))
+
+    def q4_k(self, x, p, prep):
+        return self._kquant_min(x, p)
+
+    def q5_k(self, x, p, prep):
+        return self._kquant_min(x, p)
+
+    def q6_k(self, x, p, prep):
+        return seq_add(flat_blocks(fmul(em_x(x, 256), q6k_weights(p))))
+
+
+# ----------------------------------------------------------------------------------------
+# SKaiNET Panama (JDK Vector API) kernels
+
+
+@register
+class SkainetPanama(Semantics):
+    """SKaiNET's JVM Vector API kernels (skainet-backend-cpu jvmMain, sk/ainet/exec/kernel/
+    PanamaVectorQ8_0MatmulKernel.kt, -Q4_0-, -Q5_0-, -Q5_1-, PanamaVectorQ4KMatmulKernel.kt,
+    -Q5_K-, -Q6_K- (its dequant is JvmQuantizedVectorKernels.dequantQ6_KBlock)). `lanes` is
+    FloatVector.SPECIES_PREFERRED.length() (4 on NEON, 8 on AVX2, 16 on AVX-512): per block a
+    lane vector of `FloatVector.fma` (lane j takes elements j, j+lanes, ...), then
+    `reduceLanes(ADD)`, then into the float32 row accumulator (plain JVM float ops):
+
+    - Q8_0 / Q4_0: fma of x with the float codes (q-8 for Q4_0); acc += blockSum*d. (With 2 or
+      4 lanes the Q8_0 kernel loads 8 code bytes per step, so on the array's last block its
+      last load passes the array end; the model assumes the kernel gets that far.)
+    - Q5_0 / Q5_1: fma of x with the dequantized codeBuf (d*(q-16); d*q + m); acc += blockSum.
+    - Q4_K / Q5_K: per 32-group, a code vector (fma x*code) and an input vector (x + acc);
+      both reduced; acc += codeSum*(d*sc) - inputSum*(dmin*mn). With 2 or 4 lanes the
+      8-byte code load of the array's last group would pass the array end, so there the
+      loop stops early and a scalar tail finishes it (assumes the weight ByteArray ends
+      with the tensor, offset 0 — how SKaiNET allocates packed tensors).
+    - Q6_K: fma of x with (d*sc)*(q-32); acc += blockSum.
+
+    `reduction`: "sequential" is ((0 + l0) + l1) + ... — the Java fallback and HotSpot's
+    strictly ordered intrinsics (JDK 21); "pairwise" is the adjacent-pair tree AArch64
+    `faddp` gives, which newer HotSpot may use for Vector API reductions (order unspecified
+    by the API).
+    """
+
+    name = "skainet_panama"
+    description = ("SKaiNET JVM Vector API kernel: per block lane-vector FMA, reduceLanes(ADD), "
+                   "then the row accumulator (params lanes, reduction)")
+    params: ClassVar[dict[str, Any]] = {"lanes": 8, "reduction": "sequential"}
+
+    def check_opts(self):
+        if self.opts["lanes"] not in (2, 4, 8, 16):
+            raise OracleError(f"semantics 'skainet_panama': lanes must be 2, 4, 8 or 16 "
+                              f"(FloatVector species length), got {self.opts['lanes']!r}")
+        if self.opts["reduction"] not in ("sequential", "pairwise"):
+            raise OracleError("semantics 'skainet_panama': reduction must be 'sequential' "
+                              f"or 'pairwise', got {self.opts['reduction']!r}")
+
+    def _reduce(self, v):
+        if self.opts["reduction"] == "pairwise":
+            return reduce_pairwise(v)
+        return reduce_sequential(v)
+
+    def _block_sums(self, x, w, block):
+        return self._reduce(lane_fma(em_x(x, block), w, self.opts["lanes"]))  # (nb, batch, rows)
+
+    def q8_0(self, x, p, prep):
+        s = self._block_sums(x, em_codes(p["qs"]).astype(F32), 32)
+        return seq_add(fmul(s, em_scale(p["d"], 1)))
+
+    q4_0 = q8_0
+
+    def q5_0(self, x, p, prep):
+        w = fmul(em_scale(p["d"], 2), em_codes(p["qs"]).astype(F32))
+        return seq_add(self._block_sums(x, w, 32))
+
+    def q5_1(self, x, p, prep):
+        w = fadd(fmul(em_scale(p["d"], 2), em_codes(p["qs"]).astype(F32)), em_scale(p["m"], 2))
+        return seq_add(self._block_sums(x, w, 32))
+
+    def _kquant_min(self, x, p):
+        lanes = self.opts["lanes"]
+        xg = em_x(x, 256, 32)
+        nb = xg.shape[0]
+        xf = xg.reshape(nb * 8, 32, *xg.shape[3:])
+        cf = em_codes(p["qs"], 32).astype(F32)
+        cf = cf.reshape(nb * 8, 32, *cf.shape[3:])
+        code_sum = self._reduce(lane_fma(xf, cf, lanes)).reshape(nb, 8, -1, cf.shape[-1])
+        input_sum = self._reduce(lane_add(xf, lanes)).reshape(nb, 8, -1, 1)
+        scale, offset = kquant_scale_offset(p)
+        term = fsub(fmul(code_sum, scale), fmul(input_sum, offset))
+        start, out_dim = self.window
+        last = out_dim - 1 - start
+        if self._byte_load() > lanes and 0 <= last < code_sum.shape[-1]:
+            term[nb - 1, 6:, :, last] = self._array_end_terms(x, p, last, scale, offset)
+        return seq_add(flat_blocks(term))
+
+    def _byte_load(self) -> int:
+        """Bytes one ByteVector load reads: SPECIES_128 for 16 float lanes, else SPECIES_64."""
+        return 16 if self.opts["lanes"] == 16 else 8
+
+    def _array_end_terms(self, x, p, row, scale, offset):
+        """Q4_K/Q5_K's last 32-byte qs group in the weight array (the last input block of
+        the last output row, in SKaiNET's input-block-major array): the SIMD loop stops
+        where a `byteLoadLen`-byte load would pass the array end (`qsRegion + idx +
+        byteLoadLen <= weight.size`), and the scalar tail adds the rest after the lane
+        reduction, unfused. Returns the two group terms, (2, batch)."""
+        lanes = self.opts["lanes"]
+        simd = (32 - self._byte_load()) // lanes * lanes + lanes  # elements the loop takes
+        nb = p["qs"].shape[1]
+        out = []
+        for s in (6, 7):
+            xs = x[:, 256 * (nb - 1) + 32 * s : 256 * (nb - 1) + 32 * (s + 1)]  # (batch, 32)
+            c = p["qs"][row, nb - 1, 32 * s : 32 * (s + 1)].astype(F32)
+            xt, ct = xs.T[None], c[None, :, None]  # (1, 32, batch), (1, 32, 1)
+            cs = self._reduce(lane_fma(xt[:, :simd], ct[:, :simd], lanes))[0]
+            isum = self._reduce(lane_add(xt[:, :simd], lanes))[0]
+            for k in range(simd, 32):
+                cs = fadd(cs, fmul(xs[:, k], c[k]))
+                isum = fadd(isum, xs[:, k])
+            out.append(fsub(fmul(cs, scale[nb - 1, s, 0, row]),
+                            fmul(isum, offset[nb - 1, s, 0, row])))
+        return np.stack(out)
+
+    def q4_k(self, x, p, prep):
+        return self._kquant_min(x, p)
+
+    def q5_k(self, x, p, prep):
+        return self._kquant_min(x, p)
+
+    def q6_k(self, x, p, prep):
+        return seq_add(self._block_sums(x, q6k_weights(p), 256))
+
+
+# ----------------------------------------------------------------------------------------
+# SKaiNET native C kernels on AArch64 (NEON)
+
+
+@register
+class SkainetNeon(Semantics):
+    """SKaiNET's native C kernels on AArch64 (skainet-backend-native-cpu/native/src/
+    q8_0_matmul.c, q5_0_matmul.c, q5_1_matmul.c, q5k_matmul.c, q4k_matmul.c, q6k_matmul.c;
+    skainet_simd.h: `vaddvq_f32` horizontal add = (l0+l1)+(l2+l3)), built -O3 -ffast-math
+    -march=armv8.2-a+fp16+dotprod. The NEON intrinsics fix the in-block order; the scalar C
+    around them is the compiler's to contract and reassociate under -ffast-math.
+
+    `fused_final=True` models that scalar C as aarch64-linux-gnu-gcc 12.2 compiles it with
+    those flags (read from its disassembly, and checked bit for bit by running the compiled
+    loops under qemu-aarch64); `fused_final=False` is the source order, every operation
+    rounded (a build without -ffast-math). Per format, fused / unfused:
+
+    - Q8_0: per block 4 lanes of `vfmaq_f32` (lane j: elements j, j+4, ..., j+28), horizontal
+      add, then acc = fma(block_sum, d, acc) / acc + block_sum*d.
+    - Q5_0: code_dot as Q8_0 with the unsigned 5-bit codes; input_sum of the block's x as a
+      4-wide vector sum + horizontal add / in order; acc = fma(code_dot - 16*input_sum, d, acc)
+      / acc + d*(code_dot - 16*input_sum).
+    - Q5_1: code_dot, input_sum as Q5_0; acc = fma(m, input_sum, fma(d, code_dot, acc)) /
+      acc + (d*code_dot + m*input_sum).
+    - Q5_K: per 32-group a 4-lane fma code vector and add input vector, horizontal adds; per
+      lo/hi group pair A = fma(sc_lo, cs_lo, sc_hi*cs_hi), B = fma(dmin*is_lo, mn_lo,
+      mn_hi*(dmin*is_hi)), local += fma(A, d, -B) / local += cs*(d*sc) - is*(dmin*mn) per
+      group; then acc += local.
+    - Q4_K: activations quantized per 256 (d_in = maxabs/127 — gcc: maxabs*float(1/127) —,
+      q = lrintf(x*(127/maxabs)) clamped to +-127); exact integer sums A = sum sc*dot,
+      B = sum mn*sum(q8); acc = fma(fma(A, d, -(B*dmin)), d_in, acc) /
+      acc + d_in*(d*A - dmin*B).
+    - Q6_K: activations as Q4_K; W = exact sum of sc*dot; acc = fma(d*d_in, W, acc) /
+      acc + (d*d_in)*W.
+    """
+
+    name = "skainet_neon"
+    description = ("SKaiNET native C kernel on aarch64: per block 4-lane vfmaq_f32, pairwise "
+                   "horizontal add, then the row accumulator (param fused_final)")
+    params: ClassVar[dict[str, Any]] = {"fused_final": True}
+    refused: ClassVar[dict[str, str]] = {
+        "Q4_0": ("SKaiNET's native q4_0_matmul.c has no NEON path: its block sum is a scalar "
+                 "C loop that -O3 -ffast-math lets the compiler vectorize and reorder, so "
+                 "there is no source-defined order to model; judge it with error_bound"),
+    }
+    quantizes_activations: ClassVar[frozenset[str]] = frozenset({"Q4_K", "Q6_K"})
+
+    def check_opts(self):
+        if not isinstance(self.opts["fused_final"], bool | np.bool_):
+            raise OracleError("semantics 'skainet_neon': fused_final must be True or False, "
+                              f"got {self.opts['fused_final']!r}")
+
+    @property
+    def fused(self) -> bool:
+        return bool(self.opts["fused_final"])
+
+    def _input_sums(self, x, block):
+        """Per-block sum of x, (nb, batch, 1): gcc's 4-wide vectorized reduction, or in order."""
+        xe = em_x(x, block)
+        if self.fused:
+            return reduce_pairwise(lane_add(xe, 4))
+        return seq_add(np.moveaxis(xe, 1, 0))
+
+    def _neon_dot(self, x, w, block):
+        return reduce_pairwise(lane_fma(em_x(x, block), w, 4))  # (nb, batch, rows)
+
+    def q8_0(self, x, p, prep):
+        bs = self._neon_dot(x, em_codes(p["qs"]).astype(F32), 32)
+        d = em_scale(p["d"], 1)
+        acc = np.zeros(bs.shape[1:], F32)
+        for b in range(bs.shape[0]):
+            acc = fma32(bs[b], d[b], acc) if self.fused else fadd(acc, fmul(bs[b], d[b]))
+        return acc
+
+    def _q5_sums(self, x, p, offset):
+        codes = (em_codes(p["qs"]).astype(np.int16) + offset).astype(F32)  # unsigned 0..31
+        return self._neon_dot(x, codes, 32), self._input_sums(x, 32)
+
+    def q5_0(self, x, p, prep):
+        code_dot, input_sum = self._q5_sums(x, p, 16)
+        t = fsub(code_dot, fmul(F32(16), input_sum))
+        d = em_scale(p["d"], 1)
+        acc = np.zeros(code_dot.shape[1:], F32)
+        for b in range(t.shape[0]):
+            acc = fma32(t[b], d[b], acc) if self.fused else fadd(acc, fmul(d[b], t[b]))
+        return acc
+
+    def q5_1(self, x, p, prep):
+        code_dot, input_sum = self._q5_sums(x, p, 0)
+        d, m = em_scale(p["d"], 1), em_scale(p["m"], 1)
+        if not self.fused:
+            return seq_add(fadd(fmul(d, code_dot), fmul(m, input_sum)))
+        acc = np.zeros(code_dot.shape[1:], F32)
+        for b in range(code_dot.shape[0]):
+            acc = fma32(m[b], input_sum[b], fma32(d[b], code_dot[b], acc))
+        return acc
+
+    def q5_k(self, x, p, prep):
+        xg = em_x(x, 256, 32)
+        nb = xg.shape[0]
+        xf = xg.reshape(nb * 8, 32, *xg.shape[3:])
+        cf = em_codes(p["qs"], 32).astype(F32)
+        cf = cf.reshape(nb * 8, 32, *cf.shape[3:])
+        code_sum = reduce_pairwise(lane_fma(xf, cf, 4)).reshape(nb, 8, -1, cf.shape[-1])
+        input_sum = reduce_pairwise(lane_add(xf, 4)).reshape(nb, 8, -1, 1)
+        local = np.zeros(code_sum[:, 0].shape, F32)
+        if self.fused:
+            # gcc 12 -O3 -ffast-math factors d and dmin out of each lo/hi group pair:
+            # A = sc_lo*cs_lo + sc_hi*cs_hi, B = mn_lo*(dmin*is_lo) + mn_hi*(dmin*is_hi),
+            # local += A*d - B (fused where gcc fuses)
+            d, dmin = em_scale(p["d"], 1), em_scale(p["dmin"], 1)
+            sc, mn = em_scale(p["sc"], 1).astype(F32), em_scale(p["mn"], 1).astype(F32)
+            for lo, hi in ((0, 1), (2, 3), (4, 5), (6, 7)):
+                a = fma32(sc[:, lo], code_sum[:, lo], fmul(sc[:, hi], code_sum[:, hi]))
+                b = fma32(fmul(dmin, input_sum[:, lo]), mn[:, lo],
+                          fmul(mn[:, hi], fmul(dmin, input_sum[:, hi])))
+                local = fadd(local, fma32(a, d, -b))
+        else:
+            scale, offset = kquant_scale_offset(p)
+            for g in range(8):
+                term = fsub(fmul(code_sum[:, g], scale[:, g]), fmul(input_sum[:, g], offset[:, g]))
+                local = fadd(local, term)
+        return seq_add(local)
+
+    def prepare(self, fmt, x):
+        if fmt in self.quantizes_activations:
+            return activations.skainet_native_q8(x, fast_math=self.fused)
+        return None
+
+    def activation_values(self, fmt, x):
+        if fmt not in self.quantizes_activations:
+            return None
+        a = activations.skainet_native_q8(x, fast_math=self.fused)
+        with np.errstate(all="ignore"):
+            return (a["qs"].astype(F32) * a["d"][..., None]).reshape(x.shape)
+
+    def q4_k(self, x, p, prep):
+        q8 = prep["qs"].astype(np.int32)  # (batch, nb, 256)
+        nb = q8.shape[1]
+        codes = p["qs"].astype(np.int32) * np.repeat(p["sc"].astype(np.int32), 32, axis=-1)
+        big_a = int_dot(q8.transpose(1, 0, 2), codes.transpose(1, 2, 0))  # (nb, batch, rows)
+        sums = q8.reshape(q8.shape[0], nb, 8, 32).sum(axis=-1)  # (batch, nb, 8)
+        big_b = int_dot(sums.transpose(1, 0, 2), p["mn"].astype(np.int32).transpose(1, 2, 0))
+        fa, fb = as_f32(big_a), as_f32(big_b)
+        d, dmin = em_scale(p["d"], 1), em_scale(p["dmin"], 1)
+        di = prep["d"].T[:, :, None]  # (nb, batch, 1)
+        acc = np.zeros(fa.shape[1:], F32)
+        for b in range(nb):
+            if self.fused:
+                u = fma32(fa[b], d[b], -fmul(fb[b], dmin[b]))
+                acc = fma32(u, di[b], acc)
+            else:
+                term = fmul(di[b], fsub(fmul(d[b], fa[b]), fmul(dmin[b], fb[b])))
+                acc = fadd(acc, term)
+        return acc
+
+    def q6_k(self, x, p, prep):
+        q8 = prep["qs"].astype(np.int32)
+        nb = q8.shape[1]
+        codes = p["qs"].astype(np.int32) * np.repeat(p["sc"].astype(np.int32), 16, axis=-1)
+        fw = as_f32(int_dot(q8.transpose(1, 0, 2), codes.transpose(1, 2, 0)))
+        d = em_scale(p["d"], 1)
+        di = prep["d"].T[:, :, None]
+        acc = np.zeros(fw.shape[1:], F32)
+        for b in range(nb):
+            if self.fused:
+                acc = fma32(fmul(d[b], di[b]), fw[b], acc)
+            else:
+                acc = fadd(acc, fmul(fmul(d[b], di[b]), fw[b]))
+        return acc
+
+
+# ----------------------------------------------------------------------------------------
+# ggml CPU (generic C order)
+
+
+@register
+class Ggml(Semantics):
+    """ggml's CPU matmul as its generic C code computes it (ggml-cpu/quants.c:
+    quantize_row_q8_0/q8_1/q8_K (ggml-quants.c *_ref), ggml_vec_dot_q8_0_q8_0_generic,
+    _q4_0_q8_0_generic, _q5_0_q8_0_generic, _q5_1_q8_1_generic, _q4_K_q8_K_generic,
+    _q5_K_q8_K_generic, _q6_K_q8_K_generic). Activations are quantized first (Q8_0 for
+    Q4_0/Q5_0/Q8_0, Q8_1 for Q5_1, Q8_K for the K-quants); each block's integer dot is exact;
+    the float combination is, per block in order, from sumf = 0:
+
+    - Q8_0: sumf += sumi*(d_w*d_x);   Q4_0: sumf += (sumi*d_w)*d_x;
+    - Q5_0: sumf += (d_w*d_x)*sumi;   Q5_1: sumf += (d_w*d_x)*sumi + m_w*s_x;
+    - Q4_K/Q5_K: d = d_w*d_x; sums[l] += d*aux32[l] over 8 integer lanes (lane l: elements
+      = l mod 8); sumf -= (dmin_w*d_x)*sum(bsums*mins); at the end sumf += sums[0..7] in order;
+    - Q6_K: sums[l] += (d_w*d_x)*aux32[l]; sumf = sums[0] + ... + sums[7].
+
+    `rounding` selects the Q8_0/Q8_1 activation rounding: "roundf" (the reference, ties away
+    from zero, what the x86 build without SIMD runs) or "even" (ARM NEON `vcvtnq`). Q8_K
+    always uses nearest_int (ties to even).
+    """
+
+    name = "ggml"
+    description = ("ggml CPU path: activations quantized (Q8_0/Q8_1/Q8_K), exact integer block "
+                   "dots, float combination in the generic C order (param rounding)")
+    params: ClassVar[dict[str, Any]] = {"rounding": "roundf"}
+    quantizes_activations: ClassVar[frozenset[str]] = frozenset(
+        {"Q8_0", "Q4_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"})
+
+    def check_opts(self):
+        if self.opts["rounding"] not in activations.ROUNDINGS:
+            raise OracleError(f"semantics 'ggml': rounding must be one of "
+                              f"{', '.join(activations.ROUNDINGS)}, got {self.opts['rounding']!r}")
+
+    def prepare(self, fmt, x):
+        if fmt in ("Q4_K", "Q5_K", "Q6_K"):
+            return activations.ggml_q8_k(x)
+        if fmt == "Q5_1":
+            return activations.ggml_q8_1(x, self.opts["rounding"])
+        return activations.ggml_q8_0(x, self.opts["rounding"])
+
+    def activation_values(self, fmt, x):
+        a = self.prepare(fmt, x)
+        with np.errstate(all="ignore"):
+            return (a["qs"].astype(F32) * a["d"][..., None]).reshape(x.shape)
+
+    @staticmethod
+    def _sumi(a, p):
+        """Exact per-block integer dots, as float32 (nb, batch, rows)."""
+        return as_f32(int_dot(a["qs"].transpose(1, 0, 2), p["qs"].transpose(1, 2, 0)))
+
+    @staticmethod
+    def _scales(a, p, key="d"):
+        return a["d"].T[:, :, None], em_scale(p[key], 1)  # (nb, batch, 1), (nb, 1, rows)
+
+    def q8_0(self, x, p, a):
+        sumi = self._sumi(a, p)
+        dx, dw = self._scales(a, p)
+        return seq_add(fmul(sumi, fmul(dw, dx)))
+
+    def q4_0(self, x, p, a):
+        sumi = self._sumi(a, p)
+        dx, dw = self._scales(a, p)
+        return seq_add(fmul(fmul(sumi, dw), dx))
+
+    def q5_0(self, x, p, a):
+        sumi = self._sumi(a, p)
+        dx, dw = self._scales(a, p)
+        return seq_add(fmul(fmul(dw, dx), sumi))
+
+    def q5_1(self, x, p, a):
+        sumi = self._sumi(a, p)
+        dx, dw = self._scales(a, p)
+        sx, mw = a["s"].T[:, :, None], em_scale(p["m"], 1)
+        return seq_add(fadd(fmul(fmul(dw, dx), sumi), fmul(mw, sx)))
+
+    @staticmethod
+    def _aux32(a, p, group):
+        """aux32[l] per block: sum over the block's elements e with e % 8 == l of
+        scale(e) * q8[e] * code[e], exact; float32 (nb, 8, batch, rows)."""
+        q8 = a["qs"].astype(np.int32)  # (batch, nb, 256)
+        nb = q8.shape[1]
+        sc = np.repeat(p["sc"].astype(np.int32), group, axis=-1)
+        w = p["qs"].astype(np.int32) * sc  # (rows, nb, 256)
+        q8l = q8.reshape(q8.shape[0], nb, 32, 8).transpose(1, 3, 0, 2)  # (nb, 8, batch, 32)
+        wl = w.reshape(w.shape[0], nb, 32, 8).transpose(1, 3, 2, 0)  # (nb, 8, 32, rows)
+        return as_f32(int_dot(q8l, wl))
+
+    def _kquant_lanes(self, x, p, a, group):
+        aux = self._aux32(a, p, group)  # (nb, 8, batch, rows)
+        d = fmul(em_scale(p["d"], 1), a["d"].T[:, :, None])  # (nb, batch, rows)
+        sums = np.zeros(aux.shape[1:], F32)
+        for b in range(aux.shape[0]):
+            sums = fadd(sums, fmul(d[b], aux[b]))
+        return sums, d
+
+    def _kquant_min(self, x, p, a):
+        sums, _ = self._kquant_lanes(x, p, a, 32)
+        bs = a["bsums"].reshape(*a["bsums"].shape[:2], 8, 2).sum(axis=-1)  # (batch, nb, 8)
+        sumi = as_f32(int_dot(bs.transpose(1, 0, 2), p["mn"].astype(np.int32).transpose(1, 2, 0)))
+        dmin = fmul(em_scale(p["dmin"], 1), a["d"].T[:, :, None])
+        sumf = np.zeros(sums.shape[1:], F32)
+        for b in range(sumi.shape[0]):
+            sumf = fsub(sumf, fmul(dmin[b], sumi[b]))
+        return seq_add(sums, sumf)
+
+    def q4_k(self, x, p, a):
+        return self._kquant_min(x, p, a)
+
+    def q5_k(self, x, p, a):
+        return self._kquant_min(x, p, a)
+
+    def q6_k(self, x, p, a):
+        sums, _ = self._kquant_lanes(x, p, a, 16)
+        return seq_add(sums)
+
+
+#: semantics name -> one-line description
+SEMANTICS: dict[str, str] = {name: cls.description for name, cls in REGISTRY.items()}

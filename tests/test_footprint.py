@@ -1,0 +1,163 @@
+"""`skoracle footprint` on a GGUF with FunctionGemma 270M's tensor table (REFERENCE.md §4).
+
+The file is written by gguf-py's GGUFWriter (header, metadata, tensor infos); the data area
+is then extended to its full length as a sparse file, so the ~250 MB of zero blocks cost no
+writing and GGUFReader sees a complete, valid file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.footprint import parse_size, read_footprint
+from oracle import qtype
+
+N_LAYER, N_EMBD, N_FF, N_HEAD, N_KV, HEAD_DIM, VOCAB = 18, 640, 2048, 4, 1, 256, 262144
+ALIGN = 32
+
+
+def gemma_tensors(tied: bool = True) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, numpy shape [rows, cols], type) like llama.cpp's Q5_K_M FunctionGemma."""
+    t = [("token_embd.weight", (VOCAB, N_EMBD), "Q8_0")]
+    q, kv = N_HEAD * HEAD_DIM, N_KV * HEAD_DIM
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        t += [
+            (b + "attn_norm.weight", (N_EMBD,), "F32"),
+            (b + "attn_q.weight", (q, N_EMBD), "Q5_0"),
+            (b + "attn_k.weight", (kv, N_EMBD), "Q5_0"),
+            (b + "attn_v.weight", (kv, N_EMBD), "Q8_0"),
+            (b + "attn_q_norm.weight", (HEAD_DIM,), "F32"),
+            (b + "attn_k_norm.weight", (HEAD_DIM,), "F32"),
+            (b + "attn_output.weight", (N_EMBD, q), "Q5_K"),
+            (b + "post_attention_norm.weight", (N_EMBD,), "F32"),
+            (b + "ffn_norm.weight", (N_EMBD,), "F32"),
+            (b + "ffn_gate.weight", (N_FF, N_EMBD), "Q5_1" if i % 3 == 0 else "Q5_0"),
+            (b + "ffn_up.weight", (N_FF, N_EMBD), "Q5_0"),
+            (b + "ffn_down.weight", (N_EMBD, N_FF), "Q6_K" if i % 2 == 0 else "Q5_K"),
+            (b + "post_ffw_norm.weight", (N_EMBD,), "F32"),
+        ]
+    t.append(("output_norm.weight", (N_EMBD,), "F32"))
+    if not tied:
+        t.append(("output.weight", (VOCAB, N_EMBD), "Q8_0"))
+    return t
+
+
+def nbytes(shape: tuple[int, ...], type_name: str) -> int:
+    qt = qtype(type_name)
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows * qt.row_bytes(shape[-1])
+
+
+def write_gguf(path: Path, tensors: list[tuple[str, tuple[int, ...], str]]) -> int:
+    """A complete GGUF whose tensor data is all zeros (a sparse file); returns its size."""
+    w = GGUFWriter(path, "gemma3")
+    w.add_block_count(N_LAYER)
+    w.add_embedding_length(N_EMBD)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_KV)
+    offset = 0
+    for name, shape, type_name in tensors:
+        n = nbytes(shape, type_name)
+        w.add_tensor_info(name, shape, np.dtype(np.float32), n,
+                          raw_dtype=GGMLQuantizationType[type_name])
+        last_offset, last_n = offset, n
+        offset += -(-n // ALIGN) * ALIGN
+    w.write_header_to_file(path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    header = path.stat().st_size
+    size = -(-header // ALIGN) * ALIGN + last_offset + last_n
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return size
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gguf") / "functiongemma-shapes.gguf"
+    write_gguf(path, gemma_tensors())
+    return path
+
+
+def test_functiongemma_drop(gemma: Path) -> None:
+    fp = read_footprint(gemma)
+    assert fp.tied_output
+    emb_fp32 = VOCAB * N_EMBD * 4
+    emb_q8 = VOCAB * qtype("Q8_0").row_bytes(N_EMBD)
+    assert fp.embedding_output("dequant-fp32") == 2 * emb_fp32  # 1.342 GB
+    assert fp.embedding_output("packed") == emb_q8  # 178.3 MB, stored once
+    assert abs(2 * emb_fp32 / 1e9 - 1.34) < 0.01 and abs(emb_q8 / 1e6 - 178) < 1
+    layers = sum(nbytes(s, t) for n, s, t in gemma_tensors() if n != "token_embd.weight")
+    assert fp.total("packed") == emb_q8 + layers
+    assert fp.total("dequant-fp32") == 2 * emb_fp32 + layers
+    assert 240e6 < fp.total("packed") < 260e6  # the ~248 MB Q5_K_M file
+    # the file's data area was never read: a sparse file has (almost) no blocks allocated
+    assert os.stat(gemma).st_blocks * 512 < 4 * 2**20
+
+
+def test_untied_output_counts_once_per_copy(tmp_path: Path) -> None:
+    path = tmp_path / "untied.gguf"
+    write_gguf(path, gemma_tensors(tied=False))
+    fp = read_footprint(path)
+    assert not fp.tied_output
+    emb_q8 = VOCAB * qtype("Q8_0").row_bytes(N_EMBD)
+    assert fp.embedding_output("packed") == 2 * emb_q8
+    assert fp.embedding_output("dequant-fp32") == 2 * VOCAB * N_EMBD * 4
+
+
+def test_cli_table_and_json(gemma: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["footprint", str(gemma)]) == 0
+    out = capsys.readouterr().out
+    assert "blk.17.ffn_down.weight" in out and "output.weight (tied" in out
+    assert "1.34 GB -> 178.3 MB" in out
+    assert main(["footprint", str(gemma), "--json", "--budget", "300MB"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tied_output"] is True and doc["budget_bytes"] == 300_000_000
+    assert doc["policies"]["packed"]["fits"] is True
+    assert doc["policies"]["dequant-fp32"]["fits"] is False
+    assert doc["policies"]["dequant-fp32"]["embedding_output_bytes"] == 2 * VOCAB * N_EMBD * 4
+    assert len(doc["tensors"]) == 1 + 13 * N_LAYER + 1 + 1
+
+
+@pytest.mark.parametrize("cut", [10, 200, -1000])
+def test_truncated_or_corrupt_file_exits_2(gemma: Path, tmp_path: Path, cut: int,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.gguf"
+    size = gemma.stat().st_size
+    keep = cut if cut > 0 else size + cut
+    with open(gemma, "rb") as src, open(bad, "wb") as dst:
+        dst.write(src.read(min(keep, 1 << 20)))
+        if keep > 1 << 20:
+            dst.truncate(keep)
+    assert main(["footprint", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.gguf" in err and ("truncated" in err or "not a readable GGUF" in err)
+    assert "Traceback" not in err
+
+
+def test_not_gguf_and_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGML" + bytes(100))
+    assert main(["footprint", str(junk)]) == 2
+    assert "junk.gguf: not a readable GGUF" in capsys.readouterr().err
+    assert main(["footprint", str(tmp_path / "nope.gguf")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_budget_parsing() -> None:
+    assert parse_size("1.9GB") == 1_900_000_000
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size("2000") == 2000
+    with pytest.raises(HarnessError, match="--budget"):
+        parse_size("lots", "--budget")

@@ -1,0 +1,258 @@
+"""The vectorized semantics against literal one-output-at-a-time transcriptions of the
+kernels' loops (float32 scalars, one operation at a time), bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels_ref import fma32, matmul_wt
+from kernels_ref.activations import skainet_native_q8
+from oracle import quantize, unpack
+
+F = np.float32
+OUT = 5
+
+
+def fma(a, b, c) -> np.float32:
+    return fma32(np.float32(a), np.float32(b), np.float32(c))[()]
+
+
+def hadd4(v) -> np.float32:
+    return F(F(v[0] + v[1]) + F(v[2] + v[3]))
+
+
+def reduce_lanes(v, reduction: str) -> np.float32:
+    if reduction == "pairwise":
+        v = list(v)
+        while len(v) > 1:
+            v = [F(v[i] + v[i + 1]) for i in range(0, len(v), 2)]
+        return v[0]
+    acc = F(0)
+    for t in v:
+        acc = F(acc + t)
+    return acc
+
+
+def weights(fmt: str, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((OUT, n)).astype(F) * F(rng.choice([1e-3, 1.0, 300.0]))
+    w[1, :32] = 0.5  # a constant block
+    return quantize(fmt, w)
+
+
+def activations(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 100)
+    x = rng.standard_normal(n).astype(F)
+    x[::7] *= F(1e4)  # wide dynamic range: orders of accumulation matter
+    x[3::11] = -x[2::11][: len(x[3::11])]
+    return x
+
+
+def row_parts(fmt: str, raw: np.ndarray, o: int) -> dict:
+    return {k: v[o] for k, v in unpack(fmt, raw).items()}
+
+
+# ---------------------------------------------------------------------------- scalar
+
+def scalar_row(fmt: str, x: np.ndarray, p: dict) -> np.float32:
+    acc = F(0)
+    nb = p["d"].shape[0]
+    for b in range(nb):
+        d = p["d"][b]
+        if fmt == "Q8_0":
+            for k in range(32):
+                acc = F(acc + F(F(x[32 * b + k] * F(p["qs"][b, k])) * d))
+        elif fmt == "Q4_0":
+            for j in range(16):
+                lo, hi = F(p["qs"][b, j]), F(p["qs"][b, j + 16])
+                acc = F(acc + F(F(x[32 * b + j] * lo) * d))
+                acc = F(acc + F(F(x[32 * b + 16 + j] * hi) * d))
+        elif fmt in ("Q5_0", "Q5_1"):
+            m = p["m"][b] if fmt == "Q5_1" else F(0)
+            for j in range(16):
+                wl = F(d * F(p["qs"][b, j]))
+                wh = F(d * F(p["qs"][b, j + 16]))
+                if fmt == "Q5_1":
+                    wl, wh = F(wl + m), F(wh + m)
+                acc = F(acc + F(F(x[32 * b + j] * wl) + F(x[32 * b + 16 + j] * wh)))
+        elif fmt in ("Q4_K", "Q5_K"):
+            for s in range(8):
+                cs, xs = F(0), F(0)
+                for i in range(32):
+                    v = x[256 * b + 32 * s + i]
+                    cs = F(cs + F(v * F(p["qs"][b, 32 * s + i])))
+                    xs = F(xs + v)
+                scale = F(d * F(p["sc"][b, s]))
+                off = F(p["dmin"][b] * F(p["mn"][b, s]))
+                acc = F(acc + F(F(cs * scale) - F(xs * off)))
+        else:  # Q6_K
+            for e in range(256):
+                w = F(F(d * F(p["sc"][b, e // 16])) * F(p["qs"][b, e]))
+                acc = F(acc + F(x[256 * b + e] * w))
+    return acc
+
+
+# ---------------------------------------------------------------------------- panama
+
+def panama_row(fmt: str, x: np.ndarray, p: dict, lanes: int, reduction: str,
+               last_row: bool) -> np.float32:
+    acc = F(0)
+    nb = p["d"].shape[0]
+    byte_load = 16 if lanes == 16 else 8
+    for b in range(nb):
+        d = p["d"][b]
+        if fmt in ("Q4_K", "Q5_K"):
+            for s in range(8):
+                # the array's last qs group (last block of the last row): the vector loop
+                # runs while idx + lanes <= 32 and idx + byte_load <= 32, a scalar tail follows
+                at_end = last_row and b == nb - 1 and s >= 6
+                cv, iv = [F(0)] * lanes, [F(0)] * lanes
+                idx = 0
+                while idx + lanes <= 32 and (not at_end or idx + byte_load <= 32):
+                    for k in range(idx, idx + lanes):
+                        v = x[256 * b + 32 * s + k]
+                        cv[k % lanes] = fma(v, F(p["qs"][b, 32 * s + k]), cv[k % lanes])
+                        iv[k % lanes] = F(v + iv[k % lanes])
+                    idx += lanes
+                cs, xs = reduce_lanes(cv, reduction), reduce_lanes(iv, reduction)
+                for k in range(idx, 32):
+                    v = x[256 * b + 32 * s + k]
+                    cs = F(cs + F(v * F(p["qs"][b, 32 * s + k])))
+                    xs = F(xs + v)
+                scale = F(d * F(p["sc"][b, s]))
+                off = F(p["dmin"][b] * F(p["mn"][b, s]))
+                acc = F(acc + F(F(cs * scale) - F(xs * off)))
+            continue
+        size = 256 if fmt == "Q6_K" else 32
+        if fmt in ("Q8_0", "Q4_0"):
+            w = [F(c) for c in p["qs"][b]]
+        elif fmt == "Q5_0":
+            w = [F(d * F(c)) for c in p["qs"][b]]
+        elif fmt == "Q5_1":
+            w = [F(F(d * F(c)) + p["m"][b]) for c in p["qs"][b]]
+        else:
+            w = [F(F(d * F(p["sc"][b, e // 16])) * F(p["qs"][b, e])) for e in range(256)]
+        lane = [F(0)] * lanes
+        for k in range(size):
+            lane[k % lanes] = fma(x[size * b + k], w[k], lane[k % lanes])
+        r = reduce_lanes(lane, reduction)
+        acc = F(acc + F(r * d)) if fmt in ("Q8_0", "Q4_0") else F(acc + r)
+    return acc
+
+
+# ---------------------------------------------------------------------------- neon
+
+def neon_row(fmt: str, x: np.ndarray, p: dict, fused: bool, act: dict | None) -> np.float32:
+    acc = F(0)
+    nb = p["d"].shape[0]
+    for b in range(nb):
+        d = p["d"][b]
+        if fmt in ("Q8_0", "Q5_0", "Q5_1"):
+            off = {"Q8_0": 0, "Q5_0": 16, "Q5_1": 0}[fmt]
+            lane = [F(0)] * 4
+            for k in range(32):
+                lane[k % 4] = fma(x[32 * b + k], F(int(p["qs"][b, k]) + off), lane[k % 4])
+            dot = hadd4(lane)
+            xs = x[32 * b : 32 * b + 32]
+            if fused:
+                iv = [xs[j] for j in range(4)]
+                for k in range(4, 32):
+                    iv[k % 4] = F(iv[k % 4] + xs[k])
+                isum = hadd4(iv)
+            else:
+                isum = F(0)
+                for v in xs:
+                    isum = F(isum + v)
+            if fmt == "Q8_0":
+                acc = fma(dot, d, acc) if fused else F(acc + F(dot * d))
+            elif fmt == "Q5_0":
+                t = F(dot - F(F(16) * isum))
+                acc = fma(t, d, acc) if fused else F(acc + F(d * t))
+            else:
+                m = p["m"][b]
+                if fused:
+                    acc = fma(m, isum, fma(d, dot, acc))
+                else:
+                    acc = F(acc + F(F(d * dot) + F(m * isum)))
+        elif fmt == "Q5_K":
+            local = F(0)
+            cs, xs = [], []
+            for s in range(8):
+                cv, iv = [F(0)] * 4, [F(0)] * 4
+                for k in range(32):
+                    v = x[256 * b + 32 * s + k]
+                    cv[k % 4] = fma(v, F(p["qs"][b, 32 * s + k]), cv[k % 4])
+                    iv[k % 4] = F(iv[k % 4] + v)
+                cs.append(hadd4(cv))
+                xs.append(hadd4(iv))
+            sc = [F(v) for v in p["sc"][b]]
+            mn = [F(v) for v in p["mn"][b]]
+            dmin = p["dmin"][b]
+            for s in range(8):
+                if fused and s % 2 == 0:
+                    a = fma(sc[s], cs[s], F(sc[s + 1] * cs[s + 1]))
+                    bb = fma(F(dmin * xs[s]), mn[s], F(mn[s + 1] * F(dmin * xs[s + 1])))
+                    local = F(local + fma(a, d, -bb))
+                elif not fused:
+                    local = F(local + F(F(cs[s] * F(d * sc[s])) - F(xs[s] * F(dmin * mn[s]))))
+            acc = F(acc + local)
+        else:  # Q4_K / Q6_K with quantized activations
+            q8 = act["qs"][b].astype(np.int64)
+            di = act["d"][b]
+            if fmt == "Q4_K":
+                big_a = sum(int(p["sc"][b, s]) * int(np.dot(q8[32 * s : 32 * s + 32],
+                            p["qs"][b, 32 * s : 32 * s + 32].astype(np.int64))) for s in range(8))
+                big_b = sum(int(p["mn"][b, s]) * int(q8[32 * s : 32 * s + 32].sum())
+                            for s in range(8))
+                fa, fb = F(big_a), F(big_b)
+                if fused:
+                    acc = fma(fma(fa, d, -F(fb * p["dmin"][b])), di, acc)
+                else:
+                    acc = F(acc + F(di * F(F(d * fa) - F(p["dmin"][b] * fb))))
+            else:
+                wdot = sum(int(p["sc"][b, g]) * int(np.dot(q8[16 * g : 16 * g + 16],
+                           p["qs"][b, 16 * g : 16 * g + 16].astype(np.int64))) for g in range(16))
+                fw = F(wdot)
+                acc = fma(F(d * di), fw, acc) if fused else F(acc + F(F(d * di) * fw))
+    return acc
+
+
+FORMATS = [("Q8_0", 96), ("Q4_0", 96), ("Q5_0", 96), ("Q5_1", 96), ("Q4_K", 512),
+           ("Q5_K", 512), ("Q6_K", 512)]
+
+
+def bits(v) -> list[int]:
+    return np.asarray(v, dtype=F).view(np.uint32).tolist()
+
+
+@pytest.mark.parametrize("fmt,n", FORMATS)
+def test_scalar_matches_literal_loops(fmt: str, n: int) -> None:
+    raw, x = weights(fmt, n, 1), activations(n, 1)
+    want = [scalar_row(fmt, x, row_parts(fmt, raw, o)) for o in range(OUT)]
+    assert bits(matmul_wt(x, raw, fmt, OUT, n, semantics="skainet_scalar")) == bits(want)
+
+
+@pytest.mark.parametrize("fmt,n", FORMATS)
+@pytest.mark.parametrize("lanes,reduction", [(8, "sequential"), (4, "pairwise"),
+                                             (16, "sequential"), (2, "sequential")])
+def test_panama_matches_literal_loops(fmt: str, n: int, lanes: int, reduction: str) -> None:
+    raw, x = weights(fmt, n, 2), activations(n, 2)
+    want = [panama_row(fmt, x, row_parts(fmt, raw, o), lanes, reduction, o == OUT - 1)
+            for o in range(OUT)]
+    got = matmul_wt(x, raw, fmt, OUT, n, semantics="skainet_panama", lanes=lanes,
+                    reduction=reduction)
+    assert bits(got) == bits(want)
+
+
+@pytest.mark.parametrize("fmt,n", [f for f in FORMATS if f[0] != "Q4_0"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_neon_matches_literal_loops(fmt: str, n: int, fused: bool) -> None:
+    raw, x = weights(fmt, n, 3), activations(n, 3)
+    act = None
+    if fmt in ("Q4_K", "Q6_K"):
+        a = skainet_native_q8(x[None, :], fast_math=fused)
+        act = {"qs": a["qs"][0], "d": a["d"][0]}
+    want = [neon_row(fmt, x, row_parts(fmt, raw, o), fused, act) for o in range(OUT)]
+    got = matmul_wt(x, raw, fmt, OUT, n, semantics="skainet_neon", fused_final=fused)
+    assert bits(got) == bits(want)
