@@ -22,8 +22,11 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+
 from harness.errors import HarnessError
-from oracle.formats import PACKED_TYPES, QTYPES
+from oracle.formats import PACKED_TYPES, QTYPES, qtype
 
 POLICIES = ("dequant-fp32", "packed")
 EMBEDDING = "token_embd.weight"
@@ -211,3 +214,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="part of the budget kept for OS and runtime (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------
+# a FunctionGemma-shaped model for the planner's default run and its tests
+
+N_LAYER, N_EMBD, N_FF, N_HEAD, N_KV, HEAD_DIM, VOCAB = 18, 640, 2048, 4, 1, 256, 262144
+ALIGN = 32
+
+
+def functiongemma_tensors(tied: bool = True) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, numpy shape [rows, cols], type) of llama.cpp's Q5_K_M FunctionGemma-270M file
+    (REFERENCE facts: 18 gemma3 blocks, n_embd 640, FFN 2048, 4 heads, 1 KV head, head dim
+    256, vocab 262144, token_embd Q8_0 tied to the output)."""
+    t = [("token_embd.weight", (VOCAB, N_EMBD), "Q8_0")]
+    q, kv = N_HEAD * HEAD_DIM, N_KV * HEAD_DIM
+    for i in range(N_LAYER):
+        b = f"blk.{i}."
+        t += [
+            (b + "attn_norm.weight", (N_EMBD,), "F32"),
+            (b + "attn_q.weight", (q, N_EMBD), "Q5_0"),
+            (b + "attn_k.weight", (kv, N_EMBD), "Q5_0"),
+            (b + "attn_v.weight", (kv, N_EMBD), "Q8_0"),
+            (b + "attn_q_norm.weight", (HEAD_DIM,), "F32"),
+            (b + "attn_k_norm.weight", (HEAD_DIM,), "F32"),
+            (b + "attn_output.weight", (N_EMBD, q), "Q5_K"),
+            (b + "post_attention_norm.weight", (N_EMBD,), "F32"),
+            (b + "ffn_norm.weight", (N_EMBD,), "F32"),
+            (b + "ffn_gate.weight", (N_FF, N_EMBD), "Q5_1" if i % 3 == 0 else "Q5_0"),
+            (b + "ffn_up.weight", (N_FF, N_EMBD), "Q5_0"),
+            (b + "ffn_down.weight", (N_EMBD, N_FF), "Q6_K" if i % 2 == 0 else "Q5_K"),
+            (b + "post_ffw_norm.weight", (N_EMBD,), "F32"),
+        ]
+    t.append(("output_norm.weight", (N_EMBD,), "F32"))
+    if not tied:
+        t.append(("output.weight", (VOCAB, N_EMBD), "Q8_0"))
+    return t
+
+
+def nbytes(shape: tuple[int, ...], type_name: str) -> int:
+    """Packed bytes of a tensor of numpy shape `shape` stored as `type_name`."""
+    qt = qtype(type_name)
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows * qt.row_bytes(shape[-1])
+
+
+def write_shaped_gguf(path: Path, tensors: list[tuple[str, tuple[int, ...], str]]) -> int:
+    """A complete GGUF with these tensor shapes whose data is all zeros, written as a sparse
+    file (the ~250 MB data area takes no disk blocks); returns its size in bytes."""
+    w = GGUFWriter(path, "gemma3")
+    w.add_block_count(N_LAYER)
+    w.add_embedding_length(N_EMBD)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_KV)
+    offset = 0
+    for name, shape, type_name in tensors:
+        n = nbytes(shape, type_name)
+        w.add_tensor_info(name, shape, np.dtype(np.float32), n,
+                          raw_dtype=GGMLQuantizationType[type_name])
+        last_offset, last_n = offset, n
+        offset += -(-n // ALIGN) * ALIGN
+    w.write_header_to_file(path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    header = path.stat().st_size
+    size = -(-header // ALIGN) * ALIGN + last_offset + last_n
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return size
