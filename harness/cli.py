@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from harness.errors import HarnessError
@@ -15,8 +16,14 @@ from oracle.formats import OracleError
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "harness.run",
     "harness.selfcheck",
     "harness.fixtures",
+    "harness.elfgate",
+    "harness.stale",
+    "harness.board.cli",
+    "harness.board.sim_cli",
+    "harness.footprint",
 )
 
 
@@ -43,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"skoracle {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

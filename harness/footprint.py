@@ -10,6 +10,13 @@ is touched) and prices every tensor under
   stored once; block formats SKaiNET cannot pack are priced as FP32.
 
 Float tensors (F32/F16/BF16) are priced as stored under both policies.
+
+The verdict is on the PEAK, resident weights plus the largest transient copy each policy
+makes: under `dequant-fp32`, `linearProject = matmul(x, transpose(W))` materializes a
+transposed FP32 copy of the output projection on every forward pass (the ~0.67 GB that,
+with the two resident copies, exceeds the SL2610's 1.9 GB); under `packed`, transpose is a
+pre-transposed marker (no copy) and the only transient is one block relayout at load time,
+bounded by the largest packed matrix.
 """
 
 from __future__ import annotations
@@ -80,6 +87,18 @@ class Footprint:
         key = policy.replace("-", "_")
         return sum(getattr(t, key) for t in self.tensors)
 
+    def transient(self, policy: str) -> int:
+        """The largest extra copy the policy makes while running (see the module docstring)."""
+        if policy == "dequant-fp32":
+            return max((t.dequant_fp32 for t in self.tensors if t.name.startswith(OUTPUT)),
+                       default=0)
+        return max((t.packed for t in self.tensors
+                    if t.type in PACKED_TYPES and len(t.shape) == 2), default=0)
+
+    def peak(self, policy: str) -> int:
+        """Resident weights plus the largest transient copy: what the budget must hold."""
+        return self.total(policy) + self.transient(policy)
+
     def embedding_output(self, policy: str) -> int:
         key = policy.replace("-", "_")
         return sum(getattr(t, key) for t in self.tensors if t.name.startswith((EMBEDDING,
@@ -148,7 +167,9 @@ def report_json(fp: Footprint, budget: int, reserve: int) -> dict:
         "policies": {
             pol: {"total_bytes": fp.total(pol),
                   "embedding_output_bytes": fp.embedding_output(pol),
-                  "fits": fp.total(pol) <= avail}
+                  "transient_bytes": fp.transient(pol),
+                  "peak_bytes": fp.peak(pol),
+                  "fits": fp.peak(pol) <= avail}
             for pol in POLICIES
         },
         "tensors": [{**asdict(t), "shape": list(t.shape)} for t in fp.tensors],
@@ -181,10 +202,11 @@ def render(fp: Footprint, budget: int, reserve: int) -> None:
     avail = budget - reserve
     where = f"budget {human(budget)}" + (f" - reserve {human(reserve)}" if reserve else "")
     for pol in POLICIES:
-        total = fp.total(pol)
-        verdict = "[green]fits[/]" if total <= avail else "[red]exceeds[/]"
-        console.print(f"{pol:>13}: {human(total):>10} of weights  {verdict} {where} "
-                      f"({100.0 * total / max(avail, 1):.0f}% of {human(avail)})")
+        peak = fp.peak(pol)
+        verdict = "[green]fits[/]" if peak <= avail else "[red]exceeds[/]"
+        console.print(f"{pol:>13}: {human(fp.total(pol)):>10} of weights + "
+                      f"{human(fp.transient(pol)):>10} transient = peak {human(peak):>10}  "
+                      f"{verdict} {where} ({100.0 * peak / max(avail, 1):.0f}% of {human(avail)})")
     drop = fp.embedding_output("dequant-fp32"), fp.embedding_output("packed")
     console.print(f"token_embd + output: {human(drop[0])} -> {human(drop[1])}"
                   + (" (tied output)" if fp.tied_output else ""))

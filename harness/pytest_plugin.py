@@ -1,7 +1,11 @@
 """pytest plugin (entry point `pytest11: skainet`): session fixtures over the harness targets.
 
 Any project's tests can use them once skainet-oracle is installed:
-- `cref`: ggml's C reference library (built on first use, cached).
+- `cref`: ggml's C reference library (built on first use, cached);
+- `board`: a connected `BoardSession` — the real board given by `--board user@host[:port]`
+  or `--board-profile FILE.toml`, else a board-in-a-box started for the session and
+  stopped at its end;
+- marker `board`: tests that need a board target (select with `-m board`).
 """
 
 from __future__ import annotations
@@ -9,8 +13,17 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("skainet", "skainet-oracle targets")
+    group.addoption("--board", default=None, metavar="USER@HOST[:PORT]",
+                    help="run board tests on this real board instead of the board-in-a-box")
+    group.addoption("--board-profile", default=None, metavar="FILE.toml",
+                    help="board profile (host key pin, identity, exec prefix, limits)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cref: needs ggml's C reference library (built on demand)")
+    config.addinivalue_line("markers", "board: needs a board target (real, or board-in-a-box)")
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +32,20 @@ def cref():
     from harness.cref import CRef
 
     return CRef.load()
+
+
+@pytest.fixture(scope="session")
+def board(request: pytest.FixtureRequest):
+    """A connected BoardSession for the whole test session (see the module docstring)."""
+    from harness.board.profile import resolve_profile
+    from harness.board.session import BoardSession
+    from harness.board.sim import BoardSim
+
+    spec = request.config.getoption("--board")
+    prof_file = request.config.getoption("--board-profile")
+    if spec or prof_file:
+        with BoardSession(resolve_profile(prof_file, spec)) as session:
+            yield session
+        return
+    with BoardSim() as sim, BoardSession(sim.profile) as session:
+        yield session

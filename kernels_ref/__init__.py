@@ -9,8 +9,9 @@ SEMANTICS maps each semantics name to a one-line description; the classes in
 """
 
 from kernels_ref.bounds import error_bound
+from kernels_ref.compare import ulp_distance
 from kernels_ref.fma import fma32
 from kernels_ref.matmul import gather_rows, matmul_wt
 from kernels_ref.semantics import SEMANTICS
 
-__all__ = ["SEMANTICS", "error_bound", "fma32", "gather_rows", "matmul_wt"]
+__all__ = ["SEMANTICS", "error_bound", "fma32", "gather_rows", "matmul_wt", "ulp_distance"]

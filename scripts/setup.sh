@@ -15,6 +15,9 @@ APT_PACKAGES=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
   dropbear-bin openssh-client  # board-in-a-box SSH server, ssh-keygen
   busybox-static               # board-in-a-box userland
+  libnss-wrapper               # board-in-a-box login user without touching /etc/passwd
+  gcc binutils                 # host x86-64 objects for elf-check's wrong-machine tests
+  chromium                     # renders report.html headless in the tests
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -66,11 +66,19 @@ def test_cli_table_and_json(gemma: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "blk.17.ffn_down.weight" in out and "output.weight (tied" in out
     assert "1.34 GB -> 178.3 MB" in out
-    assert main(["footprint", str(gemma), "--json", "--budget", "300MB"]) == 0
+    assert main(["footprint", str(gemma), "--json"]) == 0  # default budget: the board's 1.9 GB
     doc = json.loads(capsys.readouterr().out)
-    assert doc["tied_output"] is True and doc["budget_bytes"] == 300_000_000
-    assert doc["policies"]["packed"]["fits"] is True
-    assert doc["policies"]["dequant-fp32"]["fits"] is False
+    assert doc["tied_output"] is True and doc["budget_bytes"] == 1_900_000_000
+    fp32, packed = doc["policies"]["dequant-fp32"], doc["policies"]["packed"]
+    # dequant-fp32: 1.41 GB resident + the 0.67 GB transposed lm_head copy -> over 1.9 GB
+    assert fp32["transient_bytes"] == VOCAB * N_EMBD * 4
+    assert fp32["peak_bytes"] == fp32["total_bytes"] + VOCAB * N_EMBD * 4 > 1_900_000_000
+    assert fp32["fits"] is False
+    # packed: transpose is a marker; the transient is one relayout of the largest matrix
+    assert packed["transient_bytes"] == VOCAB * qtype("Q8_0").row_bytes(N_EMBD)
+    assert packed["fits"] is True and packed["peak_bytes"] < 500_000_000
+    assert main(["footprint", str(gemma), "--json", "--budget", "300MB"]) == 0
+    assert json.loads(capsys.readouterr().out)["policies"]["packed"]["fits"] is False
     assert doc["policies"]["dequant-fp32"]["embedding_output_bytes"] == 2 * VOCAB * N_EMBD * 4
     assert len(doc["tensors"]) == 1 + 13 * N_LAYER + 1 + 1
 

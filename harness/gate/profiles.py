@@ -77,3 +77,16 @@ def profile(name: str) -> CpuProfile:
 def forbidden_rows(p: CpuProfile) -> tuple[Encoding, ...]:
     """The table rows the profile rejects."""
     return tuple(e for e in ENCODINGS if p.forbids(e))
+
+
+#: Functions of a STATIC glibc/libgcc link that hold SVE code but only run after a runtime
+#: CPU check (glibc's ifunc memcpy/memmove/memset variants for SVE machines, libgcc's
+#: unwinder reading the SVE vector length while unwinding SVE frames). A program linked
+#: with `-static` always carries them; they never execute on a Cortex-A55. Pass these as
+#: `--allow-function` globs to gate such a program; a SKaiNET .kexe links glibc dynamically
+#: and needs none of them.
+STATIC_GLIBC_DISPATCHED: tuple[str, ...] = (
+    "__memcpy_a64fx", "__memmove_a64fx", "__memset_a64fx",
+    "__memcpy_sve", "__memmove_sve",
+    "_Unwind_GetGR", "execute_stack_op", "uw_update_context", "uw_update_context_1",
+)

@@ -1,0 +1,99 @@
+"""Board runner figures, measured against the board-in-a-box in one run:
+
+- push throughput (MB/s) of the `cat`-over-exec transfer with hash verification, against
+  the raw speed of the same SSH channel (bytes into `cat > /dev/null`, no hash, no rename);
+  and the verified fetch (`cat` back, hash checked);
+- per-run overhead of the runner: the same program run through BoardSession (lock, push
+  check, run with PID/VmHWM sampling, fetch, cleanup) against running it locally under the
+  same qemu (LocalTarget) — the difference and the ratio.
+
+    python3 bench/bench_board.py [--mb 64] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.board.build import fixture_program  # noqa: E402
+from harness.board.session import BoardSession  # noqa: E402
+from harness.board.sim import BoardSim  # noqa: E402
+from harness.board.target import LocalTarget  # noqa: E402
+
+
+def raw_channel_mbps(sess: BoardSession, data: bytes) -> float:
+    chan = sess._open("cat > /dev/null")
+    t0 = time.perf_counter()
+    for i in range(0, len(data), 1 << 20):
+        chan.sendall(data[i:i + (1 << 20)])
+    chan.shutdown_write()
+    chan.recv_exit_status()
+    chan.close()
+    return len(data) / 1e6 / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=64, help="push size in MB (default 64)")
+    ap.add_argument("--runs", type=int, default=20, help="runs per target (default 20)")
+    args = ap.parse_args()
+
+    prog = fixture_program("roundtrip")
+    payload = bytes(range(256)) * (args.mb * 1_000_000 // 256)
+    with BoardSim() as sim, BoardSession(sim.profile) as board:
+        target = f"{sim.remote_dir}/bench/payload.bin"
+        raw = statistics.median(raw_channel_mbps(board, payload) for _ in range(3))
+        push_times = []
+        for _ in range(3):
+            board.exec(f"rm -f {target}")
+            res = board.push(payload, target)
+            push_times.append(float(res["seconds"]))  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        skipped = board.push(payload, target)
+        skip_s = time.perf_counter() - t0
+        assert skipped["skipped"]
+        push_mbps = len(payload) / 1e6 / statistics.median(push_times)
+        fetch_times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            assert board.fetch(target) == payload
+            fetch_times.append(time.perf_counter() - t0)
+        fetch_mbps = len(payload) / 1e6 / statistics.median(fetch_times)
+
+        small = {"in.bin": b"x" * 4096}
+        argv = ["in.bin", "out.bin"]
+        board.run(prog, args=argv, inputs=small, outputs=["out.bin"])  # warm: program pushed
+        local = LocalTarget(sim.profile.exec_prefix_argv)
+        b_tot, b_run, l_tot = [], [], []
+        for _ in range(args.runs):
+            r = board.run(prog, args=argv, inputs=small, outputs=["out.bin"])
+            assert r.ok, r.summary()
+            b_tot.append(r.timings["total"])
+            b_run.append(r.timings["run"])
+            t0 = time.perf_counter()
+            lr = local.run(prog, args=argv, inputs=small, outputs=["out.bin"])
+            l_tot.append(time.perf_counter() - t0)
+            assert lr.ok and lr.outputs == r.outputs
+        bt, br, lt = (statistics.median(v) for v in (b_tot, b_run, l_tot))
+
+    print(f"board-in-a-box (dropbear on loopback, qemu-aarch64), {args.mb} MB push, "
+          f"{args.runs} runs each")
+    print(f"push throughput : {push_mbps:8.1f} MB/s verified push (cat + sha256sum + mv)")
+    print(f"  peer          : {raw:8.1f} MB/s raw channel into cat > /dev/null "
+          f"-> {push_mbps / raw:.2f}x of raw")
+    print(f"  skip (same hash): {skip_s * 1e3:6.1f} ms for {args.mb} MB already on the board")
+    print(f"fetch throughput: {fetch_mbps:8.1f} MB/s verified fetch (sha256sum + cat)")
+    print(f"per-run         : board {bt * 1e3:7.1f} ms median (of which program phase "
+          f"{br * 1e3:.1f} ms)")
+    print(f"  peer          : local {lt * 1e3:7.1f} ms median (same program, same qemu)")
+    print(f"  overhead      : {(bt - lt) * 1e3:7.1f} ms per run = {bt / lt:.2f}x local")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,737 @@
+"""`BoardSession`: the `Target` interface over SSH (paramiko), for a BusyBox board.
+
+The board has no sftp, no rsync and no `timeout`, so everything is done with exec channels
+and POSIX shell: files are streamed into `cat` under a temporary name, checked with the
+board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place; a run is started in
+its own session/process group (`setsid`) and reports its PID first thing; the client keeps
+the clock and kills the whole group (TERM, then KILL) when time is up; peak memory is the
+process's VmHWM, sampled from /proc/PID/status by a board-side loop every sample_interval
+(a lower bound if the peak comes in the last interval before exit); a lock directory
+created with `mkdir` (atomic) keeps two runs from sharing the board's memory.
+
+Every channel is waited for until the board closes it: dropbear keeps a channel slot
+(of a small fixed number per connection) for one the client closes while its command
+still runs, so closing early would exhaust a long session.
+
+Remote layout under `remote_dir`: `bin/` (pushed programs), `lib/` (compat links),
+`runs/<id>/` (a run's inputs and outputs), `lock/` (held while a run is on the board).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import re
+import secrets
+import select
+import shlex
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import paramiko
+
+from harness.board.hostkeys import (
+    RefusingPolicy,
+    changed_key_message,
+    known_hosts_name,
+    load_known_hosts,
+)
+from harness.board.profile import BoardProfile
+from harness.board.target import InputFiles, RunResult, StreamCallback, exit_reason
+from harness.errors import HarnessError
+
+q = shlex.quote
+
+
+class MarkerFilter:
+    """Takes the runner's own lines (`<tag><key> <value>\n`, tag random per run) out of a
+    program's stderr as it streams, passing everything else through unchanged."""
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.buf = b""
+        self.found: dict[str, str] = {}
+
+    def feed(self, data: bytes) -> bytes:
+        self.buf += data
+        out = b""
+        while True:
+            i = self.buf.find(self.tag)
+            if i < 0:
+                keep = next((k for k in range(min(len(self.tag) - 1, len(self.buf)), 0, -1)
+                             if self.buf.endswith(self.tag[:k])), 0)
+                cut = len(self.buf) - keep
+                out, self.buf = out + self.buf[:cut], self.buf[cut:]
+                return out
+            j = self.buf.find(b"\n", i)
+            out += self.buf[:i]
+            if j < 0:
+                self.buf = self.buf[i:]
+                return out
+            key, _, value = self.buf[i + len(self.tag):j].partition(b" ")
+            self.found[key.decode("ascii", "replace")] = value.decode("ascii", "replace")
+            self.buf = self.buf[j + 1:]
+
+    def finish(self) -> bytes:
+        rest, self.buf = self.buf, b""
+        return rest
+
+_CHUNK = 1 << 20
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+ProgressCallback = Callable[[int, int], None]
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise HarnessError(
+            f"{kind} name {name!r}: use a plain file name (letters, digits, . _ + -), no paths"
+        )
+    return name
+
+
+def needed_libraries(program: Path) -> list[str]:
+    """DT_NEEDED entries of an ELF file (empty for a static or non-ELF file)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with program.open("rb") as fh:
+            elf = ELFFile(fh)
+            out: list[str] = []
+            for sec in elf.iter_sections():
+                if isinstance(sec, DynamicSection):
+                    out += [t.needed for t in sec.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+            return out
+    except (ELFError, OSError, ValueError):
+        return []
+
+
+def _close_quietly(chan: paramiko.Channel) -> None:
+    """Close a channel; on a dead connection closing raises, which must not hide the error
+    that is already being reported."""
+    try:
+        chan.close()
+    except (paramiko.SSHException, OSError, EOFError):
+        pass
+
+
+def oom_victim(kernel_log: bytes, pid: int) -> bool:
+    """Does the kernel log name `pid` as killed by the OOM killer?"""
+    pat = re.compile(rb"(Out of memory: Killed process %d\b|oom-kill:.*\bpid=%d\b)"
+                     % (pid, pid))
+    return bool(pat.search(kernel_log))
+
+
+class BoardSession:
+    """One SSH connection to a board, implementing the `Target` interface."""
+
+    def __init__(self, profile: BoardProfile, trust_new: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.profile = profile
+        self.name = profile.label
+        self.trust_new = trust_new
+        self.log = log or (lambda msg: None)
+        self.client: paramiko.SSHClient | None = None
+        self.hash_tool: str | None = None
+        self.has_setsid = True
+        self.facts: dict[str, str] = {}
+        self.trusted_new_key: str | None = None
+        self._lock_depth = 0
+        self._on_unlock: list[str] = []
+
+    # -- connection ---------------------------------------------------------------------
+
+    def __enter__(self) -> BoardSession:
+        if self.client is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def where(self) -> str:
+        p = self.profile
+        return f"{p.user}@{p.host}:{p.port}"
+
+    def connect(self) -> BoardSession:
+        """Open the SSH connection (host key checked), then probe the board's tools."""
+        p = self.profile
+        client = paramiko.SSHClient()
+        if p.host_key_fingerprint:
+            policy = RefusingPolicy(None, p.port, pinned=p.host_key_fingerprint)
+        else:
+            load_known_hosts(client, p.known_hosts)
+            policy = RefusingPolicy(p.known_hosts, p.port, trust_new=self.trust_new)
+        client.set_missing_host_key_policy(policy)
+        key_file = None
+        if p.identity_file:
+            key_file = str(Path(p.identity_file).expanduser())
+            if not Path(key_file).is_file():
+                raise HarnessError(f"identity_file {key_file}: no such file")
+        try:
+            client.connect(
+                p.host, port=p.port, username=p.user, key_filename=key_file,
+                timeout=p.connect_timeout, banner_timeout=p.connect_timeout,
+                auth_timeout=p.connect_timeout, allow_agent=True,
+                look_for_keys=key_file is None,
+            )
+        except HarnessError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HarnessError(changed_key_message(
+                known_hosts_name(p.host, p.port), exc.key, exc.expected_key, p.known_hosts
+            )) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            how = f"key {key_file}" if key_file else "the ssh agent and ~/.ssh/id_* keys"
+            raise HarnessError(f"{self.where}: authentication failed with {how}: {exc}") from None
+        except TimeoutError:
+            client.close()
+            raise HarnessError(
+                f"{self.where}: no answer within {p.connect_timeout:g}s (connect_timeout)"
+            ) from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            raise HarnessError(f"{self.where}: cannot connect: {exc}") from None
+        self.trusted_new_key = policy.added
+        transport = client.get_transport()
+        assert transport is not None
+        if p.keepalive > 0:
+            transport.set_keepalive(p.keepalive)
+        try:  # many small request/reply exchanges: do not let Nagle hold them back
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        self.client = client
+        self._probe()
+        return self
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        t = self.client.get_transport() if self.client else None
+        if t is None or not t.is_active():
+            raise HarnessError(f"{self.where}: not connected (connection lost?)")
+        return t
+
+    def _lost(self, what: str, exc: BaseException | None = None) -> HarnessError:
+        detail = f": {exc}" if exc else ""
+        return HarnessError(f"{self.where}: connection lost while {what}{detail}")
+
+    def _open(self, cmd: str) -> paramiko.Channel:
+        try:
+            chan = self.transport.open_session(timeout=self.profile.connect_timeout)
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost("opening a channel", exc) from None
+        return chan
+
+    def exec(self, cmd: str, stdin: bytes | None = None,
+             timeout: float = 120.0) -> tuple[int, bytes, bytes]:
+        """Run a shell command on the board; (exit status, stdout, stderr)."""
+        chan = self._open(cmd)
+        out, err = [], []
+        deadline = time.monotonic() + timeout
+        first = cmd.strip().splitlines()[0] if cmd.strip() else cmd
+        try:
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            while True:
+                while chan.recv_ready():
+                    out.append(chan.recv(_CHUNK))
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(_CHUNK))
+                if chan.eof_received or chan.closed:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HarnessError(f"{self.where}: {first!r} took over {timeout:g}s")
+                select.select([chan], [], [], min(left, 1.0))
+            while chan.recv_ready():  # what arrived between the last read and the EOF
+                out.append(chan.recv(_CHUNK))
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(_CHUNK))
+            if not chan.status_event.wait(max(1.0, deadline - time.monotonic())):
+                raise HarnessError(f"{self.where}: {first!r}: no exit status")
+            status = chan.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost(f"running {first!r}", exc) from None
+        finally:
+            _close_quietly(chan)
+        if status == -1:
+            raise self._lost(f"running {first!r}")
+        return status, b"".join(out), b"".join(err)
+
+    def exec_ok(self, cmd: str, what: str, timeout: float = 120.0) -> bytes:
+        status, out, err = self.exec(cmd, timeout=timeout)
+        if status != 0:
+            msg = err.decode("utf-8", "replace").strip() or f"exit status {status}"
+            raise HarnessError(f"{self.where}: {what} failed: {msg}")
+        return out
+
+    def _probe(self) -> None:
+        """What the board has: hash tool, setsid, timeout, architecture, memory."""
+        rd = q(self.profile.remote_dir)
+        out = self.exec_ok(
+            "for t in sha256sum md5sum setsid timeout; do "
+            "command -v $t >/dev/null 2>&1 && echo \"tool $t\"; done; "
+            "echo \"arch $(uname -m)\"; "
+            "while read k v u; do [ \"$k\" = MemTotal: ] && echo \"memkb $v\"; done "
+            "< /proc/meminfo; "
+            f"mkdir -p {rd}/bin {rd}/lib {rd}/runs && echo ready",
+            "probing the board",
+        ).decode("utf-8", "replace")
+        tools = {ln.split()[1] for ln in out.splitlines() if ln.startswith("tool ")}
+        for ln in out.splitlines():
+            if ln.startswith(("arch ", "memkb ")):
+                k, _, v = ln.partition(" ")
+                self.facts[k] = v
+        self.facts["tools"] = " ".join(sorted(tools))
+        if "sha256sum" in tools:
+            self.hash_tool = "sha256sum"
+        elif "md5sum" in tools:
+            self.hash_tool = "md5sum"
+        else:
+            raise HarnessError(f"{self.where}: the board has neither sha256sum nor md5sum; "
+                               "transfers cannot be verified")
+        self.has_setsid = "setsid" in tools
+        if "ready" not in out:
+            raise HarnessError(f"{self.where}: cannot create {self.profile.remote_dir}")
+
+    def _digest(self, data_or_path: bytes | Path) -> str:
+        h = hashlib.sha256() if self.hash_tool == "sha256sum" else hashlib.md5()
+        if isinstance(data_or_path, bytes):
+            h.update(data_or_path)
+        else:
+            with data_or_path.open("rb") as fh:
+                for block in iter(lambda: fh.read(_CHUNK), b""):
+                    h.update(block)
+        return h.hexdigest()
+
+    # -- files ----------------------------------------------------------------------------
+
+    def push(self, src: Path | str | bytes, remote_path: str, mode: int = 0o644,
+             progress: ProgressCallback | None = None) -> dict[str, object]:
+        """Copy a file (or bytes) to `remote_path`; skipped when the board already has it.
+
+        Streams into `cat` under a temporary name beside the target, verifies the board's
+        hash of it, then `chmod` and `mv` (atomic on one filesystem). On any failure the
+        target is untouched: a dropped connection never leaves a partial file there.
+        """
+        data = src if isinstance(src, bytes) else None
+        path = None if data is not None else Path(src)  # type: ignore[arg-type]
+        if path is not None and not path.is_file():
+            raise HarnessError(f"push: {path}: no such file")
+        size = len(data) if data is not None else path.stat().st_size  # type: ignore[union-attr]
+        want = self._digest(data if data is not None else path)  # type: ignore[arg-type]
+        rdir, _, base = remote_path.rpartition("/")
+        if not base or not rdir.startswith("/"):
+            raise HarnessError(f"push: remote path {remote_path!r} must be absolute")
+        tmp = f"{rdir}/.{base}.part-{secrets.token_hex(4)}"
+        f, t, ht = q(remote_path), q(tmp), self.hash_tool
+        script = (
+            f"mkdir -p {q(rdir)} || exit 3\n"
+            f"rm -f {q(rdir)}/.{q(base)}.part-* 2>/dev/null\n"
+            f"if [ -f {f} ]; then set -- $({ht} < {f}); "
+            f"if [ \"$1\" = {want} ]; then chmod {mode:o} {f} && echo SKIP && exit 0; fi; fi\n"
+            "echo SEND\n"
+            f"cat > {t} || {{ rm -f {t}; exit 4; }}\n"
+            f"set -- $({ht} < {t})\n"
+            f"if [ \"$1\" = {want} ]; then chmod {mode:o} {t} && mv -f {t} {f} && echo DONE "
+            "&& exit 0; fi\n"
+            f"rm -f {t}; echo \"MISMATCH $1\"; exit 5\n"
+        )
+        t0 = time.perf_counter()
+        what = f"pushing {remote_path}"
+        chan = self._open(script)
+        try:
+            first = self._read_line(chan, what)
+            if first == "SKIP":
+                chan.status_event.wait(60.0)
+                return {"skipped": True, "bytes": 0, "seconds": time.perf_counter() - t0}
+            if first != "SEND":
+                err = self._drain_stderr(chan)
+                raise HarnessError(f"{self.where}: cannot write {remote_path}: "
+                                   f"{err or first or 'no answer'}")
+            sent = 0
+            if data is not None:
+                for i in range(0, size, _CHUNK):
+                    chan.sendall(data[i:i + _CHUNK])
+                    sent = min(size, i + _CHUNK)
+                    if progress:
+                        progress(sent, size)
+            else:
+                with path.open("rb") as fh:  # type: ignore[union-attr]
+                    for block in iter(lambda: fh.read(_CHUNK), b""):
+                        chan.sendall(block)
+                        sent += len(block)
+                        if progress:
+                            progress(sent, size)
+            chan.shutdown_write()
+            rest = b""
+            while True:
+                while chan.recv_ready():
+                    rest += chan.recv(4096)
+                if chan.eof_received or chan.closed:
+                    while chan.recv_ready():
+                        rest += chan.recv(4096)
+                    break
+                select.select([chan], [], [], 1.0)
+            chan.status_event.wait(600.0)
+            status = chan.recv_exit_status() if chan.status_event.is_set() else -1
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if chan.exit_status_ready() and chan.recv_exit_status() not in (0, -1):
+                raise HarnessError(
+                    f"{self.where}: push of {remote_path} failed on the board (status "
+                    f"{chan.recv_exit_status()}: {self._drain_stderr(chan) or 'no message'}); "
+                    f"target untouched") from None
+            raise HarnessError(
+                f"{self.where}: connection lost while pushing {remote_path} ({exc}); "
+                f"nothing was written at {remote_path}"
+            ) from None
+        finally:
+            _close_quietly(chan)
+        if status == -1:
+            raise HarnessError(f"{self.where}: connection lost while pushing {remote_path}; "
+                               f"nothing was written at {remote_path}")
+        if status != 0:
+            text = rest.decode("utf-8", "replace").strip()
+            raise HarnessError(f"{self.where}: push of {remote_path} failed "
+                               f"(status {status}: {text or 'no message'}); target untouched")
+        return {"skipped": False, "bytes": size, "seconds": time.perf_counter() - t0}
+
+    def _read_line(self, chan: paramiko.Channel, what: str, limit: float = 60.0) -> str:
+        buf = b""
+        deadline = time.monotonic() + limit
+        while b"\n" not in buf:
+            if chan.recv_ready():
+                buf += chan.recv(1)
+            elif chan.exit_status_ready() or chan.closed:
+                break
+            elif time.monotonic() > deadline:
+                raise HarnessError(f"{self.where}: no answer within {limit:g}s while {what}")
+            else:
+                select.select([chan], [], [], 0.05)
+        return buf.decode("utf-8", "replace").strip()
+
+    @staticmethod
+    def _drain_stderr(chan: paramiko.Channel) -> str:
+        err = b""
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(4096)
+        return err.decode("utf-8", "replace").strip()
+
+    def fetch(self, remote_path: str) -> bytes:
+        """Read a board file back with `cat`, verified against the board's own hash."""
+        f = q(remote_path)
+        status, out, err = self.exec(
+            f"[ -f {f} ] || {{ echo 'no such file' >&2; exit 3; }}\n"
+            f"set -- $({self.hash_tool} < {f}); echo \"$1\" >&2; exec cat {f}",
+            timeout=600.0,
+        )
+        lines = err.decode("utf-8", "replace").split()
+        if status != 0:
+            raise HarnessError(f"{self.where}: fetch {remote_path}: "
+                               f"{' '.join(lines) or f'status {status}'}")
+        got = self._digest(out)
+        if not lines or lines[0] != got:
+            raise HarnessError(f"{self.where}: fetch {remote_path}: hash mismatch (board "
+                               f"{lines[0] if lines else '?'}, received {got})")
+        return out
+
+    # -- lock -----------------------------------------------------------------------------
+
+    @property
+    def lock_dir(self) -> str:
+        return f"{self.profile.remote_dir}/lock"
+
+    def lock_holder(self) -> str | None:
+        status, out, _ = self.exec(
+            f"[ -d {q(self.lock_dir)} ] || exit 1; "
+            f"sed -n 2p {q(self.lock_dir)}/owner 2>/dev/null; true"
+        )
+        if status != 0:
+            return None
+        return out.decode("utf-8", "replace").strip() or "an unknown holder"
+
+    @contextmanager
+    def lock(self, what: str = "", wait: float | None = None) -> Iterator[None]:
+        """Hold the board lock (re-entrant within this session)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        wait = self.profile.lock_wait if wait is None else wait
+        token = secrets.token_hex(8)
+        info = (f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}" + (f" running {what}" if what else ""))
+        ld = q(self.lock_dir)
+        script = (
+            f"if mkdir {ld} 2>/dev/null; then printf '%s\\n' {token} {q(info)} > {ld}/owner; "
+            f"echo GOT; else echo BUSY; sed -n 2p {ld}/owner 2>/dev/null; fi"
+        )
+        t0 = time.monotonic()
+        announced = False
+        while True:
+            out = self.exec_ok(script, "taking the board lock").decode("utf-8", "replace")
+            if out.startswith("GOT"):
+                break
+            holder = out.partition("\n")[2].strip() or "an unknown holder"
+            if time.monotonic() - t0 >= wait:
+                raise HarnessError(
+                    f"{self.name}: board is busy: {self.lock_dir} held by {holder} for over "
+                    f"{wait:g}s (lock_wait). If that run is gone, free it with "
+                    f"`skoracle board unlock`"
+                )
+            if not announced:
+                self.log(f"board busy (held by {holder}); waiting up to {wait:g}s")
+                announced = True
+            time.sleep(0.25)
+        self._lock_depth = 1
+        self._on_unlock = []
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            cleanup = "".join(f"{c}\n" for c in self._on_unlock)
+            self._on_unlock = []
+            try:
+                self.exec(f"{cleanup}read t < {ld}/owner && [ \"$t\" = {token} ] && rm -rf {ld}",
+                          timeout=60.0)
+            except HarnessError:
+                pass  # connection gone: the lock stays, and says who held it
+
+    def unlock(self) -> str | None:
+        """Remove the lock whoever holds it; returns the holder it named, if any."""
+        holder = self.lock_holder()
+        self.exec_ok(f"rm -rf {q(self.lock_dir)}", "removing the lock")
+        return holder
+
+    # -- running --------------------------------------------------------------------------
+
+    def _libcrypt_compat(self, program: Path) -> tuple[str | None, str | None]:
+        """(lib dir for LD_LIBRARY_PATH, note) when the program needs libcrypt.so.1."""
+        if "libcrypt.so.1" not in needed_libraries(program):
+            return None, None
+        rd = self.profile.remote_dir
+        dirs = " ".join(q(d) for d in self.profile.lib_dirs)
+        out = self.exec_ok(
+            f"for d in {dirs}; do [ -e \"$d/libcrypt.so.1\" ] && {{ echo \"HAVE $d\"; exit 0; }}; "
+            "done\n"
+            f"for d in {dirs}; do if [ -e \"$d/libcrypt.so.2\" ]; then "
+            f"ln -sf \"$d/libcrypt.so.2\" {q(rd)}/lib/libcrypt.so.1 && echo \"LINK $d\"; "
+            "exit 0; fi; done\necho NONE",
+            "setting up the libcrypt compat link",
+        ).decode().strip()
+        if out.startswith("LINK"):
+            return f"{rd}/lib", (f"libcrypt.so.1 -> {out.split(' ', 1)[1]}/libcrypt.so.2 "
+                                 f"compat link in {rd}/lib (LD_LIBRARY_PATH)")
+        if out.startswith("NONE"):
+            return None, "program needs libcrypt.so.1; the board has neither .so.1 nor .so.2"
+        return None, None
+
+    def _kill_group(self, pid: int, sig: str) -> None:
+        target = f"-{pid}" if self.has_setsid else str(pid)
+        try:
+            self.exec(f"kill -{sig} {target} 2>/dev/null; true", timeout=10.0)
+        except HarnessError:
+            pass
+
+    def _kernel_oom(self, pid: int) -> bool:
+        try:
+            _, out, _ = self.exec("dmesg 2>/dev/null | tail -n 400", timeout=10.0)
+        except HarnessError:
+            return False
+        return oom_victim(out, pid)
+
+    def run(
+        self,
+        program: Path | str,
+        args: Sequence[str] = (),
+        inputs: InputFiles | None = None,
+        outputs: Sequence[str] = (),
+        timeout: float | None = None,
+        on_stdout: StreamCallback | None = None,
+        on_stderr: StreamCallback | None = None,
+        env: dict[str, str] | None = None,
+        keep: bool = False,
+    ) -> RunResult:
+        """Push `program` and `inputs`, run it under the board lock, fetch `outputs`."""
+        program = Path(program)
+        if not program.is_file():
+            raise HarnessError(f"program not found: {program}")
+        for name in [*(inputs or {}), *outputs]:
+            _check_name("input/output file", name)
+        _check_name("program", program.name)
+        rd = self.profile.remote_dir
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        run_dir = f"{rd}/runs/{run_id}"
+        t0 = time.perf_counter()
+        result = RunResult(program=program.name, exit_status=None, reason="")
+        with self.lock(program.name):
+            if not keep:
+                self._on_unlock.append(f"rm -rf {q(run_dir)}")
+            remote_prog = f"{rd}/bin/{program.name}"
+            self.push(program, remote_prog, mode=0o755)
+            for name, src in (inputs or {}).items():
+                self.push(src if isinstance(src, bytes) else Path(src), f"{run_dir}/{name}")
+            env = dict(env or {})
+            libdir, note = self._libcrypt_compat(program)
+            if note:
+                result.notes.append(note)
+            if libdir:
+                prev = env.get("LD_LIBRARY_PATH")
+                env["LD_LIBRARY_PATH"] = f"{libdir}:{prev}" if prev else libdir
+            result.timings["push"] = time.perf_counter() - t0
+            argv = [*self.profile.exec_prefix_argv, remote_prog, *args]
+            t_run = time.perf_counter()
+            self._run_remote(result, run_dir, argv, env, timeout, on_stdout, on_stderr)
+            result.timings["run"] = time.perf_counter() - t_run
+            kernel_oom = (result.exit_status == 128 + 9 and not result.timed_out
+                          and result.pid is not None and self._kernel_oom(result.pid))
+            if not result.timed_out:
+                result.reason = exit_reason(result.exit_status, result.stderr,
+                                            kernel_oom=kernel_oom)
+            t_fetch = time.perf_counter()
+            for name in outputs:
+                try:
+                    result.outputs[name] = self.fetch(f"{run_dir}/{name}")
+                except HarnessError as exc:
+                    if result.ok:
+                        raise
+                    result.notes.append(f"output {name} not fetched: {exc}")
+            result.timings["fetch"] = time.perf_counter() - t_fetch
+        result.timings["total"] = time.perf_counter() - t0
+        return result
+
+    def _run_remote(self, result: RunResult, run_dir: str, argv: list[str],
+                    env: dict[str, str], timeout: float | None,
+                    on_stdout: StreamCallback | None, on_stderr: StreamCallback | None) -> None:
+        """Start argv in its own session, stream its output, enforce the timeout.
+
+        One exec channel: the board-side shell starts the program with `setsid` (its PID,
+        which is also its process group, is the first line it writes), samples its VmHWM
+        from /proc in the background, waits, kills any group member still alive, and
+        reports the peak after the program is done, so no report line can interleave with
+        the program's own output.
+        """
+        tag = f"@@skoracle-{secrets.token_hex(4)}-"
+        exports = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
+        inner = q(f'echo "{tag}pid $$" >&2; exec "$@"')
+        words = " ".join(q(a) for a in argv)
+        usec = max(10_000, int(self.profile.sample_interval * 1e6))
+        rss = ".skoracle-rss-$p"
+        cmd = (
+            f"mkdir -p {q(run_dir)} && cd {q(run_dir)} || exit 125\n{exports}"
+            f"{'setsid ' if self.has_setsid else ''}sh -c {inner} sh {words} </dev/null &\n"
+            "p=$!\n"
+            "( while [ -d /proc/$p ]; do while read k v u; do [ \"$k\" = VmHWM: ] && "
+            "echo \"$v\"; done < /proc/$p/status; "
+            f"usleep {usec} 2>/dev/null || sleep 1; done ) >{rss} 2>/dev/null </dev/null &\n"
+            "s=$!\n"
+            "wait $p\nst=$?\n"
+            + (f"if kill -0 -$p 2>/dev/null; then kill -KILL -$p 2>/dev/null; "
+               f"echo '{tag}leftover killed' >&2; fi\n" if self.has_setsid else "")
+            + "kill $s 2>/dev/null; wait $s 2>/dev/null\n"
+            "m=; while read v; do { [ -z \"$m\" ] || [ \"$v\" -gt \"$m\" ]; } 2>/dev/null "
+            f"&& m=$v; done < {rss}; rm -f {rss}\n"
+            f"echo \"{tag}peak_rss_kb ${{m:-none}}\" >&2\n"
+            "exit $st\n"
+        )
+        grace = self.profile.kill_grace
+        chan = self._open(cmd)
+        markers = MarkerFilter(tag.encode())
+        out: list[bytes] = []
+        err: list[bytes] = []
+        pid: int | None = None
+        started = time.monotonic()
+        kill_at: float | None = None
+        sent_kill = False
+
+        def take_stderr(data: bytes) -> None:
+            data = markers.feed(data)
+            if data:
+                err.append(data)
+                if on_stderr:
+                    on_stderr(data)
+
+        try:
+            chan.shutdown_write()
+            while True:
+                while chan.recv_ready():
+                    data = chan.recv(65536)
+                    out.append(data)
+                    if on_stdout:
+                        on_stdout(data)
+                while chan.recv_stderr_ready():
+                    take_stderr(chan.recv_stderr(65536))
+                if pid is None and "pid" in markers.found:
+                    pid = int(markers.found["pid"])
+                if chan.eof_received or chan.closed or chan.exit_status_ready():
+                    break
+                now = time.monotonic()
+                if pid is None and timeout is not None and now - started > timeout + 30.0:
+                    raise HarnessError(f"{self.where}: {argv[-1] if argv else 'program'} did "
+                                       f"not start within {timeout + 30.0:g}s")
+                if timeout is not None and pid is not None:
+                    if not result.timed_out and now - started > timeout:
+                        result.timed_out = True
+                        self._kill_group(pid, "TERM")
+                        kill_at = now + grace
+                        result.reason = (f"timed out after {timeout:g}s: process group "
+                                         f"{pid} killed with SIGTERM")
+                    elif result.timed_out and not sent_kill and kill_at and now > kill_at:
+                        sent_kill = True
+                        self._kill_group(pid, "KILL")
+                        result.reason = (f"timed out after {timeout:g}s: process group "
+                                         f"{pid} killed with SIGKILL (still there "
+                                         f"{grace:g}s after SIGTERM)")
+                select.select([chan], [], [], 0.02)
+            chan.status_event.wait(30.0)
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                out.append(data)
+                if on_stdout:
+                    on_stdout(data)
+            while chan.recv_stderr_ready():
+                take_stderr(chan.recv_stderr(65536))
+            status = chan.recv_exit_status() if chan.status_event.is_set() else -1
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost("running the program", exc) from None
+        finally:
+            _close_quietly(chan)
+        tail = markers.finish()
+        if tail:
+            err.append(tail)
+            if on_stderr:
+                on_stderr(tail)
+        if status == -1:
+            raise self._lost(f"running {argv[-1] if argv else ''}")
+        found = markers.found
+        if pid is None and "pid" in found:
+            pid = int(found["pid"])
+        if "leftover" in found:
+            result.notes.append(f"processes of group {pid} outlived the run; killed")
+        peak = found.get("peak_rss_kb", "none")
+        result.peak_rss_kb = int(peak) if peak.isdigit() else None
+        result.exit_status = status
+        result.pid = pid
+        result.stdout = b"".join(out)
+        result.stderr = b"".join(err)
+

@@ -1,0 +1,266 @@
+"""The one interface every execution target offers, and what a run of a program reports.
+
+A target runs one program with some input files and hands back its outputs, how it ended
+(exit status mapped to a reason a person can act on), wall-clock timings and peak resident
+memory. `BoardSession` implements it over SSH; `LocalTarget` runs the same program on this
+machine (under the same exec prefix, e.g. qemu) and is the peer the board overhead is
+measured against.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from harness.errors import HarnessError
+
+#: Inputs: remote file name -> local path or the bytes themselves.
+InputFiles = Mapping[str, "Path | str | bytes"]
+#: Called with each chunk of live output as it arrives.
+StreamCallback = Callable[[bytes], None]
+
+#: Messages on stderr that say the program ran out of memory (allocation failure under a
+#: memory cap, the C++/Kotlin/JVM runtimes' own words, glibc's perror text).
+OOM_PATTERNS: tuple[str, ...] = (
+    r"out of memory",
+    r"cannot allocate memory",
+    r"std::bad_alloc",
+    r"OutOfMemoryError",
+    r"memory exhausted",
+    r"failed to allocate",
+)
+
+ILLEGAL_INSTRUCTION = "illegal instruction: run `skoracle elf-check` on the binary"
+
+
+@dataclass
+class RunResult:
+    """How one run of one program on one target went."""
+
+    program: str
+    exit_status: int | None  # shell convention: 128+N when killed by signal N
+    reason: str  # "ok" or what went wrong, in words
+    timed_out: bool = False
+    pid: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: push, run, fetch, total
+    peak_rss_kb: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.timed_out
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended the program, if any (from the 128+N status)."""
+        if self.exit_status is not None and 128 < self.exit_status < 128 + 65:
+            return self.exit_status - 128
+        return None
+
+    def summary(self) -> str:
+        """One line: status, reason, timings and memory."""
+        parts = [f"{self.program}: {self.reason}"]
+        if self.exit_status is not None:
+            parts.append(f"exit {self.exit_status}")
+        if self.pid is not None:
+            parts.append(f"pid {self.pid}")
+        for key in ("push", "run", "fetch", "total"):
+            if key in self.timings:
+                parts.append(f"{key} {self.timings[key]:.3f}s")
+        if self.peak_rss_kb is not None:
+            parts.append(f"peak RSS {self.peak_rss_kb / 1024:.1f} MiB")
+        return ", ".join(parts)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Something that runs a program with input files and gives outputs back."""
+
+    name: str
+
+    def run(
+        self,
+        program: Path | str,
+        args: Sequence[str] = (),
+        inputs: InputFiles | None = None,
+        outputs: Sequence[str] = (),
+        timeout: float | None = None,
+        on_stdout: StreamCallback | None = None,
+        on_stderr: StreamCallback | None = None,
+    ) -> RunResult: ...
+
+
+def signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+def exit_reason(
+    status: int | None,
+    stderr: bytes = b"",
+    *,
+    timed_out: bool = False,
+    timeout: float | None = None,
+    kill_signal: str | None = None,
+    kernel_oom: bool = False,
+) -> str:
+    """Map an exit status (128+N for signal N) plus evidence to a reason in words.
+
+    `kernel_oom` is True when the board's kernel log names the process as an OOM victim;
+    an allocation-failure message on stderr also counts as running out of memory.
+    """
+    if timed_out:
+        how = f", process group killed with {kill_signal}" if kill_signal else ""
+        return f"timed out after {timeout:g}s{how}" if timeout is not None else f"timed out{how}"
+    if status is None:
+        return "no exit status (connection lost?)"
+    if status == 0:
+        return "ok"
+    text = stderr.decode("utf-8", "replace")
+    oom_text = next((p for p in OOM_PATTERNS if re.search(p, text, re.IGNORECASE)), None)
+    if status == 128 + signal.SIGKILL:
+        if kernel_oom:
+            return "out of memory: killed by the kernel OOM killer (SIGKILL)"
+        if oom_text:
+            return "out of memory: killed (SIGKILL) after an allocation failure"
+        return "killed (SIGKILL, no OOM trace in the kernel log)"
+    if oom_text:
+        how = (
+            f"{signal_name(status - 128)}" if status > 128 else f"exit status {status}"
+        )
+        return f"out of memory: allocation failed ({how})"
+    if status == 128 + signal.SIGILL:
+        return ILLEGAL_INSTRUCTION
+    if status == 128 + signal.SIGSEGV:
+        return "segmentation fault (SIGSEGV)"
+    if status == 128 + signal.SIGBUS:
+        return "bus error (SIGBUS)"
+    if status == 128 + signal.SIGFPE:
+        return "arithmetic exception (SIGFPE)"
+    if status == 128 + signal.SIGABRT:
+        return "aborted (SIGABRT)"
+    if status == 128 + signal.SIGTERM:
+        return "terminated (SIGTERM)"
+    if status == 126:
+        return "cannot execute (status 126: wrong architecture or not executable?)"
+    if status == 127:
+        return "command not found (status 127)"
+    if 128 < status < 128 + 65:
+        return f"killed by {signal_name(status - 128)}"
+    return f"exited with status {status}"
+
+
+def _read_peak_rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class LocalTarget:
+    """Runs programs on this machine in a scratch directory, with an optional exec prefix.
+
+    The peer for measuring the board runner's overhead: the same program, the same qemu,
+    no SSH, no pushes.
+    """
+
+    def __init__(self, exec_prefix: Sequence[str] = (), name: str = "local") -> None:
+        self.exec_prefix = list(exec_prefix)
+        self.name = name
+
+    def run(
+        self,
+        program: Path | str,
+        args: Sequence[str] = (),
+        inputs: InputFiles | None = None,
+        outputs: Sequence[str] = (),
+        timeout: float | None = None,
+        on_stdout: StreamCallback | None = None,
+        on_stderr: StreamCallback | None = None,
+    ) -> RunResult:
+        program = Path(program)
+        if not program.is_file():
+            raise HarnessError(f"program not found: {program}")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="skoracle-local-") as tmp:
+            work = Path(tmp)
+            for name, src in (inputs or {}).items():
+                data = src if isinstance(src, bytes) else Path(src).read_bytes()
+                (work / name).write_bytes(data)
+            cmd = [*self.exec_prefix, str(program.resolve()), *args]
+            t_run = time.perf_counter()
+            proc = subprocess.Popen(
+                cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+            chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+
+            def pump(stream, key: str, cb: StreamCallback | None) -> None:
+                for chunk in iter(lambda: stream.read1(65536), b""):
+                    chunks[key].append(chunk)
+                    if cb:
+                        cb(chunk)
+
+            pumps = [
+                threading.Thread(target=pump, args=(proc.stdout, "out", on_stdout), daemon=True),
+                threading.Thread(target=pump, args=(proc.stderr, "err", on_stderr), daemon=True),
+            ]
+            for th in pumps:
+                th.start()
+            peak = None
+            timed_out = False
+            while proc.poll() is None:
+                rss = _read_peak_rss_kb(proc.pid)
+                peak = rss if peak is None or (rss or 0) > peak else peak
+                if timeout is not None and time.perf_counter() - t_run > timeout:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    break
+                try:
+                    proc.wait(timeout=0.02)
+                except subprocess.TimeoutExpired:
+                    pass
+            for th in pumps:
+                th.join()
+            run_s = time.perf_counter() - t_run
+            status = proc.returncode
+            if status is not None and status < 0:
+                status = 128 - status
+            got: dict[str, bytes] = {}
+            for name in outputs:
+                path = work / name
+                if status == 0 and path.is_file():
+                    got[name] = path.read_bytes()
+        stderr = b"".join(chunks["err"])
+        return RunResult(
+            program=program.name,
+            exit_status=status,
+            reason=exit_reason(status, stderr, timed_out=timed_out, timeout=timeout,
+                               kill_signal="SIGKILL"),
+            timed_out=timed_out,
+            pid=proc.pid,
+            stdout=b"".join(chunks["out"]),
+            stderr=stderr,
+            outputs=got,
+            timings={"run": run_s, "total": time.perf_counter() - t0},
+            peak_rss_kb=peak,
+        )

@@ -1,0 +1,263 @@
+"""The run report: one schema, three renderings (report.json, report.md, report.html).
+
+A report is a list of legs; a leg is a list of rows (case -> verdict, max ulp, time). The
+HTML is self-contained (inline CSS, plots as base64 PNG) so it reads offline. The JSON
+schema is documented in README.md and versioned by `SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "skoracle-report/1"
+
+#: Row verdicts, best first. A leg's status is derived from its rows' verdicts.
+VERDICTS = ("bit-exact", "pass", "within-bound", "known-failure", "unavailable", "FAIL", "error")
+FAILING = ("FAIL", "error")
+
+
+@dataclass
+class Row:
+    """One case of one leg."""
+
+    case: str
+    verdict: str
+    max_ulp: int | None = None
+    seconds: float | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {self.verdict!r}")
+
+
+@dataclass
+class Leg:
+    """One leg of the run: what it checks, its rows, and data for plots."""
+
+    name: str
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    status: str = "pending"  # pass | fail | error | unavailable | interrupted
+    summary: str = ""
+    elapsed_s: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, case: str, verdict: str, max_ulp: int | None = None,
+            seconds: float | None = None, detail: str = "") -> Row:
+        row = Row(case, verdict, max_ulp, seconds, detail)
+        self.rows.append(row)
+        return row
+
+    def settle(self) -> str:
+        """Derive the leg status from its rows (unless an error was already recorded)."""
+        if self.status in ("error", "interrupted", "unavailable"):
+            return self.status
+        verdicts = {r.verdict for r in self.rows}
+        if verdicts & set(FAILING):
+            self.status = "fail"
+        elif not self.rows or verdicts == {"unavailable"}:
+            self.status = "unavailable"
+        else:
+            self.status = "pass"
+        return self.status
+
+
+@dataclass
+class Report:
+    legs: list[Leg] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    elapsed_s: float = 0.0
+    partial: bool = False
+    exit_code: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "generator": _project_version(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "partial": self.partial,
+            "exit_code": self.exit_code,
+            "host": {"python": platform.python_version(), "machine": platform.machine(),
+                     "system": platform.system()},
+            "settings": self.settings,
+            "legs": [
+                {**{k: v for k, v in asdict(leg).items() if k != "rows"},
+                 "rows": [asdict(r) for r in leg.rows]}
+                for leg in self.legs
+            ],
+        }
+
+
+def _project_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"skainet-oracle {version('skainet-oracle')}"
+    except PackageNotFoundError:
+        return "skainet-oracle (not installed)"
+
+
+# ---------------------------------------------------------------------------------------
+# rendering
+
+
+def render_markdown(rep: Report) -> str:
+    d = rep.to_dict()
+    out = [f"# skoracle run report{' (PARTIAL)' if rep.partial else ''}", "",
+           f"Started {d['started_utc']}, {d['elapsed_s']:.1f} s, exit code {rep.exit_code}.", ""]
+    out += ["| leg | status | summary | time |", "|---|---|---|---|"]
+    for leg in rep.legs:
+        out.append(f"| {leg.name} | {leg.status} | {leg.summary} | {leg.elapsed_s:.1f} s |")
+    for leg in rep.legs:
+        out += ["", f"## {leg.title}", "", f"Status: **{leg.status}**. {leg.summary}", ""]
+        if leg.rows:
+            out += ["| case | verdict | max ulp | time | detail |", "|---|---|---|---|---|"]
+            for r in leg.rows:
+                ulp = "" if r.max_ulp is None else str(r.max_ulp)
+                sec = "" if r.seconds is None else f"{r.seconds:.3f} s"
+                out.append(f"| {r.case} | {r.verdict} | {ulp} | {sec} | {r.detail} |")
+    return "\n".join(out) + "\n"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plots(rep: Report) -> dict[str, str]:
+    """Base64 PNGs for the pictures that say more than a table (only where there is data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out: dict[str, str] = {}
+    ulps = {leg.name: leg.data["ulp_samples"] for leg in rep.legs if leg.data.get("ulp_samples")}
+    if ulps:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for name, samples in ulps.items():
+            for label, vals in samples.items():
+                v = np.asarray(vals, dtype=float)
+                ax.hist(np.log2(v + 1), bins=40, histtype="step", label=f"{name}: {label}")
+        ax.set_xlabel("log2(ulp distance + 1) to the exact result")
+        ax.set_ylabel("outputs")
+        ax.set_title("Per-output error in ulp")
+        ax.legend(fontsize=6, ncol=2)
+        out["ulp_histogram"] = _png(fig)
+    fp = next((leg.data["footprint"] for leg in rep.legs if "footprint" in leg.data), None)
+    if fp:
+        pols = list(fp["groups"])
+        groups = list(dict.fromkeys(g for pol in pols for g in fp["groups"][pol]))
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        bottoms = np.zeros(len(pols))
+        for g in [*groups, "transient copy"]:
+            vals = np.array([(fp["transient"][pol] if g == "transient copy"
+                              else fp["groups"][pol].get(g, 0)) / 1e9 for pol in pols])
+            ax.bar(pols, vals, 0.5, bottom=bottoms, label=g,
+                   hatch="//" if g == "transient copy" else None)
+            bottoms += vals
+        ax.axhline(fp["budget"] / 1e9, color="red", linestyle="--",
+                   label=f"budget {fp['budget'] / 1e9:.2f} GB")
+        for i, total in enumerate(bottoms):
+            ax.text(i, total, f"{total:.2f} GB", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel("GB resident at peak")
+        ax.set_title("FunctionGemma weights per tensor group, both policies, vs the board")
+        ax.legend(fontsize=7, loc="upper right")
+        out["footprint_bars"] = _png(fig)
+    matrix = next((leg.data["matrix"] for leg in rep.legs if "matrix" in leg.data), None)
+    if matrix:
+        rows, cols, cells = matrix["rows"], matrix["cols"], matrix["cells"]
+        order = {v: i for i, v in enumerate(VERDICTS)}
+        grid = np.array([[order.get(cells.get(f"{r}|{c}", "unavailable"), 4) for c in cols]
+                         for r in rows], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.8 + 0.35 * len(rows)))
+        ax.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=len(VERDICTS) - 1, aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=6)
+        ax.set_title(matrix.get("title", "verdict matrix"))
+        out["verdict_heatmap"] = _png(fig)
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
+font-size:13px}th{background:#f3f3f3}.pass,.bit-exact{color:#14732c}.FAIL,.fail,.error{color:#b00}
+.unavailable,.known-failure,.within-bound{color:#8a6100}img{max-width:100%}"""
+
+
+def render_html(rep: Report) -> str:
+    e = html.escape
+    d = rep.to_dict()
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>skoracle report</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>skoracle run report{' (PARTIAL)' if rep.partial else ''}</h1>",
+             f"<p>Started {e(d['started_utc'])}, {d['elapsed_s']:.1f} s, exit code "
+             f"{rep.exit_code}.</p>",
+             "<table id='legs'><tr><th>leg</th><th>status</th><th>summary</th><th>time</th></tr>"]
+    for leg in rep.legs:
+        parts.append(f"<tr><td>{e(leg.name)}</td><td class='{e(leg.status)}'>{e(leg.status)}</td>"
+                     f"<td>{e(leg.summary)}</td><td>{leg.elapsed_s:.1f} s</td></tr>")
+    parts.append("</table>")
+    for key, b64 in plots(rep).items():
+        parts.append(f"<h2>{e(key.replace('_', ' '))}</h2>"
+                     f"<img class='plot' id='{e(key)}' alt='{e(key)}' "
+                     f"src='data:image/png;base64,{b64}'>")
+    for leg in rep.legs:
+        parts.append(f"<h2>{e(leg.title)}</h2><p class='{e(leg.status)}'>{e(leg.status)}: "
+                     f"{e(leg.summary)}</p>")
+        if leg.rows:
+            parts.append(f"<table class='leg' id='leg-{e(leg.name)}'><tr><th>case</th>"
+                         "<th>verdict</th><th>max ulp</th><th>time</th><th>detail</th></tr>")
+            for r in leg.rows:
+                ulp = "" if r.max_ulp is None else str(r.max_ulp)
+                sec = "" if r.seconds is None else f"{r.seconds:.3f} s"
+                parts.append(f"<tr><td>{e(r.case)}</td><td class='{e(r.verdict)}'>"
+                             f"{e(r.verdict)}</td><td>{ulp}</td><td>{sec}</td>"
+                             f"<td>{e(r.detail)}</td></tr>")
+            parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(rep: Report, out_dir: Path) -> Path:
+    """Write report.json/.md/.html into `out_dir` atomically (temp dir, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "report.json").write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+        (tmp / "report.md").write_text(render_markdown(rep))
+        (tmp / "report.html").write_text(render_html(rep))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

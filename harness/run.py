@@ -1,0 +1,486 @@
+"""`skoracle run`: every leg of the parity story in one command, one report.
+
+Legs (each also runnable alone through its own subcommand; `run` composes, never
+duplicates them): oracle vs ggml's C code, reference kernels vs ggml's CPU dot products,
+golden fixtures (generate + verify), the binary gate, the board run (board-in-a-box by
+default), the FunctionGemma footprint, and SKaiNET on the JVM. Defaults need nothing from
+the user; a real board or a user's build replaces a default by flag.
+
+Exit codes: 0 every leg passed (or is unavailable on this machine by default), 1 a parity
+failure or gate finding, 2 a setup/input error (including a leg the user asked for by flag
+that cannot run), 130 interrupted (the partial report is still written, marked partial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.errors import HarnessError
+from harness.report import Leg, Report, write_report
+
+
+@dataclass
+class RunContext:
+    """What the legs share: settings from the command line, a scratch dir, progress."""
+
+    args: argparse.Namespace
+    work: Path
+    progress: Progress
+    task: int
+    explicit: set[str] = field(default_factory=set)  # legs the user asked for by name/flag
+
+    def step(self, text: str, total: float | None = None, advance: float | None = None) -> None:
+        """Show what is running now (and move the bar when the step has a size)."""
+        self.progress.update(self.task, description=text, total=total, advance=advance)
+
+
+LegFn = Callable[[RunContext, Leg], None]
+LEGS: dict[str, tuple[str, LegFn]] = {}
+
+
+def leg(name: str, title: str) -> Callable[[LegFn], LegFn]:
+    def deco(fn: LegFn) -> LegFn:
+        LEGS[name] = (title, fn)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------
+# legs
+
+
+@leg("oracle", "Oracle vs ggml's C reference (quantize bytes, dequantize bits)")
+def oracle_leg(ctx: RunContext, out: Leg) -> None:
+    from harness.cref import CRef
+    from harness.selfcheck import check_format, sample_cases
+    from oracle import PACKED_TYPES
+
+    ctx.step("oracle: building/loading ggml's C library")
+    cref = CRef.load()
+    cases = sample_cases(ctx.args.seed)
+    for qt in PACKED_TYPES:
+        ctx.step(f"oracle: {qt} ({len(cases)} cases)")
+        r = check_format(qt, cases, cref)
+        bad = r.quantize_mismatch + r.dequantize_mismatch
+        out.add(f"{qt} quantize+dequantize, {r.cases} cases",
+                "FAIL" if bad else "bit-exact", 0 if not bad else None, r.seconds,
+                f"mismatching cases: {', '.join(bad)}" if bad else
+                f"max |err|/max|x| {r.max_abs_err:.2e}")
+    out.summary = f"{len(PACKED_TYPES)} formats x {len(cases)} cases against ggml's C code"
+
+
+@leg("kernels", "Reference kernels: ggml semantics vs ggml's C dot products; SKaiNET "
+     "semantics vs the exact result and its rigorous bound")
+def kernels_leg(ctx: RunContext, out: Leg) -> None:
+    from harness.cref import CRef
+    from harness.fixtures.compute import variants
+    from kernels_ref import error_bound, matmul_wt, ulp_distance
+    from oracle import PACKED_TYPES, OracleError, qtype, quantize
+
+    cref = CRef.load()
+    rng = np.random.default_rng(ctx.args.seed)
+    out_dim, batch = 96, 2
+    samples: dict[str, list[int]] = {}
+    cells: dict[str, str] = {}
+    rows = [v.id for v in variants() if v.id != "exact"]
+    for qt in PACKED_TYPES:
+        in_dim = 2 * qtype(qt).block if qtype(qt).kquant else 640  # 640: FunctionGemma n_embd
+        w = quantize(qt, rng.standard_normal((out_dim, in_dim)).astype(np.float32))
+        x = rng.standard_normal((batch, in_dim)).astype(np.float32)
+        ctx.step(f"kernels: {qt} [{out_dim} x {in_dim}], batch {batch}")
+        t0 = time.perf_counter()
+        exact = matmul_wt(x, w, qt, out_dim, in_dim, semantics="exact")
+        c = np.stack([cref.matvec(qt, w, xi) for xi in x])
+        ours = matmul_wt(x, w, qt, out_dim, in_dim, semantics="ggml", rounding="roundf")
+        ulp = ulp_distance(ours, c)
+        out.add(f"{qt} ggml (roundf) vs ggml C mul_mat", "bit-exact" if not ulp.any() else "FAIL",
+                int(ulp.max()), time.perf_counter() - t0,
+                "" if not ulp.any() else f"{int((ulp > 0).sum())} outputs differ")
+        cells[f"ggml.roundf vs C|{qt}"] = "bit-exact" if not ulp.any() else "FAIL"
+        for v in variants():
+            if v.id == "exact":
+                continue
+            t0 = time.perf_counter()
+            try:
+                y = matmul_wt(x, w, qt, out_dim, in_dim, semantics=v.semantics, **dict(v.opts))
+            except OracleError:
+                cells[f"{v.id}|{qt}"] = "unavailable"
+                continue
+            bound = error_bound(x, w, qt, out_dim, in_dim, semantics=v.semantics, **dict(v.opts))
+            inside = bool((np.abs(y.astype(np.float64) - exact) <= bound).all())
+            u = ulp_distance(y, exact)
+            samples.setdefault(v.semantics, []).extend(int(a) for a in u.ravel())
+            verdict = "within-bound" if inside else "FAIL"
+            cells[f"{v.id}|{qt}"] = verdict
+            if v.semantics in ("skainet_neon", "skainet_scalar") or not inside:
+                out.add(f"{qt} {v.id} vs exact", verdict, int(u.max()),
+                        time.perf_counter() - t0, "inside error_bound" if inside else
+                        "OUTSIDE the rigorous error bound")
+    out.data["ulp_samples"] = samples
+    out.data["matrix"] = {"title": "kernels_ref semantics x format (vs exact / vs ggml C)",
+                          "rows": ["ggml.roundf vs C", *rows], "cols": list(PACKED_TYPES),
+                          "cells": cells}
+    out.summary = (f"{len(PACKED_TYPES)} formats: ggml semantics against the C library, "
+                   f"{len(rows)} kernel variants against exact and error_bound")
+
+
+@leg("fixtures", "Golden fixtures: generate the small set, verify every stored output")
+def fixtures_leg(ctx: RunContext, out: Leg) -> None:
+    from harness.fixtures.generate import generate_set
+    from harness.fixtures.verify import verify_set
+
+    target = ctx.work / "fixtures"
+    ctx.step("fixtures: generating the small set")
+    t0 = time.perf_counter()
+    manifest = generate_set(target, seed=ctx.args.seed, set_name="small",
+                            progress=lambda s: ctx.step(f"fixtures: {s}"))
+    gen_s = time.perf_counter() - t0
+    ctx.step("fixtures: verifying")
+    rep = verify_set(target)
+    by_file: dict[str, list] = {}
+    for r in rep.rows:
+        by_file.setdefault(r.file, []).append(r)
+    for name, rs in sorted(by_file.items()):
+        bad = [r for r in rs if r.status != 0]
+        ulps = [r.max_ulp for r in rs if getattr(r, "max_ulp", None) is not None]
+        out.add(name, "FAIL" if bad else "bit-exact", max(ulps) if ulps else None, None,
+                "; ".join(f"{r.check}: {r.detail}" for r in bad[:3]) or f"{len(rs)} checks")
+    out.summary = (f"{len(manifest.get('files', []))} files generated in {gen_s:.1f}s into "
+                   f"{target}; every stored output recomputed")
+
+
+def _tensor_groups(fp, policy: str) -> dict[str, int]:
+    """Resident bytes of a policy summed per tensor group (for the stacked bar chart)."""
+    key = policy.replace("-", "_")
+    groups: dict[str, int] = {}
+    for t in fp.tensors:
+        name = t.name
+        if name.startswith("token_embd"):
+            g = "token_embd"
+        elif name.startswith("output.weight"):
+            g = "output (lm_head)"
+        elif ".attn_" in name and not name.endswith("norm.weight"):
+            g = "attention weights"
+        elif ".ffn_" in name and not name.endswith("norm.weight"):
+            g = "FFN weights"
+        else:
+            g = "norms and other"
+        groups[g] = groups.get(g, 0) + getattr(t, key)
+    return groups
+
+
+@leg("footprint", "FunctionGemma-270M footprint against the SL2610's 1.9 GB")
+def footprint_leg(ctx: RunContext, out: Leg) -> None:
+    from harness.footprint import (
+        POLICIES,
+        functiongemma_tensors,
+        human,
+        parse_size,
+        read_footprint,
+        report_json,
+        write_shaped_gguf,
+    )
+
+    model = ctx.args.model
+    if not model:
+        model = ctx.work / "functiongemma-270m-shapes.gguf"
+        ctx.step("footprint: writing a FunctionGemma-shaped GGUF (sparse, tensor table only)")
+        write_shaped_gguf(model, functiongemma_tensors())
+    budget = parse_size(ctx.args.budget, "--budget")
+    fp = read_footprint(model)
+    doc = report_json(fp, budget, 0)
+    for pol in POLICIES:
+        p = doc["policies"][pol]
+        expected = pol == "packed"  # the issue's claim: only the packed policy fits
+        out.add(f"{pol}: weights {human(p['total_bytes'])} + transient "
+                f"{human(p['transient_bytes'])} = peak {human(p['peak_bytes'])}",
+                "pass" if p["fits"] == expected else "FAIL",
+                detail=("fits" if p["fits"] else "does NOT fit") + f" {human(budget)}; "
+                f"embedding+output {human(p['embedding_output_bytes'])}")
+    out.data["footprint"] = {
+        "budget": budget,
+        "groups": {pol: _tensor_groups(fp, pol) for pol in POLICIES},
+        "transient": {pol: fp.transient(pol) for pol in POLICIES},
+    }
+    drop = fp.embedding_output("dequant-fp32") / max(fp.embedding_output("packed"), 1)
+    out.summary = (f"{Path(model).name}: embedding+output "
+                   f"{human(fp.embedding_output('dequant-fp32'))} -> "
+                   f"{human(fp.embedding_output('packed'))} ({drop:.1f}x smaller) when packed")
+
+
+@leg("gate", "Binary gate: no instruction the Cortex-A55 lacks, expected symbols present")
+def gate_leg(ctx: RunContext, out: Leg) -> None:
+    from harness.board.build import BOARD_MARCH, fixture_program
+    from harness.gate.check import check_artifact
+    from harness.gate.profiles import STATIC_GLIBC_DISPATCHED, profile
+
+    a55 = profile("cortex-a55")
+    for path in ctx.args.klib:
+        ctx.step(f"gate: {path}")
+        r = check_artifact(path, a55, symbols=("skainet_q8_0_matmul",))
+        missing = [s for s, where in r.symbols.items() if where is None]
+        out.add(f"{Path(path).name} (cortex-a55)",
+                "error" if r.error else ("FAIL" if r.findings else "pass"), None, r.seconds,
+                r.error or "; ".join(f.message for f in r.findings[:3]) or
+                f"{r.counts.get('DotProd', 0)} dotprod instructions; symbols "
+                f"{'missing: ' + ', '.join(missing) if missing else 'all defined'}")
+    if not ctx.args.klib:
+        out.add("SKaiNET linuxarm64 klib (sk.ainet.core:skainet-backend-native-cpu)",
+                "unavailable", detail="not served by this machine's Maven Central; pass "
+                "--klib PATH to gate a klib, jar, .a or .kexe")
+    # what the board leg pushes: it must pass before any board cycle
+    for name, march, expect_findings in (("tokens", BOARD_MARCH, False),
+                                         ("i8mm", "armv8.2-a+i8mm", True)):
+        ctx.step(f"gate: building and scanning fixtures/board/{name}.c (-march={march})")
+        prog = fixture_program(name, march=march)
+        r = check_artifact(prog, a55, allow=STATIC_GLIBC_DISPATCHED)
+        feats = sorted({f for fd in r.findings for f in fd.features})
+        ok = bool(r.findings) == expect_findings and not r.error
+        what = (f"flagged {', '.join(feats)} at "
+                f"{', '.join(sorted({fd.function or '?' for fd in r.findings})[:3])}"
+                if r.findings else "clean")
+        out.add(f"{name} -march={march}{' (negative control)' if expect_findings else ''}",
+                "pass" if ok else "FAIL", None, r.seconds,
+                f"{what}; {r.counts.get('DotProd', 0)} dotprod; static glibc's SVE ifunc "
+                f"variants allowed")
+    out.summary = "cortex-a55 profile (no I8MM/BF16/SVE/SME) on the artifacts of this run"
+
+
+@leg("board", "Board run over SSH (board-in-a-box unless --board/--board-profile)")
+def board_leg(ctx: RunContext, out: Leg) -> None:
+    import contextlib
+    import hashlib
+
+    from harness.board.build import fixture_program
+    from harness.board.parity import compare_decode, kernel_parity
+    from harness.board.profile import resolve_profile
+    from harness.board.session import BoardSession
+    from harness.board.sim import BoardSim
+    from harness.board.target import ILLEGAL_INSTRUCTION
+
+    args = ctx.args
+    real = bool(args.board or args.board_profile)
+    with contextlib.ExitStack() as stack:
+        if real:
+            prof = resolve_profile(args.board_profile, args.board)
+            where = f"board {prof.host}"
+        else:
+            ctx.step("board: starting the board-in-a-box (dropbear + busybox + qemu)")
+            sim = stack.enter_context(BoardSim())
+            prof, where = sim.profile, "board-in-a-box (qemu-aarch64 -cpu cortex-a76)"
+        ctx.step(f"board: connecting to {where}")
+        t0 = time.perf_counter()
+        board = stack.enter_context(BoardSession(prof))
+        out.add("connect, host key verified", "pass", seconds=time.perf_counter() - t0,
+                detail=where)
+
+        payload = np.random.default_rng(args.seed).integers(0, 256, 1 << 20, np.uint8).tobytes()
+        ctx.step("board: push / run / fetch round trip (1 MiB)")
+        res = board.run(fixture_program("roundtrip"), args=["in.bin", "out.bin"],
+                        inputs={"in.bin": payload}, outputs=["out.bin"], timeout=120)
+        want = bytes(b ^ 0x5A for b in payload)
+        same = res.ok and hashlib.sha256(res.outputs.get("out.bin", b"")).digest() == \
+            hashlib.sha256(want).digest()
+        out.add("push / run / fetch, hashes verified", "pass" if same else "FAIL", None,
+                res.timings.get("total"), res.summary())
+
+        ctx.step("board: a build with i8mm must die with SIGILL on the A55 profile")
+        res = board.run(fixture_program("i8mm", march="armv8.2-a+i8mm"), timeout=120)
+        out.add("i8mm build -> SIGILL (negative control)",
+                "pass" if res.reason == ILLEGAL_INSTRUCTION else "FAIL", None,
+                res.timings.get("total"), res.reason)
+
+        ctx.step("board: decode parity (stand-in decoder printing reference ids)")
+        ids = [2, 105, 2364, 107, 9999, 1, 262143]
+        res = board.run(fixture_program("tokens"), args=["toks.txt", "-1", "20"],
+                        inputs={"toks.txt": ",".join(map(str, ids)).encode()}, timeout=120)
+        dp = compare_decode(res.stdout.decode(errors="replace"), ids,
+                            stderr=res.stderr.decode(errors="replace"))
+        out.add("decode parity pipeline (stand-in decoder)", "pass" if dp.ids_match and res.ok
+                else "FAIL", None, res.timings.get("total"),
+                dp.report().replace("\n", "; ") + ("" if real else
+                                                   " (speed under emulation is not the board's)"))
+
+        if args.kernels_archive:
+            ctx.step("board: kernel parity against the real SKaiNET kernels")
+            for case in kernel_parity(board, Path(args.kernels_archive), seed=args.seed,
+                                      progress=lambda s: ctx.step(f"board: {s}")):
+                o, i, b = case.shape
+                verdict = ("bit-exact" if case.bit_exact else "FAIL") \
+                    if case.reference == "skainet_neon" else \
+                    ("within-bound" if case.within_bound else "FAIL")
+                out.add(f"{case.symbol} {case.qtype} {o}x{i} b{b}", verdict, case.max_ulp,
+                        None, case.detail or f"vs {case.reference}")
+        else:
+            out.add("kernel parity vs the real libskainet_kernels.a", "unavailable",
+                    detail="the linuxarm64 klib is not served by this machine's Maven Central; "
+                    "pass --kernels-archive PATH")
+    out.summary = f"{where}: runner, SIGILL mapping and decode parity"
+
+
+@leg("jvm", "SKaiNET on the JVM (JPype)")
+def jvm_leg(ctx: RunContext, out: Leg) -> None:
+    out.status = "unavailable"
+    out.summary = ("no JVM driver in this build: SKaiNET's jars (sk.ainet.core:*) are not "
+                   "served by this machine's Maven Central, so nothing real can be run")
+    out.add("SKaiNET JVM parity", "unavailable", detail=out.summary)
+    if "jvm" in ctx.explicit:
+        raise HarnessError(out.summary)
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+
+DEFAULT_ORDER = ("oracle", "kernels", "fixtures", "footprint", "gate", "board", "jvm")
+
+
+def selected_legs(only: str | None) -> list[str]:
+    names = [n for n in DEFAULT_ORDER if n in LEGS]
+    if not only:
+        return names
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in LEGS]
+    if unknown:
+        raise HarnessError(f"--only: unknown leg(s) {', '.join(unknown)}; "
+                           f"legs are {', '.join(names)}")
+    return [n for n in names if n in wanted]
+
+
+def summary_tables(rep: Report) -> list[Table]:
+    tables = []
+    for lg in rep.legs:
+        t = Table(title=f"{lg.title} — {lg.status.upper()}", title_justify="left")
+        for col in ("case", "verdict", "max ulp", "time", "detail"):
+            t.add_column(col, overflow="fold")
+        color = {"bit-exact": "green", "pass": "green", "within-bound": "yellow",
+                 "known-failure": "yellow", "unavailable": "yellow", "FAIL": "red",
+                 "error": "red"}
+        for r in lg.rows:
+            t.add_row(r.case, f"[{color[r.verdict]}]{r.verdict}[/]",
+                      "" if r.max_ulp is None else str(r.max_ulp),
+                      "" if r.seconds is None else f"{r.seconds:.2f}s", r.detail)
+        tables.append(t)
+    return tables
+
+
+class _Interrupt:
+    """SIGINT handler: inside a leg it raises KeyboardInterrupt (the leg's own `with` blocks
+    stop what it started); anywhere else it only records the request, so the report is
+    always written."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_leg = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self.in_leg:
+            self.in_leg = False
+            raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = _Interrupt()
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        return _run(args, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
+    console = Console()
+    names = selected_legs(args.only)
+    explicit = set(names) if args.only else set()
+    out_dir = Path(args.out)
+    work = out_dir.parent / f".{out_dir.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    rep = Report(settings={"legs": names, "seed": args.seed, "out": str(out_dir)})
+    t_start = time.perf_counter()
+    interrupted = False
+    setup_error = False
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        ctx = RunContext(args, work, progress, task, explicit)
+        for name in names:
+            title, fn = LEGS[name]
+            lg = Leg(name, title)
+            rep.legs.append(lg)
+            t0 = time.perf_counter()
+            try:
+                if stop.requested:
+                    raise KeyboardInterrupt
+                stop.in_leg = True
+                try:
+                    fn(ctx, lg)
+                finally:
+                    stop.in_leg = False
+            except KeyboardInterrupt:
+                lg.status = "interrupted"
+                lg.summary = "interrupted by the user"
+                interrupted = True
+            except HarnessError as exc:
+                if lg.status != "unavailable":
+                    lg.status = "error"
+                lg.summary = str(exc)
+                setup_error = setup_error or exc.exit_code == 2
+            lg.elapsed_s = time.perf_counter() - t0
+            lg.settle()
+            progress.console.print(f"[bold]{name}[/]: {lg.status} ({lg.elapsed_s:.1f}s) "
+                                   f"{lg.summary}")
+            if interrupted or stop.requested:
+                interrupted = True
+                break
+    rep.elapsed_s = time.perf_counter() - t_start
+    rep.partial = interrupted or len(rep.legs) < len(names)
+    statuses = {lg.status for lg in rep.legs}
+    if interrupted:
+        rep.exit_code = 130
+    elif setup_error or "error" in statuses:
+        rep.exit_code = 2
+    elif "fail" in statuses:
+        rep.exit_code = 1
+    else:
+        rep.exit_code = 0
+    for t in summary_tables(rep):
+        console.print(t)
+    path = write_report(rep, out_dir)
+    verdict = {0: "[green]all legs passed[/]", 1: "[red]parity failure or gate finding[/]",
+               2: "[red]setup or input error[/]", 130: "[yellow]interrupted: partial report[/]"}
+    console.print(f"{verdict[rep.exit_code]} — report: {path}/report.html "
+                  f"(+ report.json, report.md), {rep.elapsed_s:.1f}s")
+    return rep.exit_code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="every leg (oracle, kernels, fixtures, footprint, gate, "
+                       "board, jvm) with one report")
+    p.add_argument("--out", default="report", help="report directory (default ./report)")
+    p.add_argument("--only", help="comma-separated legs to run, e.g. oracle,gate")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated data (default 0)")
+    p.add_argument("--board", help="user@host[:port] of a real board instead of the "
+                   "board-in-a-box")
+    p.add_argument("--board-profile", help="TOML board profile (see `skoracle board --help`)")
+    p.add_argument("--kernels-archive", help="libskainet_kernels.a (aarch64) for the board "
+                   "leg's kernel parity")
+    p.add_argument("--klib", action="append", default=[],
+                   help="artifact(s) for the gate leg (klib, jar, .a, .so, .kexe); repeatable")
+    p.add_argument("--model", help="GGUF for the footprint leg (default: a generated "
+                   "FunctionGemma-shaped file)")
+    p.add_argument("--budget", default="1.9GB", help="memory budget for the footprint "
+                   "verdict (default 1.9GB, the SL2610's RAM)")
+    p.add_argument("--skainet-version", help="SKaiNET release for the JVM leg")
+    p.add_argument("--classpath", help="a local SKaiNET build for the JVM leg")
+    p.set_defaults(func=run)

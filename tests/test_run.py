@@ -1,0 +1,119 @@
+"""`skoracle run`: legs compose into one report with a stable schema, exit codes a CI job
+can use, and an HTML page that really renders (headless Chromium) with plots and tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from harness.report import SCHEMA
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "build" / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "report"
+    assert main(["run", "--only", "oracle,kernels,footprint,gate", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_files_and_schema(report_dir: Path) -> None:
+    doc = json.loads((report_dir / "report.json").read_text())
+    assert doc["schema"] == SCHEMA and doc["exit_code"] == 0 and doc["partial"] is False
+    legs = {leg["name"]: leg for leg in doc["legs"]}
+    assert list(legs) == ["oracle", "kernels", "footprint", "gate"]
+    for leg in legs.values():
+        assert set(leg) >= {"name", "title", "status", "summary", "elapsed_s", "rows", "data"}
+        for row in leg["rows"]:
+            assert set(row) == {"case", "verdict", "max_ulp", "seconds", "detail"}
+    assert all(r["verdict"] == "bit-exact" for r in legs["oracle"]["rows"])
+    assert len(legs["oracle"]["rows"]) == 7
+    fp = {r["case"].split(":")[0]: r for r in legs["footprint"]["rows"]}
+    assert "does NOT fit" in fp["dequant-fp32"]["detail"] and "fits" in fp["packed"]["detail"]
+    assert "| oracle | pass |" in (report_dir / "report.md").read_text()
+
+
+def test_kernel_leg_holds_ggml_to_the_c_library(report_dir: Path) -> None:
+    doc = json.loads((report_dir / "report.json").read_text())
+    kern = next(leg for leg in doc["legs"] if leg["name"] == "kernels")
+    ggml_rows = [r for r in kern["rows"] if "ggml C" in r["case"]]
+    assert len(ggml_rows) == 7 and all(r["verdict"] == "bit-exact" for r in ggml_rows)
+    assert kern["data"]["ulp_samples"] and kern["data"]["matrix"]["cells"]
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium not installed: scripts/setup.sh installs the Debian package"
+    return exe
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+def test_html_renders_with_plots_and_tables(report_dir: Path, tmp_path: Path) -> None:
+    page = (report_dir / "report.html").resolve()
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained, offline
+    profile = tmp_path / "chrome-profile"
+    dom = subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}",
+                          "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    for plot in ("ulp_histogram", "footprint_bars", "verdict_heatmap"):
+        assert f"id=\"{plot}\"" in dom and "data:image/png;base64," in dom, plot
+    for table in ("legs", "leg-oracle", "leg-kernels", "leg-footprint", "leg-gate"):
+        assert f"id=\"{table}\"" in dom, table
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report-screenshot.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}",
+                    f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[0] >= 2000 and float(np.std(pixels)) > 0.05  # not a blank page
+
+
+def test_unknown_leg_and_explicit_unavailable_leg_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--only", "oracle,nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown leg" in capsys.readouterr().err
+    assert main(["run", "--only", "jvm", "--out", str(tmp_path / "r2")]) == 2
+    doc = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert doc["exit_code"] == 2 and doc["legs"][0]["status"] == "unavailable"
+
+
+def test_ctrl_c_writes_a_partial_report_and_exits_130(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--only",
+                             "oracle,kernels,fixtures", "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    seen = ""
+    while time.monotonic() < deadline:  # wait until the first leg has finished
+        line = proc.stdout.readline()
+        seen += line
+        if line.startswith("oracle:"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, seen + rest
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["partial"] is True and doc["exit_code"] == 130
+    assert doc["legs"][0]["status"] == "pass"
+    assert "PARTIAL" in (out / "report.html").read_text()
