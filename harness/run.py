@@ -401,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
     console = Console()
+    if not console.is_terminal:  # a CI log: do not fold the tables into 80 columns
+        console = Console(width=140)
     names = selected_legs(args.only)
     explicit = set(names) if args.only else set()
     out_dir = Path(args.out)
