@@ -23,20 +23,13 @@ import numpy as np
 
 from kernels_ref import matmul_wt
 from oracle import qtype
-from oracle.cfloat import f32_to_fp16
+from oracle.samples import random_q8_0_matrix
 
 N_EMBD = 640
 
 
 def lm_head(rows: int, seed: int = 0) -> np.ndarray:
-    qt = qtype("Q8_0")
-    rng = np.random.default_rng(seed)
-    nb = N_EMBD // qt.block
-    blocks = np.empty((rows, nb, qt.nbytes), np.uint8)
-    d = rng.random((rows, nb), dtype=np.float32) * np.float32(0.02) + np.float32(1e-4)
-    blocks[:, :, :2] = f32_to_fp16(d).view(np.uint8).reshape(rows, nb, 2)
-    blocks[:, :, 2:] = rng.integers(-127, 128, (rows, nb, qt.block), np.int8).view(np.uint8)
-    return blocks.reshape(rows, nb * qt.nbytes)
+    return random_q8_0_matrix(np.random.default_rng(seed), rows, N_EMBD)
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:

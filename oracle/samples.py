@@ -66,3 +66,18 @@ def adversarial_rows(rng: np.random.Generator, n: int = 2 * QK_K) -> dict[str, n
 def random_blocks(rng: np.random.Generator, nbytes: int, count: int) -> np.ndarray:
     """Arbitrary packed bytes, so every fp16 scale pattern (subnormal, Inf, NaN, -0) occurs."""
     return rng.integers(0, 256, size=(count, nbytes), dtype=np.uint8)
+
+
+def random_q8_0_matrix(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Packed Q8_0 bytes (rows, cols/32*34) in GGUF row order, built directly from random
+    codes and valid positive fp16 scales: a lm_head-sized table without quantizing floats."""
+    from oracle.cfloat import f32_to_fp16
+    from oracle.formats import qtype
+
+    qt = qtype("Q8_0")
+    nb = qt.blocks_in(cols)
+    blocks = np.empty((rows, nb, qt.nbytes), np.uint8)
+    d = rng.random((rows, nb), dtype=np.float32) * np.float32(0.02) + np.float32(1e-4)
+    blocks[:, :, :2] = f32_to_fp16(d).view(np.uint8).reshape(rows, nb, 2)
+    blocks[:, :, 2:] = rng.integers(-127, 128, (rows, nb, qt.block), np.int8).view(np.uint8)
+    return blocks.reshape(rows, nb * qt.nbytes)

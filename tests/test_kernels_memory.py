@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from kernels_ref import gather_rows, matmul_wt
-from oracle import dequantize, qtype
-from oracle.cfloat import f32_to_fp16
+from oracle import dequantize
+from oracle.samples import random_q8_0_matrix
 
 VOCAB, N_EMBD = 262144, 640
 LIMIT = 64 * 2**20
@@ -22,14 +22,7 @@ LIMIT = 64 * 2**20
 @pytest.fixture(scope="module")
 def lm_head() -> np.ndarray:
     """Random Q8_0 blocks (valid fp16 scales, any int8 codes), GGUF row order."""
-    qt = qtype("Q8_0")
-    rng = np.random.default_rng(0)
-    nb = N_EMBD // qt.block
-    blocks = np.empty((VOCAB, nb, qt.nbytes), np.uint8)
-    d = rng.random((VOCAB, nb), dtype=np.float32) * np.float32(0.02) + np.float32(1e-4)
-    blocks[:, :, :2] = f32_to_fp16(d).view(np.uint8).reshape(VOCAB, nb, 2)
-    blocks[:, :, 2:] = rng.integers(-127, 128, (VOCAB, nb, qt.block), np.int8).view(np.uint8)
-    return blocks.reshape(VOCAB, nb * qt.nbytes)
+    return random_q8_0_matrix(np.random.default_rng(0), VOCAB, N_EMBD)
 
 
 def peak_of(fn):

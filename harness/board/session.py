@@ -671,16 +671,20 @@ class BoardSession:
                 if on_stderr:
                     on_stderr(data)
 
+        def drain() -> None:
+            """Take whatever stdout/stderr the channel holds now, streaming it live."""
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                out.append(data)
+                if on_stdout:
+                    on_stdout(data)
+            while chan.recv_stderr_ready():
+                take_stderr(chan.recv_stderr(65536))
+
         try:
             chan.shutdown_write()
             while True:
-                while chan.recv_ready():
-                    data = chan.recv(65536)
-                    out.append(data)
-                    if on_stdout:
-                        on_stdout(data)
-                while chan.recv_stderr_ready():
-                    take_stderr(chan.recv_stderr(65536))
+                drain()
                 if pid is None and "pid" in markers.found:
                     pid = int(markers.found["pid"])
                 if chan.eof_received or chan.closed or chan.exit_status_ready():
@@ -704,13 +708,7 @@ class BoardSession:
                                          f"{grace:g}s after SIGTERM)")
                 select.select([chan], [], [], 0.02)
             chan.status_event.wait(30.0)
-            while chan.recv_ready():
-                data = chan.recv(65536)
-                out.append(data)
-                if on_stdout:
-                    on_stdout(data)
-            while chan.recv_stderr_ready():
-                take_stderr(chan.recv_stderr(65536))
+            drain()
             status = chan.recv_exit_status() if chan.status_event.is_set() else -1
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise self._lost("running the program", exc) from None
