@@ -117,3 +117,42 @@ def test_ctrl_c_writes_a_partial_report_and_exits_130(tmp_path: Path) -> None:
     assert doc["partial"] is True and doc["exit_code"] == 130
     assert doc["legs"][0]["status"] == "pass"
     assert "PARTIAL" in (out / "report.html").read_text()
+
+
+def _sim_processes() -> list[int]:
+    """PIDs of any board-in-a-box process (dropbear, shells, qemu) on this machine."""
+    tag = b"SKORACLE_SIM_ID="
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                    if tag in fh.read():
+                        pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.3])
+def test_ctrl_c_during_the_board_leg_leaves_nothing_running(tmp_path: Path, delay: float):
+    """Once the board-in-a-box is up, Ctrl-C at any point (connecting, pushing, mid-run)
+    stops it and still writes the report; if the leg finished first, the run just passes."""
+    before = set(_sim_processes())
+    out = tmp_path / "report"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--only", "board",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not set(_sim_processes()) - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert set(_sim_processes()) - before, "the board-in-a-box never started"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) in (0, 130)
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["partial"] is (proc.returncode == 130)
+    deadline = time.monotonic() + 10
+    while set(_sim_processes()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(_sim_processes()) - before

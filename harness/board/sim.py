@@ -34,6 +34,7 @@ directory if the sim created it.
 
 from __future__ import annotations
 
+import atexit
 import ctypes.util
 import json
 import os
@@ -146,6 +147,7 @@ class BoardSim:
                  port: int | None = None, remove_dir: bool | None = None) -> None:
         #: remove the directory on stop (default: only when the sim made it)
         self.own_dir = directory is None if remove_dir is None else remove_dir
+        self._stop_at_exit = False  # `board-sim start` leaves the sim running on purpose
         self.dir = Path(directory) if directory else None
         self.memory_mb = memory_mb
         self.port = port
@@ -330,12 +332,17 @@ class BoardSim:
             state = {"id": self.id, "pid": self.pid, "port": self.port,
                      "profile": str(self.profile_path), "own_dir": self.own_dir}
             self.path("state.json").write_text(json.dumps(state, indent=1) + "\n")
+            if self._stop_at_exit:
+                # Safety net: a Ctrl-C between start() returning and the caller's `with`
+                # taking hold would otherwise leave the server running after we exit.
+                atexit.register(self.stop)
         except BaseException:
             self.stop()
             raise
         return self
 
     def __enter__(self) -> BoardSim:
+        self._stop_at_exit = True  # a `with` block owns the sim: it never outlives us
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -367,6 +374,7 @@ class BoardSim:
 
     def stop(self) -> None:
         """Kill every process of the sim (TERM, then KILL) and remove its directory."""
+        atexit.unregister(self.stop)
         deadline = time.monotonic() + 3.0
         sig = signal.SIGTERM
         while True:
