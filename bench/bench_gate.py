@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from timing import best_of  # bench/timing.py (scripts run from bench/)
 
 from harness.gate import check_artifact, profile
 from harness.gate.elfscan import open_elf
@@ -27,15 +27,6 @@ from harness.gate.encodings import classify, classify_word
 
 LIB = Path("/usr/aarch64-linux-gnu/lib")
 OBJDUMP = "aarch64-linux-gnu-objdump"
-
-
-def _best(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _objdump(paths: list[Path]) -> None:
@@ -72,8 +63,8 @@ def main() -> None:
             ("klib-like zip (libc.a, libm.a, libstdc++)", bundle, objdump_bundle),
         ):
             rep = check_artifact(path, a55)
-            gate_s = _best(lambda p=path: check_artifact(p, a55))
-            peer_s = _best(peer, repeat=2)
+            gate_s = best_of(lambda p=path: check_artifact(p, a55))
+            peer_s = best_of(peer, repeat=2)
             size = path.stat().st_size if path != bundle else sum(m.stat().st_size
                                                                   for m in members)
             rows.append((label, size, rep.code_bytes, rep.elf_files, gate_s, peer_s,
@@ -88,10 +79,10 @@ def main() -> None:
     # The word classifier alone, on the largest ELF's .text.
     text = open_elf(big_so.read_bytes()).get_section_by_name(".text").data()
     words = np.frombuffer(text, dtype="<u4", count=len(text) // 4).astype(np.uint32)
-    vec_s = _best(lambda: classify(words))
+    vec_s = best_of(lambda: classify(words))
     n_scalar = min(len(words), 200_000)
     sample = words[:n_scalar].tolist()
-    scalar_s = _best(lambda: [classify_word(w) for w in sample], repeat=1)
+    scalar_s = best_of(lambda: [classify_word(w) for w in sample], repeat=1)
     scalar_mbs = n_scalar * 4 / 1e6 / scalar_s
     vec_mbs = len(words) * 4 / 1e6 / vec_s
     print(f"\nclassifier on {big_so.name} .text ({len(text) / 1e6:.2f} MB): NumPy "

@@ -11,15 +11,14 @@ process on the same data, so a busy machine moves the ratios less than the raw r
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType
 from gguf import quants as gq
 from rich.console import Console
 from rich.table import Table
+from timing import best_of  # bench/timing.py (scripts run from bench/)
 
 from harness.cref import CRef
 from oracle import PACKED_TYPES, dequantize, quantize
@@ -27,16 +26,6 @@ from oracle import PACKED_TYPES, dequantize, quantize
 DEQUANT_TARGET = 1.5  # oracle / gguf-py, every format
 KQUANT_QUANT_TARGET = 0.25  # oracle / C, K-quants
 K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
-
-
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """The shortest of `repeat` wall-clock timings of fn(), in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def measure(qt: str, x: np.ndarray, cref: CRef, repeat: int) -> dict[str, float]:
