@@ -19,7 +19,7 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -412,6 +412,25 @@ class _Walker:
                 f"{rep.path}: no AArch64 ELF inside defines function {name}{extra}"))
 
 
+def _judge(label: str, profile: CpuProfile, marker: str | None, symbols: tuple[str, ...],
+           allow: tuple[str, ...], feed: Callable[[_Walker, ArtifactReport], None]
+           ) -> ArtifactReport:
+    """The scaffold both entry points share: a fresh report and walker, `feed` walks the
+    input, malformed input ends in `report.error` (exit code 2), the time is recorded."""
+    report = ArtifactReport(label, profile.name, marker=marker)
+    for name in symbols:
+        report.symbols[name] = None
+    walker = _Walker(report, profile, marker, tuple(symbols), tuple(allow))
+    t0 = time.perf_counter()
+    try:
+        feed(walker, report)
+        walker.finish()
+    except GateError as exc:
+        report.error = str(exc)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
 def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | None = None,
                    symbols: tuple[str, ...] = (), allow: tuple[str, ...] = ()) -> ArtifactReport:
     """Judge one top-level path. Malformed input ends in `report.error` (exit code 2).
@@ -420,44 +439,31 @@ def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | N
     runtime-dispatched (e.g. glibc's `__memcpy_a64fx` ifunc variant); they become notes.
     """
     label = os.fspath(path)
-    report = ArtifactReport(label, profile.name, marker=marker)
-    for name in symbols:
-        report.symbols[name] = None
-    walker = _Walker(report, profile, marker, tuple(symbols), tuple(allow))
-    t0 = time.perf_counter()
-    try:
+
+    def feed(walker: _Walker, report: ArtifactReport) -> None:
         p = Path(label)
         if p.is_dir():
             _walk_dir(walker, p, label)
-        else:
-            try:
-                data = p.read_bytes()
-            except OSError as exc:
-                raise GateError(f"{label}: cannot read: {exc.strerror or exc}") from None
-            report.input_bytes = len(data)
-            walker.visit(label, data, 0, nested=False)
-        walker.finish()
-    except GateError as exc:
-        report.error = str(exc)
-    report.seconds = time.perf_counter() - t0
-    return report
+            return
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise GateError(f"{label}: cannot read: {exc.strerror or exc}") from None
+        report.input_bytes = len(data)
+        walker.visit(label, data, 0, nested=False)
+
+    return _judge(label, profile, marker, symbols, allow, feed)
 
 
 def check_bytes(label: str, data: bytes, profile: CpuProfile, marker: str | None = None,
                 symbols: tuple[str, ...] = (), allow: tuple[str, ...] = ()) -> ArtifactReport:
     """Like check_artifact for bytes already in memory (`label` names them in messages)."""
-    report = ArtifactReport(label, profile.name, marker=marker, input_bytes=len(data))
-    for name in symbols:
-        report.symbols[name] = None
-    walker = _Walker(report, profile, marker, tuple(symbols), tuple(allow))
-    t0 = time.perf_counter()
-    try:
+
+    def feed(walker: _Walker, report: ArtifactReport) -> None:
+        report.input_bytes = len(data)
         walker.visit(label, data, 0, nested=False)
-        walker.finish()
-    except GateError as exc:
-        report.error = str(exc)
-    report.seconds = time.perf_counter() - t0
-    return report
+
+    return _judge(label, profile, marker, symbols, allow, feed)
 
 
 def _walk_dir(walker: _Walker, root: Path, label: str) -> None:
