@@ -507,13 +507,17 @@ class SkainetNeon(Semantics):
     def _neon_dot(self, x, w, block):
         return reduce_pairwise(lane_fma(em_x(x, block), w, 4))  # (nb, batch, rows)
 
+    def _accumulate_blocks(self, t, d):
+        """acc += t[b] * d[b] block by block, in order: one fused fma32 per block under
+        fused_final, else a rounded multiply then a rounded add (products commute)."""
+        acc = np.zeros(t.shape[1:], F32)
+        for b in range(t.shape[0]):
+            acc = fma32(t[b], d[b], acc) if self.fused else fadd(acc, fmul(t[b], d[b]))
+        return acc
+
     def q8_0(self, x, p, prep):
         bs = self._neon_dot(x, em_codes(p["qs"]).astype(F32), 32)
-        d = em_scale(p["d"], 1)
-        acc = np.zeros(bs.shape[1:], F32)
-        for b in range(bs.shape[0]):
-            acc = fma32(bs[b], d[b], acc) if self.fused else fadd(acc, fmul(bs[b], d[b]))
-        return acc
+        return self._accumulate_blocks(bs, em_scale(p["d"], 1))
 
     def _q5_sums(self, x, p, offset):
         codes = (em_codes(p["qs"]).astype(np.int16) + offset).astype(F32)  # unsigned 0..31
@@ -522,11 +526,7 @@ class SkainetNeon(Semantics):
     def q5_0(self, x, p, prep):
         code_dot, input_sum = self._q5_sums(x, p, 16)
         t = fsub(code_dot, fmul(F32(16), input_sum))
-        d = em_scale(p["d"], 1)
-        acc = np.zeros(code_dot.shape[1:], F32)
-        for b in range(t.shape[0]):
-            acc = fma32(t[b], d[b], acc) if self.fused else fadd(acc, fmul(d[b], t[b]))
-        return acc
+        return self._accumulate_blocks(t, em_scale(p["d"], 1))
 
     def q5_1(self, x, p, prep):
         code_dot, input_sum = self._q5_sums(x, p, 0)
