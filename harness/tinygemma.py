@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+import oracle
 from harness.errors import HarnessError
 from harness.fixtures import spec as S
 from oracle.formats import QK_K, qtype
@@ -139,7 +140,6 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 def tensors(cfg: TinyGemmaConfig, seed: int) -> list[tuple[str, np.ndarray, str]]:
     """The model's tensors: (name, data, type). Quantized data is uint8 (rows, row bytes)
     from the oracle's quantizer; norms are float32."""
-    from harness.fixtures import compute
 
     out = []
     for name, shape, tname in layout(cfg):
@@ -147,7 +147,7 @@ def tensors(cfg: TinyGemmaConfig, seed: int) -> list[tuple[str, np.ndarray, str]
         if tname == "F32":
             data = (1.0 + (S.uniform(rng, shape) - 0.5) * 0.25).astype(np.float32)
         else:
-            data = compute.quantize(tname, S.random_weights(rng, *shape) * np.float32(0.125))
+            data = oracle.quantize(tname, S.random_weights(rng, *shape) * np.float32(0.125))
         out.append((name, data, tname))
     return out
 
@@ -213,7 +213,6 @@ def describe(cfg: TinyGemmaConfig | None = None) -> dict[str, Any]:
 def check(path: Path, cfg: TinyGemmaConfig) -> list[str]:
     """Structural problems of a written tiny model (empty list = fine): architecture key,
     tensor names, shapes and types per the mix rule, no output.weight, finite weights."""
-    from harness.fixtures import compute
 
     problems: list[str] = []
     try:
@@ -243,7 +242,7 @@ def check(path: Path, cfg: TinyGemmaConfig) -> list[str]:
             problems.append(f"{name}: shape {list(t.shape)}, expected ne {list(shape[::-1])}")
             continue
         data = np.array(t.data)
-        values = data if tname == "F32" else compute.dequantize(tname, data)
+        values = data if tname == "F32" else oracle.dequantize(tname, data)
         if not np.all(np.isfinite(values)):
             problems.append(f"{name}: non-finite weights")
     return problems
