@@ -405,6 +405,8 @@ def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
         console = Console(width=140)
     names = selected_legs(args.only)
     explicit = set(names) if args.only else set()
+    if args.classpath or args.skainet_version:  # asking for SKaiNET on the JVM by flag
+        explicit.add("jvm")
     out_dir = Path(args.out)
     work = out_dir.parent / f".{out_dir.name}.work"
     work.mkdir(parents=True, exist_ok=True)
