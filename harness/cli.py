@@ -18,9 +18,9 @@ from oracle.formats import OracleError
 COMMAND_MODULES: tuple[str, ...] = (
     "harness.run",
     "harness.selfcheck",
-    "harness.fixtures",
-    "harness.elfgate",
-    "harness.stale",
+    "harness.golden.cli",
+    "harness.gate.cli",
+    "harness.gate.stale",
     "harness.board.cli",
     "harness.board.sim_cli",
     "harness.footprint",

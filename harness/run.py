@@ -84,7 +84,7 @@ def oracle_leg(ctx: RunContext, out: Leg) -> None:
      "semantics vs the exact result and its rigorous bound")
 def kernels_leg(ctx: RunContext, out: Leg) -> None:
     from harness.cref import CRef
-    from harness.fixtures.compute import variants
+    from harness.golden.compute import variants
     from kernels_ref import error_bound, matmul_wt, ulp_distance
     from oracle import PACKED_TYPES, OracleError, qtype, quantize
 
@@ -137,8 +137,8 @@ def kernels_leg(ctx: RunContext, out: Leg) -> None:
 
 @leg("fixtures", "Golden fixtures: generate the small set, verify every stored output")
 def fixtures_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.fixtures.generate import generate_set
-    from harness.fixtures.verify import verify_set
+    from harness.golden.generate import generate_set
+    from harness.golden.verify import verify_set
 
     target = ctx.work / "fixtures"
     ctx.step("fixtures: generating the small set")

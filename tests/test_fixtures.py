@@ -19,11 +19,11 @@ import pytest
 import kernels_ref
 import oracle
 from harness.errors import HarnessError
-from harness.fixtures import casefile, compute, setdir
-from harness.fixtures import spec as S
-from harness.fixtures.generate import generate_set
-from harness.fixtures.verify import MISMATCH, OK, UNREADABLE, verify_set
-from harness.tinygemma import LLAMA_FALLBACK
+from harness.golden import casefile, compute, setdir
+from harness.golden import spec as S
+from harness.golden.generate import generate_set
+from harness.golden.tinygemma import LLAMA_FALLBACK
+from harness.golden.verify import MISMATCH, OK, UNREADABLE, verify_set
 from kernels_ref import ulp_distance
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import oracle
-from harness import tinygemma as tg
+from harness.golden import tinygemma as tg
 
 GOLDEN_MODEL = Path(__file__).resolve().parent.parent / "fixtures" / "golden" / "tiny-gemma3.gguf"
 

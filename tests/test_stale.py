@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main as skoracle
+from harness.gate.stale import Roots, find_copies
 from harness.gate.testbins import Built, build_once
-from harness.stale import Roots, find_copies
 
 GROUP, ARTIFACT, VERSION = "sk.ainet.core", "skainet-backend-native-cpu", "0.40.0"
 

@@ -8,7 +8,7 @@ row length is not a multiple of 256 — exactly what makes FunctionGemma (n_embd
 
 Dimensions: n_embd 160 (not a multiple of 256, like 640), 4 heads of 64 (attn_output
 in = 256) and n_ff 512 (ffn_down in = 512), so both kinds of tensor occur. Weights are
-random but deterministic (harness.fixtures.spec streams), norms F32 near 1 (the converter
+random but deterministic (harness.golden.spec streams), norms F32 near 1 (the converter
 stores Gemma's 1 + w).
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 import oracle
 from harness.errors import HarnessError
-from harness.fixtures import spec as S
+from harness.golden import spec as S
 from oracle.formats import QK_K, qtype
 
 ARCH = "gemma3"
