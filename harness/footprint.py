@@ -156,27 +156,85 @@ def read_footprint(path: str | os.PathLike[str]) -> Footprint:
     return Footprint(str(p), size, tied, tuple(costs))
 
 
-def report_json(fp: Footprint, budget: int, reserve: int) -> dict:
-    avail = budget - reserve
+#: The product's claim, and the one thing the verdict judges: the packed policy fits.
+CLAIMED_POLICY = "packed"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The memory budget, the part kept for the OS and runtime, and what is left."""
+
+    total: int
+    reserve: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.total - self.reserve
+
+    def describe(self) -> str:
+        return f"budget {human(self.total)}" + (f" - reserve {human(self.reserve)}"
+                                               if self.reserve else "")
+
+
+def parse_budget(budget: str, reserve: str = "0") -> Budget:
+    """`--budget`/`--reserve` text -> Budget; HarnessError (exit 2) when nothing is left."""
+    b = Budget(parse_size(budget, "--budget"), parse_size(reserve, "--reserve"))
+    if b.available <= 0:
+        raise HarnessError(f"--budget {budget} with --reserve {reserve} leaves "
+                           f"{'nothing' if b.available == 0 else 'less than nothing'} for "
+                           "the weights: give a budget larger than the reserve")
+    return b
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which policies fit the budget at peak; only the packed policy's fit is the claim
+    (that dequant-fp32 does not fit is the problem the packed loader solves: information)."""
+
+    budget: Budget
+    fits: dict[str, bool]
+
+    @property
+    def ok(self) -> bool:
+        return self.fits[CLAIMED_POLICY]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        return (f"{CLAIMED_POLICY} {'fits' if self.ok else 'does NOT fit'} "
+                f"{self.budget.describe()}")
+
+
+def judge(fp: Footprint, budget: Budget) -> Verdict:
+    """The one footprint verdict, used by `skoracle footprint` and the run's footprint leg."""
+    return Verdict(budget, {pol: fp.peak(pol) <= budget.available for pol in POLICIES})
+
+
+def report_json(fp: Footprint, budget: Budget) -> dict:
+    verdict = judge(fp, budget)
     return {
         "file": fp.path,
         "file_bytes": fp.file_bytes,
         "tied_output": fp.tied_output,
-        "budget_bytes": budget,
-        "reserve_bytes": reserve,
+        "budget_bytes": budget.total,
+        "reserve_bytes": budget.reserve,
+        "verdict": {"claim": f"{CLAIMED_POLICY} fits", "ok": verdict.ok,
+                    "exit_code": verdict.exit_code},
         "policies": {
             pol: {"total_bytes": fp.total(pol),
                   "embedding_output_bytes": fp.embedding_output(pol),
                   "transient_bytes": fp.transient(pol),
                   "peak_bytes": fp.peak(pol),
-                  "fits": fp.peak(pol) <= avail}
+                  "fits": verdict.fits[pol]}
             for pol in POLICIES
         },
         "tensors": [{**asdict(t), "shape": list(t.shape)} for t in fp.tensors],
     }
 
 
-def render(fp: Footprint, budget: int, reserve: int) -> None:
+def render(fp: Footprint, budget: Budget) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -199,28 +257,48 @@ def render(fp: Footprint, budget: int, reserve: int) -> None:
     table.add_row("total", "", "", human(fp.file_bytes), human(fp.total("dequant-fp32")),
                   human(fp.total("packed")), style="bold")
     console.print(table)
-    avail = budget - reserve
-    where = f"budget {human(budget)}" + (f" - reserve {human(reserve)}" if reserve else "")
+    avail = budget.available
+    verdict = judge(fp, budget)
     for pol in POLICIES:
         peak = fp.peak(pol)
-        verdict = "[green]fits[/]" if peak <= avail else "[red]exceeds[/]"
+        fit = ("[green]fits[/]" if verdict.fits[pol] else
+               "[red]exceeds[/]" if pol == CLAIMED_POLICY else "[yellow]exceeds[/]")
         console.print(f"{pol:>13}: {human(fp.total(pol)):>10} of weights + "
                       f"{human(fp.transient(pol)):>10} transient = peak {human(peak):>10}  "
-                      f"{verdict} {where} ({100.0 * peak / max(avail, 1):.0f}% of {human(avail)})")
+                      f"{fit} {budget.describe()} ({100.0 * peak / avail:.0f}% of "
+                      f"{human(avail)})")
     drop = fp.embedding_output("dequant-fp32"), fp.embedding_output("packed")
     console.print(f"token_embd + output: {human(drop[0])} -> {human(drop[1])}"
                   + (" (tied output)" if fp.tied_output else ""))
+    console.print(f"verdict: {'[green]pass[/]' if verdict.ok else '[red]FAIL[/]'}: "
+                  f"{verdict.summary()}")
 
 
 def run(args: argparse.Namespace) -> int:
-    budget = parse_size(args.budget, "--budget")
-    reserve = parse_size(args.reserve, "--reserve")
+    budget = parse_budget(args.budget, args.reserve)
     fp = read_footprint(args.model)
     if args.json:
-        print(json.dumps(report_json(fp, budget, reserve), indent=2))
+        print(json.dumps(report_json(fp, budget), indent=2))
     else:
-        render(fp, budget, reserve)
-    return 0
+        render(fp, budget)
+    return judge(fp, budget).exit_code
+
+
+FOOTPRINT_EXIT_CODES = """\
+exit codes:
+  0  the packed policy fits the budget at peak (dequant-fp32 not fitting is information)
+  1  the packed policy does not fit
+  2  bad input: unreadable GGUF, unreadable size, or a reserve that leaves nothing"""
+
+
+def add_budget_options(p: argparse.ArgumentParser) -> None:
+    """`--budget` and `--reserve`, the same for `footprint` and `run`."""
+    p.add_argument("--budget", default="1.9GB",
+                   help="memory budget, decimal (GB) or binary (GiB) units (default "
+                        "%(default)s, the SL2610's RAM)")
+    p.add_argument("--reserve", default="0",
+                   help="part of the budget kept for the OS and runtime; must leave something "
+                        "(default %(default)s)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -228,13 +306,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "footprint",
         help="resident weight bytes of a GGUF under dequant-fp32 vs packed loading",
         description=__doc__,
+        epilog=FOOTPRINT_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_budget_options(p)
     p.add_argument("model", help="the .gguf file (only its tensor table is read)")
-    p.add_argument("--budget", default="1.9GB", help="memory budget (default 1.9GB)")
-    p.add_argument("--reserve", default="0",
-                   help="part of the budget kept for OS and runtime (default 0)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON to stdout instead of a table")
     p.set_defaults(func=run)
 
 

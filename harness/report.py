@@ -11,10 +11,7 @@ import base64
 import html
 import io
 import json
-import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -242,22 +239,12 @@ def render_html(rep: Report) -> str:
 
 
 def write_report(rep: Report, out_dir: Path) -> Path:
-    """Write report.json/.md/.html into `out_dir` atomically (temp dir, then rename)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        (tmp / "report.json").write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
-        (tmp / "report.md").write_text(render_markdown(rep))
-        (tmp / "report.html").write_text(render_html(rep))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    """Write report.json/.md/.html into `out_dir` (harness.reportdir: temp names, then
+    renames; only these three files are ever replaced)."""
+    from harness.reportdir import write_report_files
+
+    return write_report_files(out_dir, {
+        "report.json": json.dumps(rep.to_dict(), indent=2) + "\n",
+        "report.md": render_markdown(rep),
+        "report.html": render_html(rep),
+    })

@@ -14,7 +14,10 @@ that cannot run), 130 interrupted (the partial report is still written, marked p
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +29,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from harness.errors import HarnessError
+from harness.footprint import parse_budget
 from harness.report import Leg, Report, write_report
+from harness.reportdir import check_report_dir
 
 
 @dataclass
@@ -183,12 +188,13 @@ def _tensor_groups(fp, policy: str) -> dict[str, int]:
 @leg("footprint", "FunctionGemma-270M footprint against the SL2610's 1.9 GB")
 def footprint_leg(ctx: RunContext, out: Leg) -> None:
     from harness.footprint import (
+        CLAIMED_POLICY,
         POLICIES,
         functiongemma_tensors,
         human,
-        parse_size,
+        judge,
+        parse_budget,
         read_footprint,
-        report_json,
         write_shaped_gguf,
     )
 
@@ -197,24 +203,26 @@ def footprint_leg(ctx: RunContext, out: Leg) -> None:
         model = ctx.work / "functiongemma-270m-shapes.gguf"
         ctx.step("footprint: writing a FunctionGemma-shaped GGUF (sparse, tensor table only)")
         write_shaped_gguf(model, functiongemma_tensors())
-    budget = parse_size(ctx.args.budget, "--budget")
+    budget = parse_budget(ctx.args.budget, ctx.args.reserve)
     fp = read_footprint(model)
-    doc = report_json(fp, budget, 0)
+    verdict = judge(fp, budget)
     for pol in POLICIES:
-        p = doc["policies"][pol]
-        expected = pol == "packed"  # the issue's claim: only the packed policy fits
-        out.add(f"{pol}: weights {human(p['total_bytes'])} + transient "
-                f"{human(p['transient_bytes'])} = peak {human(p['peak_bytes'])}",
-                "pass" if p["fits"] == expected else "FAIL",
-                detail=("fits" if p["fits"] else "does NOT fit") + f" {human(budget)}; "
-                f"embedding+output {human(p['embedding_output_bytes'])}")
+        fits = verdict.fits[pol]
+        # the claim is that the packed policy fits; dequant-fp32 not fitting is the known
+        # problem of SKaiNET 0.30.0's converter, reported, never a failure of this run
+        row = ("pass" if fits else "FAIL") if pol == CLAIMED_POLICY else \
+            ("pass" if fits else "known-failure")
+        out.add(f"{pol}: weights {human(fp.total(pol))} + transient "
+                f"{human(fp.transient(pol))} = peak {human(fp.peak(pol))}", row,
+                detail=("fits" if fits else "does NOT fit") + f" {budget.describe()}; "
+                f"embedding+output {human(fp.embedding_output(pol))}")
     out.data["footprint"] = {
-        "budget": budget,
+        "budget": budget.available,
         "groups": {pol: _tensor_groups(fp, pol) for pol in POLICIES},
         "transient": {pol: fp.transient(pol) for pol in POLICIES},
     }
     drop = fp.embedding_output("dequant-fp32") / max(fp.embedding_output("packed"), 1)
-    out.summary = (f"{Path(model).name}: embedding+output "
+    out.summary = (f"{Path(model).name}: {verdict.summary()}; embedding+output "
                    f"{human(fp.embedding_output('dequant-fp32'))} -> "
                    f"{human(fp.embedding_output('packed'))} ({drop:.1f}x smaller) when packed")
 
@@ -257,7 +265,7 @@ def gate_leg(ctx: RunContext, out: Leg) -> None:
     out.summary = "cortex-a55 profile (no I8MM/BF16/SVE/SME) on the artifacts of this run"
 
 
-@leg("board", "Board run over SSH (board-in-a-box unless --board/--board-profile)")
+@leg("board", "Board run over SSH (board-in-a-box unless --board/--profile)")
 def board_leg(ctx: RunContext, out: Leg) -> None:
     import contextlib
     import hashlib
@@ -390,6 +398,23 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
+def check_path_options(args: argparse.Namespace) -> None:
+    """Every path `run` was given must exist before any leg runs (HarnessError, exit 2)."""
+    for option, value in (("--model", args.model), ("--kernels-archive", args.kernels_archive),
+                          ("--profile", args.board_profile)):
+        if value is not None and not Path(value).is_file():
+            raise HarnessError(f"{option} {value}: " + ("not a regular file" if
+                               Path(value).exists() else "no such file"))
+    for value in args.klib:
+        if not (Path(value).is_file() or Path(value).is_dir()):
+            raise HarnessError(f"--klib {value}: " + ("not a regular file or directory" if
+                               Path(value).exists() else "no such file or directory"))
+    for entry in (args.classpath or "").split(os.pathsep):
+        base = entry[:-1] or "." if entry.endswith("*") else entry  # `dir/*`: every jar in dir
+        if entry and not Path(base).exists():
+            raise HarnessError(f"--classpath: {entry}: no such file or directory")
+
+
 def run(args: argparse.Namespace) -> int:
     stop = _Interrupt()
     previous = signal.signal(signal.SIGINT, stop)
@@ -407,9 +432,18 @@ def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
     explicit = set(names) if args.only else set()
     if args.classpath or args.skainet_version:  # asking for SKaiNET on the JVM by flag
         explicit.add("jvm")
-    out_dir = Path(args.out)
-    work = out_dir.parent / f".{out_dir.name}.work"
-    work.mkdir(parents=True, exist_ok=True)
+    out_dir = check_report_dir(args.out, args.force)
+    check_path_options(args)
+    parse_budget(args.budget, args.reserve)
+    work = Path(tempfile.mkdtemp(prefix="skoracle-run-"))  # scratch: the system temp dir
+    try:
+        return _run_legs(args, stop, console, names, explicit, out_dir, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_legs(args: argparse.Namespace, stop: _Interrupt, console: Console, names: list[str],
+              explicit: set[str], out_dir: Path, work: Path) -> int:
     rep = Report(settings={"legs": names, "seed": args.seed, "out": str(out_dir)})
     t_start = time.perf_counter()
     interrupted = False
@@ -468,23 +502,58 @@ def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
     return rep.exit_code
 
 
+EXIT_CODES = """\
+exit codes:
+  0    every leg passed (a leg that cannot run on this machine by default is unavailable)
+  1    a parity failure or gate finding
+  2    a setup or input error, including a leg asked for by flag that cannot run; checked
+       before any leg runs where possible (paths, --out, --budget/--reserve)
+  130  interrupted: the partial report is still written, marked partial"""
+
+
+def _legs_epilog() -> str:
+    width = max(len(n) for n in DEFAULT_ORDER)
+    rows = [f"  {n:<{width}}  {LEGS[n][0]}" for n in DEFAULT_ORDER if n in LEGS]
+    return "legs, in the order they run (--only picks some):\n" + "\n".join(rows) + \
+        "\n\n" + EXIT_CODES
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from harness.footprint import add_budget_options
+
     p = sub.add_parser("run", help="every leg (oracle, kernels, fixtures, footprint, gate, "
-                       "board, jvm) with one report")
-    p.add_argument("--out", default="report", help="report directory (default ./report)")
-    p.add_argument("--only", help="comma-separated legs to run, e.g. oracle,gate")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated data (default 0)")
-    p.add_argument("--board", help="user@host[:port] of a real board instead of the "
-                   "board-in-a-box")
-    p.add_argument("--board-profile", help="TOML board profile (see `skoracle board --help`)")
-    p.add_argument("--kernels-archive", help="libskainet_kernels.a (aarch64) for the board "
-                   "leg's kernel parity")
-    p.add_argument("--klib", action="append", default=[],
-                   help="artifact(s) for the gate leg (klib, jar, .a, .so, .kexe); repeatable")
-    p.add_argument("--model", help="GGUF for the footprint leg (default: a generated "
-                   "FunctionGemma-shaped file)")
-    p.add_argument("--budget", default="1.9GB", help="memory budget for the footprint "
-                   "verdict (default 1.9GB, the SL2610's RAM)")
-    p.add_argument("--skainet-version", help="SKaiNET release for the JVM leg")
-    p.add_argument("--classpath", help="a local SKaiNET build for the JVM leg")
+                       "board, jvm) with one report", description=__doc__.split("\n\n")[0],
+                       epilog=_legs_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="report", metavar="DIR",
+                   help="report directory: created, or a previous report whose report.json/.md/"
+                        ".html are replaced; any other non-empty directory is refused "
+                        "(default %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="write the report files into a non-empty DIR that is not a previous "
+                        "report (only report.json/.md/.html are written; nothing is deleted)")
+    p.add_argument("--only", metavar="LEGS",
+                   help=f"comma-separated legs to run, e.g. oracle,gate (default: all of "
+                        f"{','.join(DEFAULT_ORDER)})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for generated data (default %(default)s)")
+    p.add_argument("--board", metavar="USER@HOST[:PORT]",
+                   help="a real board instead of the board-in-a-box (default: board-in-a-box)")
+    p.add_argument("--profile", "--board-profile", dest="board_profile", metavar="FILE.toml",
+                   help="TOML board profile of a real board; keys in `skoracle board --help` "
+                        "(default: board-in-a-box)")
+    p.add_argument("--kernels-archive", metavar="libskainet_kernels.a",
+                   help="aarch64 archive for the board leg's kernel parity (default: none, "
+                        "reported unavailable)")
+    p.add_argument("--klib", action="append", default=[], metavar="PATH",
+                   help="artifact for the gate leg (klib, jar, .a, .so, .kexe); repeatable "
+                        "(default: none, only this run's board programs are gated)")
+    p.add_argument("--model", metavar="M.gguf",
+                   help="GGUF for the footprint leg (default: a generated FunctionGemma-shaped "
+                        "file)")
+    add_budget_options(p)
+    p.add_argument("--skainet-version", metavar="V",
+                   help="SKaiNET release for the JVM leg (default: none)")
+    p.add_argument("--classpath", metavar="CP",
+                   help="a local SKaiNET build for the JVM leg, entries separated by "
+                        f"'{os.pathsep}' (default: none)")
     p.set_defaults(func=run)
