@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,7 +88,7 @@ def test_lists_every_cached_copy_with_marker_state(home, gate_bins: Built,
 
 def test_clear_removes_exactly_the_printed_paths(home, gate_bins: Built,
                                                  capsys: pytest.CaptureFixture) -> None:
-    assert skoracle(_args(home, "--marker", gate_bins.marker, "--clear")) == 0
+    assert skoracle(_args(home, "--marker", gate_bins.marker, "--clear", "--yes")) == 0
     out = capsys.readouterr().out.splitlines()
     printed = [line.removeprefix("remove: ") for line in out if line.startswith("remove: ")]
     removed = [line.removeprefix("removed: ") for line in out if line.startswith("removed: ")]
@@ -144,7 +146,7 @@ def test_symlinked_copy_is_unlinked_not_followed(home, gate_bins: Built, tmp_pat
     link = home["m2_klib"].parent.parent / f"{ARTIFACT}-linuxx64" / VERSION
     link.parent.mkdir(parents=True)
     link.symlink_to(outside, target_is_directory=True)
-    assert skoracle(_args(home, "--marker", gate_bins.marker, "--clear")) == 0
+    assert skoracle(_args(home, "--marker", gate_bins.marker, "--clear", "--yes")) == 0
     capsys.readouterr()
     assert not link.exists() and not link.is_symlink()
     assert (outside / "x.klib").exists()
@@ -159,3 +161,63 @@ def test_bad_coordinates_are_usage_errors(home, bad, capsys) -> None:
     assert skoracle(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("skoracle stale-check: error: ") and "Traceback" not in err
+
+
+def _other_artifacts(home: dict[str, Path], gate_bins: Built) -> list[Path]:
+    """Caches of artifacts whose names merely start with `skainet-backend`."""
+    konan_cache = home["konan"].parent
+    others = [konan_cache / "sk.ainet.core-skainet-backend-cpu-cache",
+              home["m2_klib"].parent.parent / "skainet-backend-native-cpu-extra" / VERSION]
+    for d in others:
+        d.mkdir(parents=True)
+        shutil.copy(gate_bins.extra["stale.klib"], d / "x.klib")
+    return others
+
+
+def test_artifact_names_match_exactly_plus_kmp_variants(home, gate_bins: Built,
+                                                         capsys) -> None:
+    others = _other_artifacts(home, gate_bins)
+    args = _args(home, "--json")
+    args[args.index("--artifact") + 1] = "skainet-backend"
+    assert skoracle(args) == 0
+    assert json.loads(capsys.readouterr().out)["copies"] == []  # a prefix is not a name
+    variant = home["m2_klib"].parent.parent / f"{ARTIFACT}-linuxx64" / VERSION
+    variant.mkdir(parents=True)
+    copies = {str(c.path) for c in find_copies(Roots(home["home"] / ".konan",
+                                                     home["home"] / ".m2" / "repository",
+                                                     home["home"] / ".gradle"),
+                                               GROUP, ARTIFACT, VERSION)}
+    assert copies == {str(home[k]) for k in ("m2_klib", "m2_jar", "gradle_klib", "konan")} | {
+        str(variant)}
+    assert not {str(p) for p in others} & copies
+    args[args.index("--artifact") + 1] = "skainet-backend*"  # a glob, written by the user
+    assert skoracle(args) == 0
+    globbed = {c["path"] for c in json.loads(capsys.readouterr().out)["copies"]}
+    assert globbed == copies | {str(p) for p in others} | {str(home["m2_other_artifact"])}
+
+
+def test_clear_without_yes_on_a_pipe_removes_nothing(home, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))  # not a terminal
+    assert skoracle(_args(home, "--clear")) == 2
+    out, err = capsys.readouterr()
+    assert len([line for line in out.splitlines() if line.startswith("remove: ")]) == 4
+    assert "--yes" in err and "nothing removed" in err and "Traceback" not in err
+    assert all(home[k].exists() for k in ("m2_klib", "m2_jar", "gradle_klib", "konan"))
+    assert skoracle(_args(home, "--clear", "--json")) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("remove: ") == 4 and "--yes" in err
+    assert all(home[k].exists() for k in ("m2_klib", "m2_jar", "gradle_klib", "konan"))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("answer, code", [("n\n", 2), ("\n", 2), ("y\n", 0)])
+def test_clear_asks_on_a_terminal(home, capsys, monkeypatch, answer: str, code: int) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal(answer))
+    assert skoracle(_args(home, "--clear")) == code
+    err = capsys.readouterr().err
+    assert "remove the 4 paths listed above? [y/N]" in err
+    assert home["m2_klib"].exists() is (code == 2)

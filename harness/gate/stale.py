@@ -13,10 +13,18 @@ at (each root overridable by a flag or environment variable):
 - Gradle: `<gradle home>/caches/modules-2/files-2.1/<group>/<artifact>[-variant]/<version>`
   (`--gradle-root`, `$GRADLE_USER_HOME`, default `~/.gradle`).
 
-`-variant` covers the Kotlin Multiplatform per-target artifacts (`-jvm`, `-linuxarm64`, ...).
+Artifact names match exactly: `--artifact skainet-backend` is not `skainet-backend-cpu`.
+The one widening is `-variant`, the Kotlin Multiplatform per-target artifacts of that very
+name (`-jvm`, `-linuxarm64`, `-linuxx64`, ... : `KMP_TARGET_SUFFIXES`), which are the same
+library built for another target. A glob (`*`, `?`) is used only when the user writes one,
+and then matches the whole directory name (`skainet-backend*` covers `-cpu` and its variants).
+In a Kotlin/Native cache name the artifact must be followed by a variant, then nothing, a
+version, `cache` or a file extension.
+
 With `--marker`, a copy is stale when no file inside it (zip members decompressed) holds the
 marker; the paths to remove are the stale copies, or every copy when no marker is given.
-`--clear` removes exactly the printed paths, after printing them.
+`--clear` prints exactly the paths it will remove, then removes them: after a `y` at the
+prompt on a terminal, or with `--yes` (required when stdin is not a terminal: exit 2).
 """
 
 from __future__ import annotations
@@ -36,6 +44,49 @@ from harness.gate.errors import GateError
 
 _KONAN_SEARCH_DEPTH = 4
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_GLOB_OK = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._+*?-]*$")
+
+#: Kotlin Multiplatform publishes one artifact per target as `<artifact>-<target>`.
+KMP_TARGET_SUFFIXES = (
+    "jvm", "android", "android-debug", "js", "wasm-js", "wasm-wasi", "metadata",
+    "linuxx64", "linuxarm64", "linuxarm32hfp", "mingwx64",
+    "macosx64", "macosarm64", "iosx64", "iosarm64", "iossimulatorarm64",
+    "tvosx64", "tvosarm64", "tvossimulatorarm64",
+    "watchosx64", "watchosarm32", "watchosarm64", "watchossimulatorarm64",
+    "watchosdevicearm64", "androidnativearm32", "androidnativearm64",
+    "androidnativex86", "androidnativex64",
+)
+_VARIANT = "|".join(re.escape(v) for v in sorted(KMP_TARGET_SUFFIXES, key=len, reverse=True))
+#: What may follow the artifact (and variant) in a Kotlin/Native cache entry's name.
+_CACHE_TAIL = r"(?:$|[-_.](?:\d|cache(?:$|[^A-Za-z0-9])|(?:klib|jar|a|so|kexe)$))"
+
+
+@dataclass(frozen=True)
+class ArtifactName:
+    """`--artifact`: an exact name (plus its KMP target variants), or a glob the user wrote."""
+
+    text: str
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in self.text for c in "*?")
+
+    def _core(self) -> str:
+        if not self.is_glob:
+            return re.escape(self.text)
+        return "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c)
+                       for c in self.text)
+
+    def matches_directory(self, name: str) -> bool:
+        """A Maven/Gradle artifact directory: the name itself or `<name>-<KMP target>`."""
+        if self.is_glob:
+            return re.fullmatch(self._core(), name) is not None
+        return re.fullmatch(rf"{self._core()}(?:-(?:{_VARIANT}))?", name) is not None
+
+    def in_cache_name(self, name: str) -> bool:
+        """A Kotlin/Native cache entry named after this artifact (see the module docstring)."""
+        return re.search(rf"(?:^|[^A-Za-z0-9]){self._core()}(?:-(?:{_VARIANT}))?{_CACHE_TAIL}",
+                         name) is not None
 
 
 @dataclass
@@ -84,17 +135,18 @@ class Roots:
 
 
 def _check_name(what: str, value: str) -> None:
-    if not _NAME_OK.match(value) or ".." in value:
+    allowed = _GLOB_OK if what == "artifact" else _NAME_OK
+    if not allowed.match(value) or ".." in value:
+        glob = "; * and ? as a glob" if what == "artifact" else ""
         raise HarnessError(f"--{what} {value!r}: expected a plain Maven coordinate part "
-                           "(letters, digits, . _ + -)", 2)
+                           f"(letters, digits, . _ + -{glob})", 2)
 
 
-def _artifact_dirs(parent: Path, artifact: str) -> list[Path]:
-    """`artifact` itself and its Kotlin Multiplatform variants `artifact-<target>`."""
+def _artifact_dirs(parent: Path, artifact: ArtifactName) -> list[Path]:
+    """The artifact's directories under a group directory (exact name and KMP variants)."""
     if not parent.is_dir():
         return []
-    return sorted(d for d in parent.iterdir()
-                  if d.is_dir() and (d.name == artifact or d.name.startswith(artifact + "-")))
+    return sorted(d for d in parent.iterdir() if d.is_dir() and artifact.matches_directory(d.name))
 
 
 def _name_has(name: str, token: str) -> bool:
@@ -105,14 +157,15 @@ def find_copies(roots: Roots, group: str, artifact: str, version: str) -> list[C
     """Every cached copy of group:artifact:version under the three roots, in a stable order."""
     for what, value in (("group", group), ("artifact", artifact), ("version", version)):
         _check_name(what, value)
+    name = ArtifactName(artifact)
     copies: list[CachedCopy] = []
     m2_group = roots.m2.joinpath(*group.split("."))
-    for adir in _artifact_dirs(m2_group, artifact):
+    for adir in _artifact_dirs(m2_group, name):
         vdir = adir / version
         if vdir.is_dir():
             copies.append(CachedCopy("maven-local", vdir, roots.m2, adir.name, True))
     files = roots.gradle / "caches" / "modules-2" / "files-2.1" / group
-    for adir in _artifact_dirs(files, artifact):
+    for adir in _artifact_dirs(files, name):
         vdir = adir / version
         if vdir.is_dir():
             copies.append(CachedCopy("gradle", vdir, roots.gradle, adir.name, True))
@@ -120,17 +173,18 @@ def find_copies(roots: Roots, group: str, artifact: str, version: str) -> list[C
         for dist in sorted(roots.konan.iterdir()):
             cache = dist / "klib" / "cache"
             if cache.is_dir():
-                copies.extend(_konan_entries(cache, roots.konan, artifact, version))
+                copies.extend(_konan_entries(cache, roots.konan, name, version))
     return copies
 
 
-def _konan_entries(cache: Path, root: Path, artifact: str, version: str) -> list[CachedCopy]:
+def _konan_entries(cache: Path, root: Path, artifact: ArtifactName,
+                   version: str) -> list[CachedCopy]:
     found: list[CachedCopy] = []
     stack = [(cache, 0)]
     while stack:
         directory, depth = stack.pop()
         for entry in sorted(directory.iterdir(), reverse=True):
-            if _name_has(entry.name, artifact):
+            if artifact.in_cache_name(entry.name):
                 found.append(CachedCopy(
                     "konan", entry, root, entry.name,
                     version_in_path=_name_has(str(entry.relative_to(cache)), version)))
@@ -188,20 +242,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "removed with --clear), 1 stale copies found, 2 bad input."
         ),
     )
-    p.add_argument("--group", required=True, help="Maven group, e.g. sk.ainet.core")
+    p.add_argument("--group", required=True, help="Maven group, e.g. sk.ainet.core (required)")
     p.add_argument("--artifact", required=True,
-                   help="artifact id, e.g. skainet-backend-native-cpu (variants -jvm, "
-                        "-linuxarm64, ... are included)")
-    p.add_argument("--version", required=True, help="version, e.g. 0.40.0")
-    p.add_argument("--marker", metavar="TEXT", help="text a fresh build contains")
-    p.add_argument("--clear", action="store_true", help="remove the printed paths")
+                   help="exact artifact id, e.g. skainet-backend-native-cpu; its Kotlin "
+                        "Multiplatform target variants (-jvm, -linuxarm64, -linuxx64, ...) are "
+                        "the same artifact; a glob only when written, e.g. 'skainet-backend*' "
+                        "(required)")
+    p.add_argument("--version", required=True, help="version, e.g. 0.40.0 (required)")
+    p.add_argument("--marker", metavar="TEXT",
+                   help="text a fresh build contains (default: none, every copy is listed for "
+                        "removal)")
+    p.add_argument("--clear", action="store_true",
+                   help="remove the printed paths, after a y at the prompt (or --yes)")
+    p.add_argument("--yes", action="store_true",
+                   help="with --clear: remove without asking (required when stdin is not a "
+                        "terminal)")
     p.add_argument("--konan-root", help="Kotlin/Native data dir (default $KONAN_DATA_DIR or "
                                          "~/.konan)")
     p.add_argument("--m2-root", help="Maven local repository (default $SKORACLE_M2_REPO or "
                                       "~/.m2/repository)")
     p.add_argument("--gradle-root", help="Gradle user home (default $GRADLE_USER_HOME or "
                                           "~/.gradle)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--json", action="store_true", help="print one JSON document to stdout")
     p.set_defaults(func=run)
 
 
@@ -234,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
         for c in to_remove:
             print(f"remove: {c.path}")
     removed: list[str] = []
+    if args.clear and to_remove and not args.yes:
+        _confirm([c.path for c in to_remove], args.json)
     if args.clear:
         for c in to_remove:
             remove_copy(c)
@@ -247,3 +311,18 @@ def run(args: argparse.Namespace) -> int:
     if args.clear:
         return 0  # every stale copy is gone
     return 1 if patterns and to_remove else 0
+
+
+def _confirm(paths: list[Path], json_mode: bool) -> None:
+    """Ask before removing (on stderr, so --json output stays one document); refuse with
+    exit 2 when nobody can be asked."""
+    if json_mode:  # the text mode has printed them already
+        for path in paths:
+            print(f"remove: {path}", file=sys.stderr)
+    what = f"the {len(paths)} path{'s' if len(paths) != 1 else ''} listed above"
+    if not sys.stdin.isatty():
+        raise HarnessError(f"--clear: stdin is not a terminal, nothing removed; pass --yes to "
+                           f"remove {what}", 2)
+    print(f"remove {what}? [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise HarnessError("--clear: not confirmed, nothing removed", 2)
