@@ -17,6 +17,11 @@ transposed FP32 copy of the output projection on every forward pass (the ~0.67 G
 with the two resident copies, exceeds the SL2610's 1.9 GB); under `packed`, transpose is a
 pre-transposed marker (no copy) and the only transient is one block relayout at load time,
 bounded by the largest packed matrix.
+
+The verdict (`judge`, shared by this command and the run's footprint leg) is the product's
+claim: the packed policy fits the budget less the reserve at peak (exit 0; exit 1 when it
+does not). Whether dequant-fp32 fits is reported as information. A reserve that leaves
+nothing of the budget is refused (exit 2) before the file is read.
 """
 
 from __future__ import annotations

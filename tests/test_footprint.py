@@ -77,8 +77,10 @@ def test_cli_table_and_json(gemma: Path, capsys: pytest.CaptureFixture[str]) -> 
     # packed: transpose is a marker; the transient is one relayout of the largest matrix
     assert packed["transient_bytes"] == VOCAB * qtype("Q8_0").row_bytes(N_EMBD)
     assert packed["fits"] is True and packed["peak_bytes"] < 500_000_000
-    assert main(["footprint", str(gemma), "--json", "--budget", "300MB"]) == 0
-    assert json.loads(capsys.readouterr().out)["policies"]["packed"]["fits"] is False
+    assert doc["verdict"] == {"claim": "packed fits", "ok": True, "exit_code": 0}
+    assert main(["footprint", str(gemma), "--json", "--budget", "300MB"]) == 1
+    small = json.loads(capsys.readouterr().out)
+    assert small["policies"]["packed"]["fits"] is False and small["verdict"]["ok"] is False
     assert doc["policies"]["dequant-fp32"]["embedding_output_bytes"] == 2 * VOCAB * N_EMBD * 4
     assert len(doc["tensors"]) == 1 + 13 * N_LAYER + 1 + 1
 
@@ -114,3 +116,55 @@ def test_budget_parsing() -> None:
     assert parse_size("2000") == 2000
     with pytest.raises(HarnessError, match="--budget"):
         parse_size("lots", "--budget")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "fixtures" / "golden" / "tiny-gemma3.gguf"
+
+
+def _leg(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    code = main(["run", "--only", "footprint", "--out", str(out), *args])
+    capsys.readouterr()
+    leg = json.loads((out / "report.json").read_text())["legs"][0]
+    return code, {r["case"].split(":")[0]: r["verdict"] for r in leg["rows"]}
+
+
+@pytest.mark.parametrize("budget, model, code, fp32_fits", [
+    ("1.9GB", None, 0, False),  # the board: packed fits, dequant-fp32 is the known problem
+    ("4GB", None, 0, True),  # both fit: still a pass
+    ("1.9GB", TINY, 0, True),  # a tiny model fits either way: a pass, not a FAIL
+    ("300MB", None, 1, False),  # packed does not fit: the claim fails
+])
+def test_standalone_and_leg_give_one_verdict(gemma: Path, tmp_path: Path, budget: str,
+                                             model: Path | None, code: int, fp32_fits: bool,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = model or gemma
+    assert main(["footprint", str(path), "--budget", budget, "--json"]) == code
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"]["exit_code"] == code
+    assert doc["policies"]["dequant-fp32"]["fits"] is fp32_fits
+    leg_code, rows = _leg(["--budget", budget, "--model", str(path)], tmp_path / "r", capsys)
+    assert leg_code == code
+    assert rows["packed"] == ("pass" if code == 0 else "FAIL")
+    assert rows["dequant-fp32"] == ("pass" if fp32_fits else "known-failure")
+
+
+@pytest.mark.parametrize("budget, reserve", [("1MB", "2GB"), ("2GB", "2GB"), ("0", "0")])
+def test_budget_that_leaves_nothing_is_refused(gemma: Path, tmp_path: Path, budget: str,
+                                               reserve: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["footprint", str(gemma)], ["run", "--only", "footprint", "--out",
+                                             str(tmp_path / "r")]):
+        assert main([*argv, "--budget", budget, "--reserve", reserve]) == 2
+        captured = capsys.readouterr()
+        assert "leaves" in captured.err and "nothing" in captured.err
+        assert "Traceback" not in captured.err and "exceeds" not in captured.out
+    assert not (tmp_path / "r").exists()
+
+
+def test_reserve_is_taken_from_the_budget(gemma: Path, capsys: pytest.CaptureFixture[str]):
+    peak = read_footprint(gemma).peak("packed")
+    assert main(["footprint", str(gemma), "--budget", str(peak), "--reserve", "0"]) == 0
+    assert main(["footprint", str(gemma), "--budget", str(peak), "--reserve", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "verdict: FAIL: packed does NOT fit budget" in out and "- reserve 1 B" in out

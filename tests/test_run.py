@@ -98,7 +98,7 @@ def test_unknown_leg_and_explicit_unavailable_leg_exit_2(tmp_path: Path, capsys)
     assert main(["run", "--only", "footprint,jvm", "--out", str(tmp_path / "r3")]) == 2
     # a JVM flag is an explicit request too, even without --only
     assert main(["run", "--only", "footprint", "--out", str(tmp_path / "r4")]) == 0
-    assert main(["run", "--classpath", "/nowhere", "--out", str(tmp_path / "r5")]) == 2
+    assert main(["run", "--classpath", str(tmp_path), "--out", str(tmp_path / "r5")]) == 2
     doc = json.loads((tmp_path / "r5" / "report.json").read_text())
     statuses = {leg["name"]: leg["status"] for leg in doc["legs"]}
     assert statuses.pop("jvm") == "unavailable" and set(statuses.values()) == {"pass"}
