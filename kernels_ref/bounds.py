@@ -97,6 +97,8 @@ def error_bound(x: np.ndarray, w_raw: object, qtype: str, out_dim: int, in_dim: 
     flat = chunks.as_packed_bytes(w_raw, qt, out_dim, in_dim)
     out_dim, in_dim = int(out_dim), int(in_dim)
     xb, was_1d = _activations(x, in_dim, qt.name)
+    if not xb.shape[0]:
+        return np.empty((0, out_dim), np.float64)
     x_hat = None
     if semantics is not None:
         sem = semantics_obj(semantics, **opts)

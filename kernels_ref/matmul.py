@@ -35,9 +35,10 @@ def matmul_wt(x: np.ndarray, w_raw: object, qtype: str, out_dim: int, in_dim: in
               chunk_elements: int = chunks.CHUNK_ELEMENTS, **opts: Any) -> np.ndarray:
     """x . W^T for a packed weight W [out_dim, in_dim], in the float order of `semantics`.
 
-    x: float32 (in_dim,) or (batch, in_dim). w_raw: the packed bytes (any uint8 shape, bytes
-    or memoryview) in `order` ("row_major" = GGUF file order, "input_block_major" = SKaiNET's
-    kernel order). Returns float32 (out_dim,) for 1-D x, else (batch, out_dim).
+    x: float32 (in_dim,) or (batch, in_dim); batch may be 0 (an empty (0, out_dim) result).
+    w_raw: the packed bytes (any uint8 shape, bytes or memoryview) in `order` ("row_major" =
+    GGUF file order, "input_block_major" = SKaiNET's kernel order). Returns float32
+    (out_dim,) for 1-D x, else (batch, out_dim).
     `semantics` is a key of SEMANTICS; `opts` are its parameters (e.g. fused_final=False,
     lanes=4, rounding="even"). Output rows are processed `chunk_elements // (in_dim*batch)`
     at a time, so extra memory stays bounded whatever out_dim is.
@@ -49,6 +50,8 @@ def matmul_wt(x: np.ndarray, w_raw: object, qtype: str, out_dim: int, in_dim: in
     sem = semantics_obj(semantics, **opts)
     sem.check_format(qt.name)
     xb, was_1d = _activations(x, in_dim, qt.name)
+    if not xb.shape[0]:  # a batch of no rows: no outputs (the semantics need a row to run)
+        return np.empty((0, out_dim), F32)
     prep = sem.prepare(qt.name, xb)
     y = np.empty((xb.shape[0], out_dim), F32)
     rows = chunks.rows_per_chunk(in_dim, xb.shape[0], chunk_elements)

@@ -60,6 +60,10 @@ def to_row_major(ibm: np.ndarray, qtype_name: str, out_dim: int) -> np.ndarray:
     """Flat INPUT_BLOCK_MAJOR bytes -> GGUF row-order bytes (out_dim, in/block*nbytes)."""
     qt = qtype(qtype_name)
     ibm = np.asarray(ibm)
+    if isinstance(out_dim, bool) or not isinstance(out_dim, int | np.integer):
+        raise OracleError(f"{qt.name}: to_row_major: out_dim must be an int, got "
+                          f"{type(out_dim).__name__} {out_dim!r}")
+    out_dim = int(out_dim)
     if out_dim <= 0 or ibm.size % (qt.nbytes * out_dim):
         raise OracleError(
             f"{qt.name}: {ibm.size} bytes are not whole blocks of {qt.nbytes} bytes for "

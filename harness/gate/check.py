@@ -445,6 +445,8 @@ def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | N
         if p.is_dir():
             _walk_dir(walker, p, label)
             return
+        if p.exists() and not p.is_file():  # /dev/zero, a FIFO: reading would never end
+            raise GateError(f"{label}: not a regular file or directory")
         try:
             data = p.read_bytes()
         except OSError as exc:
