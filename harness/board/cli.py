@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.board import profile as board_profile
 from harness.board.parity import (
     DEFAULT_SHAPES,
     DEFAULT_TARGET_TPS,
@@ -36,17 +37,22 @@ from harness.errors import HarnessError
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("board connection")
-    g.add_argument("--profile", metavar="FILE.toml", help="board profile (TOML)")
-    g.add_argument("--board", metavar="USER@HOST[:PORT]", help="board address (overrides the "
-                   "profile's)")
+    g.add_argument("--profile", metavar="FILE.toml",
+                   help="board profile (TOML; keys listed in `skoracle board --help`) (default: "
+                        "none, give --profile or --board)")
+    g.add_argument("--board", metavar="USER@HOST[:PORT]", help="board address, overrides the "
+                   "profile's (default: the profile's host, user root, port 22)")
     g.add_argument("--identity", metavar="KEY", help="private key file (default: agent, ~/.ssh)")
-    g.add_argument("--known-hosts", metavar="FILE", help="known_hosts file to check against")
+    g.add_argument("--known-hosts", metavar="FILE", help="known_hosts file to check against "
+                   "(default: the profile's known_hosts, else ~/.ssh/known_hosts)")
     g.add_argument("--trust-new", action="store_true",
                    help="accept an UNKNOWN host key and add it to known_hosts (a changed key "
                         "is still refused)")
-    g.add_argument("--exec-prefix", metavar="CMD", help="prefix for running programs (e.g. "
-                   "'qemu-aarch64 -cpu cortex-a76')")
-    g.add_argument("--lock-wait", type=float, metavar="S", help="seconds to wait for the lock")
+    g.add_argument("--exec-prefix", metavar="CMD", help="prefix for running programs, e.g. "
+                   "'qemu-aarch64 -cpu cortex-a76' (default: the profile's exec_prefix, else "
+                   "none)")
+    g.add_argument("--lock-wait", type=float, metavar="S", help="seconds to wait for the lock "
+                   "(default: the profile's lock_wait, else 60)")
 
 
 def _session(args: argparse.Namespace) -> BoardSession:
@@ -214,7 +220,8 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     board = subparsers.add_parser(
         "board", help="run programs on the board over SSH; decode and kernel parity",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, epilog=board_profile.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = board.add_subparsers(dest="board_command", metavar="ACTION")
     sub.required = True
@@ -227,11 +234,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("program", help="local program file to push and run")
         p.add_argument("args", nargs="*", help="its arguments (after --)")
         p.add_argument("--input", action="append", metavar="LOCAL[=NAME]",
-                       help="file to push into the run directory (repeatable)")
+                       help="file to push into the run directory (repeatable; default: none)")
         p.add_argument("--output", action="append", metavar="NAME",
-                       help="file to fetch back from the run directory (repeatable)")
+                       help="file to fetch back from the run directory (repeatable; default: "
+                            "none)")
         p.add_argument("--timeout", type=float, metavar="S",
-                       help="kill the program's process group after S seconds")
+                       help="kill the program's process group after S seconds (default: no "
+                            "limit)")
         p.add_argument("--keep", action="store_true", help="keep the remote run directory")
 
     p = sub.add_parser("run", help="push a program and inputs, run it, fetch outputs")
@@ -243,15 +252,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("push", help="copy a file to the board (verified, atomic)")
     _add_connection(p)
-    p.add_argument("local")
+    p.add_argument("local", help="local file to copy")
     p.add_argument("remote", help="absolute path on the board")
     p.add_argument("--mode", default="644", help="octal file mode (default 644)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("fetch", help="copy a file back from the board (verified)")
     _add_connection(p)
-    p.add_argument("remote")
-    p.add_argument("local")
+    p.add_argument("remote", help="absolute path on the board")
+    p.add_argument("local", help="local file to write (temp name, then renamed)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("unlock", help="remove the board lock (after a run that died)")
@@ -280,6 +289,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f],
                    help="comma-separated formats (default: all the archive exports)")
     p.add_argument("--shape", action="append", type=_shape, metavar="OUTxIN[xBATCH]",
-                   help="case shape (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="case shape (repeatable; default: the built-in set of shapes)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the weights and activations (default %(default)s)")
     p.set_defaults(func=cmd_kernel_parity)

@@ -35,14 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"CPU profile (default {DEFAULT_PROFILE})")
     p.add_argument("--expect-marker", metavar="TEXT",
                    help="every PATH must contain TEXT (ELF data or decompressed zip members); "
-                        "one without it is reported STALE")
+                        "one without it is reported STALE (default: no marker check)")
     p.add_argument("--expect-symbol", metavar="NAME", action="append", default=[],
                    help="every PATH must define function NAME in some AArch64 ELF inside "
-                        "(repeatable)")
+                        "(repeatable; default: none)")
     p.add_argument("--allow-function", metavar="GLOB", action="append", default=[],
                    help="accept forbidden instructions inside functions matching GLOB: code "
                         "reached only after a runtime CPU check, e.g. glibc's ifunc variants "
-                        "'__mem*_a64fx' (repeatable; a stripped file has no names to match)")
+                        "'__mem*_a64fx' (repeatable; a stripped file has no names to match; "
+                        "default: none)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
 
