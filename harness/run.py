@@ -29,7 +29,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from harness.errors import HarnessError
-from harness.footprint import parse_budget
+from harness.footprint import add_budget_options, parse_budget
 from harness.report import Leg, Report, write_report
 from harness.reportdir import check_report_dir
 
@@ -410,7 +410,7 @@ def check_path_options(args: argparse.Namespace) -> None:
             raise HarnessError(f"--klib {value}: " + ("not a regular file or directory" if
                                Path(value).exists() else "no such file or directory"))
     for entry in (args.classpath or "").split(os.pathsep):
-        base = entry[:-1] or "." if entry.endswith("*") else entry  # `dir/*`: every jar in dir
+        base = (entry[:-1] or ".") if entry.endswith("*") else entry  # `dir/*`: its jars
         if entry and not Path(base).exists():
             raise HarnessError(f"--classpath: {entry}: no such file or directory")
 
@@ -519,8 +519,6 @@ def _legs_epilog() -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from harness.footprint import add_budget_options
-
     p = sub.add_parser("run", help="every leg (oracle, kernels, fixtures, footprint, gate, "
                        "board, jvm) with one report", description=__doc__.split("\n\n")[0],
                        epilog=_legs_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
