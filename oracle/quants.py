@@ -711,10 +711,12 @@ def _format(name: str) -> type[BlockFormat]:
     return FORMATS[qtype(name).name]
 
 
-#: Peak working memory of `quantize` per input element, as multiples of its float32 size
-#: (measured with tracemalloc: the 32-element formats run vectorized over every block at
-#: once, about 5.6x; the K-quants run in chunks of QUANT_CHUNK_BLOCKS, under 1x).
-WORK_PER_ELEMENT_F32 = {False: 6, True: 1}
+#: Peak working memory of `quantize` per input element, in multiples of its float32 size,
+#: the output included (bench/bench_quantize_memory.py measures it with tracemalloc: the
+#: 32-element formats run vectorized over every block at once, about 5.6x; the K-quants run
+#: in chunks of QUANT_CHUNK_BLOCKS, under 1x; F16's rounding takes 7.75x).
+WORK_PER_ELEMENT_F32 = {"F32": 2, "F16": 8, "BF16": 4, "Q4_0": 6, "Q5_0": 6, "Q5_1": 6,
+                        "Q8_0": 6, "Q4_K": 1, "Q5_K": 1, "Q6_K": 1}
 _SMALL_WORK_BYTES = 64 << 20
 
 
@@ -737,7 +739,7 @@ def _check_memory(qt: QType, x: np.ndarray) -> None:
     """Refuse up front an input whose quantization cannot fit in memory (rather than a
     MemoryError, or the system swapping, deep inside)."""
     n = int(x.size)
-    need = n * 4 * WORK_PER_ELEMENT_F32[qt.kquant] + n // qt.block * qt.nbytes
+    need = n * 4 * WORK_PER_ELEMENT_F32[qt.name]
     if x.dtype != F32:
         need += n * 4  # the float32 copy of the input
     if need < _SMALL_WORK_BYTES:  # not worth reading /proc on every small call

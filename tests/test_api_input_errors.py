@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kernels_ref import SEMANTICS, error_bound, matmul_wt, ulp_distance
-from oracle import OracleError, quantize, to_input_block_major, to_row_major
+from oracle import QTYPES, OracleError, quantize, to_input_block_major, to_row_major
 from oracle import quants as Q
 
 
@@ -53,3 +53,7 @@ def test_quantize_too_large_for_memory_is_refused_up_front(qt: str, dtype: type)
     with pytest.raises(OracleError, match=rf"{qt}: quantize of {n} elements .* GiB of working "
                                           r"memory, .* GiB is available"):
         quantize(qt, x)
+
+
+def test_every_format_has_a_working_memory_estimate() -> None:
+    assert set(Q.WORK_PER_ELEMENT_F32) == set(QTYPES)  # bench/bench_quantize_memory.py checks
