@@ -238,8 +238,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "List every cached copy of GROUP:ARTIFACT:VERSION that Kotlin/Native or Gradle "
             "could link, say whether each holds the build marker, and print the paths to "
-            "remove (stale copies; all copies without --marker). Exit 0 none stale (or all "
-            "removed with --clear), 1 stale copies found, 2 bad input."
+            "remove (stale copies; all copies without --marker). Artifact names match "
+            "exactly, plus their Kotlin Multiplatform target variants; a glob only when "
+            "written. Exit 0 none stale (or all removed with --clear), 1 stale copies found, "
+            "2 bad input or --clear not confirmed (nothing removed)."
         ),
     )
     p.add_argument("--group", required=True, help="Maven group, e.g. sk.ainet.core (required)")
