@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -221,3 +224,21 @@ def test_clear_asks_on_a_terminal(home, capsys, monkeypatch, answer: str, code: 
     err = capsys.readouterr().err
     assert "remove the 4 paths listed above? [y/N]" in err
     assert home["m2_klib"].exists() is (code == 2)
+
+
+def test_clear_confirmed_on_a_real_terminal(home) -> None:
+    """stdin a pseudo-terminal: the prompt is shown and a typed y removes the copies."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *_args(home, "--clear")],
+                            cwd=Path(__file__).resolve().parent.parent, stdin=slave,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    try:
+        os.write(master, b"y\n")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert "remove the 4 paths listed above? [y/N]" in err
+    assert out.count("removed: ") == 4
+    assert not any(home[k].exists() for k in ("m2_klib", "m2_jar", "gradle_klib", "konan"))
