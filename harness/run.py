@@ -14,6 +14,7 @@ that cannot run), 130 interrupted (the partial report is still written, marked p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -425,9 +426,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
-    console = Console()
+    console = Console(stderr=args.json)  # --json: stdout carries the report document only
     if not console.is_terminal:  # a CI log: do not fold the tables into 80 columns
-        console = Console(width=140)
+        console = Console(width=140, stderr=args.json)
     names = selected_legs(args.only)
     explicit = set(names) if args.only else set()
     if args.classpath or args.skainet_version:  # asking for SKaiNET on the JVM by flag
@@ -499,6 +500,8 @@ def _run_legs(args: argparse.Namespace, stop: _Interrupt, console: Console, name
                2: "[red]setup or input error[/]", 130: "[yellow]interrupted: partial report[/]"}
     console.print(f"{verdict[rep.exit_code]} — report: {path}/report.html "
                   f"(+ report.json, report.md), {rep.elapsed_s:.1f}s")
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
     return rep.exit_code
 
 
@@ -549,6 +552,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GGUF for the footprint leg (default: a generated FunctionGemma-shaped "
                         "file)")
     add_budget_options(p)
+    p.add_argument("--json", action="store_true",
+                   help="also print report.json to stdout (progress and tables go to stderr)")
     p.add_argument("--skainet-version", metavar="V",
                    help="SKaiNET release for the JVM leg (default: none)")
     p.add_argument("--classpath", metavar="CP",

@@ -173,3 +173,11 @@ def test_ctrl_c_removes_the_scratch_dir(tmp_path: Path) -> None:
     assert proc.returncode == 130, seen + rest  # interrupted in the fixtures leg
     assert os.listdir(system_tmp) == [], seen + rest
     assert is_report_dir(out) and sorted(os.listdir(tmp_path)) == ["report", "system-tmp"]
+
+
+def test_json_prints_the_report_document_to_stdout(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    assert main([*FAST, "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == json.loads((out / "report.json").read_text())
+    assert "footprint:" in captured.err  # progress and tables on stderr
