@@ -56,6 +56,9 @@ def cross_compile(
     h = hashlib.sha256("\0".join([output_name, *args]).encode())
     for s in srcs:
         h.update(s.read_bytes())
+    for arg in extra:  # archives and objects linked in: a rebuilt one must relink
+        if not arg.startswith("-") and Path(arg).is_file():
+            h.update(Path(arg).read_bytes())
     out_dir = out_dir or default_cache()
     target = out_dir / h.hexdigest()[:16] / output_name
     if target.is_file():
