@@ -59,3 +59,10 @@ def bound_tightness(bound: np.ndarray, ref: np.ndarray) -> float:
     top = float(np.max(np.abs(np.asarray(ref, np.float64)), initial=0.0))
     widest = float(np.max(np.asarray(bound, np.float64), initial=0.0))
     return widest / top if top else float("inf")
+
+
+def sign_blind(bound: np.ndarray, ref: np.ndarray) -> int:
+    """Outputs whose bound reaches 2|ref|: there the output with its sign flipped would still
+    be "within bound", so the bound cannot judge them."""
+    b, r = np.asarray(bound, np.float64), np.abs(np.asarray(ref, np.float64))
+    return int(np.count_nonzero(b >= 2 * r))

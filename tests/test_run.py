@@ -42,6 +42,15 @@ def test_report_files_and_schema(report_dir: Path) -> None:
     assert len(legs["oracle"]["rows"]) == 7
     fp = {r["case"].split(":")[0]: r for r in legs["footprint"]["rows"]}
     assert "does NOT fit" in fp["dequant-fp32"]["detail"] and "fits" in fp["packed"]["detail"]
+    assert fp["dequant-fp32"]["verdict"] == "known-failure"  # never a green "pass"
+    kern = legs["kernels"]["rows"]
+    assert all("ulp at max|y|" in r["detail"] and "bound/max|y|" in r["detail"] for r in kern
+               if "vs exact" in r["case"])
+    # NEON Q4_K/Q6_K quantize activations: their bound is wider than the outputs, so the
+    # leg must not call them "within-bound"
+    for fmt in ("Q4_K", "Q6_K"):
+        row = next(r for r in kern if r["case"] == f"{fmt} skainet_neon.fused vs exact")
+        assert row["verdict"] == "unavailable" and "would pass a sign flip" in row["detail"]
     assert "| oracle | pass |" in (report_dir / "report.md").read_text()
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from harness.board.build import FIXTURE_DIR, archive_symbols, cross_compile
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
+from harness.report import plural
 from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, ulp_distance
 
 # -- decode parity -------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class KernelCase:
         if self.failed_run:
             return self.detail
         n = self.shape[0] * self.shape[2]
-        parts = [f"{self.mismatches} of {n} {_plural(n, 'output')} differ"
+        parts = [f"{self.mismatches} of {plural(n, 'output')} differ"
                  + (f" (max {self.max_ulp} ulp each, {self.scale_ulps:.3g} ulp at max|y|)"
                     if self.mismatches else "")]
         if self.reference == "bound":
@@ -218,10 +219,6 @@ class KernelCase:
         if self.detail:
             parts.append(self.detail)
         return "; ".join(parts)
-
-
-def _plural(n: int, word: str) -> str:
-    return word if n == 1 else word + "s"
 
 
 def kernel_verdict(case: KernelCase) -> str:
@@ -293,8 +290,8 @@ class KernelInventory:
     absent: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"archive {self.archive.name}: {len(self.run)} {_plural(len(self.run), 'kernel')}"
-               f" run: {', '.join(k.symbol for k in self.run) or 'none'}"]
+        names = ", ".join(k.symbol for k in self.run) or "none"
+        out = [f"archive {self.archive.name}: {plural(len(self.run), 'kernel')} run: {names}"]
         if self.deselected:
             out.append(f"not selected by --formats: {', '.join(self.deselected)}")
         for sym, why in sorted(self.not_modelled.items()):
@@ -374,11 +371,10 @@ class KernelParity:
             counts[c.verdict] = counts.get(c.verdict, 0) + 1
         told = ", ".join(f"{n} {v}" for v, n in counts.items()) or "no cases"
         failing = sorted({c.symbol for c in self.failed})
-        line = (f"kernel parity: {len(self.cases) - len(self.failed)} of {len(self.cases)} "
-                f"{_plural(len(self.cases), 'case')} pass ({told})"
+        line = (f"kernel parity: {len(self.cases) - len(self.failed)} of "
+                f"{plural(len(self.cases), 'case')} pass ({told})"
                 + (f"; FAILING: {', '.join(failing)}" if failing else "")
-                + (f"; {len(self.inventory.absent)} known "
-                   f"{_plural(len(self.inventory.absent), 'kernel')} absent"
+                + (f"; {plural(len(self.inventory.absent), 'known kernel')} absent"
                    if self.inventory.absent else "")
                 + f". Rule: {VERDICT_RULE}.")
         unfused = [c for c in self.failed if c.fused_final_matches.get(False)]
@@ -386,7 +382,7 @@ class KernelParity:
             line += (" Every failing case is bit-exact with fused_final=False: the archive "
                      "looks built without -ffast-math?")
         elif unfused:
-            line += (f" {len(unfused)} failing {_plural(len(unfused), 'case')} match "
+            line += (f" {plural(len(unfused), 'failing case')} match "
                      "fused_final=False (built without -ffast-math?)")
         if self.fixture:
             line = f"[{FIXTURE_LABEL}] {line}"
