@@ -83,6 +83,7 @@ def oracle_leg(ctx: RunContext, out: Leg) -> None:
 @leg("kernels", "Reference kernels: ggml semantics vs ggml's C dot products; SKaiNET "
      "semantics vs the exact result and its rigorous bound")
 def kernels_leg(ctx: RunContext, out: Leg) -> None:
+    from harness.board.parity import fixture_neon_outputs
     from harness.cref import CRef
     from harness.golden.compute import variants
     from kernels_ref import error_bound, matmul_wt, ulp_distance
@@ -110,6 +111,21 @@ def kernels_leg(ctx: RunContext, out: Leg) -> None:
                 int(ulp.max()), time.perf_counter() - t0,
                 "" if not ulp.any() else f"{plural(int((ulp > 0).sum()), 'output')} differ")
         cells[f"ggml.roundf vs C|{qt}"] = "bit-exact" if not ulp.any() else "FAIL"
+        t0 = time.perf_counter()
+        try:  # the NEON order against a compiled C kernel written in it (project fixture)
+            neon_c = fixture_neon_outputs(x, w, qt, out_dim)
+        except HarnessError as exc:
+            out.add(f"{qt} skainet_neon.fused vs fixture C kernel", "unavailable",
+                    detail=str(exc))
+        else:
+            neon = matmul_wt(x, w, qt, out_dim, in_dim, semantics="skainet_neon")
+            nu = ulp_distance(neon, neon_c)
+            out.add(f"{qt} skainet_neon.fused vs fixture C kernel", "FAIL" if nu.any() else
+                    "bit-exact", int(nu.max()), time.perf_counter() - t0,
+                    (f"{plural(int((nu > 0).sum()), 'output')} differ; " if nu.any() else "")
+                    + "fixtures/board/kernels, SKaiNET's flags, under qemu-aarch64 (the "
+                    "project's kernel, not SKaiNET's)")
+            cells[f"skainet_neon.fused vs C|{qt}"] = "FAIL" if nu.any() else "bit-exact"
         for v in variants():
             if v.id == "exact":
                 continue
@@ -134,7 +150,7 @@ def kernels_leg(ctx: RunContext, out: Leg) -> None:
                 verdict, why = "unavailable", (
                     f"bound >= 2|y| on {sign_blind(bound, exact)} of {y.size} outputs, so "
                     "'within bound' would pass a sign flip; this order is modelled: judged "
-                    "bit-exactly against the kernel itself (ggml: the C row; skainet_neon: "
+                    "bit-exactly against C kernels instead (the 'vs C' rows; SKaiNET's own: "
                     "`board kernel-parity`)")
             cells[f"{v.id}|{qt}"] = verdict
             if v.semantics in ("skainet_neon", "skainet_scalar") or verdict == "FAIL":
@@ -142,7 +158,8 @@ def kernels_leg(ctx: RunContext, out: Leg) -> None:
                         time.perf_counter() - t0, f"{why}; {sizes}")
     out.data["ulp_samples"] = samples
     out.data["matrix"] = {"title": "kernels_ref semantics x format (vs exact / vs ggml C)",
-                          "rows": ["ggml.roundf vs C", *rows], "cols": list(PACKED_TYPES),
+                          "rows": ["ggml.roundf vs C", "skainet_neon.fused vs C", *rows],
+                          "cols": list(PACKED_TYPES),
                           "cells": cells}
     out.summary = (f"{len(PACKED_TYPES)} formats: ggml semantics against the C library, "
                    f"{len(rows)} kernel variants against exact and error_bound")

@@ -59,6 +59,9 @@ def test_kernel_leg_holds_ggml_to_the_c_library(report_dir: Path) -> None:
     kern = next(leg for leg in doc["legs"] if leg["name"] == "kernels")
     ggml_rows = [r for r in kern["rows"] if "ggml C" in r["case"]]
     assert len(ggml_rows) == 7 and all(r["verdict"] == "bit-exact" for r in ggml_rows)
+    # the NEON order held bit for bit to the project's C kernels compiled with SKaiNET's flags
+    neon_rows = [r for r in kern["rows"] if "vs fixture C kernel" in r["case"]]
+    assert len(neon_rows) == 7 and all(r["verdict"] == "bit-exact" for r in neon_rows)
     assert kern["data"]["ulp_samples"] and kern["data"]["matrix"]["cells"]
 
 

@@ -347,6 +347,50 @@ def build_kernel_driver(archive: Path, out_dir: Path | None = None,
     return driver, inv
 
 
+def packed_for(k: KernelSymbol, raw: np.ndarray) -> np.ndarray:
+    """Row-major packed bytes rearranged into the block order kernel `k` reads, flat."""
+    from oracle.layout import to_input_block_major
+
+    packed = raw if k.order == "row_major" else to_input_block_major(raw, k.qtype)
+    return np.ascontiguousarray(packed, np.uint8).reshape(-1)
+
+
+def run_kernel(target: Target, driver: Path, k: KernelSymbol, x: np.ndarray,
+               packed: np.ndarray, out_dim: int, timeout: float = 300.0
+               ) -> tuple[np.ndarray | None, RunResult]:
+    """One driver run of kernel `k`: float32 (batch, out_dim) outputs, or None if it failed."""
+    batch, in_dim = x.shape
+    res: RunResult = target.run(
+        driver,
+        args=[k.symbol, "w.bin", "x.bin", str(in_dim), str(out_dim), str(batch), "y.bin"],
+        inputs={"w.bin": packed.tobytes(), "x.bin": x.astype("<f4").tobytes()},
+        outputs=["y.bin"], timeout=timeout,
+    )
+    if not res.ok:
+        return None, res
+    return np.frombuffer(res.outputs["y.bin"], "<f4").reshape(batch, out_dim), res
+
+
+def fixture_neon_outputs(x: np.ndarray, raw: np.ndarray, qtype: str, out_dim: int
+                         ) -> np.ndarray:
+    """The project's fixture C kernel for `qtype` (feed order, SKaiNET's flags) run here under
+    qemu-aarch64: a compiled evaluation of the skainet_neon(fused_final=True) order, to hold
+    the model to bit for bit without a board. HarnessError when it cannot run."""
+    from harness.board.build import fixture_kernel_archive
+    from harness.board.sim import QEMU_CPU
+    from harness.board.target import LocalTarget
+
+    k = next(k for k in KERNEL_SYMBOLS if k.qtype == qtype and k.kernel_order == "feed")
+    driver, inv = build_kernel_driver(fixture_kernel_archive(), formats=[qtype])
+    if k not in inv.run:
+        raise HarnessError(f"the fixture archive has no {k.symbol}")
+    target = LocalTarget(["qemu-aarch64", "-cpu", QEMU_CPU, "-L", "/usr/aarch64-linux-gnu"])
+    y, res = run_kernel(target, driver, k, x, packed_for(k, raw), out_dim)
+    if y is None:
+        raise HarnessError(f"fixture kernel {k.symbol} failed: {res.reason}")
+    return y
+
+
 @dataclass
 class KernelParity:
     """A kernel-parity run: the inventory, the cases, the shapes skipped and why."""
@@ -405,7 +449,6 @@ def kernel_parity(
 ) -> KernelParity:
     """Run every exported packed kernel on the target and judge it with `kernel_verdict`."""
     from oracle.formats import qtype as qtype_of
-    from oracle.layout import to_input_block_major
     from oracle.quants import quantize
 
     driver, inv = build_kernel_driver(archive, formats=formats)
@@ -422,21 +465,13 @@ def kernel_parity(
                 continue
             w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
             x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-            raw = quantize(k.qtype, w)
-            packed = raw if k.order == "row_major" else to_input_block_major(raw, k.qtype)
-            packed = np.ascontiguousarray(packed, np.uint8).reshape(-1)
+            packed = packed_for(k, quantize(k.qtype, w))
             case = KernelCase(k.symbol, k.qtype, shape)
-            res: RunResult = target.run(
-                driver,
-                args=[k.symbol, "w.bin", "x.bin", str(in_dim), str(out_dim), str(batch), "y.bin"],
-                inputs={"w.bin": packed.tobytes(), "x.bin": x.astype("<f4").tobytes()},
-                outputs=["y.bin"], timeout=timeout,
-            )
-            if not res.ok:
+            y, res = run_kernel(target, driver, k, x, packed, out_dim, timeout)
+            if y is None:
                 case.failed_run = True
                 case.detail = f"driver failed: {res.reason}"
             else:
-                y = np.frombuffer(res.outputs["y.bin"], "<f4").reshape(batch, out_dim)
                 judge(case, y, reference_outputs(x, packed, k, out_dim, in_dim))
             result.cases.append(case)
             if progress:
