@@ -290,3 +290,29 @@ def test_error_bound_is_tight_enough_to_catch_a_wrong_order() -> None:
     assert np.any(np.abs(half.astype(np.float64) - exact) > bound)
     s = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
     assert np.all(bound <= 1.1 * (2 * n + 8) * 2.0**-24 * s + 2.0**-23 * np.abs(exact) + 1e-30)
+
+
+def test_error_sizes_are_read_against_the_output_scale() -> None:
+    """A big ulp count on a near-zero output is small at the output's scale; a bound is
+    judged by how it compares with the outputs (tightness, outputs a sign flip passes)."""
+    from kernels_ref.compare import (
+        bound_tightness,
+        bound_usage,
+        error_at_scale,
+        sign_blind,
+        ulp_distance,
+    )
+
+    ref = np.array([[1024.0, 1e-5, -3.0]], F)
+    y = ref.copy()
+    y[0, 1] = F(-1e-5)  # a sign flip on the tiny output: huge per-element ulp distance
+    assert ulp_distance(y, ref).max() > 10**9
+    assert error_at_scale(y, ref) == pytest.approx(2e-5 / np.spacing(F(1024)), rel=1e-3)
+    assert error_at_scale(ref, ref) == 0.0
+    y[0, 0] = np.nextafter(F(1024), F(2048))
+    assert error_at_scale(y, ref) == pytest.approx(1.0, abs=1e-3)
+    bound = np.array([[1e-3, 1e-3, 1e-3]])
+    assert bound_usage(y, ref, bound) == pytest.approx(0.122, rel=0.05)
+    assert bound_tightness(bound, ref) == pytest.approx(1e-3 / 1024)
+    assert sign_blind(bound, ref) == 1  # only the 1e-5 output: 1e-3 >= 2e-5
+    assert error_at_scale(np.array([np.inf], F), np.array([1.0], F)) == float("inf")

@@ -175,3 +175,24 @@ def test_ctrl_c_during_the_board_leg_leaves_nothing_running(tmp_path: Path, dela
     while set(_sim_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(_sim_processes()) - before
+
+
+def test_board_leg_judges_kernel_parity_with_the_one_rule(tmp_path: Path) -> None:
+    """`run --kernels-archive` on the project's test archive: the deliberately wrong kernel
+    fails the leg, the summary names it, rows carry the mismatch counts and the inventory,
+    and everything is labelled as the test fixture."""
+    from harness.board.build import fixture_kernel_archive
+
+    out = tmp_path / "report"
+    code = main(["run", "--only", "board", "--kernels-archive", str(fixture_kernel_archive()),
+                 "--out", str(out)])
+    assert code == 1
+    leg = json.loads((out / "report.json").read_text())["legs"][0]
+    assert leg["status"] == "fail" and "FAILED: skainet_q5_0_matmul_rm" in leg["summary"]
+    rows = {r["case"]: r for r in leg["rows"]}
+    wrong = rows["skainet_q5_0_matmul_rm Q5_0 64x256 b1"]
+    assert wrong["verdict"] == "FAIL" and " of 64 outputs differ" in wrong["detail"]
+    assert rows["skainet_q5_1_matmul_rm Q5_1 64x256 b1"]["verdict"] == "bit-exact"
+    inv = rows["kernel parity: inventory and rule"]["detail"]
+    assert inv.startswith("[TEST FIXTURE") and "ABSENT from the archive (1)" in inv
+    assert "passes only bit-exact" in inv

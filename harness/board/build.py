@@ -135,7 +135,8 @@ def fixture_kernel_archive(out_dir: Path | None = None) -> Path:
     h = hashlib.sha256("\0".join(SKAINET_KERNEL_FLAGS).encode())
     for s in sorted((FIXTURE_DIR / "kernels").glob("*.[ch]")):
         h.update(s.name.encode() + b"\0" + s.read_bytes())
-    target = (out_dir or default_cache()) / h.hexdigest()[:16] / "libfixture_kernels.a"
+    target = (out_dir or default_cache()) / h.hexdigest()[:16] / "libfixture_kernels.a"  # name
+    # marks it as the fixture: kernel-parity labels it TEST FIXTURE
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,7 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
         result = kernel_parity(sess, archive, formats=args.formats,
                                shapes=args.shape or DEFAULT_SHAPES, seed=args.seed,
                                progress=lambda line: print(line, flush=True),
-                               fixture=args.fixture)
+                               fixture=args.fixture or None)
     for note in result.notes():
         print(f"  {note}")
     for c in result.failed:

@@ -165,6 +165,7 @@ DRIVER_SOURCE = FIXTURE_DIR / "skainet_kernel_driver.c"
 VERDICT_RULE = ("a kernel with an order model in kernels_ref passes only bit-exact with "
                 "skainet_neon(fused_final=True); a kernel without one can at best be "
                 "'within-bound' of the exact result")
+FIXTURE_ARCHIVE_NAME = "libfixture_kernels.a"
 FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kernels), "
                  "not SKaiNET's result")
 
@@ -445,13 +446,16 @@ def kernel_parity(
     seed: int = 0,
     timeout: float = 300.0,
     progress: Callable[[str], None] | None = None,
-    fixture: bool = False,
+    fixture: bool | None = None,
 ) -> KernelParity:
-    """Run every exported packed kernel on the target and judge it with `kernel_verdict`."""
+    """Run every exported packed kernel on the target and judge it with `kernel_verdict`.
+    `fixture` labels the project's own test archive (default: by its file name)."""
     from oracle.formats import qtype as qtype_of
     from oracle.quants import quantize
 
     driver, inv = build_kernel_driver(archive, formats=formats)
+    if fixture is None:
+        fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
     result = KernelParity(inv, fixture=fixture)
     rng = np.random.default_rng(seed)
     for k in inv.run:
