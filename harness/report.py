@@ -24,6 +24,11 @@ VERDICTS = ("bit-exact", "pass", "within-bound", "known-failure", "unavailable",
 FAILING = ("FAIL", "error")
 
 
+def plural(n: int, word: str) -> str:
+    """"1 output", "3 outputs": a count with its noun in the right number."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 @dataclass
 class Row:
     """One case of one leg."""
@@ -186,13 +191,19 @@ def plots(rep: Report) -> dict[str, str]:
         order = {v: i for i, v in enumerate(VERDICTS)}
         grid = np.array([[order.get(cells.get(f"{r}|{c}", "unavailable"), 4) for c in cols]
                          for r in rows], dtype=float)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.8 + 0.35 * len(rows)))
-        ax.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=len(VERDICTS) - 1, aspect="auto")
-        ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=7)
-        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        # cell text >= 11 px at the 90 dpi of _png (9 pt = 11.25 px), in black or white,
+        # whichever contrasts with the cell colour
+        cmap = plt.get_cmap("RdYlGn_r")
+        fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(cols), 1.0 + 0.42 * len(rows)))
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(VERDICTS) - 1, aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=9)
+        ax.set_yticks(range(len(rows)), rows, fontsize=9)
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
-                ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=6)
+                red, green, blue, _ = cmap(grid[i, j] / (len(VERDICTS) - 1))
+                light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45
+                ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=9,
+                        color="black" if light else "white")
         ax.set_title(matrix.get("title", "verdict matrix"))
         out["verdict_heatmap"] = _png(fig)
     return out

@@ -448,10 +448,17 @@ class SkainetPanama(Semantics):
 @register
 class SkainetNeon(Semantics):
     """SKaiNET's native C kernels on AArch64 (skainet-backend-native-cpu/native/src/
-    q8_0_matmul.c, q5_0_matmul.c, q5_1_matmul.c, q5k_matmul.c, q4k_matmul.c, q6k_matmul.c;
+    q8_0_matmul.c, q4_0_matmul.c, q5_0_matmul.c, q5_1_matmul.c, q5k_matmul.c, q4k_matmul.c,
+    q6k_matmul.c;
     skainet_simd.h: `vaddvq_f32` horizontal add = (l0+l1)+(l2+l3)), built -O3 -ffast-math
     -march=armv8.2-a+fp16+dotprod. The NEON intrinsics fix the in-block order; the scalar C
     around them is the compiler's to contract and reassociate under -ffast-math.
+
+    `kernel_order` names the exported entry: "feed" (`skainet_<fmt>_matmul`, block-outer over
+    input-block-major bytes) or "rm" (`skainet_<fmt>_matmul_rm`, row-outer over row-major
+    bytes). Per output row both walk the blocks in ascending order; they differ only where
+    the compiler contracts the block term differently (Q5_1, fused). The bytes' layout is
+    matmul_wt's `order`, independent of this.
 
     `fused_final=True` models that scalar C as aarch64-linux-gnu-gcc 12.2 compiles it with
     those flags (read from its disassembly, and checked bit for bit by running the compiled
@@ -460,11 +467,15 @@ class SkainetNeon(Semantics):
 
     - Q8_0: per block 4 lanes of `vfmaq_f32` (lane j: elements j, j+4, ..., j+28), horizontal
       add, then acc = fma(block_sum, d, acc) / acc + block_sum*d.
+    - Q4_0: as Q8_0 with the codes nibble - 8 (elements 0..15 the low nibbles, 16..31 the
+      high ones), the NEON body of q4_0_block_term.
     - Q5_0: code_dot as Q8_0 with the unsigned 5-bit codes; input_sum of the block's x as a
       4-wide vector sum + horizontal add / in order; acc = fma(code_dot - 16*input_sum, d, acc)
       / acc + d*(code_dot - 16*input_sum).
     - Q5_1: code_dot, input_sum as Q5_0; acc = fma(m, input_sum, fma(d, code_dot, acc)) /
-      acc + (d*code_dot + m*input_sum).
+      acc + (d*code_dot + m*input_sum). The row-major entry (`kernel_order="rm"`) inlines the
+      same block term into a row-outer loop, and gcc contracts it differently there:
+      acc = acc + fma(d, code_dot, m*input_sum).
     - Q5_K: per 32-group a 4-lane fma code vector and add input vector, horizontal adds; per
       lo/hi group pair A = fma(sc_lo, cs_lo, sc_hi*cs_hi), B = fma(dmin*is_lo, mn_lo,
       mn_hi*(dmin*is_hi)), local += fma(A, d, -B) / local += cs*(d*sc) - is*(dmin*mn) per
@@ -480,18 +491,18 @@ class SkainetNeon(Semantics):
     name = "skainet_neon"
     description = ("SKaiNET native C kernel on aarch64: per block 4-lane vfmaq_f32, pairwise "
                    "horizontal add, then the row accumulator (param fused_final)")
-    params: ClassVar[dict[str, Any]] = {"fused_final": True}
-    refused: ClassVar[dict[str, str]] = {
-        "Q4_0": ("SKaiNET's native q4_0_matmul.c has no NEON path: its block sum is a scalar "
-                 "C loop that -O3 -ffast-math lets the compiler vectorize and reorder, so "
-                 "there is no source-defined order to model; judge it with error_bound"),
-    }
+    params: ClassVar[dict[str, Any]] = {"fused_final": True, "kernel_order": "feed"}
+    #: the exported entries: feed order (block-outer) and row-major (`_rm`, row-outer)
+    KERNEL_ORDERS: ClassVar[tuple[str, ...]] = ("feed", "rm")
     quantizes_activations: ClassVar[frozenset[str]] = frozenset({"Q4_K", "Q6_K"})
 
     def check_opts(self):
         if not isinstance(self.opts["fused_final"], bool | np.bool_):
             raise OracleError("semantics 'skainet_neon': fused_final must be True or False, "
                               f"got {self.opts['fused_final']!r}")
+        if self.opts["kernel_order"] not in self.KERNEL_ORDERS:
+            raise OracleError("semantics 'skainet_neon': kernel_order must be one of "
+                              f"{', '.join(self.KERNEL_ORDERS)}, got {self.opts['kernel_order']!r}")
 
     @property
     def fused(self) -> bool:
@@ -519,6 +530,9 @@ class SkainetNeon(Semantics):
         bs = self._neon_dot(x, em_codes(p["qs"]).astype(F32), 32)
         return self._accumulate_blocks(bs, em_scale(p["d"], 1))
 
+    def q4_0(self, x, p, prep):
+        return self.q8_0(x, p, prep)  # unpack gives the signed codes nibble - 8, in order
+
     def _q5_sums(self, x, p, offset):
         codes = (em_codes(p["qs"]).astype(np.int16) + offset).astype(F32)  # unsigned 0..31
         return self._neon_dot(x, codes, 32), self._input_sums(x, 32)
@@ -534,8 +548,12 @@ class SkainetNeon(Semantics):
         if not self.fused:
             return seq_add(fadd(fmul(d, code_dot), fmul(m, input_sum)))
         acc = np.zeros(code_dot.shape[1:], F32)
+        row_major = self.opts["kernel_order"] == "rm"
         for b in range(code_dot.shape[0]):
-            acc = fma32(m[b], input_sum[b], fma32(d[b], code_dot[b], acc))
+            if row_major:
+                acc = fadd(acc, fma32(d[b], code_dot[b], fmul(m[b], input_sum[b])))
+            else:
+                acc = fma32(m[b], input_sum[b], fma32(d[b], code_dot[b], acc))
         return acc
 
     def q5_k(self, x, p, prep):

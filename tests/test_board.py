@@ -388,6 +388,68 @@ KERNELS_ARCHIVE = os.environ.get("SKORACLE_KERNELS_ARCHIVE")
     "sk.ainet coordinate, so it cannot be obtained here; set SKORACLE_KERNELS_ARCHIVE=PATH",
 )
 def test_kernel_parity_real_archive(board):
-    cases = kernel_parity(board, Path(KERNELS_ARCHIVE))
-    assert cases
-    assert [c.row() for c in cases if not c.bit_exact] == []
+    result = kernel_parity(board, Path(KERNELS_ARCHIVE))
+    assert result.cases
+    assert [c.row() for c in result.failed] == [], result.summary()
+
+
+# The project's own test archive (fixtures/board/kernels, built with SKaiNET's flags): every
+# kernel in it is written in the order skainet_neon models, except the deliberately wrong
+# skainet_q5_0_matmul_rm; skainet_q5k_matmul_rm is left out and must be named absent.
+FIXTURE_WRONG = "skainet_q5_0_matmul_rm"
+
+
+@pytest.fixture(scope="module")
+def fixture_parity(sim):
+    from harness.board.build import fixture_kernel_archive
+
+    with BoardSession(sim.profile) as s:
+        return kernel_parity(s, fixture_kernel_archive(),
+                             shapes=((64, 256, 1), (600, 512, 2), (37, 640, 1), (8, 48, 1)),
+                             fixture=True)
+
+
+@pytest.mark.parametrize("symbol", ["skainet_q8_0_matmul", "skainet_q8_0_matmul_rm",
+                                    "skainet_q4_0_matmul", "skainet_q4_0_matmul_rm",
+                                    "skainet_q5_0_matmul", "skainet_q5_1_matmul",
+                                    "skainet_q5_1_matmul_rm", "skainet_q4k_matmul",
+                                    "skainet_q4k_matmul_rm", "skainet_q5k_matmul",
+                                    "skainet_q6k_matmul", "skainet_q6k_matmul_rm"])
+def test_fixture_kernel_bit_exact_per_format_and_order(fixture_parity, symbol):
+    cases = [c for c in fixture_parity.cases if c.symbol == symbol]
+    assert len(cases) == (2 if "k_" in symbol else 3)  # K-quants skip in = 640
+    assert [c.row() for c in cases if c.verdict != "bit-exact"] == []
+
+
+def test_fixture_parity_names_wrong_absent_and_unmodelled(fixture_parity):
+    wrong = [c for c in fixture_parity.cases if c.symbol == FIXTURE_WRONG]
+    assert wrong and all(c.verdict == "FAIL" and c.mismatches for c in wrong)
+    assert not fixture_parity.ok
+    inv = fixture_parity.inventory
+    assert inv.absent == ["skainet_q5k_matmul_rm"]
+    assert "skainet_fp32_matmul" in inv.not_modelled
+    line = fixture_parity.summary()
+    assert line.startswith("[TEST FIXTURE") and f"FAILING: {FIXTURE_WRONG}" in line
+    notes = "\n".join(fixture_parity.notes())
+    assert "ABSENT from the archive (1): skainet_q5k_matmul_rm" in notes
+    assert "not run: skainet_fp32_matmul" in notes
+    assert ("skipped skainet_q8_0_matmul 8x48 b1: in 48 is not a multiple of Q8_0's "
+            "32-element block") in notes
+    assert ("skipped skainet_q6k_matmul_rm 37x640 b1: in 640 is not a multiple of Q6_K's "
+            "256-element block") in notes
+
+
+def test_cli_kernel_parity_fixture_end_to_end():
+    """`board kernel-parity --fixture` with no board: it starts the board-in-a-box itself,
+    cross-compiles, links, pushes, runs and judges; exit 1 for the wrong kernel."""
+    proc = subprocess.run([sys.executable, "-m", "harness", "board", "kernel-parity",
+                           "--fixture", "--shape", "32x256", "--formats", "Q5_0,Q5_1,Q5_K"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    out = proc.stdout
+    assert "not SKaiNET's result" in out and "starting the board-in-a-box" in proc.stderr
+    assert "skainet_q5_1_matmul_rm     Q5_1  32x256 b1: bit-exact" in out
+    assert "FAIL skainet_q5_0_matmul_rm" in out
+    assert "not selected by --formats: skainet_q8_0_matmul" in out
+    assert "ABSENT from the archive (1): skainet_q5k_matmul_rm" in out
+    assert "Traceback" not in proc.stderr

@@ -19,9 +19,12 @@ from harness.board.hostkeys import fingerprint, known_hosts_name
 from harness.board.parity import (
     KERNEL_SYMBOLS,
     KernelCase,
+    KernelInventory,
+    KernelParity,
     build_kernel_driver,
     compare_decode,
     judge,
+    kernel_verdict,
     read_token_list,
     reference_outputs,
 )
@@ -270,14 +273,32 @@ def test_kernel_parity_reference_side_for_every_kernel(k):
     ref = reference_outputs(x, packed, k, out_dim, in_dim)
     y = ref["fused"] if "fused" in ref else ref["exact"]
     case = judge(KernelCase(k.symbol, k.qtype, (out_dim, in_dim, batch)), y.copy(), ref)
-    assert case.passed and case.max_ulp == 0
-    assert case.reference == ("bound" if k.qtype == "Q4_0" else "skainet_neon")
+    assert case.passed and case.max_ulp == 0 and case.verdict == "bit-exact"
+    assert case.reference == "skainet_neon"  # every packed format has an order model now
     bumped = y.copy()
     bumped[1, 3] = np.nextafter(bumped[1, 3], np.float32(np.inf))
     case = judge(KernelCase(k.symbol, k.qtype, (out_dim, in_dim, batch)), bumped, ref)
     assert case.max_ulp == 1 and case.mismatches == 1
-    if case.reference == "skainet_neon":
-        assert not case.passed and "1 outputs differ" in case.row()
+    assert not case.passed and case.verdict == "FAIL"
+    assert "1 of 16 outputs differ" in case.row() and "ulp at max|y|" in case.row()
+
+
+def test_verdict_rule_modelled_kernels_pass_only_bit_exact():
+    """One rule: an order model means bit-exact or FAIL, however small the error; without a
+    model "within-bound" is its own verdict, and a build matching fused_final=False says so."""
+    close = KernelCase("skainet_q8_0_matmul", "Q8_0", (4, 32, 1), bit_exact=False,
+                       within_bound=True, mismatches=1, max_ulp=1)
+    assert kernel_verdict(close) == "FAIL" and not close.passed
+    unmodelled = KernelCase("skainet_q8_0_matmul", "Q8_0", (4, 32, 1), reference="bound",
+                            within_bound=True, bound_used=0.01, tightness=0.001)
+    assert kernel_verdict(unmodelled) == "within-bound" and unmodelled.passed
+    unfused = KernelCase("skainet_q8_0_matmul", "Q8_0", (4, 32, 1),
+                         fused_final_matches={True: False, False: True})
+    inv = KernelInventory(Path("lib.a"), absent=["skainet_q5k_matmul_rm"])
+    line = KernelParity(inv, [unfused]).summary()
+    assert "0 of 1 case pass" in line and "FAILING: skainet_q8_0_matmul" in line
+    assert "built without -ffast-math?" in line and "passes only bit-exact" in line
+    assert "1 known kernel absent" in line
 
 
 @given(st.lists(st.integers(min_value=0, max_value=120), max_size=8))

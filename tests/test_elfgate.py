@@ -283,19 +283,44 @@ def test_wrong_machine(gate_bins: Built) -> None:
 
 def test_glibc_static_runtime_dispatch_and_allow_function(gate_bins: Built) -> None:
     """A static glibc program carries glibc's SVE ifunc variants and libgcc's SVE-aware
-    unwinder: the bytes are there (findings), but they run only after a CPU check, so the
-    program runs on the Cortex-A76 model; --allow-function accepts exactly those functions."""
+    unwinder: the bytes are there, but they run only after a CPU check, so the program runs
+    on the Cortex-A76 model. By default they are one note and the program passes; --strict
+    makes them findings, which --allow-function then accepts exactly."""
     exe = gate_bins.extra["neon.glibc-static"]
     rep = check_artifact(exe, A55)
-    assert rep.exit_code == 1
-    assert {f.features for f in rep.findings} == {("SVE",)}
-    assert {_fn(f) for f in rep.findings} <= set(GLIBC_RUNTIME_DISPATCHED)
+    assert rep.exit_code == 0 and not rep.findings
+    n = sum(rep.dispatched.values())
+    note = [x for x in rep.notes if "ifunc-dispatched glibc variants" in x]
+    assert n > 0 and len(note) == 1
+    assert f"{n} words in ifunc-dispatched glibc variants, unreachable on cortex-a55" in note[0]
+    strict = check_artifact(exe, A55, strict=True)
+    assert strict.exit_code == 1 and len(strict.findings) == n
+    assert {f.features for f in strict.findings} == {("SVE",)}
+    assert {_fn(f) for f in strict.findings} <= set(GLIBC_RUNTIME_DISPATCHED)
     assert run_qemu(exe, "cortex-a76") == 0
-    allowed = check_artifact(exe, A55, allow=GLIBC_RUNTIME_DISPATCHED)
-    assert allowed.exit_code == 0 and sum(allowed.allowed.values()) == len(rep.findings)
+    allowed = check_artifact(exe, A55, allow=GLIBC_RUNTIME_DISPATCHED, strict=True)
+    assert allowed.exit_code == 0 and sum(allowed.allowed.values()) == n
     dyn = check_artifact(gate_bins.extra["neon.dynamic"], A55)
-    assert dyn.exit_code == 0
+    assert dyn.exit_code == 0 and not dyn.dispatched
     assert run_qemu(gate_bins.extra["neon.dynamic"], "cortex-a76", sysroot=SYSROOT) == 0
+    assert skoracle(["elf-check", str(exe)]) == 0
+    assert skoracle(["elf-check", "--strict", str(exe)]) == 1
+
+
+def test_nothing_to_check_is_an_input_error(tmp_path: Path, capsys) -> None:
+    """An empty directory, an empty jar, a klib with no ELF inside: never PASS, exit 2."""
+    (tmp_path / "empty").mkdir()
+    jar = tmp_path / "empty.jar"
+    with zipfile.ZipFile(jar, "w"):
+        pass
+    klib = tmp_path / "noelf.klib"
+    with zipfile.ZipFile(klib, "w") as zf:
+        zf.writestr("default/manifest", "unique_name=x\n")
+    for path in (tmp_path / "empty", jar, klib):
+        rep = check_artifact(path, A55)
+        assert rep.exit_code == 2 and "nothing to check" in (rep.error or ""), path
+        assert skoracle(["elf-check", str(path)]) == 2
+    assert "nothing to check: no AArch64 ELF code inside" in capsys.readouterr().err
 
 
 def test_directory_input_is_an_unpacked_klib(gate_bins: Built, tmp_path: Path) -> None:

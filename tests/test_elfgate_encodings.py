@@ -165,7 +165,7 @@ def test_profiles_classify_every_feature() -> None:
 def test_libc_archive_sve_findings_equal_objdump() -> None:
     """glibc's libc.a: no I8MM/BF16 anywhere; its SVE (A64FX / SVE memcpy, memset ifunc
     variants) is found at exactly the offsets where objdump shows SVE register operands."""
-    rep = check_artifact(LIBC_A, profile("cortex-a55"))
+    rep = check_artifact(LIBC_A, profile("cortex-a55"), strict=True)  # every raw finding
     assert rep.error is None and rep.elf_files > 1500
     feats = {f for x in rep.findings for f in x.features}
     assert feats == {"SVE"}

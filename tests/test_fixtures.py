@@ -201,8 +201,21 @@ def test_expected_outputs_are_kernels_ref_bit_for_bit(small_set):
                                   tensors[S.T_EXPECTED + v.id][1].view(np.uint32)), (name, v.id)
 
 
-def test_absent_kernel_is_recorded_with_its_bound(small_set):
+def test_neon_q4_0_is_stored_bit_exact(small_set):
+    """SKaiNET's q4_0_matmul.c has a NEON body now: skainet_neon models it, so its Q4_0
+    outputs are stored for bit-exact comparison, not as an absent kernel."""
     meta, tensors = casefile.read(small_set[0] / "matmul_wt-q4_0-random-o7-i256-b1.gguf")
+    assert "skainet_neon" not in meta.get(S.K_ABSENT, [])
+    assert any(n.startswith(S.T_EXPECTED + "skainet_neon") for n in tensors)
+
+
+def test_absent_kernel_is_recorded_with_its_bound(tmp_path, monkeypatch):
+    """A semantics that refuses a format is stored as absent, with its reason and bound."""
+    from kernels_ref.semantics import SkainetNeon
+
+    monkeypatch.setattr(SkainetNeon, "refused", {"Q4_0": "no kernel for this test"})
+    generate_set(tmp_path / "set", seed=S.DEFAULT_SEED, set_name="small")
+    meta, tensors = casefile.read(tmp_path / "set" / "matmul_wt-q4_0-random-o7-i256-b1.gguf")
     assert "skainet_neon" in meta[S.K_ABSENT]
     assert "no kernel for Q4_0" in meta[S.K_ABSENT_WHY + "skainet_neon"]
     assert meta[S.K_COMPARE + "skainet_neon"] == "bound"

@@ -19,11 +19,12 @@ FORMATS = [("Q8_0", 96), ("Q4_0", 96), ("Q5_0", 96), ("Q5_1", 96), ("Q4_K", 512)
 VARIANTS = [("exact", {}), ("skainet_scalar", {}), ("skainet_panama", {}),
             ("skainet_panama", {"lanes": 4, "reduction": "pairwise"}),
             ("skainet_panama", {"lanes": 16}), ("skainet_neon", {}),
-            ("skainet_neon", {"fused_final": False}), ("ggml", {}), ("ggml", {"rounding": "even"})]
+            ("skainet_neon", {"fused_final": False}), ("skainet_neon", {"kernel_order": "rm"}),
+            ("ggml", {}), ("ggml", {"rounding": "even"})]
 
 
 def runs(fmt: str, sem: str) -> bool:
-    return not (sem == "skainet_neon" and fmt == "Q4_0")
+    return True  # every semantics models every packed format
 
 
 def data(fmt: str, n: int, out: int = 9, batch: int = 3, seed: int = 0):
@@ -47,10 +48,15 @@ def test_semantics_table() -> None:
         assert REGISTRY[name].__doc__  # names the source functions modelled
 
 
-def test_refused_format_names_semantics_and_format() -> None:
-    raw, x = data("Q4_0", 64)
-    with pytest.raises(OracleError, match=r"skainet_neon.*Q4_0.*error_bound"):
-        matmul_wt(x, raw, "Q4_0", 9, 64, semantics="skainet_neon")
+def test_neon_kernel_orders_differ_only_for_q5_1() -> None:
+    """The `_rm` entry differs from the feed-order one where gcc contracts differently
+    (Q5_1, fused); everywhere else the two entries give the same bits."""
+    for fmt, n in FORMATS:
+        raw, x = data(fmt, n)
+        for fused in (True, False):
+            feed, rm = (bits(matmul_wt(x, raw, fmt, 9, n, semantics="skainet_neon",
+                                       fused_final=fused, kernel_order=k)) for k in ("feed", "rm"))
+            assert (feed != rm) == (fmt == "Q5_1" and fused), (fmt, fused)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -59,6 +65,7 @@ def test_refused_format_names_semantics_and_format() -> None:
     ({"semantics": "skainet_panama", "reduction": "tree"}, "reduction must be"),
     ({"semantics": "ggml", "rounding": "up"}, "rounding must be"),
     ({"semantics": "skainet_neon", "fused_final": "yes"}, "fused_final must be"),
+    ({"semantics": "skainet_neon", "kernel_order": "row_major"}, "kernel_order must be one of"),
     ({"semantics": "skainet_scalar", "lanes": 4}, "unknown option"),
     ({"order": "column_major"}, "unknown block order"),
 ])
@@ -147,9 +154,8 @@ def test_semantics_differ_where_orders_differ(fmt: str, n: int) -> None:
     assert scalar != got[("exact", ())]
     assert scalar != got[("skainet_panama", ())]
     assert got[("skainet_panama", ())] != got[("skainet_panama", (("lanes", 16),))]
-    if fmt != "Q4_0":
-        fused = got[("skainet_neon", ())]
-        assert fused != got[("skainet_neon", (("fused_final", False),))]
+    fused = got[("skainet_neon", ())]
+    assert fused != got[("skainet_neon", (("fused_final", False),))]
 
 
 def test_ggml_rounding_variants_differ_on_ties() -> None:
@@ -284,3 +290,29 @@ def test_error_bound_is_tight_enough_to_catch_a_wrong_order() -> None:
     assert np.any(np.abs(half.astype(np.float64) - exact) > bound)
     s = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
     assert np.all(bound <= 1.1 * (2 * n + 8) * 2.0**-24 * s + 2.0**-23 * np.abs(exact) + 1e-30)
+
+
+def test_error_sizes_are_read_against_the_output_scale() -> None:
+    """A big ulp count on a near-zero output is small at the output's scale; a bound is
+    judged by how it compares with the outputs (tightness, outputs a sign flip passes)."""
+    from kernels_ref.compare import (
+        bound_tightness,
+        bound_usage,
+        error_at_scale,
+        sign_blind,
+        ulp_distance,
+    )
+
+    ref = np.array([[1024.0, 1e-5, -3.0]], F)
+    y = ref.copy()
+    y[0, 1] = F(-1e-5)  # a sign flip on the tiny output: huge per-element ulp distance
+    assert ulp_distance(y, ref).max() > 10**9
+    assert error_at_scale(y, ref) == pytest.approx(2e-5 / np.spacing(F(1024)), rel=1e-3)
+    assert error_at_scale(ref, ref) == 0.0
+    y[0, 0] = np.nextafter(F(1024), F(2048))
+    assert error_at_scale(y, ref) == pytest.approx(1.0, abs=1e-3)
+    bound = np.array([[1e-3, 1e-3, 1e-3]])
+    assert bound_usage(y, ref, bound) == pytest.approx(0.122, rel=0.05)
+    assert bound_tightness(bound, ref) == pytest.approx(1e-3 / 1024)
+    assert sign_blind(bound, ref) == 1  # only the 1e-5 output: 1e-3 >= 2e-5
+    assert error_at_scale(np.array([np.inf], F), np.array([1.0], F)) == float("inf")

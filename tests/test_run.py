@@ -42,6 +42,15 @@ def test_report_files_and_schema(report_dir: Path) -> None:
     assert len(legs["oracle"]["rows"]) == 7
     fp = {r["case"].split(":")[0]: r for r in legs["footprint"]["rows"]}
     assert "does NOT fit" in fp["dequant-fp32"]["detail"] and "fits" in fp["packed"]["detail"]
+    assert fp["dequant-fp32"]["verdict"] == "known-failure"  # never a green "pass"
+    kern = legs["kernels"]["rows"]
+    assert all("ulp at max|y|" in r["detail"] and "bound/max|y|" in r["detail"] for r in kern
+               if "vs exact" in r["case"])
+    # NEON Q4_K/Q6_K quantize activations: their bound is wider than the outputs, so the
+    # leg must not call them "within-bound"
+    for fmt in ("Q4_K", "Q6_K"):
+        row = next(r for r in kern if r["case"] == f"{fmt} skainet_neon.fused vs exact")
+        assert row["verdict"] == "unavailable" and "would pass a sign flip" in row["detail"]
     assert "| oracle | pass |" in (report_dir / "report.md").read_text()
 
 
@@ -50,6 +59,9 @@ def test_kernel_leg_holds_ggml_to_the_c_library(report_dir: Path) -> None:
     kern = next(leg for leg in doc["legs"] if leg["name"] == "kernels")
     ggml_rows = [r for r in kern["rows"] if "ggml C" in r["case"]]
     assert len(ggml_rows) == 7 and all(r["verdict"] == "bit-exact" for r in ggml_rows)
+    # the NEON order held bit for bit to the project's C kernels compiled with SKaiNET's flags
+    neon_rows = [r for r in kern["rows"] if "vs fixture C kernel" in r["case"]]
+    assert len(neon_rows) == 7 and all(r["verdict"] == "bit-exact" for r in neon_rows)
     assert kern["data"]["ulp_samples"] and kern["data"]["matrix"]["cells"]
 
 
@@ -163,3 +175,24 @@ def test_ctrl_c_during_the_board_leg_leaves_nothing_running(tmp_path: Path, dela
     while set(_sim_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(_sim_processes()) - before
+
+
+def test_board_leg_judges_kernel_parity_with_the_one_rule(tmp_path: Path) -> None:
+    """`run --kernels-archive` on the project's test archive: the deliberately wrong kernel
+    fails the leg, the summary names it, rows carry the mismatch counts and the inventory,
+    and everything is labelled as the test fixture."""
+    from harness.board.build import fixture_kernel_archive
+
+    out = tmp_path / "report"
+    code = main(["run", "--only", "board", "--kernels-archive", str(fixture_kernel_archive()),
+                 "--out", str(out)])
+    assert code == 1
+    leg = json.loads((out / "report.json").read_text())["legs"][0]
+    assert leg["status"] == "fail" and "FAILED: skainet_q5_0_matmul_rm" in leg["summary"]
+    rows = {r["case"]: r for r in leg["rows"]}
+    wrong = rows["skainet_q5_0_matmul_rm Q5_0 64x256 b1"]
+    assert wrong["verdict"] == "FAIL" and " of 64 outputs differ" in wrong["detail"]
+    assert rows["skainet_q5_1_matmul_rm Q5_1 64x256 b1"]["verdict"] == "bit-exact"
+    inv = rows["kernel parity: inventory and rule"]["detail"]
+    assert inv.startswith("[TEST FIXTURE") and "ABSENT from the archive (1)" in inv
+    assert "passes only bit-exact" in inv

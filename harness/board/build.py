@@ -16,10 +16,13 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
-CROSS_NM = "aarch64-linux-gnu-nm"
+CROSS_AR = "aarch64-linux-gnu-ar"
 #: The SL2610's Cortex-A55: Armv8.2-A with fp16 and dotprod, and nothing newer.
 BOARD_MARCH = "armv8.2-a+fp16+dotprod"
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "board"
+#: SKaiNET's native kernel flags (its CMake build); the project's fixture kernels use them too.
+SKAINET_KERNEL_FLAGS = ("-std=c11", "-fPIC", "-O3", "-ffast-math", "-funroll-loops",
+                        "-march=armv8.2-a+fp16+dotprod", "-fvisibility=hidden")
 
 
 def tool(name: str, package: str) -> str:
@@ -56,6 +59,9 @@ def cross_compile(
     h = hashlib.sha256("\0".join([output_name, *args]).encode())
     for s in srcs:
         h.update(s.read_bytes())
+    for arg in extra:  # archives and objects linked in: a rebuilt one must relink
+        if not arg.startswith("-") and Path(arg).is_file():
+            h.update(Path(arg).read_bytes())
     out_dir = out_dir or default_cache()
     target = out_dir / h.hexdigest()[:16] / output_name
     if target.is_file():
@@ -82,23 +88,76 @@ def fixture_program(name: str, march: str = BOARD_MARCH, out_dir: Path | None = 
 
 
 def archive_symbols(archive: Path) -> set[str]:
-    """Global symbols an `ar` archive defines (via aarch64-linux-gnu-nm)."""
+    """Global and weak symbols the ELF members of an `ar` archive define, read with
+    pyelftools (HarnessError naming the archive and member when it is not readable)."""
+    import io
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    from harness.gate.arfile import ArchiveError, iter_members
+
     try:
-        head = archive.open("rb").read(8)
+        data = Path(archive).read_bytes()
     except OSError as exc:
         raise HarnessError(f"kernels archive {archive}: {exc.strerror or exc}") from None
-    if head != b"!<arch>\n":
+    if data[:8] != b"!<arch>\n":
         raise HarnessError(f"kernels archive {archive}: not an `ar` static archive "
-                           f"(starts with {head!r}, expected b'!<arch>\\n')")
-    nm = tool(CROSS_NM, "binutils-aarch64-linux-gnu")
-    proc = subprocess.run([nm, "--defined-only", "--extern-only", "--format=posix",
-                           str(archive)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise HarnessError(f"kernels archive {archive}: nm cannot read it: "
-                           f"{proc.stderr.strip()}")
-    syms = set()
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1] in "TtDdBbRrWwVv" and not line.endswith(":"):
-            syms.add(parts[0])
+                           f"(starts with {data[:8]!r}, expected b'!<arch>\\n')")
+    syms: set[str] = set()
+    try:
+        for member in iter_members(data, label=f"kernels archive {archive}"):
+            if member.special or bytes(member.data[:4]) != b"\x7fELF":
+                continue
+            try:
+                elf = ELFFile(io.BytesIO(bytes(member.data)))
+                tables = [s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)]
+                for table in tables:
+                    for sym in table.iter_symbols():
+                        if (sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK")
+                                and sym["st_shndx"] != "SHN_UNDEF" and sym.name):
+                            syms.add(sym.name)
+            except (ELFError, ValueError) as exc:
+                raise HarnessError(f"kernels archive {archive}: member {member.name}: not a "
+                                   f"readable ELF object ({exc})") from None
+    except ArchiveError as exc:
+        raise HarnessError(str(exc)) from None
     return syms
+
+
+def fixture_kernel_archive(out_dir: Path | None = None) -> Path:
+    """The project's own test archive: fixtures/board/kernels/*.c compiled with SKaiNET's
+    kernel flags and archived as libfixture_kernels.a (cached by a hash of sources and
+    flags). A test fixture of the harness, never SKaiNET's kernels."""
+    cc, ar = tool(CROSS_CC, "gcc-aarch64-linux-gnu"), tool(CROSS_AR, "binutils-aarch64-linux-gnu")
+    srcs = sorted((FIXTURE_DIR / "kernels").glob("*.c"))
+    h = hashlib.sha256("\0".join(SKAINET_KERNEL_FLAGS).encode())
+    for s in sorted((FIXTURE_DIR / "kernels").glob("*.[ch]")):
+        h.update(s.name.encode() + b"\0" + s.read_bytes())
+    target = (out_dir or default_cache()) / h.hexdigest()[:16] / "libfixture_kernels.a"  # name
+    # marks it as the fixture: kernel-parity labels it TEST FIXTURE
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = target.parent / f".objs.{os.getpid()}"
+    tmp_dir.mkdir(exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        objs = []
+        for src in srcs:
+            obj = tmp_dir / f"{src.stem}.o"
+            proc = subprocess.run([cc, *SKAINET_KERNEL_FLAGS, "-c", str(src), "-o", str(obj)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise HarnessError(f"building fixture kernel {src.name} failed:\n  "
+                                   + "\n  ".join(proc.stderr.strip().splitlines()[-15:]))
+            objs.append(str(obj))
+        proc = subprocess.run([ar, "rcs", str(tmp), *objs], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HarnessError(f"archiving the fixture kernels failed: {proc.stderr.strip()}")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return target

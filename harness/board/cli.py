@@ -8,6 +8,8 @@
     skoracle board unlock     --profile board.toml
     skoracle board decode-parity --expect tokens.txt PROGRAM [-- ARGS...]
     skoracle board kernel-parity --kernels-archive libskainet_kernels.a
+                              (no --board/--profile: on the board-in-a-box)
+    skoracle board kernel-parity --fixture   (the project's own test archive)
 
 Exit codes: 0 ok; 1 the program failed / parity differs; 2 usage, input or connection error.
 """
@@ -202,19 +204,38 @@ def _shape(spec: str) -> tuple[int, int, int]:
 
 
 def cmd_kernel_parity(args: argparse.Namespace) -> int:
-    from harness.board.parity import build_kernel_driver
+    import contextlib
 
-    build_kernel_driver(Path(args.kernels_archive), formats=args.formats)  # fail fast, exit 2
-    with _session(args) as sess:
-        cases = kernel_parity(sess, Path(args.kernels_archive), formats=args.formats,
-                              shapes=args.shape or DEFAULT_SHAPES, seed=args.seed,
-                              progress=lambda line: print(line, flush=True))
-    bad = [c for c in cases if not c.passed]
-    print(f"kernel parity: {len(cases) - len(bad)} of {len(cases)} cases pass (bit-exact vs "
-          "kernels_ref skainet_neon; within error_bound where it has no order model)")
-    for c in bad:
+    from harness.board.build import fixture_kernel_archive
+    from harness.board.parity import FIXTURE_LABEL, build_kernel_driver
+
+    if args.fixture == (args.kernels_archive is not None):
+        raise HarnessError("kernel-parity: give exactly one of --kernels-archive PATH (a "
+                           "SKaiNET build) and --fixture (the project's own test archive)")
+    archive = fixture_kernel_archive() if args.fixture else Path(args.kernels_archive)
+    if args.fixture:
+        print(f"kernel parity on {archive}: {FIXTURE_LABEL}", flush=True)
+    build_kernel_driver(archive, formats=args.formats)  # fail fast, exit 2
+    with contextlib.ExitStack() as stack:
+        if args.profile or args.board:
+            sess = stack.enter_context(_session(args))
+        else:
+            from harness.board.sim import BoardSim
+
+            print("board: no --board/--profile: starting the board-in-a-box (qemu-aarch64 "
+                  "-cpu cortex-a76)", file=sys.stderr)
+            sim = stack.enter_context(BoardSim())
+            sess = stack.enter_context(BoardSession(sim.profile))
+        result = kernel_parity(sess, archive, formats=args.formats,
+                               shapes=args.shape or DEFAULT_SHAPES, seed=args.seed,
+                               progress=lambda line: print(line, flush=True),
+                               fixture=args.fixture or None)
+    for note in result.notes():
+        print(f"  {note}")
+    for c in result.failed:
         print(f"  FAIL {c.row()}")
-    return 0 if not bad else 1
+    print(result.summary())
+    return 0 if result.ok else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -284,8 +305,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kernel-parity",
                        help="real SKaiNET native kernels vs kernels_ref skainet_neon")
     _add_connection(p)
-    p.add_argument("--kernels-archive", required=True, metavar="libskainet_kernels.a",
+    p.add_argument("--kernels-archive", metavar="libskainet_kernels.a",
                    help="the aarch64 static archive from the linuxarm64 klib")
+    p.add_argument("--fixture", action="store_true",
+                   help="run the project's own test archive (fixtures/board/kernels, built "
+                        "with SKaiNET's flags) instead: checks the harness, not SKaiNET")
     p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f],
                    help="comma-separated formats (default: all the archive exports)")
     p.add_argument("--shape", action="append", type=_shape, metavar="OUTxIN[xBATCH]",

@@ -15,7 +15,8 @@ import numpy as np
 from harness.board.build import FIXTURE_DIR, archive_symbols, cross_compile
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
-from kernels_ref.compare import ulp_distance
+from harness.report import plural
+from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, ulp_distance
 
 # -- decode parity -------------------------------------------------------------------------
 
@@ -130,6 +131,11 @@ class KernelSymbol:
     qtype: str
     order: str  # oracle.layout block order the kernel reads
 
+    @property
+    def kernel_order(self) -> str:
+        """skainet_neon's `kernel_order` for this entry: "rm" for `_rm`, else "feed"."""
+        return "rm" if self.order == "row_major" else "feed"
+
 
 KERNEL_SYMBOLS: tuple[KernelSymbol, ...] = tuple(
     KernelSymbol(f"skainet_{stem}_matmul{suffix}", qt, order)
@@ -138,6 +144,16 @@ KERNEL_SYMBOLS: tuple[KernelSymbol, ...] = tuple(
     for suffix, order in (("", "input_block_major"), ("_rm", "row_major"))
 )
 
+#: Why other `skainet_*` symbols an archive defines are not run (prefix -> reason).
+NOT_MODELLED: tuple[tuple[str, str], ...] = (
+    ("skainet_fp32_", "float32 weights: no packed format, kernels_ref models packed ones"),
+    ("skainet_fp16_", "float16 weights: no packed format, kernels_ref models packed ones"),
+    ("skainet_bf16_", "bfloat16 weights: no packed format, kernels_ref models packed ones"),
+    ("skainet_bitnet", "ternary (BitNet) weights: a format kernels_ref does not model"),
+    ("skainet_ternary", "ternary weights: a format kernels_ref does not model"),
+)
+OTHER_SYMBOL = "not a packed matmul kernel with the (input, weight, dims, output) signature"
+
 #: (out_dim, in_dim, batch): small, a K-quant row, batch > 1, and out >= 512 (the threaded
 #: path of the native kernels), plus in = 640 (FunctionGemma's n_embd; K-quants skip it).
 DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -145,11 +161,19 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (
 )
 DRIVER_SOURCE = FIXTURE_DIR / "skainet_kernel_driver.c"
 
+#: The one verdict rule, stated where every verdict is printed.
+VERDICT_RULE = ("a kernel with an order model in kernels_ref passes only bit-exact with "
+                "skainet_neon(fused_final=True); a kernel without one can at best be "
+                "'within-bound' of the exact result")
+FIXTURE_ARCHIVE_NAME = "libfixture_kernels.a"
+FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kernels), "
+                 "not SKaiNET's result")
+
 
 @dataclass
 class KernelCase:
-    """One kernel x shape. `reference` is "skainet_neon" (bit-exact expected) or "bound"
-    (kernels_ref has no order model for this kernel: |kernel - exact| <= error_bound)."""
+    """One kernel x shape. `reference` is "skainet_neon" (an order model: bit-exact expected)
+    or "bound" (no order model: |kernel - exact| <= error_bound)."""
 
     symbol: str
     qtype: str
@@ -159,28 +183,60 @@ class KernelCase:
     within_bound: bool | None = None
     max_ulp: int = 0
     mismatches: int = 0
+    #: max|y - ref| in ulps at max|ref| (the error against the output's scale)
+    scale_ulps: float = 0.0
+    #: for "bound": max |y - exact| / bound, and max bound / max|exact|
+    bound_used: float | None = None
+    tightness: float | None = None
     fused_final_matches: dict[bool, bool] = field(default_factory=dict)
     detail: str = ""
+    failed_run: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return kernel_verdict(self)
 
     @property
     def passed(self) -> bool:
-        return self.bit_exact if self.reference == "skainet_neon" else bool(self.within_bound)
+        return self.verdict in ("bit-exact", "within-bound")
 
     def row(self) -> str:
         o, i, b = self.shape
-        if self.reference == "skainet_neon":
-            verdict = "bit-exact" if self.bit_exact else f"{self.mismatches} outputs differ"
+        return f"{self.symbol:26s} {self.qtype:5s} {o}x{i} b{b}: {self.verdict}, {self.measure()}"
+
+    def measure(self) -> str:
+        """The error in words: mismatches, ulps at the output scale, bound use and tightness."""
+        if self.failed_run:
+            return self.detail
+        n = self.shape[0] * self.shape[2]
+        parts = [f"{self.mismatches} of {plural(n, 'output')} differ"
+                 + (f" (max {self.max_ulp} ulp each, {self.scale_ulps:.3g} ulp at max|y|)"
+                    if self.mismatches else "")]
+        if self.reference == "bound":
+            parts.append(f"vs exact: error/bound {self.bound_used:.3g}, bound/max|y| "
+                         f"{self.tightness:.3g}; no order model")
         else:
-            verdict = "within bound" if self.within_bound else "OUTSIDE the error bound"
-        return (f"{self.symbol:26s} {self.qtype:5s} {o}x{i} b{b}: {verdict}, max ulp "
-                f"{self.max_ulp} (vs {self.reference if self.reference != 'bound' else 'exact'})"
-                + (f" {self.detail}" if self.detail else ""))
+            parts.append("vs skainet_neon")
+        if self.detail:
+            parts.append(self.detail)
+        return "; ".join(parts)
+
+
+def kernel_verdict(case: KernelCase) -> str:
+    """THE rule (CLI, `run`'s board leg and the tests all call this): "bit-exact" or "FAIL"
+    for a modelled kernel; "within-bound" or "FAIL" for one without a model."""
+    if case.failed_run:
+        return "FAIL"
+    if case.reference == "skainet_neon":
+        return "bit-exact" if case.bit_exact else "FAIL"
+    return "within-bound" if case.within_bound else "FAIL"
 
 
 def reference_outputs(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_dim: int,
                       in_dim: int) -> dict[str, np.ndarray]:
     """What kernels_ref says the kernel must output: {"fused": .., "unfused": ..} under
-    skainet_neon, or {"exact": .., "bound": ..} where that semantics refuses the format."""
+    skainet_neon (with the entry's kernel_order), or {"exact": .., "bound": ..} where that
+    semantics has no model of the format."""
     from oracle.formats import OracleError
 
     try:
@@ -190,7 +246,8 @@ def reference_outputs(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_di
                            "kernel outputs are compared with") from None
     args = (x, packed, k.qtype, out_dim, in_dim)
     try:
-        return {name: matmul_wt(*args, order=k.order, semantics="skainet_neon", fused_final=f)
+        return {name: matmul_wt(*args, order=k.order, semantics="skainet_neon", fused_final=f,
+                                kernel_order=k.kernel_order)
                 for name, f in (("fused", True), ("unfused", False))}
     except OracleError:
         return {"exact": matmul_wt(*args, order=k.order, semantics="exact"),
@@ -198,53 +255,187 @@ def reference_outputs(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_di
 
 
 def judge(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> KernelCase:
-    """Fill in the verdict for outputs `y` against `reference_outputs`."""
+    """Fill in the measurements for outputs `y` against `reference_outputs`."""
     if "fused" in ref:
         for fused in (True, False):
             d = ulp_distance(y, ref["fused" if fused else "unfused"])
             case.fused_final_matches[fused] = bool((d == 0).all())
             if fused:
                 case.max_ulp, case.mismatches = int(d.max()), int((d != 0).sum())
+                case.scale_ulps = error_at_scale(y, ref["fused"])
         case.bit_exact = case.fused_final_matches[True]
         if not case.bit_exact and case.fused_final_matches[False]:
-            case.detail = "(matches fused_final=False)"
+            case.detail = ("bit-exact with fused_final=False instead: built without "
+                           "-ffast-math?")
     else:
         case.reference = "bound"
         d = ulp_distance(y, ref["exact"])
-        err = np.abs(y.astype(np.float64) - ref["exact"].astype(np.float64))
         case.max_ulp, case.mismatches = int(d.max()), int((d != 0).sum())
+        case.scale_ulps = error_at_scale(y, ref["exact"])
         case.bit_exact = not case.mismatches
-        case.within_bound = bool((err <= ref["bound"]).all())
+        case.bound_used = bound_usage(y, ref["exact"], ref["bound"])
+        case.tightness = bound_tightness(ref["bound"], ref["exact"])
+        case.within_bound = case.bound_used <= 1.0
     return case
 
 
-def build_kernel_driver(archive: Path, out_dir: Path | None = None,
-                        formats: Sequence[str] | None = None) -> tuple[Path, list[KernelSymbol]]:
-    """Link our driver against the user's libskainet_kernels.a; the kernels it exports."""
+@dataclass
+class KernelInventory:
+    """Every `skainet_*` symbol of an archive sorted into what happens to it, and every
+    kernel the harness knows that the archive lacks."""
+
+    archive: Path
+    run: list[KernelSymbol] = field(default_factory=list)
+    deselected: list[str] = field(default_factory=list)  # known, left out by --formats
+    not_modelled: dict[str, str] = field(default_factory=dict)  # symbol -> why
+    absent: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        names = ", ".join(k.symbol for k in self.run) or "none"
+        out = [f"archive {self.archive.name}: {plural(len(self.run), 'kernel')} run: {names}"]
+        if self.deselected:
+            out.append(f"not selected by --formats: {', '.join(self.deselected)}")
+        for sym, why in sorted(self.not_modelled.items()):
+            out.append(f"not run: {sym}: {why}")
+        if self.absent:
+            out.append(f"ABSENT from the archive ({len(self.absent)}): {', '.join(self.absent)}")
+        return out
+
+
+def inventory(archive: Path, formats: Sequence[str] | None = None) -> KernelInventory:
+    """Sort the archive's `skainet_*` symbols (HarnessError, exit 2, when none is a packed
+    kernel the harness runs)."""
     archive = Path(archive)
     if not archive.exists():
         raise HarnessError(f"--kernels-archive {archive}: no such file (the real "
                            "libskainet_kernels.a from the linuxarm64 klib of "
                            "sk.ainet.core:skainet-backend-native-cpu is needed)")
-    defined = archive_symbols(archive)
+    defined = {s for s in archive_symbols(archive) if s.startswith("skainet_")}
     wanted = {f.upper() for f in formats} if formats else None
-    kernels = [k for k in KERNEL_SYMBOLS if k.symbol in defined
-               and (wanted is None or k.qtype in wanted)]
-    if not kernels:
+    inv = KernelInventory(archive)
+    known = {k.symbol: k for k in KERNEL_SYMBOLS}
+    for k in KERNEL_SYMBOLS:
+        if k.symbol not in defined:
+            inv.absent.append(k.symbol)
+        elif wanted is None or k.qtype in wanted:
+            inv.run.append(k)
+        else:
+            inv.deselected.append(k.symbol)
+    for sym in sorted(defined - set(known)):
+        inv.not_modelled[sym] = next((why for prefix, why in NOT_MODELLED
+                                      if sym.startswith(prefix)), OTHER_SYMBOL)
+    if not inv.run:
         raise HarnessError(
             f"--kernels-archive {archive}: defines none of the SKaiNET packed matmul kernels "
             f"({', '.join(k.symbol for k in KERNEL_SYMBOLS[:2])}, ...)"
             + (f" for {', '.join(sorted(wanted))}" if wanted else "")
             + "; some releases ship an empty archive: pick one whose archive holds them"
         )
-    flags = [f"-DHAVE_{k.symbol}" for k in kernels]
+    return inv
+
+
+def build_kernel_driver(archive: Path, out_dir: Path | None = None,
+                        formats: Sequence[str] | None = None) -> tuple[Path, KernelInventory]:
+    """Link our driver against the archive; its inventory (the kernels linked in are `run`)."""
+    inv = inventory(archive, formats)
+    flags = [f"-DHAVE_{k.symbol}" for k in inv.run]
     try:
         driver = cross_compile([DRIVER_SOURCE], "skainet_kernel_driver",
-                               extra=[*flags, str(archive.resolve()), "-lpthread", "-lm"],
+                               extra=[*flags, str(Path(archive).resolve()), "-lpthread", "-lm"],
                                out_dir=out_dir)
     except HarnessError as exc:
         raise HarnessError(f"linking the kernel driver against {archive} failed: {exc}") from None
-    return driver, kernels
+    return driver, inv
+
+
+def packed_for(k: KernelSymbol, raw: np.ndarray) -> np.ndarray:
+    """Row-major packed bytes rearranged into the block order kernel `k` reads, flat."""
+    from oracle.layout import to_input_block_major
+
+    packed = raw if k.order == "row_major" else to_input_block_major(raw, k.qtype)
+    return np.ascontiguousarray(packed, np.uint8).reshape(-1)
+
+
+def run_kernel(target: Target, driver: Path, k: KernelSymbol, x: np.ndarray,
+               packed: np.ndarray, out_dim: int, timeout: float = 300.0
+               ) -> tuple[np.ndarray | None, RunResult]:
+    """One driver run of kernel `k`: float32 (batch, out_dim) outputs, or None if it failed."""
+    batch, in_dim = x.shape
+    res: RunResult = target.run(
+        driver,
+        args=[k.symbol, "w.bin", "x.bin", str(in_dim), str(out_dim), str(batch), "y.bin"],
+        inputs={"w.bin": packed.tobytes(), "x.bin": x.astype("<f4").tobytes()},
+        outputs=["y.bin"], timeout=timeout,
+    )
+    if not res.ok:
+        return None, res
+    return np.frombuffer(res.outputs["y.bin"], "<f4").reshape(batch, out_dim), res
+
+
+def fixture_neon_outputs(x: np.ndarray, raw: np.ndarray, qtype: str, out_dim: int
+                         ) -> np.ndarray:
+    """The project's fixture C kernel for `qtype` (feed order, SKaiNET's flags) run here under
+    qemu-aarch64: a compiled evaluation of the skainet_neon(fused_final=True) order, to hold
+    the model to bit for bit without a board. HarnessError when it cannot run."""
+    from harness.board.build import fixture_kernel_archive
+    from harness.board.sim import QEMU_CPU
+    from harness.board.target import LocalTarget
+
+    k = next(k for k in KERNEL_SYMBOLS if k.qtype == qtype and k.kernel_order == "feed")
+    driver, inv = build_kernel_driver(fixture_kernel_archive(), formats=[qtype])
+    if k not in inv.run:
+        raise HarnessError(f"the fixture archive has no {k.symbol}")
+    target = LocalTarget(["qemu-aarch64", "-cpu", QEMU_CPU, "-L", "/usr/aarch64-linux-gnu"])
+    y, res = run_kernel(target, driver, k, x, packed_for(k, raw), out_dim)
+    if y is None:
+        raise HarnessError(f"fixture kernel {k.symbol} failed: {res.reason}")
+    return y
+
+
+@dataclass
+class KernelParity:
+    """A kernel-parity run: the inventory, the cases, the shapes skipped and why."""
+
+    inventory: KernelInventory
+    cases: list[KernelCase] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    fixture: bool = False
+
+    @property
+    def failed(self) -> list[KernelCase]:
+        return [c for c in self.cases if not c.passed]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.cases) and not self.failed
+
+    def summary(self) -> str:
+        """One line: counts per verdict, the rule, and what a failure pattern suggests."""
+        counts: dict[str, int] = {}
+        for c in self.cases:
+            counts[c.verdict] = counts.get(c.verdict, 0) + 1
+        told = ", ".join(f"{n} {v}" for v, n in counts.items()) or "no cases"
+        failing = sorted({c.symbol for c in self.failed})
+        line = (f"kernel parity: {len(self.cases) - len(self.failed)} of "
+                f"{plural(len(self.cases), 'case')} pass ({told})"
+                + (f"; FAILING: {', '.join(failing)}" if failing else "")
+                + (f"; {plural(len(self.inventory.absent), 'known kernel')} absent"
+                   if self.inventory.absent else "")
+                + f". Rule: {VERDICT_RULE}.")
+        unfused = [c for c in self.failed if c.fused_final_matches.get(False)]
+        if unfused and len(unfused) == len(self.failed):
+            line += (" Every failing case is bit-exact with fused_final=False: the archive "
+                     "looks built without -ffast-math?")
+        elif unfused:
+            line += (f" {plural(len(unfused), 'failing case')} match "
+                     "fused_final=False (built without -ffast-math?)")
+        if self.fixture:
+            line = f"[{FIXTURE_LABEL}] {line}"
+        return line
+
+    def notes(self) -> list[str]:
+        """Everything not in a case row: the inventory and the skipped shapes."""
+        return [*self.inventory.lines(), *self.skipped]
 
 
 def kernel_parity(
@@ -255,40 +446,38 @@ def kernel_parity(
     seed: int = 0,
     timeout: float = 300.0,
     progress: Callable[[str], None] | None = None,
-) -> list[KernelCase]:
-    """Run every exported packed kernel on the target and compare with `skainet_neon`."""
+    fixture: bool | None = None,
+) -> KernelParity:
+    """Run every exported packed kernel on the target and judge it with `kernel_verdict`.
+    `fixture` labels the project's own test archive (default: by its file name)."""
     from oracle.formats import qtype as qtype_of
-    from oracle.layout import to_input_block_major
     from oracle.quants import quantize
 
-    driver, kernels = build_kernel_driver(archive, formats=formats)
+    driver, inv = build_kernel_driver(archive, formats=formats)
+    if fixture is None:
+        fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
+    result = KernelParity(inv, fixture=fixture)
     rng = np.random.default_rng(seed)
-    cases: list[KernelCase] = []
-    for k in kernels:
+    for k in inv.run:
         block = qtype_of(k.qtype).block
         for shape in shapes:
             out_dim, in_dim, batch = shape
             if in_dim % block:
+                result.skipped.append(f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in "
+                                      f"{in_dim} is not a multiple of {k.qtype}'s {block}-"
+                                      "element block")
                 continue
             w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
             x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-            raw = quantize(k.qtype, w)
-            packed = raw if k.order == "row_major" else to_input_block_major(raw, k.qtype)
-            packed = np.ascontiguousarray(packed, np.uint8).reshape(-1)
+            packed = packed_for(k, quantize(k.qtype, w))
             case = KernelCase(k.symbol, k.qtype, shape)
-            res: RunResult = target.run(
-                driver,
-                args=[k.symbol, "w.bin", "x.bin", str(in_dim), str(out_dim), str(batch), "y.bin"],
-                inputs={"w.bin": packed.tobytes(), "x.bin": x.astype("<f4").tobytes()},
-                outputs=["y.bin"], timeout=timeout,
-            )
-            if not res.ok:
+            y, res = run_kernel(target, driver, k, x, packed, out_dim, timeout)
+            if y is None:
+                case.failed_run = True
                 case.detail = f"driver failed: {res.reason}"
-                cases.append(case)
-                continue
-            y = np.frombuffer(res.outputs["y.bin"], "<f4").reshape(batch, out_dim)
-            judge(case, y, reference_outputs(x, packed, k, out_dim, in_dim))
-            cases.append(case)
+            else:
+                judge(case, y, reference_outputs(x, packed, k, out_dim, in_dim))
+            result.cases.append(case)
             if progress:
                 progress(case.row())
-    return cases
+    return result

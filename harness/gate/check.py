@@ -26,7 +26,7 @@ from pathlib import Path
 from harness.gate.arfile import THIN_MAGIC, is_archive, iter_members
 from harness.gate.elfscan import ElfScan, scan_elf
 from harness.gate.errors import GateError, NotAArch64
-from harness.gate.profiles import CpuProfile
+from harness.gate.profiles import STATIC_GLIBC_DISPATCHED, CpuProfile
 
 ELF_MAGIC = b"\x7fELF"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -182,6 +182,8 @@ class ArtifactReport:
     marker_found_in: str | None = None
     symbols: dict[str, str | None] = field(default_factory=dict)  # name -> where defined
     allowed: dict[str, int] = field(default_factory=dict)  # --allow-function hits per function
+    #: forbidden words in static glibc's ifunc-dispatched variants, per function (not strict)
+    dispatched: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -204,7 +206,7 @@ class ArtifactReport:
             "input_bytes": self.input_bytes, "counts": self.counts,
             "instructions": self.instructions, "marker": self.marker,
             "marker_found_in": self.marker_found_in, "symbols": self.symbols,
-            "allowed": self.allowed,
+            "allowed": self.allowed, "dispatched": self.dispatched,
             "seconds": round(self.seconds, 4),
         }
 
@@ -218,7 +220,9 @@ def marker_patterns(marker: str) -> tuple[bytes, ...]:
 
 class _Walker:
     def __init__(self, report: ArtifactReport, profile: CpuProfile, marker: str | None,
-                 symbols: tuple[str, ...], allow: tuple[str, ...] = ()) -> None:
+                 symbols: tuple[str, ...], allow: tuple[str, ...] = (),
+                 dispatched: tuple[str, ...] = ()) -> None:
+        self.dispatched = dispatched
         self.report = report
         self.profile = profile
         self.allow = allow
@@ -356,9 +360,12 @@ class _Walker:
             self.defined_other.setdefault(name, scan.label)
         for hit in scan.hits:
             enc = hit.encoding
-            if self.profile.forbids(enc) and self._allowed(hit.function):
+            if self.profile.forbids(enc) and self._allowed(hit.function, self.allow):
                 base = hit.function.split("+", 1)[0]
                 rep.allowed[base] = rep.allowed.get(base, 0) + 1
+            elif self.profile.forbids(enc) and self._allowed(hit.function, self.dispatched):
+                base = hit.function.split("+", 1)[0]
+                rep.dispatched[base] = rep.dispatched.get(base, 0) + 1
             elif self.profile.forbids(enc):
                 missing = [f for f in enc.features if f in self.profile.absent]
                 where = f"{hit.section}+{hit.offset:#x}"
@@ -377,11 +384,12 @@ class _Walker:
                     if feat in self.profile.counted:
                         rep.counts[feat] = rep.counts.get(feat, 0) + 1
 
-    def _allowed(self, function: str | None) -> bool:
-        if not self.allow or function is None:
+    @staticmethod
+    def _allowed(function: str | None, globs: tuple[str, ...]) -> bool:
+        if not globs or function is None:
             return False
         base = function.split("+", 1)[0]
-        return any(fnmatch.fnmatchcase(base, glob) for glob in self.allow)
+        return any(fnmatch.fnmatchcase(base, glob) for glob in globs)
 
     def finish(self) -> None:
         rep = self.report
@@ -393,6 +401,18 @@ class _Walker:
         for base, n in sorted(rep.allowed.items()):
             rep.notes.append(f"{rep.path}: {n} forbidden instruction(s) in {base} allowed by "
                              "--allow-function (runtime-dispatched code)")
+        if rep.dispatched:
+            n = sum(rep.dispatched.values())
+            rep.notes.append(f"{rep.path}: {n} {'word' if n == 1 else 'words'} in "
+                             f"ifunc-dispatched glibc variants, unreachable on "
+                             f"{self.profile.name} ({', '.join(sorted(rep.dispatched))}; "
+                             "--strict fails them)")
+        if rep.elf_files == 0 and not rep.findings and rep.marker_found_in is None:
+            # an input with nothing to check is an input error, never a PASS
+            what = (f"{rep.zip_members} zip member(s), {rep.archives} archive(s), no ELF "
+                    "object among them" if rep.zip_members or rep.archives else "no files")
+            raise GateError(f"{rep.path}: nothing to check: no AArch64 ELF code inside "
+                            f"({what})")
         if self.patterns and rep.marker_found_in is None:
             rep.findings.append(Finding(
                 "stale", rep.path,
@@ -413,14 +433,15 @@ class _Walker:
 
 
 def _judge(label: str, profile: CpuProfile, marker: str | None, symbols: tuple[str, ...],
-           allow: tuple[str, ...], feed: Callable[[_Walker, ArtifactReport], None]
-           ) -> ArtifactReport:
+           allow: tuple[str, ...], feed: Callable[[_Walker, ArtifactReport], None],
+           strict: bool = False) -> ArtifactReport:
     """The scaffold both entry points share: a fresh report and walker, `feed` walks the
     input, malformed input ends in `report.error` (exit code 2), the time is recorded."""
     report = ArtifactReport(label, profile.name, marker=marker)
     for name in symbols:
         report.symbols[name] = None
-    walker = _Walker(report, profile, marker, tuple(symbols), tuple(allow))
+    walker = _Walker(report, profile, marker, tuple(symbols), tuple(allow),
+                     () if strict else STATIC_GLIBC_DISPATCHED)
     t0 = time.perf_counter()
     try:
         feed(walker, report)
@@ -432,11 +453,14 @@ def _judge(label: str, profile: CpuProfile, marker: str | None, symbols: tuple[s
 
 
 def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | None = None,
-                   symbols: tuple[str, ...] = (), allow: tuple[str, ...] = ()) -> ArtifactReport:
-    """Judge one top-level path. Malformed input ends in `report.error` (exit code 2).
+                   symbols: tuple[str, ...] = (), allow: tuple[str, ...] = (),
+                   strict: bool = False) -> ArtifactReport:
+    """Judge one top-level path. Malformed input, or input with no AArch64 ELF code to check,
+    ends in `report.error` (exit code 2).
 
     `allow` holds function-name globs whose forbidden instructions are accepted as
-    runtime-dispatched (e.g. glibc's `__memcpy_a64fx` ifunc variant); they become notes.
+    runtime-dispatched; they become notes. Static glibc's ifunc-dispatched variants
+    (profiles.STATIC_GLIBC_DISPATCHED, e.g. `__memcpy_a64fx`) become one note unless `strict`.
     """
     label = os.fspath(path)
 
@@ -454,18 +478,19 @@ def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | N
         report.input_bytes = len(data)
         walker.visit(label, data, 0, nested=False)
 
-    return _judge(label, profile, marker, symbols, allow, feed)
+    return _judge(label, profile, marker, symbols, allow, feed, strict)
 
 
 def check_bytes(label: str, data: bytes, profile: CpuProfile, marker: str | None = None,
-                symbols: tuple[str, ...] = (), allow: tuple[str, ...] = ()) -> ArtifactReport:
+                symbols: tuple[str, ...] = (), allow: tuple[str, ...] = (),
+                strict: bool = False) -> ArtifactReport:
     """Like check_artifact for bytes already in memory (`label` names them in messages)."""
 
     def feed(walker: _Walker, report: ArtifactReport) -> None:
         report.input_bytes = len(data)
         walker.visit(label, data, 0, nested=False)
 
-    return _judge(label, profile, marker, symbols, allow, feed)
+    return _judge(label, profile, marker, symbols, allow, feed, strict)
 
 
 def _walk_dir(walker: _Walker, root: Path, label: str) -> None:

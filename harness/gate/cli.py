@@ -2,7 +2,9 @@
 do not carry the expected build marker / kernel symbols.
 
 Exit codes: 0 clean, 1 findings (forbidden instruction, stale, missing symbol, empty
-archive, wrong machine), 2 bad input (not ELF/ar/zip, truncated, corrupt).
+archive, wrong machine), 2 bad input (not ELF/ar/zip, truncated, corrupt, or nothing to
+check: no AArch64 ELF code inside). Static glibc's ifunc-dispatched SVE variants are one
+note by default and findings with --strict.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "reached only after a runtime CPU check, e.g. glibc's ifunc variants "
                         "'__mem*_a64fx' (repeatable; a stripped file has no names to match; "
                         "default: none)")
+    p.add_argument("--strict", action="store_true",
+                   help="also fail forbidden words in static glibc's ifunc-dispatched variants "
+                        "(__memcpy_a64fx, ...), which by default are one note: they never run "
+                        "on a CPU without the feature")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
 
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     prof = profile(args.cpu)
     reports = [
         check_artifact(path, prof, args.expect_marker, tuple(args.expect_symbol),
-                       tuple(args.allow_function))
+                       tuple(args.allow_function), strict=args.strict)
         for path in args.paths
     ]
     code = max(r.exit_code for r in reports)
