@@ -306,7 +306,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="real SKaiNET native kernels vs kernels_ref skainet_neon")
     _add_connection(p)
     p.add_argument("--kernels-archive", metavar="libskainet_kernels.a",
-                   help="the aarch64 static archive from the linuxarm64 klib")
+                   help="the aarch64 static archive from the linuxarm64 klib (default: none; "
+                        "give it or --fixture)")
     p.add_argument("--fixture", action="store_true",
                    help="run the project's own test archive (fixtures/board/kernels, built "
                         "with SKaiNET's flags) instead: checks the harness, not SKaiNET")
