@@ -15,6 +15,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.footprint import functiongemma_tensors, write_shaped_gguf
+from harness.fuzz import gguf_seeds
 from harness.gguffile import (
     SkainetGGUFWriter,
     check_gguf,
@@ -87,25 +88,36 @@ def _small_case() -> Path:
     return min(GOLDEN.glob("*.gguf"), key=lambda p: p.stat().st_size)
 
 
-def test_truncated_at_every_offset(tmp_path: Path) -> None:
-    """Every prefix of a real case file is refused with exit 2 naming the file, until the
-    last tensor's data is complete; from there gguf-py reads it."""
-    data = _small_case().read_bytes()
-    layout = check_gguf(_small_case())
+@pytest.mark.parametrize("which", ["golden", "every-kind"])
+def test_truncated_at_every_offset(tmp_path: Path, which: str) -> None:
+    """Every prefix of a real GGUF is refused with exit 2 naming the file, until the last
+    tensor's data is complete; from there gguf-py reads it. The small file with every
+    metadata shape the writer allows (harness.fuzz) is cut at every offset; the golden case
+    file (5 ms per check) at every 7th offset of its header and tables, the first 64 of its
+    data, every 97th after that and its last 4 bytes."""
+    if which == "golden":
+        src = _small_case()
+    else:
+        src = tmp_path / "kinds.gguf"
+        src.write_bytes(gguf_seeds(tmp_path)[1])
+    data = src.read_bytes()
+    layout = check_gguf(src)
     needed = max(layout.data_offset + t.offset + t.n_bytes for t in layout.tensors)
+    cuts = range(len(data)) if which != "golden" else sorted(
+        set(range(0, layout.data_offset, 7)) | set(range(layout.data_offset - 8,
+                                                         layout.data_offset + 64))
+        | set(range(layout.data_offset, len(data), 97))
+        | set(range(needed - 4, len(data))))
     path = tmp_path / "cut.gguf"
-    for n in range(len(data)):
+    for n in cuts:
         path.write_bytes(data[:n])
         if n < needed:
             with pytest.raises(HarnessError) as err:
-                check_gguf(path)
+                open_gguf(path)
             assert err.value.exit_code == 2 and str(err.value).startswith(str(path))
-            assert "\n" not in str(err.value)
+            assert "\n" not in str(err.value) and "not a readable GGUF file (" not in str(
+                err.value)  # the checker refused it, not gguf-py
         else:
-            open_gguf(path)
-    for n in range(0, layout.data_offset, 7):  # the reader never sees a refused prefix
-        path.write_bytes(data[:n])
-        with pytest.raises(HarnessError):
             open_gguf(path)
 
 
