@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.gate.testbins import Built
 
 PARSERS = ("gguf", "elf", "ar", "zip", "klib")
 DEFAULT_MEMORY_CAP = 1536 << 20
@@ -108,11 +109,9 @@ def gguf_seeds(root: Path) -> list[bytes]:
     return [case.read_bytes(), path.read_bytes()]
 
 
-def gate_seeds(root: Path) -> dict[str, list[bytes]]:
-    """ELF programs, archives (GNU, BSD) and klib/jar zips built by the cross toolchain."""
-    from harness.gate.testbins import build_all
-
-    built = build_all(root / "bins")
+def gate_seeds(built: Built) -> dict[str, list[bytes]]:
+    """ELF programs, archives (GNU, BSD) and klib/jar zips from the gate's test build (the
+    same files tests/test_elfgate_malformed.py mutates)."""
     x, progs = built.extra, built.programs
     return {
         "elf": [progs["i8mm"].read_bytes(), progs["litpool"].read_bytes(),
