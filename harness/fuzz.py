@@ -251,6 +251,28 @@ def _worker(spec_text: str) -> None:
     print(json.dumps(result.__dict__))
 
 
+_MEASURED_MAIN = """
+import resource, runpy, sys
+sys.argv = ["skoracle"] + sys.argv[1:]
+try:
+    runpy.run_module("harness", run_name="__main__")
+finally:
+    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def measured_skoracle(*args: str, cwd: Path | None = None, timeout: float = 120
+                      ) -> tuple[int, str, int]:
+    """Exit code, stdout + stderr and peak RSS in bytes of `skoracle ARGS` run in a child
+    (so a hang is a timeout and memory is the child's own)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", _MEASURED_MAIN, *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd or root, env=env)
+    rss = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) * 1024
+    return proc.returncode, proc.stdout + proc.stderr, rss
+
+
 def format_result(r: FuzzResult) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "none"
     return (f"{r.parser:<5} {r.cases:>6} cases  {r.accepted:>6} accepted  errors: {errors}  "

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -15,7 +13,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.footprint import functiongemma_tensors, write_shaped_gguf
-from harness.fuzz import gguf_seeds
+from harness.fuzz import gguf_seeds, measured_skoracle
 from harness.gguffile import (
     SkainetGGUFWriter,
     check_gguf,
@@ -32,25 +30,6 @@ GOLDEN = ROOT / "fixtures" / "golden"
 HUGE_ARRAY = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"a"
               + struct.pack("<IIQ", 9, 0, 1 << 40) + b"\1\2\3")
 HUGE_MESSAGE = "KV #0 'a': array of 1099511627776 UINT8 needs 1 TiB but 3 bytes remain"
-
-_MEASURE = """
-import resource, runpy, sys
-sys.argv = ["skoracle"] + sys.argv[1:]
-try:
-    runpy.run_module("harness", run_name="__main__")
-finally:
-    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-"""
-
-
-def skoracle_measured(*args: str, cwd: Path) -> tuple[int, str, int]:
-    """Exit code, stdout+stderr and peak RSS (bytes) of `skoracle ARGS` in a child."""
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    rss = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) * 1024
-    return proc.returncode, proc.stdout + proc.stderr, rss
-
 
 def test_the_52_byte_file_is_refused_by_the_checker(tmp_path: Path) -> None:
     h = tmp_path / "h.gguf"
@@ -78,7 +57,7 @@ def test_the_52_byte_file_through_every_command(tmp_path: Path, command: str) ->
                     "refusals": []}
         (user / S.MANIFEST).write_text(json.dumps(manifest))
         args = ["fixtures", "--verify", "set"]
-    code, out, rss = skoracle_measured(*args, cwd=tmp_path)
+    code, out, rss = measured_skoracle(*args, cwd=tmp_path)
     assert code == 2, out
     assert HUGE_MESSAGE in out and "Traceback" not in out
     assert rss < 400 << 20  # the interpreter, numpy and the report; not the 1 TiB array
@@ -218,7 +197,7 @@ def _set_with_int64_seed(tmp_path: Path) -> tuple[Path, str]:
 
 def test_verify_reports_a_forbidden_type_as_a_finding(tmp_path: Path) -> None:
     user, name = _set_with_int64_seed(tmp_path)
-    code, out, _ = skoracle_measured("fixtures", "--verify", str(user), cwd=tmp_path)
+    code, out, _ = measured_skoracle("fixtures", "--verify", str(user), cwd=tmp_path)
     assert code == 1, out
     line = next(x for x in out.splitlines() if "metadata types SKaiNET reads:" in x)
     assert f"'{S.K_SEED}': INT64: SKaiNET's GGUFReader throws on it" in line

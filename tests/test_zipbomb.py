@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import io
 import struct
-import subprocess
-import sys
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 
+from harness.fuzz import measured_skoracle
 from harness.gate.errors import GateError
 from harness.gate.ziputil import UnpackBudget, zip_members
 
-ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
@@ -53,23 +51,6 @@ def overlapping_zip(copies: int = 16, size: int = 16 * MIB) -> bytes:
     return one[:cd_at] + central * copies + end
 
 
-_MEASURE = """
-import resource, runpy, sys
-sys.argv = ["skoracle"] + sys.argv[1:]
-try:
-    runpy.run_module("harness", run_name="__main__")
-finally:
-    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-"""
-
-
-def skoracle_measured(*args: str) -> tuple[int, str, int]:
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
-    rss = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) * 1024
-    return proc.returncode, proc.stdout + proc.stderr, rss
-
-
 def test_crafted_zips_are_what_they_claim() -> None:
     zf = zipfile.ZipFile(io.BytesIO(zeros_zip("z", 3 * MIB)))
     assert zf.read("z") == bytes(3 * MIB)
@@ -80,7 +61,7 @@ def test_one_gib_member_in_a_1_mb_zip(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.klib"
     bomb.write_bytes(zeros_zip("default/big.bin", 1 << 30))
     assert bomb.stat().st_size < 1_100_000
-    code, out, rss = skoracle_measured("elf-check", str(bomb))
+    code, out, rss = measured_skoracle("elf-check", str(bomb))
     assert code == 2, out
     assert f"{bomb}!/default/big.bin: decompressed zip members exceed the 536870912-byte " \
            "limit for one artifact" in out and "--max-unpacked" in out
@@ -94,7 +75,7 @@ def test_a_member_that_lies_about_its_size_stops_at_the_budget(tmp_path: Path) -
     with pytest.raises(GateError, match=r"(exceed the 33554432-byte limit|unreadable zip)"):
         for _ in zip_members(str(liar), liar.read_bytes(), UnpackBudget(32 * MIB)):
             pass
-    code, out, rss = skoracle_measured("elf-check", "--max-unpacked", "32MiB", str(liar))
+    code, out, rss = measured_skoracle("elf-check", "--max-unpacked", "32MiB", str(liar))
     assert code == 2 and "Traceback" not in out and rss < 250 * MIB
 
 
@@ -105,9 +86,9 @@ def test_the_budget_is_shared_by_all_members_and_can_be_raised(tmp_path: Path) -
             zf.writestr(f"part{i}.bin", bytes(8 * MIB))
     many = tmp_path / "many.zip"
     many.write_bytes(buf.getvalue())
-    code, out, _ = skoracle_measured("elf-check", "--max-unpacked", "30MiB", str(many))
+    code, out, _ = measured_skoracle("elf-check", "--max-unpacked", "30MiB", str(many))
     assert code == 2 and f"{many}!/part3.bin: decompressed zip members exceed" in out
-    code, out, _ = skoracle_measured("elf-check", "--max-unpacked", "64MiB", str(many))
+    code, out, _ = measured_skoracle("elf-check", "--max-unpacked", "64MiB", str(many))
     assert "exceed" not in out and "not an ELF" not in out.split("part4")[0]
 
 
@@ -115,7 +96,7 @@ def test_overlapping_entries_are_refused(tmp_path: Path) -> None:
     bomb = tmp_path / "overlap.jar"
     bomb.write_bytes(overlapping_zip(16, 256 * MIB))  # 16 x 256 MiB = 4 GiB from ~256 kB
     assert bomb.stat().st_size < 300_000
-    code, out, rss = skoracle_measured("elf-check", "--max-unpacked", "8GiB", str(bomb))
+    code, out, rss = measured_skoracle("elf-check", "--max-unpacked", "8GiB", str(bomb))
     assert code == 2, out
     assert "entries 'm.bin' (bytes 0-" in out and "overlap" in out and "zip bomb" in out
     assert rss < 250 * MIB
@@ -130,7 +111,7 @@ def test_stale_check_marker_search_uses_the_same_limits(tmp_path: Path) -> None:
     args = ["stale-check", "--group", "sk.ainet.core", "--artifact", "skainet-backend",
             "--version", "1.0", "--marker", "fresh", "--m2-root", str(m2),
             "--gradle-root", str(tmp_path / "g"), "--konan-root", str(tmp_path / "k")]
-    code, out, rss = skoracle_measured(*args, "--max-unpacked", "16MiB")
+    code, out, rss = measured_skoracle(*args, "--max-unpacked", "16MiB")
     assert code == 1, out
     assert "STALE (unreadable:" in out and "exceed the 16777216-byte limit" in out
     assert rss < 250 * MIB
