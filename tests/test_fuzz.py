@@ -48,3 +48,21 @@ def test_a_case_that_escapes_is_reported(tmp_path: Path) -> None:
     assert broken.unexpected == [] and broken.errors == {"GateError": 5}
     over = run_parser("gguf", [b"GGUF" + bytes(20)], 3, memory_cap=16 << 20)
     assert over.unexpected and "worker exited" in over.unexpected[0]
+
+
+def test_member_names_with_control_characters_stay_on_one_line() -> None:
+    """Found by bench/bench_fuzz.py (klib, seed 0, case 8385): a zip member name holding a
+    newline made a two-line error message."""
+    import io
+    import zipfile
+
+    from harness.gate import profile
+    from harness.gate.check import check_bytes
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("lib/x\ny.a", b"!<arch>\n" + b"z" * 20)
+    rep = check_bytes("n.klib", buf.getvalue(), profile("cortex-a55"))
+    assert rep.exit_code == 2
+    assert rep.error.startswith("n.klib!/lib/x\\ny.a: member header at offset 8: truncated")
+    assert "\n" not in rep.error

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
-from harness.gate.errors import GateError
+from harness.gate.errors import GateError, one_line
 
 DEFAULT_MAX_UNPACKED = 512 << 20
 MAX_UNPACKED_TEXT = "512MiB"  # the default as the CLIs show it
@@ -128,7 +128,7 @@ def zip_members(label: str, data: bytes | memoryview, budget: UnpackBudget | Non
                 raise GateError(f"{label}: corrupt zip container: entry {index} has no name")
             if info.filename.endswith("/"):
                 continue
-            mlabel = f"{label}!/{info.filename}"
+            mlabel = f"{label}!/{one_line(info.filename)}"
             yield mlabel, _read_member(zf, info, mlabel, budget)
 
 
