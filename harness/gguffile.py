@@ -218,9 +218,13 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
     layout = GGUFLayout(path, size, version, cur.order)
     budget = max_items if max_items is not None else float("inf")
     items = 0
+    keys: set[str] = set()
     for i in range(n_kv):
         key = cur.string(f"KV #{i} key", keep=True)
         what = f"KV #{i} {key!r}"
+        if key in keys:
+            raise cur.fail(what, "duplicate key")
+        keys.add(key)
         vtype = _value_type(cur, what, cur.unpack(what + " type", "I"))
         start = cur.pos
         itype, count, cost = _skip_value(cur, what, vtype)

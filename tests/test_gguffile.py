@@ -117,6 +117,9 @@ def test_counts_and_types_are_named(tmp_path: Path) -> None:
         check_gguf(gguf_file(b"", n_kv=1_000_000))
     with pytest.raises(HarnessError, match=r"tensor count: 99999 tensor entries needs"):
         check_gguf(gguf_file(b"", n_kv=0, n_tensors=99_999))
+    u32 = key + struct.pack("<II", 4, 7)
+    with pytest.raises(HarnessError, match=r"KV #1 'k.x': duplicate key"):
+        check_gguf(gguf_file(u32 + u32, n_kv=2))
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGML" + bytes(20))
     with pytest.raises(HarnessError, match="junk.gguf: not a readable GGUF file: magic"):
@@ -217,3 +220,20 @@ def test_footprint_of_a_truncated_tensor_table_names_the_tensor(tmp_path: Path) 
     with pytest.raises(HarnessError, match=r"tensor #0 'token_embd.weight': data of 512 "
                                            r"bytes .* needs bytes up to"):
         check_gguf(p)
+
+
+def test_big_endian_files_are_walked_in_their_byte_order(tmp_path: Path) -> None:
+    p = tmp_path / "be.gguf"
+    w = SkainetGGUFWriter(p, "skoracle", endianess=gguf.GGUFEndian.BIG)
+    w.add_array("k.strs", ["a", "bc"])
+    w.add_tensor("t", np.arange(8, dtype=np.float32).byteswap())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    layout = check_gguf(p)
+    assert layout.byte_order == ">" and layout.version == 3
+    assert [(t.name, t.dims, t.n_bytes) for t in layout.tensors] == [("t", (8,), 32)]
+    reader, _ = open_gguf(p)
+    assert [bytes(reader.fields["k.strs"].parts[i]) for i in reader.fields["k.strs"].data] \
+        == [b"a", b"bc"]
