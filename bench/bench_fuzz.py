@@ -3,7 +3,7 @@ each parser in a child capped at 1.5 GiB of address space. Prints per parser the
 how many were accepted, the project errors by kind, unexpected outcomes, the slowest case
 and the worker's peak RSS.
 
-    python3 bench/bench_fuzz.py [--cases 10000] [--seed 0]
+    python3 bench/bench_fuzz.py [--cases 10000] [--seed 0] [--parsers gguf,elf,ar,zip,klib]
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10_000, help="cases per parser (10000)")
     ap.add_argument("--seed", type=int, default=0, help="mutation seed (0)")
+    ap.add_argument("--parsers", default=",".join(PARSERS),
+                    help=f"comma-separated subset of {','.join(PARSERS)} (all)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="skoracle-bench-fuzz-") as tmp:
         root = Path(tmp)
         seeds = gate_seeds(build_all(root / "bins"))
         seeds["gguf"] = gguf_seeds(root)
         bad = 0
-        for parser in PARSERS:
+        for parser in args.parsers.split(","):
             result = run_parser(parser, seeds[parser], args.cases, seed=args.seed,
                                 case_seconds=5.0, timeout=3600)
             print(format_result(result), flush=True)

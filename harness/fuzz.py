@@ -4,7 +4,9 @@ Parsers: `gguf` (harness.gguffile.check_gguf, then gguf-py through open_gguf), `
 (harness.gate.elfscan.scan_elf), `ar` (harness.gate.arfile.iter_members), `zip`
 (harness.gate.ziputil.zip_members) and `klib` (the whole gate walker: zip → ar → ELF).
 Each case is a small valid seed with seeded mutations (bit flips, truncations, length
-fields overwritten with large or boundary values, inserted bytes). A case passes when the
+fields overwritten with large or boundary values, inserted bytes); half the klib cases
+mutate one member and rebuild the zip, so the mutation gets past the CRC to the archive
+and ELF readers inside. A case passes when the
 parser returns or raises the project's own error (HarnessError and its subclasses); any
 other exception, a case over `case_seconds` or a worker over `memory_cap` fails.
 
@@ -14,6 +16,7 @@ counts; tests/test_fuzz.py runs a few hundred per parser, bench/bench_fuzz.py te
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +80,23 @@ def mutate(data: bytes, rng: random.Random, header: int = 512) -> bytes:
                     + rng.choice((-1, 1, 2, 64, 4096))
             out[pos:pos + size] = (value % (1 << (size * 8))).to_bytes(size, "little")
     return bytes(out)
+
+
+def mutate_member(data: bytes, rng: random.Random, depth: int = 0) -> bytes:
+    """A zip rebuilt with one member mutated (a nested zip is entered): the CRCs stay valid,
+    so the mutation reaches the archive and ELF readers inside a klib."""
+    zin = zipfile.ZipFile(io.BytesIO(data))
+    infos = [i for i in zin.infolist() if not i.is_dir()]
+    target = rng.choice(infos)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout:
+        for info in infos:
+            body = zin.read(info)
+            if info is target:
+                nested = body[:4] == b"PK\x03\x04" and depth < 2
+                body = mutate_member(body, rng, depth + 1) if nested else mutate(body, rng)
+            zout.writestr(info.filename, body)
+    return out.getvalue()
 
 
 # --- seeds ---------------------------------------------------------------------------------
@@ -191,7 +212,9 @@ def run_cases(parser: str, seeds: list[bytes], cases: int, seed: int,
     with tempfile.TemporaryDirectory(prefix="skoracle-fuzz-") as tmp:
         scratch = Path(tmp)
         for i in range(cases):
-            data = mutate(rng.choice(seeds), rng)
+            base = rng.choice(seeds)
+            data = (mutate_member(base, rng) if parser == "klib" and rng.random() < 0.5
+                    else mutate(base, rng))
             t0 = time.perf_counter()
             signal.setitimer(signal.ITIMER_REAL, case_seconds)
             try:
