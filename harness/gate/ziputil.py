@@ -35,9 +35,9 @@ MAX_UNPACKED_TEXT = "512MiB"  # the default as the CLIs show it
 CHUNK = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zipfile's structFileHeader (30 bytes)
 _LOCAL_MAGIC = b"PK\x03\x04"
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError,
-                ValueError, EOFError, OverflowError, KeyError, IndexError, UnicodeDecodeError,
-                struct.error)
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+                RuntimeError, OSError, ValueError, EOFError, OverflowError, KeyError, IndexError,
+                UnicodeDecodeError, struct.error)
 
 
 @dataclass
