@@ -237,3 +237,18 @@ def test_big_endian_files_are_walked_in_their_byte_order(tmp_path: Path) -> None
     reader, _ = open_gguf(p)
     assert [bytes(reader.fields["k.strs"].parts[i]) for i in reader.fields["k.strs"].data] \
         == [b"a", b"bc"]
+
+
+def test_every_gguf_writer_and_reader_in_the_project_goes_through_gguffile() -> None:
+    """The type rule and the input check live in one place: no other module constructs
+    gguf-py's writer or reader itself."""
+    direct = []
+    for path in sorted((ROOT / "harness").rglob("*.py")) + sorted(
+            (ROOT / "kernels_ref").rglob("*.py")) + sorted((ROOT / "oracle").rglob("*.py")):
+        if path.name == "gguffile.py":
+            continue
+        text = path.read_text()
+        for name in ("GGUFWriter(", "GGUFReader("):
+            if name in text.replace("SkainetGGUFWriter(", ""):
+                direct.append(f"{path.relative_to(ROOT)}: {name}")
+    assert direct == []
