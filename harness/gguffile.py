@@ -178,6 +178,16 @@ def _skip_value(cur: _Cursor, what: str, vtype: GGUFValueType, depth: int = 0) -
     return itype, count, items + 2
 
 
+def _unique_name(cur: _Cursor, entry: str, field_name: str, seen: set[str]) -> tuple[str, str]:
+    """Read a key or tensor name, refusing a repeat; returns it and how messages name it."""
+    name = cur.string(f"{entry} {field_name}", keep=True)
+    what = f"{entry} {name!r}"
+    if name in seen:
+        raise cur.fail(what, f"duplicate {field_name}")
+    seen.add(name)
+    return name, what
+
+
 def check_gguf(path: str | os.PathLike[str], max_items: int | None = None) -> GGUFLayout:
     """Walk a GGUF file's header, metadata and tensor table without trusting any count.
 
@@ -220,11 +230,7 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
     items = 0
     keys: set[str] = set()
     for i in range(n_kv):
-        key = cur.string(f"KV #{i} key", keep=True)
-        what = f"KV #{i} {key!r}"
-        if key in keys:
-            raise cur.fail(what, "duplicate key")
-        keys.add(key)
+        key, what = _unique_name(cur, f"KV #{i}", "key", keys)
         vtype = _value_type(cur, what, cur.unpack(what + " type", "I"))
         start = cur.pos
         itype, count, cost = _skip_value(cur, what, vtype)
@@ -247,11 +253,7 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
                                        f"file of {size} bytes")
     names: set[str] = set()
     for i in range(n_tensors):
-        tname = cur.string(f"tensor #{i} name", keep=True)
-        what = f"tensor #{i} {tname!r}"
-        if tname in names:
-            raise cur.fail(what, "duplicate tensor name")
-        names.add(tname)
+        tname, what = _unique_name(cur, f"tensor #{i}", "name", names)
         n_dims = cur.unpack(what + " n_dims", "I")
         if n_dims > MAX_DIMS:
             raise cur.fail(what, f"{n_dims} dimensions (at most {MAX_DIMS})")
