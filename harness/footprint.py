@@ -1,7 +1,7 @@
 """`skoracle footprint MODEL.gguf`: resident weight bytes under two loading policies.
 
-Reads only the GGUF tensor table (gguf-py's GGUFReader memory-maps the file; no tensor data
-is touched) and prices every tensor under
+Reads only the GGUF tensor table (harness.gguffile.check_gguf: every count checked against
+the file size; no tensor data is touched) and prices every tensor under
 
 - `dequant-fp32`: what SKaiNET 0.30.0's converter did — token_embd and output expanded to
   FP32 and both kept (a tied output, i.e. no output.weight tensor, is a second FP32 copy of
@@ -35,9 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType
 
 from harness.errors import HarnessError
+from harness.gguffile import SkainetGGUFWriter, check_gguf
 from oracle.formats import PACKED_TYPES, QTYPES, qtype
 
 POLICIES = ("dequant-fp32", "packed")
@@ -110,6 +111,13 @@ class Footprint:
                                                                                 OUTPUT)))
 
 
+def _ggml_type(raw: int) -> object:
+    try:
+        return GGMLQuantizationType(raw)
+    except ValueError:
+        return raw
+
+
 def _type_name(tensor_type: object) -> str:
     return getattr(tensor_type, "name", str(tensor_type))
 
@@ -128,29 +136,22 @@ def _price(name: str, type_name: str, elements: int, stored: int) -> tuple[int, 
 
 
 def read_footprint(path: str | os.PathLike[str]) -> Footprint:
-    """Price every tensor of a GGUF file from its tensor table (HarnessError on bad input)."""
-    from gguf import GGUFReader
+    """Price every tensor of a GGUF file from its tensor table (HarnessError on bad input).
 
+    The table comes from `check_gguf`, which checks every count and extent against the
+    file size and keeps one record per tensor (gguf-py's reader would also build ~1 kB of
+    objects per vocabulary entry, which the footprint never looks at)."""
     p = Path(path)
     if not p.is_file():
         raise HarnessError(f"{p}: no such file")
-    size = p.stat().st_size
-    try:
-        reader = GGUFReader(p, "r")
-    except Exception as exc:  # a third-party parser on untrusted bytes: report, never trace
-        raise HarnessError(f"{p}: not a readable GGUF file ({type(exc).__name__}: {exc}); "
-                           f"truncated or corrupt?") from None
+    layout = check_gguf(p)
     costs = []
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size:
-            raise HarnessError(f"{p}: truncated: tensor {t.name!r} needs bytes up to {end}, "
-                               f"the file has {size}")
-        type_name = _type_name(t.tensor_type)
-        shape = tuple(int(v) for v in reversed([int(s) for s in t.shape]))
-        dq, pk, note = _price(t.name, type_name, int(t.n_elements), int(t.n_bytes))
-        costs.append(TensorCost(t.name, type_name, shape, int(t.n_elements), int(t.n_bytes),
-                                dq, pk, note))
+    for t in layout.tensors:
+        type_name = _type_name(_ggml_type(t.ggml_type))
+        shape = tuple(reversed(t.dims))
+        elements = math.prod(t.dims)
+        dq, pk, note = _price(t.name, type_name, elements, t.n_bytes)
+        costs.append(TensorCost(t.name, type_name, shape, elements, t.n_bytes, dq, pk, note))
     names = {c.name for c in costs}
     tied = OUTPUT not in names and EMBEDDING in names
     if tied:
@@ -158,7 +159,7 @@ def read_footprint(path: str | os.PathLike[str]) -> Footprint:
         costs.append(TensorCost(f"{OUTPUT} (tied to {EMBEDDING})", emb.type, emb.shape,
                                 emb.elements, 0, emb.elements * 4, 0,
                                 "tied: a second FP32 copy under dequant-fp32, shared when packed"))
-    return Footprint(str(p), size, tied, tuple(costs))
+    return Footprint(str(p), layout.size, tied, tuple(costs))
 
 
 #: The product's claim, and the one thing the verdict judges: the packed policy fits.
@@ -366,7 +367,7 @@ def nbytes(shape: tuple[int, ...], type_name: str) -> int:
 def write_shaped_gguf(path: Path, tensors: list[tuple[str, tuple[int, ...], str]]) -> int:
     """A complete GGUF with these tensor shapes whose data is all zeros, written as a sparse
     file (the ~250 MB data area takes no disk blocks); returns its size in bytes."""
-    w = GGUFWriter(path, "gemma3")
+    w = SkainetGGUFWriter(path, "gemma3")
     w.add_block_count(N_LAYER)
     w.add_embedding_length(N_EMBD)
     w.add_feed_forward_length(N_FF)

@@ -13,13 +13,10 @@ UTF-16LE (Kotlin/Native stores string literals as UTF-16).
 from __future__ import annotations
 
 import fnmatch
-import io
 import os
 import re
 import time
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +24,11 @@ from harness.gate.arfile import THIN_MAGIC, is_archive, iter_members
 from harness.gate.elfscan import ElfScan, scan_elf
 from harness.gate.errors import GateError, NotAArch64
 from harness.gate.profiles import STATIC_GLIBC_DISPATCHED, CpuProfile
+from harness.gate.ziputil import DEFAULT_MAX_UNPACKED, UnpackBudget, zip_members
 
 ELF_MAGIC = b"\x7fELF"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 MAX_DEPTH = 6
-MAX_MEMBER_BYTES = 2 << 30
 
 #: Magic numbers named in messages about archive members that are not ELF objects.
 _OTHER_MAGICS = (
@@ -92,43 +89,16 @@ def _describe(data: bytes | memoryview) -> str:
     return f"unknown format, first bytes {head.hex() or 'none'}"
 
 
-def zip_members(label: str, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
-    """Yield (container path, decompressed bytes) of every file in a zip; the zip module
-    checks each member's CRC-32. Any defect becomes a GateError naming the member."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-            IndexError, KeyError, OverflowError, UnicodeDecodeError) as exc:
-        raise GateError(f"{label}: corrupt zip container: {exc}") from None
-    with zf:
-        for index, info in enumerate(infos):
-            if not info.filename:
-                raise GateError(f"{label}: corrupt zip container: entry {index} has no name")
-            if info.filename.endswith("/"):
-                continue
-            mlabel = f"{label}!/{info.filename}"
-            if info.file_size > MAX_MEMBER_BYTES:
-                raise GateError(f"{mlabel}: zip member of {info.file_size} bytes is larger "
-                                f"than the {MAX_MEMBER_BYTES}-byte limit")
-            try:
-                member = zf.read(info)
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
-                    OSError, ValueError, EOFError, OverflowError, KeyError, IndexError,
-                    UnicodeDecodeError) as exc:
-                raise GateError(f"{mlabel}: unreadable zip member: {exc}") from None
-            yield mlabel, member
-
-
 def find_marker(label: str, data: bytes, patterns: tuple[bytes, ...],
-                depth: int = 0) -> str | None:
+                depth: int = 0, budget: UnpackBudget | None = None) -> str | None:
     """Container path of the first blob holding one of `patterns`: zip members are searched
-    after decompression (recursively), every other blob as stored."""
+    after decompression (recursively, within `budget`), every other blob as stored."""
     if depth > MAX_DEPTH:
         raise GateError(f"{label}: containers nested deeper than {MAX_DEPTH} levels")
     if sniff(data) == "zip":
-        for mlabel, member in zip_members(label, data):
-            found = find_marker(mlabel, member, patterns, depth + 1)
+        budget = budget if budget is not None else UnpackBudget()
+        for mlabel, member in zip_members(label, data, budget):
+            found = find_marker(mlabel, member, patterns, depth + 1, budget)
             if found is not None:
                 return found
         return None
@@ -221,9 +191,11 @@ def marker_patterns(marker: str) -> tuple[bytes, ...]:
 class _Walker:
     def __init__(self, report: ArtifactReport, profile: CpuProfile, marker: str | None,
                  symbols: tuple[str, ...], allow: tuple[str, ...] = (),
-                 dispatched: tuple[str, ...] = ()) -> None:
+                 dispatched: tuple[str, ...] = (),
+                 max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
         self.dispatched = dispatched
         self.report = report
+        self.budget = UnpackBudget(max_unpacked)
         self.profile = profile
         self.allow = allow
         self.skipped_other = 0
@@ -269,7 +241,7 @@ class _Walker:
         return kind
 
     def _zip(self, label: str, data: bytes | memoryview, depth: int) -> None:
-        for mlabel, member in zip_members(label, data):
+        for mlabel, member in zip_members(label, data, self.budget):
             self.report.zip_members += 1
             self.visit(mlabel, member, depth + 1, nested=True)
 
@@ -434,14 +406,15 @@ class _Walker:
 
 def _judge(label: str, profile: CpuProfile, marker: str | None, symbols: tuple[str, ...],
            allow: tuple[str, ...], feed: Callable[[_Walker, ArtifactReport], None],
-           strict: bool = False) -> ArtifactReport:
+           strict: bool = False,
+           max_unpacked: int = DEFAULT_MAX_UNPACKED) -> ArtifactReport:
     """The scaffold both entry points share: a fresh report and walker, `feed` walks the
     input, malformed input ends in `report.error` (exit code 2), the time is recorded."""
     report = ArtifactReport(label, profile.name, marker=marker)
     for name in symbols:
         report.symbols[name] = None
     walker = _Walker(report, profile, marker, tuple(symbols), tuple(allow),
-                     () if strict else STATIC_GLIBC_DISPATCHED)
+                     () if strict else STATIC_GLIBC_DISPATCHED, max_unpacked)
     t0 = time.perf_counter()
     try:
         feed(walker, report)
@@ -454,13 +427,15 @@ def _judge(label: str, profile: CpuProfile, marker: str | None, symbols: tuple[s
 
 def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | None = None,
                    symbols: tuple[str, ...] = (), allow: tuple[str, ...] = (),
-                   strict: bool = False) -> ArtifactReport:
+                   strict: bool = False,
+                   max_unpacked: int = DEFAULT_MAX_UNPACKED) -> ArtifactReport:
     """Judge one top-level path. Malformed input, or input with no AArch64 ELF code to check,
     ends in `report.error` (exit code 2).
 
     `allow` holds function-name globs whose forbidden instructions are accepted as
     runtime-dispatched; they become notes. Static glibc's ifunc-dispatched variants
     (profiles.STATIC_GLIBC_DISPATCHED, e.g. `__memcpy_a64fx`) become one note unless `strict`.
+    `max_unpacked` caps the bytes decompressed from zip members of this artifact.
     """
     label = os.fspath(path)
 
@@ -478,19 +453,20 @@ def check_artifact(path: str | os.PathLike, profile: CpuProfile, marker: str | N
         report.input_bytes = len(data)
         walker.visit(label, data, 0, nested=False)
 
-    return _judge(label, profile, marker, symbols, allow, feed, strict)
+    return _judge(label, profile, marker, symbols, allow, feed, strict, max_unpacked)
 
 
 def check_bytes(label: str, data: bytes, profile: CpuProfile, marker: str | None = None,
                 symbols: tuple[str, ...] = (), allow: tuple[str, ...] = (),
-                strict: bool = False) -> ArtifactReport:
+                strict: bool = False,
+                max_unpacked: int = DEFAULT_MAX_UNPACKED) -> ArtifactReport:
     """Like check_artifact for bytes already in memory (`label` names them in messages)."""
 
     def feed(walker: _Walker, report: ArtifactReport) -> None:
         report.input_bytes = len(data)
         walker.visit(label, data, 0, nested=False)
 
-    return _judge(label, profile, marker, symbols, allow, feed, strict)
+    return _judge(label, profile, marker, symbols, allow, feed, strict, max_unpacked)
 
 
 def _walk_dir(walker: _Walker, root: Path, label: str) -> None:

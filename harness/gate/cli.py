@@ -14,7 +14,9 @@ import json
 import os
 import sys
 
+from harness.footprint import parse_size
 from harness.gate import DEFAULT_PROFILE, PROFILES, ArtifactReport, check_artifact, profile
+from harness.gate.ziputil import MAX_UNPACKED_TEXT
 
 _PER_FILE_SHOWN = 5
 _NOTES_SHOWN = 10
@@ -50,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also fail forbidden words in static glibc's ifunc-dispatched variants "
                         "(__memcpy_a64fx, ...), which by default are one note: they never run "
                         "on a CPU without the feature")
+    p.add_argument("--max-unpacked", metavar="SIZE", default=MAX_UNPACKED_TEXT,
+                   help="stop when the zip members of one PATH decompress to more than SIZE "
+                        "(zip bombs; default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
 
@@ -94,9 +99,11 @@ def _print_text(reports: list[ArtifactReport]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     prof = profile(args.cpu)
+    max_unpacked = parse_size(args.max_unpacked, "--max-unpacked")
     reports = [
         check_artifact(path, prof, args.expect_marker, tuple(args.expect_symbol),
-                       tuple(args.allow_function), strict=args.strict)
+                       tuple(args.allow_function), strict=args.strict,
+                       max_unpacked=max_unpacked)
         for path in args.paths
     ]
     code = max(r.exit_code for r in reports)

@@ -39,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.footprint import parse_size
 from harness.gate.check import find_marker, marker_patterns
 from harness.gate.errors import GateError
+from harness.gate.ziputil import DEFAULT_MAX_UNPACKED, MAX_UNPACKED_TEXT, UnpackBudget
 
 _KONAN_SEARCH_DEPTH = 4
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -193,7 +195,8 @@ def _konan_entries(cache: Path, root: Path, artifact: ArtifactName,
     return sorted(found, key=lambda c: str(c.path))
 
 
-def _marker_in_copy(copy: CachedCopy, patterns: tuple[bytes, ...]) -> None:
+def _marker_in_copy(copy: CachedCopy, patterns: tuple[bytes, ...],
+                    max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
     paths = [copy.path] if copy.path.is_file() else sorted(
         p for p in copy.path.rglob("*") if p.is_file() and not p.is_symlink())
     try:
@@ -202,7 +205,7 @@ def _marker_in_copy(copy: CachedCopy, patterns: tuple[bytes, ...]) -> None:
                 data = p.read_bytes()
             except OSError as exc:
                 raise GateError(f"{p}: cannot read: {exc.strerror or exc}") from None
-            where = find_marker(str(p), data, patterns)
+            where = find_marker(str(p), data, patterns, budget=UnpackBudget(max_unpacked))
             if where is not None:
                 copy.has_marker, copy.marker_in = True, where
                 return
@@ -265,6 +268,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "~/.m2/repository)")
     p.add_argument("--gradle-root", help="Gradle user home (default $GRADLE_USER_HOME or "
                                           "~/.gradle)")
+    p.add_argument("--max-unpacked", metavar="SIZE", default=MAX_UNPACKED_TEXT,
+                   help="with --marker: stop when the zip members of one cached file "
+                        "decompress to more than SIZE (zip bombs; default %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document to stdout")
     p.set_defaults(func=run)
 
@@ -272,10 +278,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     roots = Roots.from_env(args.konan_root, args.m2_root, args.gradle_root)
     patterns = marker_patterns(args.marker) if args.marker is not None else ()
+    max_unpacked = parse_size(args.max_unpacked, "--max-unpacked")
     copies = find_copies(roots, args.group, args.artifact, args.version)
     if patterns:
         for copy in copies:
-            _marker_in_copy(copy, patterns)
+            _marker_in_copy(copy, patterns, max_unpacked)
     to_remove = [c for c in copies if c.stale] if patterns else list(copies)
     coordinate = f"{args.group}:{args.artifact}:{args.version}"
     if args.json:

@@ -23,6 +23,7 @@ import numpy as np
 
 import oracle
 from harness.errors import HarnessError
+from harness.gguffile import SkainetGGUFWriter, open_gguf
 from harness.golden import spec as S
 from oracle.formats import QK_K, qtype
 
@@ -156,7 +157,7 @@ def write(path: Path, cfg: TinyGemmaConfig | None = None, seed: int = S.DEFAULT_
     """Write the tiny model to `path` (deterministic for a given cfg and seed)."""
     cfg = cfg or TinyGemmaConfig()
     tokens, scores, types = vocabulary(cfg.n_vocab)
-    w = gguf.GGUFWriter(path, ARCH)
+    w = SkainetGGUFWriter(path, ARCH)
     w.add_custom_alignment(S.ALIGNMENT)
     w.add_name(f"tiny-gemma3-{cfg.mix.lower()}")
     w.add_description("deterministic random weights; structure of a FunctionGemma "
@@ -215,11 +216,7 @@ def check(path: Path, cfg: TinyGemmaConfig) -> list[str]:
     tensor names, shapes and types per the mix rule, no output.weight, finite weights."""
 
     problems: list[str] = []
-    try:
-        r = gguf.GGUFReader(path)
-    except Exception as exc:
-        raise HarnessError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})",
-                           2) from None
+    r, _ = open_gguf(path)
     arch = r.fields.get("general.architecture")
     if arch is None or bytes(arch.parts[arch.data[0]]).decode() != ARCH:
         problems.append("general.architecture is not gemma3")
