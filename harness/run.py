@@ -195,8 +195,11 @@ def fixtures_leg(ctx: RunContext, out: Leg) -> None:
                 max(ulps) if ulps else None, None,
                 "; ".join(f"{r.check}: {r.detail}" for r in bad[:3]) or
                 ("refused as recorded" if refusal else plural(len(rs), "check")))
-    out.summary = (f"{len(manifest.get('files', []))} files generated in {gen_s:.1f}s into "
-                   f"{target}; every stored output recomputed")
+    passed = sum(r.status == 0 for r in rep.rows)
+    out.summary = (f"{len(manifest.get('files', []))} files generated in {gen_s:.1f}s and "
+                   f"verified: {passed}/{len(rep.rows)} checks pass, every stored output "
+                   "recomputed (a scratch set, removed with the run; "
+                   "`skoracle fixtures --out DIR` writes one to keep)")
 
 
 def _tensor_groups(fp, policy: str) -> dict[str, int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from proctree import cmdline, mentioning
 
 from harness.board.build import FIXTURE_DIR, cross_compile, fixture_program
 from harness.board.parity import compare_decode, kernel_parity
@@ -48,14 +49,7 @@ def board(sim):
 
 
 def sim_ps(sim: BoardSim) -> list[str]:
-    out = []
-    for pid in sim.processes():
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        out.append(raw.replace(b"\0", b" ").decode(errors="replace"))
-    return out
+    return [c for c in map(cmdline, sim.processes()) if c]
 
 
 def leftovers(sim: BoardSim, word: str, limit: float = 3.0) -> list[str]:
@@ -166,8 +160,8 @@ def test_timeouts_kill_the_whole_group_and_leave_nothing(board, progs, sim):
         assert res.reason.startswith("timed out after 0.5s: process group")
         assert res.exit_status == 143  # SIGTERM
     assert leftovers(sim, "sleeper") == []
-    host_ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    assert "bin/sleeper" not in host_ps
+    # nor on the host, even one that lost the sim's tag: this sim's copy of the program
+    assert mentioning(f"{sim.remote_dir}/bin/sleeper") == []
     assert board.exec("ps")[1].count(b"sleeper") == 0
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from proctree import SimsStartedBy, cmdline
 
 from harness.cli import main
 from harness.report import SCHEMA
@@ -25,7 +28,8 @@ ARTIFACTS = ROOT / "build" / "test-artifacts"
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "report"
-    assert main(["run", "--only", "oracle,kernels,footprint,gate", "--out", str(out)]) == 0
+    assert main(["run", "--only", "oracle,kernels,fixtures,footprint,gate",
+                 "--out", str(out)]) == 0
     return out
 
 
@@ -33,7 +37,7 @@ def test_report_files_and_schema(report_dir: Path) -> None:
     doc = json.loads((report_dir / "report.json").read_text())
     assert doc["schema"] == SCHEMA and doc["exit_code"] == 0 and doc["partial"] is False
     legs = {leg["name"]: leg for leg in doc["legs"]}
-    assert list(legs) == ["oracle", "kernels", "footprint", "gate"]
+    assert list(legs) == ["oracle", "kernels", "fixtures", "footprint", "gate"]
     for leg in legs.values():
         assert set(leg) >= {"name", "title", "status", "summary", "elapsed_s", "rows", "data"}
         for row in leg["rows"]:
@@ -52,6 +56,19 @@ def test_report_files_and_schema(report_dir: Path) -> None:
         row = next(r for r in kern if r["case"] == f"{fmt} skainet_neon.fused vs exact")
         assert row["verdict"] == "unavailable" and "would pass a sign flip" in row["detail"]
     assert "| oracle | pass |" in (report_dir / "report.md").read_text()
+
+
+def test_fixtures_leg_says_what_it_checked_and_names_no_scratch_path(report_dir: Path) -> None:
+    """The leg's set lives in the run's scratch, which is gone after the run: the summary
+    gives counts and how to write a set to keep, never the vanished path."""
+    doc = json.loads((report_dir / "report.json").read_text())
+    fx = next(leg for leg in doc["legs"] if leg["name"] == "fixtures")
+    m = re.match(r"(\d+) files generated in [\d.]+s and verified: (\d+)/(\d+) checks pass",
+                 fx["summary"])
+    assert m and int(m[1]) > 0 and m[2] == m[3] and int(m[3]) >= int(m[1]), fx["summary"]
+    assert len(fx["rows"]) > 0 and all(r["verdict"] == "bit-exact" for r in fx["rows"])
+    assert "`skoracle fixtures --out DIR` writes one to keep" in fx["summary"]
+    assert tempfile.gettempdir() not in json.dumps(fx) and "skoracle-run-" not in json.dumps(fx)
 
 
 def test_kernel_leg_holds_ggml_to_the_c_library(report_dir: Path) -> None:
@@ -86,7 +103,8 @@ def test_html_renders_with_plots_and_tables(report_dir: Path, tmp_path: Path) ->
                          capture_output=True, text=True, timeout=120).stdout
     for plot in ("ulp_histogram", "footprint_bars", "verdict_heatmap"):
         assert f"id=\"{plot}\"" in dom and "data:image/png;base64," in dom, plot
-    for table in ("legs", "leg-oracle", "leg-kernels", "leg-footprint", "leg-gate"):
+    for table in ("legs", "leg-oracle", "leg-kernels", "leg-fixtures", "leg-footprint",
+                  "leg-gate"):
         assert f"id=\"{table}\"" in dom, table
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report-screenshot.png"
@@ -138,43 +156,41 @@ def test_ctrl_c_writes_a_partial_report_and_exits_130(tmp_path: Path) -> None:
     assert "PARTIAL" in (out / "report.html").read_text()
 
 
-def _sim_processes() -> list[int]:
-    """PIDs of any board-in-a-box process (dropbear, shells, qemu) on this machine."""
-    tag = b"SKORACLE_SIM_ID="
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                    if tag in fh.read():
-                        pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 @pytest.mark.parametrize("delay", [0.0, 0.15, 0.3])
 def test_ctrl_c_during_the_board_leg_leaves_nothing_running(tmp_path: Path, delay: float):
-    """Once the board-in-a-box is up, Ctrl-C at any point (connecting, pushing, mid-run)
-    stops it and still writes the report; if the leg finished first, the run just passes."""
-    before = set(_sim_processes())
+    """Once its board-in-a-box answers SSH, Ctrl-C at any point (connecting, pushing,
+    mid-run) stops every process of that sim and still writes the report; if the leg
+    finished first, the run just passes. Only this run's sim counts: others may be running
+    board tests on the same machine."""
     out = tmp_path / "report"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--only", "board",
                              "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not set(_sim_processes()) - before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert set(_sim_processes()) - before, "the board-in-a-box never started"
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) in (0, 130)
-    doc = json.loads((out / "report.json").read_text())
-    assert doc["partial"] is (proc.returncode == 130)
-    deadline = time.monotonic() + 10
-    while set(_sim_processes()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(_sim_processes()) - before
+    sims = SimsStartedBy(proc.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while not sims.up() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sims.up(), "its board-in-a-box never started"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            sims.look()  # a sim started after the signal would count too
+            time.sleep(0.05)
+        assert proc.wait(timeout=1) in (0, 130)
+        doc = json.loads((out / "report.json").read_text())
+        assert doc["partial"] is (proc.returncode == 130)
+        deadline = time.monotonic() + 10
+        while sims.processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = sims.processes()
+        assert not left, [cmdline(pid) for pid in left]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sims.kill()
 
 
 def test_board_leg_judges_kernel_parity_with_the_one_rule(tmp_path: Path) -> None:
