@@ -552,7 +552,9 @@ class BoardSession:
         keeper PID + start time) and copies its stdin into `cleanup` (run directories the
         client registers) until the stdin ends: the client closing it, or the connection
         dropping when the client is killed. Either way (or on HUP/TERM) it then ends the run's
-        recorded processes, removes the registered run directories and frees the lock.
+        recorded processes, removes the registered run directories and frees the lock. Its
+        output goes to /dev/null once it has answered, so a write cannot kill it (SIGPIPE)
+        halfway through that cleanup.
         """
         return (
             self._lock_sh()
@@ -576,6 +578,7 @@ class BoardSession:
             f'printf \'%s\\n\' {token} {q(info)} "$$ $(pst $$) $c" > "$L/owner"\n'
             "trap 'kill $c 2>/dev/null; rel; exit 0' HUP INT TERM\n"
             'echo "GOT $took"\n'
+            "exec >/dev/null 2>&1\n"  # the client may be gone when it cleans up: no SIGPIPE
             "wait $c\n"
             "rel\n"
         )
@@ -802,7 +805,8 @@ class BoardSession:
                 return f"usleep {int(sec * 1e6)} 2>/dev/null || sleep {math.ceil(sec)}"
             dog = (f"{nap(timeout)}; echo TERM > {wdf}; kill -TERM {grp}$p 2>/dev/null; "
                    f"{nap(grace)}; echo KILL > {wdf}; kill -KILL {grp}$p 2>/dev/null")
-            watchdog = (f"{setsid}sh -c {q(dog)} </dev/null >/dev/null 2>&1 &\n"
+            dog = "p=$1; " + dog  # its own shell: the program's PID comes as an argument
+            watchdog = (f"{setsid}sh -c {q(dog)} sh $p </dev/null >/dev/null 2>&1 &\n"
                         "w=$!\n" + record % ("w", "w", kind, ">>"))
         cmd = (
             f"mkdir -p {q(run_dir)} && cd {q(run_dir)} || exit 125\n{exports}"
