@@ -342,6 +342,9 @@ def test_cli_checks_local_paths_before_connecting(tmp_path):
         (("run", "--outdir", str(a_file), str(prog)), f"--outdir {a_file}: exists and is not"),
         (("run", "--outdir", str(a_file / "sub"), str(prog)), f"{a_file} is not a directory"),
         (("fetch", "/tmp/x", str(tmp_path / "missing" / "x")), "no such directory"),
+        (("run", str(tmp_path / "nope")), "program not found"),
+        (("run", "--input", str(tmp_path / "in.bin"), str(prog)), "in.bin: no such file"),
+        (("push", str(tmp_path / "nope"), "/tmp/x"), "nope: no such file"),
     ]
     for args, want in cases:
         proc = board_cli(args[0], "--board", "root@127.0.0.1:9", *args[1:])

@@ -156,6 +156,9 @@ def _run_program(args: argparse.Namespace, sess: BoardSession, quiet: bool = Fal
 
 def cmd_run(args: argparse.Namespace) -> int:
     _check_outdir(Path(args.outdir))
+    if not Path(args.program).is_file():
+        raise HarnessError(f"program not found: {args.program}")
+    _inputs(args.input or [])  # each --input exists, before anything goes to the board
     with _session(args) as sess:
         result = _run_program(args, sess, quiet=args.json)
     _write_outputs(result, Path(args.outdir))
@@ -185,6 +188,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    if not Path(args.local).is_file():
+        raise HarnessError(f"push: {args.local}: no such file")
     with _session(args) as sess:
         res = sess.push(Path(args.local), args.remote, mode=args.mode)
     if res["skipped"]:

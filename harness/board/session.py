@@ -2,19 +2,24 @@
 
 The board has no sftp, no rsync and no `timeout`, so everything is done with exec channels
 and POSIX shell: files are streamed into `cat` under a temporary name, checked with the
-board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place; a run is started in
-its own session/process group (`setsid`) and reports its PID first thing; the client keeps
-the clock and kills the whole group (TERM, then KILL) when time is up; peak memory is the
-process's VmHWM, sampled from /proc/PID/status by a board-side loop every sample_interval
-(a lower bound if the peak comes in the last interval before exit); a lock directory
-created with `mkdir` (atomic) keeps two runs from sharing the board's memory.
+board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place (a transfer that
+ends short removes its temporary on the board); a run is started in its own session/process
+group (`setsid`) and reports its PID first thing; a board-side watchdog keeps the clock and
+kills the whole group (TERM, then KILL) when time is up, client or no client; peak memory is
+the process's VmHWM, sampled from /proc/PID/status by a board-side loop every
+sample_interval (a lower bound if the peak comes in the last interval before exit); a lock
+directory created with `mkdir` (atomic) keeps two runs from sharing the board's memory, and
+its keeper process (one channel open as long as the lock is held) ends the run's processes
+and frees the lock as soon as the client goes away, however it goes.
 
 Every channel is waited for until the board closes it: dropbear keeps a channel slot
 (of a small fixed number per connection) for one the client closes while its command
 still runs, so closing early would exhaust a long session.
 
 Remote layout under `remote_dir`: `bin/` (pushed programs), `lib/` (compat links),
-`runs/<id>/` (a run's inputs and outputs), `lock/` (held while a run is on the board).
+`runs/<id>/` (a run's inputs and outputs), `lock/` (held while a run is on the board:
+`owner` = token, holder, keeper PID + start time + its `cat` PID; `procs` = the running
+program's and watchdog's process groups; `cleanup` = run directories to remove).
 """
 
 from __future__ import annotations
@@ -376,7 +381,7 @@ class BoardSession:
             f"trap 'rm -f {t}; exit 6' HUP INT TERM PIPE\n"
             "echo SEND\n"
             f"cat > {t} || {{ rm -f {t}; exit 4; }}\n"
-            f"[ \"$(wc -c < {t})\" -eq {size} ] || {{ rm -f {t}; echo SHORT; exit 5; }}\n"
+            f"set -- $(ls -ln {t}); [ \"$5\" = {size} ] || {{ rm -f {t}; echo SHORT; exit 5; }}\n"
             f"set -- $({ht} < {t})\n"
             f"if [ \"$1\" = {want} ]; then chmod {mode:o} {t} && mv -f {t} {f} && echo DONE "
             "&& exit 0; fi\n"
