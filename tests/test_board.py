@@ -293,12 +293,13 @@ def lock_owner(sim: BoardSim) -> list[str]:
 
 
 def run_is_gone(sim: BoardSim, limit: float = 5.0) -> float | None:
-    """Seconds until no process of the run, no lock and no run directory remain on the sim
-    (None if some are still there after `limit`)."""
+    """Seconds until no process of the run (program, its shells, the lock's keeper), no
+    lock and no run directory remain on the sim (None if some are still there after
+    `limit`)."""
     t0 = time.monotonic()
     runs = Path(sim.remote_dir) / "runs"
     while time.monotonic() - t0 < limit:
-        if (not [c for c in sim_ps(sim) if "sleeper" in c or "usleep" in c]
+        if (not [c for c in sim_ps(sim) if "sleeper" in c or "usleep" in c or "pst()" in c]
                 and not (Path(sim.remote_dir) / "lock").exists() and not any(runs.iterdir())):
             return time.monotonic() - t0
         time.sleep(0.02)

@@ -523,19 +523,20 @@ class BoardSession:
         (`PID START g|p` lines, written by the run wrapper), unless the PID now names a newer
         process: a group's number is not reused while any member lives, so a group whose
         leader is gone is still ours. `droplock`: remove the run directories the holder
-        registered (only under runs/), then the lock.
+        registered (only under runs/), then the lock. Their variables start with `_` so
+        they do not clobber the caller's.
         """
         runs = q(f"{self.profile.remote_dir}/runs/")
         return (
             'pst() { l=; { read -r l < /proc/$1/stat; } 2>/dev/null; '
             'set -- ${l##*") "}; echo "${20}"; }\n'
-            'endrun() { [ -f "$L/procs" ] || return 0; while read -r i t k; do '
-            '[ -n "$i" ] || continue; c=$(pst $i); '
-            'if [ -z "$c" ] || [ "$c" = "$t" ]; then '
-            'if [ "$k" = g ]; then kill -KILL -$i; else kill -KILL $i; fi 2>/dev/null '
-            '&& echo "ENDED $i"; fi; done < "$L/procs"; }\n'
-            'droplock() { endrun; [ -f "$L/cleanup" ] && while read -r d; do case $d in '
-            f'{runs}?*) rm -rf "$d";; esac; done < "$L/cleanup"; rm -rf "$L"; }}\n'
+            'endrun() { [ -f "$L/procs" ] || return 0; while read -r _i _t _k; do '
+            '[ -n "$_i" ] || continue; _c=$(pst $_i); '
+            'if [ -z "$_c" ] || [ "$_c" = "$_t" ]; then '
+            'if [ "$_k" = g ]; then kill -KILL -$_i; else kill -KILL $_i; fi 2>/dev/null '
+            '&& echo "ENDED $_i"; fi; done < "$L/procs"; }\n'
+            'droplock() { endrun; [ -f "$L/cleanup" ] && while read -r _d; do case $_d in '
+            f'{runs}?*) rm -rf "$_d";; esac; done < "$L/cleanup"; rm -rf "$L"; }}\n'
             f"L={q(self.lock_dir)}\n"
         )
 
