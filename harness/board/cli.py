@@ -31,6 +31,7 @@ from harness.board.parity import (
 from harness.board.profile import resolve_profile
 from harness.board.session import BoardSession
 from harness.board.target import RunResult
+from harness.board.validate import check_outdir, fetch_destination, file_mode, positive_seconds
 from harness.errors import HarnessError
 
 
@@ -81,53 +82,6 @@ def _live(stream) -> object:
     return write
 
 
-def _positive_seconds(text: str) -> float:
-    """--timeout: a number of seconds above zero (0 or less would kill the program at once)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text}: must be a number of seconds above 0")
-    return value
-
-
-def _file_mode(text: str) -> int:
-    """--mode: octal permission bits, 0 to 7777."""
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode (e.g. 644, 755)") \
-            from None
-    if not 0 <= mode <= 0o7777:
-        raise argparse.ArgumentTypeError(f"{text}: octal mode out of range (0 to 7777)")
-    return mode
-
-
-def _check_outdir(outdir: Path) -> None:
-    """--outdir must be a directory or creatable as one; checked before the run."""
-    if outdir.exists() and not outdir.is_dir():
-        raise HarnessError(f"--outdir {outdir}: exists and is not a directory")
-    parent = next((a for a in (outdir, *outdir.parents) if a.exists()), Path("."))
-    if not parent.is_dir():
-        raise HarnessError(f"--outdir {outdir}: {parent} is not a directory")
-
-
-def _fetch_destination(remote: str, local: str) -> Path:
-    """Where `board fetch` writes: LOCAL, or LOCAL/<remote name> when LOCAL is a directory."""
-    dst = Path(local)
-    if dst.is_dir():
-        name = remote.rstrip("/").rpartition("/")[2]
-        if not name or name in (".", ".."):
-            raise HarnessError(f"fetch: {remote!r} names no file to write into {dst}/")
-        dst = dst / name
-        if dst.is_dir():
-            raise HarnessError(f"fetch: {dst} is a directory")
-    if not dst.parent.is_dir():
-        raise HarnessError(f"fetch: {dst.parent}: no such directory")
-    return dst
-
-
 def _write_outputs(result: RunResult, outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for name, data in result.outputs.items():
@@ -155,7 +109,7 @@ def _run_program(args: argparse.Namespace, sess: BoardSession, quiet: bool = Fal
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _check_outdir(Path(args.outdir))
+    check_outdir(Path(args.outdir))
     if not Path(args.program).is_file():
         raise HarnessError(f"program not found: {args.program}")
     _inputs(args.input or [])  # each --input exists, before anything goes to the board
@@ -203,7 +157,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    dst = _fetch_destination(args.remote, args.local)
+    dst = fetch_destination(args.remote, args.local)
     with _session(args) as sess:
         data = sess.fetch(args.remote)
     tmp = dst.with_name(f".{dst.name}.tmp")
@@ -290,7 +244,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="file to push into the run directory (repeatable)")
         p.add_argument("--output", action="append", metavar="NAME",
                        help="file to fetch back from the run directory (repeatable)")
-        p.add_argument("--timeout", type=_positive_seconds, metavar="S",
+        p.add_argument("--timeout", type=positive_seconds, metavar="S",
                        help="kill the program's process group after S seconds")
         p.add_argument("--keep", action="store_true", help="keep the remote run directory")
 
@@ -305,7 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_connection(p)
     p.add_argument("local")
     p.add_argument("remote", help="absolute path on the board")
-    p.add_argument("--mode", type=_file_mode, default="644",
+    p.add_argument("--mode", type=file_mode, default="644",
                    help="octal file mode (default 644)")
     p.set_defaults(func=cmd_push)
 
