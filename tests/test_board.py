@@ -475,6 +475,11 @@ def test_server_killed_mid_push_leaves_no_file(tmp_path):
         assert "blob.bin" in str(exc.value)
         sess.close()
         assert not Path(target).exists()
+        # the board side saw its stdin end short and removed its temporary itself
+        deadline = time.monotonic() + 3
+        while list(Path(target).parent.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(Path(target).parent.iterdir()) == []
         # the board comes back: the next push works and clears the stale temporary
         s.restart()
         with BoardSession(s.profile) as again:
