@@ -3,9 +3,13 @@
 - push throughput (MB/s) of the `cat`-over-exec transfer with hash verification, against
   the raw speed of the same SSH channel (bytes into `cat > /dev/null`, no hash, no rename);
   and the verified fetch (`cat` back, hash checked);
-- per-run overhead of the runner: the same program run through BoardSession (lock, push
-  check, run with PID/VmHWM sampling, fetch, cleanup) against running it locally under the
-  same qemu (LocalTarget) — the difference and the ratio.
+- per-run overhead of the runner: the same program run through BoardSession (lock with
+  its keeper channel, push check, run with PID/VmHWM sampling, fetch, cleanup) against
+  running it locally under the same qemu (LocalTarget) — the difference and the ratio;
+  and the same with a timeout, i.e. with the board-side deadline watchdog;
+- how long a run's processes outlive a client killed with SIGKILL (`board run` of a
+  sleeping program in a client process, killed; until no process, lock or run directory
+  of it is left on the board-in-a-box), against the program's own 60 s.
 
     python3 bench/bench_board.py [--mb 64] [--runs 20]
 """
@@ -13,7 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +42,39 @@ def raw_channel_mbps(sess: BoardSession, data: bytes) -> float:
     chan.recv_exit_status()
     chan.close()
     return len(data) / 1e6 / (time.perf_counter() - t0)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kill_to_gone_s(sim: BoardSim, prog: Path) -> float:
+    """Seconds from SIGKILL of a `board run` client to nothing of its run on the board."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "board", "run", "--profile", str(sim.profile_path),
+         str(prog), "--", "60"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    seen = b""
+    while seen.count(b"sleeping") < 2:  # parent and child both asleep
+        chunk = os.read(proc.stdout.fileno(), 4096)  # type: ignore[union-attr]
+        if not chunk:
+            raise SystemExit("the client ended before its program started")
+        seen += chunk
+    rd = Path(sim.remote_dir)
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while (any(b"sleeper" in _cmdline(pid) for pid in sim.processes())
+           or (rd / "lock").exists() or any((rd / "runs").iterdir())):
+        if time.perf_counter() - t0 > 70:
+            raise SystemExit("the run outlived its client by over 70 s")
+        time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def main() -> int:
@@ -80,6 +120,14 @@ def main() -> int:
             l_tot.append(time.perf_counter() - t0)
             assert lr.ok and lr.outputs == r.outputs
         bt, br, lt = (statistics.median(v) for v in (b_tot, b_run, l_tot))
+        b_timed = []
+        for _ in range(args.runs):
+            r = board.run(prog, args=argv, inputs=small, outputs=["out.bin"], timeout=60)
+            assert r.ok, r.summary()
+            b_timed.append(r.timings["total"])
+        btt = statistics.median(b_timed)
+        sleeper = fixture_program("sleeper")
+        gone = statistics.median(kill_to_gone_s(sim, sleeper) for _ in range(5))
 
     print(f"board-in-a-box (dropbear on loopback, qemu-aarch64), {args.mb} MB push, "
           f"{args.runs} runs each")
@@ -92,6 +140,10 @@ def main() -> int:
           f"{br * 1e3:.1f} ms)")
     print(f"  peer          : local {lt * 1e3:7.1f} ms median (same program, same qemu)")
     print(f"  overhead      : {(bt - lt) * 1e3:7.1f} ms per run = {bt / lt:.2f}x local")
+    print(f"  with --timeout: board {btt * 1e3:7.1f} ms median (board-side deadline watchdog) "
+          f"-> {(btt - bt) * 1e3:+.1f} ms vs no timeout")
+    print(f"client SIGKILL  : run's processes, lock and run dir gone {gone * 1e3:.0f} ms after "
+          "(median of 5; the program would have slept 60 s)")
     return 0
 
 

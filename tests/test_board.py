@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -162,7 +164,7 @@ def test_timeouts_kill_the_whole_group_and_leave_nothing(board, progs, sim):
     assert leftovers(sim, "sleeper") == []
     # nor on the host, even one that lost the sim's tag: this sim's copy of the program
     assert mentioning(f"{sim.remote_dir}/bin/sleeper") == []
-    assert board.exec("ps")[1].count(b"sleeper") == 0
+    assert board.exec("ps")[1].count(f"{sim.remote_dir}/bin/sleeper".encode()) == 0
 
 
 def test_timeout_escalates_to_kill(board, progs, sim):
@@ -243,6 +245,185 @@ def test_lock_contention_waits_then_names_holder(sim, progs):
         assert b.lock_holder() is None
 
 
+# -- nothing outlives the client ------------------------------------------------------------
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "harness", "board", *args]
+
+
+def start_cli_run(sim: BoardSim, prog: Path, *extra: str) -> subprocess.Popen:
+    """`board run` of the sleeper in a client process, returned once both of its processes
+    have said they sleep (so neither is left to die of a write into a closed channel)."""
+    proc = subprocess.Popen(
+        cli("run", "--profile", str(sim.profile_path), *extra, str(prog), "--", "60"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while seen.count(b"sleeping") < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, (seen, proc.communicate())
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            seen += os.read(proc.stdout.fileno(), 4096)
+    assert lock_owner(sim)
+    return proc
+
+
+def program_ps(sim: BoardSim, word: str = "sleeper", limit: float = 0.0) -> list[str]:
+    """The sim's processes running a program mentioning `word` (not the run's own shells,
+    whose command lines name it too), once the exiting ones have had `limit` s to go."""
+    deadline = time.monotonic() + limit
+    while True:
+        found = [c for c in sim_ps(sim) if word in c and not c.startswith("sh -c")]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def lock_owner(sim: BoardSim) -> list[str]:
+    try:
+        return (Path(sim.remote_dir) / "lock" / "owner").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def run_is_gone(sim: BoardSim, limit: float = 5.0) -> float | None:
+    """Seconds until no process of the run (program, its shells, the lock's keeper), no
+    lock and no run directory remain on the sim (None if some are still there after
+    `limit`)."""
+    t0 = time.monotonic()
+    runs = Path(sim.remote_dir) / "runs"
+    while time.monotonic() - t0 < limit:
+        if (not [c for c in sim_ps(sim) if "sleeper" in c or "usleep" in c or "pst()" in c]
+                and not (Path(sim.remote_dir) / "lock").exists() and not any(runs.iterdir())):
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_client_killed_mid_run_leaves_nothing_on_the_board(sim, progs, sig):
+    proc = start_cli_run(sim, progs["sleeper"])
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    gone = run_is_gone(sim)
+    assert gone is not None, sim_ps(sim)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+
+
+def test_board_enforces_the_timeout_when_the_client_cannot(sim, progs):
+    """The client is frozen (SIGSTOP) right after the start: only the board can end it."""
+    proc = start_cli_run(sim, progs["sleeper"], "--timeout", "1")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert program_ps(sim, limit=6.0) == []  # 1 s timeout + 1 s grace
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"timed out after 1s: process group" in err
+    assert run_is_gone(sim) is not None
+
+
+def test_board_side_timeout_needs_no_client_kill(board, progs, sim, monkeypatch):
+    sent = []
+    monkeypatch.setattr(board, "_kill_group", lambda pid, sig: sent.append(sig))
+    res = board.run(progs["sleeper"], args=["60", "ignore-term"], timeout=0.5)
+    assert res.timed_out and res.exit_status == 137 and sent == []
+    assert res.reason.startswith("timed out after 0.5s: process group")
+    assert "SIGKILL" in res.reason
+    assert leftovers(sim, "sleeper") == []
+
+
+def kill_keeper(sim: BoardSim) -> None:
+    """SIGKILL the lock's keeper (its shell first, so it cannot clean up, then its `cat`):
+    the lock is left as a dead client would leave it if nothing on the board noticed."""
+    keeper, _, cat = lock_owner(sim)[2].split()
+    os.kill(int(keeper), signal.SIGKILL)
+    os.kill(int(cat), signal.SIGKILL)
+
+
+def test_stale_lock_is_taken_over_and_its_run_ended(sim, progs):
+    proc = start_cli_run(sim, progs["sleeper"])
+    holder = lock_owner(sim)[1]
+    kill_keeper(sim)
+    proc.kill()
+    proc.communicate(timeout=60)
+    time.sleep(0.5)
+    assert program_ps(sim)  # left running, lock held
+    said = []
+    with BoardSession(sim.profile.with_overrides(lock_wait=2.0), log=said.append) as s:
+        with s.lock("next"):
+            assert program_ps(sim, limit=0.5) == []
+    assert said == [f"took over a stale lock held by {holder} (its client is gone and left "
+                    "it behind); ended 1 of its process groups still running"]
+    assert run_is_gone(sim) is not None
+
+
+def test_unlock_ends_the_run(sim, progs):
+    proc = start_cli_run(sim, progs["sleeper"])
+    holder = lock_owner(sim)[1]
+    out = subprocess.run(cli("unlock", "--profile", str(sim.profile_path)),
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (f"lock removed (was held by {holder}); ended 1 process "
+                                  "group(s) of its run")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"killed (SIGKILL" in err
+    assert run_is_gone(sim) is not None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_client_killed_mid_push_leaves_no_part_file(sim, tmp_path, sig):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(1 << 20) * 96)
+    dest = Path(sim.remote_dir) / "push-kill"
+    proc = subprocess.Popen(cli("push", "--profile", str(sim.profile_path), str(big),
+                                f"{dest}/big.bin"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > (4 << 20) for p in dest.glob(".big.bin.part-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert re.search(r"push of \S+ interrupted: partial file \S+\.part-\w+ removed", err)
+    deadline = time.monotonic() + 3
+    while list(dest.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(dest.iterdir()) == []
+
+
+def test_sim_cannot_write_outside_its_root(sim, board, tmp_path):
+    assert sim.confined
+    outside = Path(f"/skoracle-escape-{os.getpid()}")
+    with pytest.raises(HarnessError, match="Read-only file system"):
+        board.push(b"x", f"{outside}/x")
+    status, _, err = board.exec(f"mkdir -p {tmp_path}/escaped; touch /tmp/escaped-{os.getpid()}")
+    assert status != 0 and b"Read-only file system" in err
+    assert not outside.exists() and not (tmp_path / "escaped").exists()
+    assert not Path(f"/tmp/escaped-{os.getpid()}").exists()
+    assert board.push(b"ok", f"{sim.remote_dir}/inside/x")["skipped"] is False  # inside: fine
+
+
+def test_cli_fetch_into_a_directory(sim, board, tmp_path):
+    remote = f"{sim.remote_dir}/fetchme.bin"
+    board.push(b"payload", remote)
+    base = cli("fetch", "--profile", str(sim.profile_path), remote)
+    ok = subprocess.run([*base, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fetchme.bin"]
+    assert (tmp_path / "fetchme.bin").read_bytes() == b"payload"
+    (tmp_path / "sub" / "fetchme.bin").mkdir(parents=True)
+    for local, why in ((tmp_path / "sub", "is a directory"),
+                       (tmp_path / "missing" / "f", "no such directory")):
+        bad = subprocess.run([*base, str(local)], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+        assert bad.returncode == 2 and why in bad.stderr and "Traceback" not in bad.stderr
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 # -- host keys ------------------------------------------------------------------------------
 
 def test_host_key_checks(tmp_path):
@@ -287,6 +468,11 @@ def test_server_killed_mid_push_leaves_no_file(tmp_path):
         assert "blob.bin" in str(exc.value)
         sess.close()
         assert not Path(target).exists()
+        # the board side saw its stdin end short and removed its temporary itself
+        deadline = time.monotonic() + 3
+        while list(Path(target).parent.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(Path(target).parent.iterdir()) == []
         # the board comes back: the next push works and clears the stale temporary
         s.restart()
         with BoardSession(s.profile) as again:

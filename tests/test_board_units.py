@@ -326,3 +326,79 @@ def test_oom_trace_names_the_pid():
     assert oom_victim(log, 1234)
     assert not oom_victim(log, 123) and not oom_victim(log, 12345)
     assert not oom_victim(b"[ 1.0] Killed process 1234 by hand\n", 1234)
+
+
+# -- input checked before anything is done ----------------------------------------------------
+
+def board_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "board", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_cli_timeout_must_be_above_zero(tmp_path, value):
+    prog = tmp_path / "p"
+    prog.write_bytes(b"\x7fELF")
+    proc = board_cli("run", "--board", "root@127.0.0.1:9", f"--timeout={value}", str(prog))
+    assert proc.returncode == 2 and "--timeout" in proc.stderr
+    assert "seconds" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["999", "8", "17777", "rw"])
+def test_cli_push_mode_must_be_octal(tmp_path, mode):
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    proc = board_cli("push", "--board", "root@127.0.0.1:9", "--mode", mode, str(src), "/tmp/f")
+    assert proc.returncode == 2 and "--mode" in proc.stderr and "octal" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_checks_local_paths_before_connecting(tmp_path):
+    """Port 9 has no SSH server: a message about connecting would mean it acted first."""
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"")
+    prog = tmp_path / "p"
+    prog.write_bytes(b"\x7fELF")
+    cases = [
+        (("run", "--outdir", str(a_file), str(prog)), f"--outdir {a_file}: exists and is not"),
+        (("run", "--outdir", str(a_file / "sub"), str(prog)), f"{a_file} is not a directory"),
+        (("fetch", "/tmp/x", str(tmp_path / "missing" / "x")), "no such directory"),
+        (("run", str(tmp_path / "nope")), "program not found"),
+        (("run", "--input", str(tmp_path / "in.bin"), str(prog)), "in.bin: no such file"),
+        (("push", str(tmp_path / "nope"), "/tmp/x"), "nope: no such file"),
+    ]
+    for args, want in cases:
+        proc = board_cli(args[0], "--board", "root@127.0.0.1:9", *args[1:])
+        assert proc.returncode == 2 and want in proc.stderr, proc.stderr
+        assert "connect" not in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "p"]
+
+
+def test_silent_peer_is_a_handshake_timeout():
+    """A TCP server that accepts and never speaks: a clear message, no hang, no traceback."""
+    import socket
+    import threading
+    import time
+
+    from harness.board.session import BoardSession
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(srv.accept()[0]) for _ in range(2)],
+                     daemon=True).start()
+    port = srv.getsockname()[1]
+    try:
+        prof = BoardProfile(host="127.0.0.1", port=port, connect_timeout=1.0, known_hosts=None)
+        t0 = time.monotonic()
+        with pytest.raises(HarnessError, match=r"SSH handshake timed out: .* within 1s"):
+            BoardSession(prof).connect()
+        assert time.monotonic() - t0 < 5
+        proc = board_cli("check", "--board", f"root@127.0.0.1:{port}")
+        assert proc.returncode == 2 and "SSH handshake timed out" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        srv.close()
+        for c in held:
+            c.close()

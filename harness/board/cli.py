@@ -34,6 +34,7 @@ from harness.board.parity import (
 from harness.board.profile import resolve_profile
 from harness.board.session import BoardSession
 from harness.board.target import RunResult
+from harness.board.validate import check_outdir, fetch_destination, file_mode, positive_seconds
 from harness.errors import HarnessError
 
 
@@ -116,6 +117,10 @@ def _run_program(args: argparse.Namespace, sess: BoardSession, quiet: bool = Fal
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    check_outdir(Path(args.outdir))
+    if not Path(args.program).is_file():
+        raise HarnessError(f"program not found: {args.program}")
+    _inputs(args.input or [])  # each --input exists, before anything goes to the board
     with _session(args) as sess:
         result = _run_program(args, sess, quiet=args.json)
     _write_outputs(result, Path(args.outdir))
@@ -145,8 +150,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    if not Path(args.local).is_file():
+        raise HarnessError(f"push: {args.local}: no such file")
     with _session(args) as sess:
-        res = sess.push(Path(args.local), args.remote, mode=int(args.mode, 8))
+        res = sess.push(Path(args.local), args.remote, mode=args.mode)
     if res["skipped"]:
         print(f"{args.remote}: already up to date (hash matches), skipped")
     else:
@@ -158,20 +165,27 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    dst = fetch_destination(args.remote, args.local)
     with _session(args) as sess:
         data = sess.fetch(args.remote)
-    dst = Path(args.local)
     tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(dst)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HarnessError(f"fetch: cannot write {dst}: {exc.strerror or exc}") from None
     print(f"{args.remote} -> {dst}: {len(data)} bytes, verified")
     return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     with _session(args) as sess:
-        holder = sess.unlock()
-    print(f"lock removed (was held by {holder})" if holder else "lock was free")
+        holder, ended = sess.unlock()
+    if holder:
+        print(f"lock removed (was held by {holder}); ended {ended} process group(s) of its run")
+    else:
+        print("lock was free")
     return 0
 
 
@@ -259,7 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--output", action="append", metavar="NAME",
                        help="file to fetch back from the run directory (repeatable; default: "
                             "none)")
-        p.add_argument("--timeout", type=float, metavar="S",
+        p.add_argument("--timeout", type=positive_seconds, metavar="S",
                        help="kill the program's process group after S seconds (default: no "
                             "limit)")
         p.add_argument("--keep", action="store_true", help="keep the remote run directory")
@@ -275,7 +289,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_connection(p)
     p.add_argument("local", help="local file to copy")
     p.add_argument("remote", help="absolute path on the board")
-    p.add_argument("--mode", default="644", help="octal file mode (default 644)")
+    p.add_argument("--mode", type=file_mode, default="644",
+                   help="octal file mode (default 644)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("fetch", help="copy a file back from the board (verified)")

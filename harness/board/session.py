@@ -2,25 +2,31 @@
 
 The board has no sftp, no rsync and no `timeout`, so everything is done with exec channels
 and POSIX shell: files are streamed into `cat` under a temporary name, checked with the
-board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place; a run is started in
-its own session/process group (`setsid`) and reports its PID first thing; the client keeps
-the clock and kills the whole group (TERM, then KILL) when time is up; peak memory is the
-process's VmHWM, sampled from /proc/PID/status by a board-side loop every sample_interval
-(a lower bound if the peak comes in the last interval before exit); a lock directory
-created with `mkdir` (atomic) keeps two runs from sharing the board's memory.
+board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place (a transfer that
+ends short removes its temporary on the board); a run is started in its own session/process
+group (`setsid`) and reports its PID first thing; a board-side watchdog keeps the clock and
+kills the whole group (TERM, then KILL) when time is up, client or no client; peak memory is
+the process's VmHWM, sampled from /proc/PID/status by a board-side loop every
+sample_interval (a lower bound if the peak comes in the last interval before exit); a lock
+directory created with `mkdir` (atomic) keeps two runs from sharing the board's memory, and
+its keeper process (one channel open as long as the lock is held) ends the run's processes
+and frees the lock as soon as the client goes away, however it goes.
 
 Every channel is waited for until the board closes it: dropbear keeps a channel slot
 (of a small fixed number per connection) for one the client closes while its command
 still runs, so closing early would exhaust a long session.
 
 Remote layout under `remote_dir`: `bin/` (pushed programs), `lib/` (compat links),
-`runs/<id>/` (a run's inputs and outputs), `lock/` (held while a run is on the board).
+`runs/<id>/` (a run's inputs and outputs), `lock/` (held while a run is on the board:
+`owner` = token, holder, keeper PID + start time + its `cat` PID; `procs` = the running
+program's and watchdog's process groups; `cleanup` = run directories to remove).
 """
 
 from __future__ import annotations
 
 import getpass
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -142,7 +148,7 @@ class BoardSession:
         self.facts: dict[str, str] = {}
         self.trusted_new_key: str | None = None
         self._lock_depth = 0
-        self._on_unlock: list[str] = []
+        self._keeper: paramiko.Channel | None = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -175,8 +181,9 @@ class BoardSession:
             if not Path(key_file).is_file():
                 raise HarnessError(f"identity_file {key_file}: no such file")
         try:
+            sock = self._tcp_connect()
             client.connect(
-                p.host, port=p.port, username=p.user, key_filename=key_file,
+                p.host, port=p.port, username=p.user, key_filename=key_file, sock=sock,
                 timeout=p.connect_timeout, banner_timeout=p.connect_timeout,
                 auth_timeout=p.connect_timeout, allow_agent=True,
                 look_for_keys=key_file is None,
@@ -200,6 +207,8 @@ class BoardSession:
             ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
+            if "timed out" in str(exc) or "timeout" in str(exc).lower():
+                raise self._handshake_timeout() from None
             raise HarnessError(f"{self.where}: cannot connect: {exc}") from None
         self.trusted_new_key = policy.added
         transport = client.get_transport()
@@ -213,6 +222,28 @@ class BoardSession:
         self.client = client
         self._probe()
         return self
+
+    def _handshake_timeout(self) -> HarnessError:
+        t = self.profile.connect_timeout
+        return HarnessError(f"{self.where}: SSH handshake timed out: the TCP connection was "
+                            f"accepted but no SSH server answered within {t:g}s "
+                            "(connect_timeout); is this the board's SSH port?")
+
+    def _tcp_connect(self) -> socket.socket:
+        """The TCP connection, once the peer has started talking: a peer that accepts and
+        stays silent is reported as a handshake timeout, not left to paramiko's banner read
+        (which ends in an unrelated "No existing session")."""
+        p = self.profile
+        sock = socket.create_connection((p.host, p.port), timeout=p.connect_timeout)
+        try:
+            ready, _, _ = select.select([sock], [], [], p.connect_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        if not ready:
+            sock.close()
+            raise self._handshake_timeout()
+        return sock
 
     def close(self) -> None:
         if self.client is not None:
@@ -347,8 +378,10 @@ class BoardSession:
             f"rm -f {q(rdir)}/.{q(base)}.part-* 2>/dev/null\n"
             f"if [ -f {f} ]; then set -- $({ht} < {f}); "
             f"if [ \"$1\" = {want} ]; then chmod {mode:o} {f} && echo SKIP && exit 0; fi; fi\n"
+            f"trap 'rm -f {t}; exit 6' HUP INT TERM PIPE\n"
             "echo SEND\n"
             f"cat > {t} || {{ rm -f {t}; exit 4; }}\n"
+            f"set -- $(ls -ln {t}); [ \"$5\" = {size} ] || {{ rm -f {t}; echo SHORT; exit 5; }}\n"
             f"set -- $({ht} < {t})\n"
             f"if [ \"$1\" = {want} ]; then chmod {mode:o} {t} && mv -f {t} {f} && echo DONE "
             "&& exit 0; fi\n"
@@ -392,6 +425,9 @@ class BoardSession:
                 select.select([chan], [], [], 1.0)
             chan.status_event.wait(600.0)
             status = chan.recv_exit_status() if chan.status_event.is_set() else -1
+        except KeyboardInterrupt:
+            self.log(f"push of {remote_path} interrupted: {self._discard_partial(chan, tmp)}")
+            raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
             if chan.exit_status_ready() and chan.recv_exit_status() not in (0, -1):
                 raise HarnessError(
@@ -400,18 +436,38 @@ class BoardSession:
                     f"target untouched") from None
             raise HarnessError(
                 f"{self.where}: connection lost while pushing {remote_path} ({exc}); "
-                f"nothing was written at {remote_path}"
+                f"nothing was written at {remote_path}; {self._discard_partial(chan, tmp)}"
             ) from None
         finally:
             _close_quietly(chan)
         if status == -1:
             raise HarnessError(f"{self.where}: connection lost while pushing {remote_path}; "
-                               f"nothing was written at {remote_path}")
+                               f"nothing was written at {remote_path}; "
+                               f"{self._discard_partial(chan, tmp)}")
         if status != 0:
             text = rest.decode("utf-8", "replace").strip()
             raise HarnessError(f"{self.where}: push of {remote_path} failed "
                                f"(status {status}: {text or 'no message'}); target untouched")
         return {"skipped": False, "bytes": size, "seconds": time.perf_counter() - t0}
+
+    def _discard_partial(self, chan: paramiko.Channel, tmp: str) -> str:
+        """Make sure a push's temporary file is gone after a failed transfer; says what
+        happened to it. The board side removes it itself when its stdin ends short (sent
+        here first) or its channel closes; this removes it from the client's side too."""
+        try:
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        try:
+            status, _, err = self.exec(f"rm -f {q(tmp)} && [ ! -e {q(tmp)} ]", timeout=15.0)
+        except HarnessError as exc:
+            return (f"could not check that the partial file {tmp} is gone ({exc}); the "
+                    "board removes it when the channel closes, and the next push into that "
+                    "directory clears any left")
+        if status != 0:
+            why = err.decode("utf-8", "replace").strip() or f"status {status}"
+            return f"could NOT remove the partial file {tmp} on the board: {why}"
+        return f"partial file {tmp} removed"
 
     def _read_line(self, chan: paramiko.Channel, what: str, limit: float = 60.0) -> str:
         buf = b""
@@ -458,6 +514,32 @@ class BoardSession:
     def lock_dir(self) -> str:
         return f"{self.profile.remote_dir}/lock"
 
+    def _lock_sh(self) -> str:
+        """Shell functions the lock scripts share (BusyBox sh).
+
+        `pst PID`: the process's start time (field 22 of /proc/PID/stat, after the command
+        name, which may hold spaces), empty when it is gone; a PID with another start time
+        is a reused one. `endrun`: SIGKILL every process group recorded in the lock's `procs`
+        (`PID START g|p` lines, written by the run wrapper), unless the PID now names a newer
+        process: a group's number is not reused while any member lives, so a group whose
+        leader is gone is still ours. `droplock`: remove the run directories the holder
+        registered (only under runs/), then the lock. Their variables start with `_` so
+        they do not clobber the caller's.
+        """
+        runs = q(f"{self.profile.remote_dir}/runs/")
+        return (
+            'pst() { l=; { read -r l < /proc/$1/stat; } 2>/dev/null; '
+            'set -- ${l##*") "}; echo "${20}"; }\n'
+            'endrun() { [ -f "$L/procs" ] || return 0; while read -r _i _t _k; do '
+            '[ -n "$_i" ] || continue; _c=$(pst $_i); '
+            'if [ -z "$_c" ] || [ "$_c" = "$_t" ]; then '
+            'if [ "$_k" = g ]; then kill -KILL -$_i; else kill -KILL $_i; fi 2>/dev/null '
+            '&& echo "ENDED $_i"; fi; done < "$L/procs"; }\n'
+            'droplock() { endrun; [ -f "$L/cleanup" ] && while read -r _d; do case $_d in '
+            f'{runs}?*) rm -rf "$_d";; esac; done < "$L/cleanup"; rm -rf "$L"; }}\n'
+            f"L={q(self.lock_dir)}\n"
+        )
+
     def lock_holder(self) -> str | None:
         status, out, _ = self.exec(
             f"[ -d {q(self.lock_dir)} ] || exit 1; "
@@ -467,9 +549,51 @@ class BoardSession:
             return None
         return out.decode("utf-8", "replace").strip() or "an unknown holder"
 
+    def _keeper_script(self, token: str, info: str) -> str:
+        """The board side of a held lock: one channel that lives as long as the lock.
+
+        Takes the lock (`mkdir`, atomic) or, when the holder's keeper process is gone (its
+        client died and nothing cleaned up), takes it over under a second `mkdir` mutex and
+        ends that run's processes first. Then it records itself in `owner` (token, who,
+        keeper PID + start time) and copies its stdin into `cleanup` (run directories the
+        client registers) until the stdin ends: the client closing it, or the connection
+        dropping when the client is killed. Either way (or on HUP/TERM) it then ends the run's
+        recorded processes, removes the registered run directories and frees the lock. Its
+        output goes to /dev/null once it has answered, so a write cannot kill it (SIGPIPE)
+        halfway through that cleanup.
+        """
+        return (
+            self._lock_sh()
+            + 'rel() { t=; { read -r t < "$L/owner"; } 2>/dev/null; '
+            f'[ "$t" = {token} ] && droplock; }}\n'
+            "took=\n"
+            'if ! mkdir "$L" 2>/dev/null; then\n'
+            ' if mkdir "$L.takeover" 2>/dev/null; then\n'
+            '  t=; h=; k=; ks=; { read -r t; read -r h; read -r k ks c; } < "$L/owner" '
+            "2>/dev/null\n"
+            '  if [ -n "$k" ] && [ "$(pst $k)" != "$ks" ]; then\n'
+            '   n=$(droplock | wc -l); took="$h|$n"; mkdir "$L" 2>/dev/null || took=\n'
+            "  fi\n"
+            '  rmdir "$L.takeover"\n'
+            " fi\n"
+            ' [ -n "$took" ] || { echo BUSY; sed -n 2p "$L/owner" 2>/dev/null; exit 0; }\n'
+            "fi\n"
+            "exec 3<&0\n"
+            'cat <&3 >> "$L/cleanup" & c=$!\n'
+            "exec 3<&-\n"
+            f'printf \'%s\\n\' {token} {q(info)} "$$ $(pst $$) $c" > "$L/owner"\n'
+            "trap 'kill $c 2>/dev/null; rel; exit 0' HUP INT TERM\n"
+            'echo "GOT $took"\n'
+            "exec >/dev/null 2>&1\n"  # the client may be gone when it cleans up: no SIGPIPE
+            "wait $c\n"
+            "rel\n"
+        )
+
     @contextmanager
     def lock(self, what: str = "", wait: float | None = None) -> Iterator[None]:
-        """Hold the board lock (re-entrant within this session)."""
+        """Hold the board lock (re-entrant within this session) for as long as a keeper
+        channel stays open; see `_keeper_script`. Nothing of a run outlives the client:
+        however the client ends, the keeper's stdin ends and it cleans up."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -481,18 +605,24 @@ class BoardSession:
         token = secrets.token_hex(8)
         info = (f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()} since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}" + (f" running {what}" if what else ""))
-        ld = q(self.lock_dir)
-        script = (
-            f"if mkdir {ld} 2>/dev/null; then printf '%s\\n' {token} {q(info)} > {ld}/owner; "
-            f"echo GOT; else echo BUSY; sed -n 2p {ld}/owner 2>/dev/null; fi"
-        )
+        script = self._keeper_script(token, info)
         t0 = time.monotonic()
         announced = False
         while True:
-            out = self.exec_ok(script, "taking the board lock").decode("utf-8", "replace")
-            if out.startswith("GOT"):
-                break
-            holder = out.partition("\n")[2].strip() or "an unknown holder"
+            chan = self._open(script)
+            first = ""
+            try:
+                first = self._read_line(chan, "taking the board lock")
+                if first.startswith("GOT"):
+                    break
+                holder = self._read_line(chan, "reading the lock holder") or "an unknown holder"
+                chan.status_event.wait(10.0)
+            finally:
+                if not first.startswith("GOT"):
+                    _close_quietly(chan)
+            if first != "BUSY":
+                raise HarnessError(f"{self.where}: taking the board lock failed: "
+                                   f"{self._drain_stderr(chan) or first or 'no answer'}")
             if time.monotonic() - t0 >= wait:
                 raise HarnessError(
                     f"{self.name}: board is busy: {self.lock_dir} held by {holder} for over "
@@ -503,25 +633,52 @@ class BoardSession:
                 self.log(f"board busy (held by {holder}); waiting up to {wait:g}s")
                 announced = True
             time.sleep(0.25)
+        took = first[3:].strip()
+        if took:
+            holder, _, ended = took.rpartition("|")
+            self.log(f"took over a stale lock held by {holder or 'an unknown holder'} (its "
+                     f"client is gone and left it behind); ended {ended} of its process "
+                     "groups still running")
+        self._keeper = chan
         self._lock_depth = 1
-        self._on_unlock = []
         try:
             yield
         finally:
             self._lock_depth = 0
-            cleanup = "".join(f"{c}\n" for c in self._on_unlock)
-            self._on_unlock = []
-            try:
-                self.exec(f"{cleanup}read t < {ld}/owner && [ \"$t\" = {token} ] && rm -rf {ld}",
-                          timeout=60.0)
-            except HarnessError:
-                pass  # connection gone: the lock stays, and says who held it
+            self._keeper = None
+            try:  # end of stdin: the keeper ends the run's processes and frees the lock
+                chan.shutdown_write()
+                chan.status_event.wait(30.0)
+            except (paramiko.SSHException, OSError, EOFError):
+                pass  # connection gone: the board-side keeper sees it and cleans up
+            finally:
+                _close_quietly(chan)
 
-    def unlock(self) -> str | None:
-        """Remove the lock whoever holds it; returns the holder it named, if any."""
-        holder = self.lock_holder()
-        self.exec_ok(f"rm -rf {q(self.lock_dir)}", "removing the lock")
-        return holder
+    def _register_cleanup(self, run_dir: str) -> None:
+        """Have the lock's keeper remove `run_dir` when the lock ends, however it ends."""
+        if self._keeper is None:
+            raise HarnessError("internal: a run directory registered outside the lock")
+        try:
+            self._keeper.sendall(f"{run_dir}\n".encode())
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost("registering the run directory", exc) from None
+
+    def unlock(self) -> tuple[str | None, int]:
+        """Remove the lock whoever holds it, ending its run's processes and its keeper;
+        returns (the holder it named, how many process groups were still running)."""
+        out = self.exec_ok(
+            self._lock_sh()
+            + '[ -d "$L" ] || exit 0\n'
+            't=; h=; k=; ks=; c=; { read -r t; read -r h; read -r k ks c; } < "$L/owner" '
+            "2>/dev/null\n"
+            'echo "HELD ${h:-an unknown holder}"\n'
+            "droplock\n"
+            '[ -n "$k" ] && [ "$(pst $k)" = "$ks" ] && kill -TERM $k $c 2>/dev/null\n'
+            "true\n",
+            "removing the lock",
+        ).decode("utf-8", "replace")
+        holder = next((ln[5:] for ln in out.splitlines() if ln.startswith("HELD ")), None)
+        return holder, sum(ln.startswith("ENDED ") for ln in out.splitlines())
 
     # -- running --------------------------------------------------------------------------
 
@@ -586,7 +743,7 @@ class BoardSession:
         result = RunResult(program=program.name, exit_status=None, reason="")
         with self.lock(program.name):
             if not keep:
-                self._on_unlock.append(f"rm -rf {q(run_dir)}")
+                self._register_cleanup(run_dir)
             remote_prog = f"{rd}/bin/{program.name}"
             self.push(program, remote_prog, mode=0o755)
             for name, src in (inputs or {}).items():
@@ -623,13 +780,18 @@ class BoardSession:
     def _run_remote(self, result: RunResult, run_dir: str, argv: list[str],
                     env: dict[str, str], timeout: float | None,
                     on_stdout: StreamCallback | None, on_stderr: StreamCallback | None) -> None:
-        """Start argv in its own session, stream its output, enforce the timeout.
+        """Start argv in its own session, stream its output; the board enforces the timeout.
 
         One exec channel: the board-side shell starts the program with `setsid` (its PID,
-        which is also its process group, is the first line it writes), samples its VmHWM
-        from /proc in the background, waits, kills any group member still alive, and
-        reports the peak after the program is done, so no report line can interleave with
-        the program's own output.
+        which is also its process group, is the first line it writes) and records that group
+        in the lock (`procs`), so the lock's keeper ends it if the client goes away. It
+        samples the program's VmHWM from /proc in the background and, with a timeout, starts
+        a watchdog in a session of its own that sleeps until the deadline, then TERMs the
+        group and KILLs it `kill_grace` later, whether or not the client is still there. It
+        waits, kills any group member still alive, and reports the peak and the watchdog's
+        action after the program is done, so no report line can interleave with the
+        program's own output. The client only steps in if the board's watchdog has not
+        acted well past the deadline.
         """
         tag = f"@@skoracle-{secrets.token_hex(4)}-"
         exports = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
@@ -637,24 +799,45 @@ class BoardSession:
         words = " ".join(q(a) for a in argv)
         usec = max(10_000, int(self.profile.sample_interval * 1e6))
         rss = ".skoracle-rss-$p"
+        wdf = ".skoracle-wd-$p"
+        grace = self.profile.kill_grace
+        setsid, grp = ("setsid ", "-") if self.has_setsid else ("", "")
+        kind = "g" if self.has_setsid else "p"
+        record = ('{ read -r l < /proc/$%s/stat; } 2>/dev/null; set -- ${l##*") "}; '
+                  'echo "$%s ${20} %s" %s "$L/procs"\n')
+        watchdog = ""
+        if timeout is not None:
+            def nap(sec: float) -> str:
+                return f"usleep {int(sec * 1e6)} 2>/dev/null || sleep {math.ceil(sec)}"
+            dog = (f"{nap(timeout)}; echo TERM > {wdf}; kill -TERM {grp}$p 2>/dev/null; "
+                   f"{nap(grace)}; echo KILL > {wdf}; kill -KILL {grp}$p 2>/dev/null")
+            dog = "p=$1; " + dog  # its own shell: the program's PID comes as an argument
+            watchdog = (f"{setsid}sh -c {q(dog)} sh $p </dev/null >/dev/null 2>&1 &\n"
+                        "w=$!\n" + record % ("w", "w", kind, ">>"))
         cmd = (
             f"mkdir -p {q(run_dir)} && cd {q(run_dir)} || exit 125\n{exports}"
-            f"{'setsid ' if self.has_setsid else ''}sh -c {inner} sh {words} </dev/null &\n"
+            f"L={q(self.lock_dir)}\n"
+            f"{setsid}sh -c {inner} sh {words} </dev/null &\n"
             "p=$!\n"
-            "( while [ -d /proc/$p ]; do while read k v u; do [ \"$k\" = VmHWM: ] && "
+            + record % ("p", "p", kind, ">")
+            + watchdog
+            + "( while [ -d /proc/$p ]; do while read k v u; do [ \"$k\" = VmHWM: ] && "
             "echo \"$v\"; done < /proc/$p/status; "
             f"usleep {usec} 2>/dev/null || sleep 1; done ) >{rss} 2>/dev/null </dev/null &\n"
             "s=$!\n"
             "wait $p\nst=$?\n"
+            + (f"kill -KILL {grp}$w 2>/dev/null; wait $w 2>/dev/null\n" if watchdog else "")
             + (f"if kill -0 -$p 2>/dev/null; then kill -KILL -$p 2>/dev/null; "
                f"echo '{tag}leftover killed' >&2; fi\n" if self.has_setsid else "")
+            + 'rm -f "$L/procs"\n'
+            + (f"if [ -f {wdf} ]; then read r < {wdf}; echo \"{tag}timeout $r\" >&2; "
+               f"rm -f {wdf}; fi\n" if watchdog else "")
             + "kill $s 2>/dev/null; wait $s 2>/dev/null\n"
             "m=; while read v; do { [ -z \"$m\" ] || [ \"$v\" -gt \"$m\" ]; } 2>/dev/null "
             f"&& m=$v; done < {rss}; rm -f {rss}\n"
             f"echo \"{tag}peak_rss_kb ${{m:-none}}\" >&2\n"
             "exit $st\n"
         )
-        grace = self.profile.kill_grace
         chan = self._open(cmd)
         markers = MarkerFilter(tag.encode())
         out: list[bytes] = []
@@ -693,8 +876,8 @@ class BoardSession:
                 if pid is None and timeout is not None and now - started > timeout + 30.0:
                     raise HarnessError(f"{self.where}: {argv[-1] if argv else 'program'} did "
                                        f"not start within {timeout + 30.0:g}s")
-                if timeout is not None and pid is not None:
-                    if not result.timed_out and now - started > timeout:
+                if timeout is not None and pid is not None:  # the board did not act
+                    if not result.timed_out and now - started > timeout + grace + 5.0:
                         result.timed_out = True
                         self._kill_group(pid, "TERM")
                         kill_at = now + grace
@@ -724,6 +907,12 @@ class BoardSession:
         found = markers.found
         if pid is None and "pid" in found:
             pid = int(found["pid"])
+        if found.get("timeout") in ("TERM", "KILL"):
+            result.timed_out = True
+            how = found["timeout"]
+            result.reason = (f"timed out after {timeout:g}s: process group {pid} killed with "
+                             f"SIG{how}" + (f" (still there {grace:g}s after SIGTERM)"
+                                            if how == "KILL" else ""))
         if "leftover" in found:
             result.notes.append(f"processes of group {pid} outlived the run; killed")
         peak = found.get("peak_rss_kb", "none")

@@ -27,6 +27,12 @@ What it is made of (all real programs, nothing mocked):
   OOM killer striking later; the runner reports both as "out of memory". Peak RSS reported
   for a run is qemu's VmHWM: the guest's resident pages plus qemu's own (~15-25 MB).
 
+Confinement: the server runs in a private mount namespace (`unshare -m`; `-r` too when not
+root) where every mount outside /proc, /sys and /dev is read-only and only the sim's own
+directory is writable, so no command a session runs can write outside the sim (`board push
+x /nonexistent_dir/x` fails with "Read-only file system", as on a board whose root is
+read-only). Where namespaces are not available the sim runs unconfined (`confined` False).
+
 Stopping kills every process that carries the sim's id in its environment (the login script
 exports it, so programs started in their own session are found too) and removes the
 directory if the sim created it.
@@ -38,7 +44,9 @@ import atexit
 import ctypes.util
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -120,6 +128,27 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _mount_points() -> list[str]:
+    """Mount points of this mount namespace, octal escapes (\\040 for space) decoded."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        field = line.split(" ")[4]
+        out.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field))
+    return out
+
+
+def _unshare_argv() -> list[str] | None:
+    """`unshare` for a private mount namespace, or None where this machine allows none."""
+    tool = shutil.which("unshare")
+    if not tool:
+        return None
+    argv = [tool, "-m", "--propagation", "private"]
+    if os.geteuid() != 0:
+        argv.insert(1, "-r")
+    ok = subprocess.run([*argv, "true"], capture_output=True).returncode == 0
+    return argv if ok else None
+
+
 def _busybox_without_timeout(src: Path, dst: Path) -> None:
     """Copy busybox with its `timeout` applet unreachable, as on the board.
 
@@ -154,6 +183,8 @@ class BoardSim:
         self.id = secrets.token_hex(6)
         self._proc: subprocess.Popen | None = None
         self.pid: int | None = None
+        #: sessions cannot write outside the sim's directory (see the module docstring)
+        self.confined = False
 
     # -- layout -------------------------------------------------------------------------
 
@@ -247,6 +278,27 @@ class BoardSim:
         )
         os.chmod(login, 0o755)
 
+    def _write_confine(self) -> None:
+        """The script that makes everything but the sim's directory read-only (run inside
+        the server's private mount namespace, before dropbear), and proves it worked."""
+        root = str(self.dir)
+        skip = ("/proc", "/sys", "/dev")
+        mounts = [m for m in _mount_points()
+                  if m != root and not any(m == s or m.startswith(s + "/") for s in skip)]
+        script = self.path("rootfs", "confine")
+        script.write_text(
+            "#!/bin/sh\n"
+            "# board-in-a-box: only the sim's directory stays writable (private mount ns).\n"
+            f"S={shlex.quote(root)}\n"
+            'mount --bind "$S" "$S" || exit 1\n'
+            + "".join(f"mount -o remount,bind,ro {shlex.quote(m)} 2>/dev/null\n"
+                      for m in mounts)
+            + 'if mkdir "$S.confine-probe" 2>/dev/null; then rmdir "$S.confine-probe"; '
+            'echo "board-sim: $S/.. is still writable" >&2; exit 1; fi\n'
+            'exec "$@"\n'
+        )
+        os.chmod(script, 0o755)
+
     def _new_host_key(self, keygen: str | None = None) -> None:
         keygen = keygen or _need("dropbearkey", "dropbear-bin")
         key = self.path("hostkey")
@@ -279,11 +331,17 @@ class BoardSim:
             "NSS_WRAPPER_GROUP": str(self.path("group")),
             _ENV_TAG: self.id,
         }
+        unshare = _unshare_argv()
+        confine: list[str] = []
+        if unshare:
+            self._write_confine()
+            confine = [*unshare, str(self.path("rootfs", "confine"))]
+        self.confined = bool(confine)
         for attempt in range(5):
             port = self.port or _free_port()
             log = self.path("dropbear.log").open("ab")
             proc = subprocess.Popen(
-                [dropbear, "-F", "-E", "-s", "-m", "-j", "-k", "-p", f"127.0.0.1:{port}",
+                [*confine, dropbear, "-F", "-E", "-s", "-m", "-j", "-k", "-p", f"127.0.0.1:{port}",
                  "-r", str(self.path("hostkey")), "-P", str(self.path("dropbear.pid")),
                  "-c", str(self.path("rootfs", "login"))],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
