@@ -35,4 +35,176 @@ attention output before attn_output (wo), shape (1, n_head*head_dim).
 With flash attention on, llama.cpp has no kq/kq_soft_max: skip those names.
 """
 
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+from kernels_ref.bounds import gamma
+
 FORMAT = "skoracle-refdump-1"
+
+META = "meta.json"
+#: how much a relative difference already present upstream may grow through one op
+#: before the diff calls the op itself divergent (RMSNorm, RoPE, softmax and the residual
+#: adds grow a relative perturbation by at most ~2 in the max norm; a margin of 2 over that)
+GROWTH = 4.0
+
+
+def step_file(step: int) -> str:
+    return f"step-{step:03d}.npz"
+
+
+class DumpWriter:
+    """Writes a dump directory: each step into a temporary directory, renamed into place by
+    `finish()`; `abort()` removes the partial directory. Refuses an existing DIR."""
+
+    def __init__(self, directory: str | Path, meta: dict) -> None:
+        self.final = Path(directory)
+        if self.final.exists():
+            raise HarnessError(f"{self.final}: already exists; --dump writes a new directory")
+        parent = self.final.parent
+        if not parent.is_dir():
+            raise HarnessError(f"{parent}: no such directory for --dump")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=parent))
+        self.meta = {"format": FORMAT, **meta}
+        self.steps = 0
+
+    def step(self, step: int) -> Callable[[str, np.ndarray], None]:
+        """The callback collecting step `step`'s tensors (written when the next step starts)."""
+        self._flush()
+        self._current: dict[str, np.ndarray] = {}
+        self._index = step
+
+        def cb(name: str, a: np.ndarray) -> None:
+            self._current[name] = np.ascontiguousarray(a, dtype=np.float32)
+        return cb
+
+    def _flush(self) -> None:
+        cur = getattr(self, "_current", None)
+        if cur:
+            np.savez(self.tmp / step_file(self._index), **cur)
+            self.steps = self._index + 1
+            self._current = {}
+
+    def finish(self, **extra: object) -> Path:
+        self._flush()
+        meta = {**self.meta, **extra, "n_steps": self.steps}
+        (self.tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_meta(directory: str | Path) -> dict:
+    d = Path(directory)
+    try:
+        meta = json.loads((d / META).read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{d}: not a reference dump (no {META})") from None
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"{d / META}: unreadable ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise HarnessError(f"{d / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def iter_tensors(directory: str | Path, n_steps: int) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(step, name, array) in compute order."""
+    d = Path(directory)
+    for step in range(n_steps):
+        try:
+            with np.load(d / step_file(step)) as z:
+                for name in z.files:
+                    yield step, name, z[name]
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"{d / step_file(step)}: unreadable ({exc})") from None
+
+
+def reduction_length(name: str, meta: dict, shape: tuple[int, ...]) -> int:
+    """How many terms the op that produced `name` sums per element (1 for elementwise ops):
+    the K of gamma_K in the bound."""
+    base = name.split("-")[0]
+    if base in ("Qcur", "Kcur", "Vcur") and "#" not in name or base in ("ffn_up", "ffn_gate",
+                                                                         "result_output"):
+        return int(meta["n_embd"])
+    if base == "ffn_out":
+        return int(meta["n_ff"])
+    if base == "kq":
+        return int(meta["head_dim"])
+    if base in ("kqv_out", "kq_soft_max"):
+        return int(meta.get("n_kv_max", shape[-1]))
+    if base in ("attn_norm", "Qcur_normed", "Kcur_normed", "attn_post_norm", "ffn_norm",
+                "ffn_post_norm", "result_norm"):
+        return int(shape[-1])
+    return 4  # RoPE, GELU, residual adds, scaling: a few roundings per element
+
+
+@dataclass
+class TensorDiff:
+    step: int
+    name: str
+    max_abs: float
+    scale: float
+    bound: float
+    index: tuple[int, ...]
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / self.scale if self.scale else (0.0 if not self.max_abs else
+                                                            float("inf"))
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "tensor": self.name, "max_abs_diff": self.max_abs,
+                "scale": self.scale, "rel_diff": self.rel, "bound": self.bound,
+                "index": list(self.index)}
+
+
+def diff_dumps(a: str | Path, b: str | Path) -> tuple[TensorDiff | None, list[TensorDiff]]:
+    """Walk two dumps in compute order; return the first tensor beyond its bound (or None)
+    and every tensor's difference up to and including it.
+
+    Bound for tensor t (absolute, on its largest element difference):
+        (gamma_{2K+8} + GROWTH * r) * max(|a_t|, |b_t|)
+    where K is the op's reduction length (reduction_length), gamma is kernels_ref.bounds'
+    float32 gamma (the same form as its matmul bound, with sum|x||w| replaced by the
+    tensor's largest magnitude) and r the largest relative difference of any tensor
+    before t. It is a derived tolerance, not a proof: it assumes no catastrophic
+    cancellation in a matmul and at most GROWTH-fold growth of an upstream difference.
+    """
+    ma, mb = read_meta(a), read_meta(b)
+    if ma.get("tokens") != mb.get("tokens"):
+        raise HarnessError(f"{a} and {b} were fed different tokens: {ma.get('tokens')} vs "
+                           f"{mb.get('tokens')}")
+    n = min(int(ma["n_steps"]), int(mb["n_steps"]))
+    rows: list[TensorDiff] = []
+    r = 0.0
+    it_b = iter_tensors(b, n)
+    for step, name, xa in iter_tensors(a, n):
+        sb, nb, xb = next(it_b, (None, None, None))
+        if (sb, nb) != (step, name):
+            raise HarnessError(f"{b}: step {step} has {nb!r} where {a} has {name!r}")
+        if xa.shape != xb.shape:
+            raise HarnessError(f"step {step} {name}: shapes {xa.shape} and {xb.shape} differ")
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(xa.astype(np.float64) - xb.astype(np.float64))
+        d = np.where(np.isnan(xa) & np.isnan(xb), 0.0, np.where(np.isnan(d), np.inf, d))
+        idx = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
+        scale = float(max(np.abs(xa).max(initial=0), np.abs(xb).max(initial=0)))
+        k = reduction_length(name, ma, xa.shape)
+        bound = (gamma(2 * k + 8) + GROWTH * r) * scale
+        td = TensorDiff(step, name, float(d.max(initial=0)), scale, bound,
+                        tuple(int(i) for i in idx))
+        rows.append(td)
+        if td.max_abs > bound:
+            return td, rows
+        r = max(r, td.rel)
+    return None, rows
