@@ -1,0 +1,148 @@
+"""`skoracle reference`: the Gemma-3 reference decode from a GGUF, and dump diffs.
+
+    skoracle reference MODEL.gguf --tokens 2,105,... | --prompt "..." [--n 32]
+                       [--semantics S] [--load packed|dequant-fp32] [--dump DIR] [--json]
+    skoracle reference diff A B [--json]
+
+Prints the greedy token ids, every step's top-2 logit margin, tok/s and the process's peak
+RSS. `--dump DIR` writes every layer's and op's activations (refmodel.dump describes the
+format); `diff` names the first tensor where two dumps differ beyond the derived bound.
+Exit codes: 0 ok; 1 `diff` found a divergence; 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.footprint import human
+
+DEFAULT_N = 32
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def parse_tokens(text: str) -> list[int]:
+    """'2,105, 300' -> [2, 105, 300] (HarnessError naming the bad item)."""
+    out = []
+    for item in text.replace(" ", ",").split(","):
+        if not item:
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise HarnessError(f"--tokens: {item!r} is not an integer token id") from None
+    if not out:
+        raise HarnessError("--tokens: no token ids given")
+    return out
+
+
+def reference_decode(model: str | Path, tokens: list[int] | None = None,
+                     prompt: str | None = None, n: int = DEFAULT_N, semantics: str = "exact",
+                     load: str = "packed", dump: str | Path | None = None) -> dict:
+    """Run the reference decode and return the report dict the CLI prints (and the board
+    and run legs reuse): prompt and generated ids, margins, tok/s, peak RSS."""
+    from refmodel import Gemma3Reference
+    from refmodel.dump import DumpWriter
+    from refmodel.tokenizer import encode
+
+    if (tokens is None) == (prompt is None):
+        raise HarnessError("give exactly one of --tokens and --prompt")
+    m = Gemma3Reference(model, semantics=semantics, load=load)
+    ids = tokens if tokens is not None else encode(m.w.reader, prompt, str(model))
+    writer = None
+    if dump is not None:
+        hp = m.hp
+        writer = DumpWriter(dump, {"model": str(model), "semantics": semantics, "load": load,
+                                   "n_embd": hp.n_embd, "n_ff": hp.n_ff,
+                                   "head_dim": hp.head_dim, "n_swa": hp.n_swa})
+    try:
+        r = m.decode(ids, n, dump=writer.step if writer else None)
+        if writer:
+            writer.finish(tokens=r.prompt + r.tokens[:-1])
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    return {
+        "model": str(model), "semantics": semantics, "load": load,
+        "prompt_tokens": r.prompt, "tokens": r.tokens,
+        "margins": [float(v) for v in r.margins],
+        "min_margin": float(min(r.margins)), "steps": r.steps,
+        "seconds": r.seconds, "tok_per_s": r.tok_per_s, "peak_rss_bytes": peak_rss_bytes(),
+        "dump": str(dump) if dump is not None else None,
+    }
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    if args.model == "diff":
+        return cmd_diff(args)
+    if args.paths:
+        raise HarnessError(f"unexpected arguments {' '.join(args.paths)} (did you mean "
+                           "`skoracle reference diff A B`?)")
+    tokens = parse_tokens(args.tokens) if args.tokens is not None else None
+    rep = reference_decode(args.model, tokens, args.prompt, args.n, args.semantics, args.load,
+                           args.dump)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    print(f"prompt ids: {' '.join(map(str, rep['prompt_tokens']))}")
+    print(f"greedy ids: {' '.join(map(str, rep['tokens']))}")
+    print("top-2 margins: " + " ".join(f"{v:.4g}" for v in rep["margins"]))
+    print(f"{rep['steps']} steps in {rep['seconds']:.2f} s = {rep['tok_per_s']:.2f} tok/s "
+          f"({rep['semantics']}, load {rep['load']}); peak RSS {human(rep['peak_rss_bytes'])}")
+    if rep["dump"]:
+        print(f"dump: {rep['dump']}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from refmodel.dump import diff_dumps
+
+    if len(args.paths) != 2:
+        raise HarnessError("usage: skoracle reference diff DUMP_A DUMP_B")
+    a, b = args.paths
+    first, rows = diff_dumps(a, b)
+    if args.json:
+        print(json.dumps({"first_divergence": first.as_dict() if first else None,
+                          "compared": len(rows),
+                          "max_rel_diff": max((r.rel for r in rows), default=0.0)}, indent=1))
+    elif first is None:
+        worst = max(rows, key=lambda r: r.rel, default=None)
+        print(f"no divergence beyond the bound in {len(rows)} tensors"
+              + (f"; largest relative difference {worst.rel:.3g} at step {worst.step} "
+                 f"{worst.name}" if worst else ""))
+    else:
+        print(f"first divergence: step {first.step} tensor {first.name} at index "
+              f"{list(first.index)}: |a-b| = {first.max_abs:.6g} > bound {first.bound:.3g} "
+              f"(relative {first.rel:.3g} of max |value| {first.scale:.6g})")
+    return 0 if first is None else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from refmodel.gemma3 import SEMANTICS_NAMES
+    from refmodel.weights import LOADS
+
+    p = subparsers.add_parser(
+        "reference", help="Gemma-3 reference decode from packed GGUF weights; dump diffs",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="the .gguf file (or `diff` followed by two dump directories)")
+    p.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--tokens", metavar="IDS", help="prompt token ids, comma separated")
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text, tokenized with the "
+                     "GGUF's own vocabulary (SentencePiece)")
+    p.add_argument("--n", type=int, default=DEFAULT_N, help="tokens to generate (default 32)")
+    p.add_argument("--semantics", default="exact", choices=SEMANTICS_NAMES,
+                   help="float order of every matmul (default exact; fast = BLAS)")
+    p.add_argument("--load", default="packed", choices=LOADS,
+                   help="packed (memory-mapped blocks) or dequant-fp32 (SKaiNET 0.30.0)")
+    p.add_argument("--dump", metavar="DIR", help="write every step's activations to DIR (new)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_reference)
