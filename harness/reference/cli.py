@@ -146,3 +146,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dump", metavar="DIR", help="write every step's activations to DIR (new)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_reference)
+
+
+#: the semantics whose greedy ids a SKaiNET board decode is held to (its native kernels)
+BOARD_SEMANTICS = "skainet_neon"
+
+
+def expected_ids(model: str | Path, tokens: str | list[int], n: int = DEFAULT_N,
+                 semantics: str = BOARD_SEMANTICS) -> tuple[list[int], dict]:
+    """The reference's greedy ids for a board decode parity run, and the full report
+    (margins included, so a mismatch at a small margin can be told from a real one)."""
+    ids = parse_tokens(tokens) if isinstance(tokens, str) else list(tokens)
+    rep = reference_decode(model, ids, None, n, semantics)
+    return rep["tokens"], rep
+
+
+def add_expect_from(p: argparse.ArgumentParser, group: argparse._MutuallyExclusiveGroup) -> None:
+    """--expect-from MODEL.gguf with its --tokens/--expect-n/--expect-semantics."""
+    from refmodel.gemma3 import SEMANTICS_NAMES
+
+    group.add_argument("--expect-from", metavar="MODEL.gguf",
+                       help="take the expected ids from the reference decode of this model")
+    p.add_argument("--tokens", metavar="IDS", help="prompt ids for --expect-from")
+    p.add_argument("--expect-n", type=int, default=DEFAULT_N,
+                   help="tokens the reference generates (default 32)")
+    p.add_argument("--expect-semantics", default=BOARD_SEMANTICS, choices=SEMANTICS_NAMES,
+                   help="float order of the reference's matmuls (default skainet_neon)")
+
+
+def board_reference_ids(work: Path, n: int = 8) -> tuple[list[int], str]:
+    """Expected ids for the run report's board leg: the reference decode (skainet_neon) of
+    the tiny Gemma-3 model, written fresh into `work`; and a note saying so."""
+    from harness.golden import tinygemma
+
+    model = Path(work) / "tiny-gemma3.gguf"
+    if not model.is_file():
+        tinygemma.write(model)
+    prompt = [2, 105, 300]
+    ids, rep = expected_ids(model, prompt, n)
+    return ids, (f"expected ids from `skoracle reference` ({BOARD_SEMANTICS}) on tiny-gemma3, "
+                 f"prompt {prompt}, smallest margin {rep['min_margin']:.3g}")
