@@ -13,6 +13,7 @@ from __future__ import annotations
 import gguf
 
 from harness.errors import HarnessError
+from refmodel.weights import string_array
 
 
 def _field(r: gguf.GGUFReader, key: str, default: object = None) -> object:
@@ -32,7 +33,7 @@ def encode(r: gguf.GGUFReader, text: str, path: str = "model") -> list[int]:
     if model != "llama":
         raise HarnessError(f"{path}: tokenizer.ggml.model is {model!r}; --prompt handles "
                            "SentencePiece ('llama') vocabularies; pass --tokens instead")
-    tokens = _field(r, "tokenizer.ggml.tokens")
+    tokens = string_array(r, "tokenizer.ggml.tokens")
     scores = _field(r, "tokenizer.ggml.scores")
     types = _field(r, "tokenizer.ggml.token_type")
     if not tokens or scores is None or types is None or not (

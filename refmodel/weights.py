@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 
 from harness.errors import HarnessError
 from oracle import dequantize, qtype
-from refmodel.arch import Gemma3HParams
+from refmodel.arch import ARCH, Gemma3HParams
 
 LOADS = ("packed", "dequant-fp32")
 EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
@@ -40,13 +41,70 @@ class Matrix:
     data: np.ndarray
 
 
+class LeanGGUFReader(gguf.GGUFReader):
+    """gguf-py's reader, minus one numpy view per metadata array element.
+
+    GGUFReader keeps every element of a metadata array as its own memmap view: for
+    Gemma's 262144-token vocabulary (tokens, scores, types) that is ~720 MB of Python
+    objects, more than the packed weights. Here a scalar array is one view (`contents()`
+    works as before) and a string array one byte range, read by `string_array`; slices are
+    plain ndarray views of the same memory map. Tensors and scalar keys are unchanged.
+    """
+
+    def _get(self, offset: int, dtype: Any, count: int = 1,
+             override_order: Any = None) -> np.ndarray:
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self._plain = self.data.view(np.ndarray)
+        count = int(count)
+        arr = plain[offset:offset + np.dtype(dtype).itemsize * count].view(dtype)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None
+                                               else override_order))
+
+    def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple:
+        if raw_type != gguf.GGUFValueType.ARRAY or self.byte_order != "I":
+            return super()._get_field_parts(orig_offs, raw_type)
+        itype = self._get(orig_offs, np.uint32)
+        alen = self._get(orig_offs + 4, np.uint64)
+        offs, n = orig_offs + 12, int(alen[0])
+        sub = gguf.GGUFValueType(int(itype[0]))
+        np_type = self.gguf_scalar_to_np.get(sub)
+        if np_type is not None:
+            values = self._get(offs, np_type, n)
+            return 12 + int(values.nbytes), [itype, alen, values], [2], \
+                [gguf.GGUFValueType.ARRAY, sub]
+        if sub != gguf.GGUFValueType.STRING:
+            return super()._get_field_parts(orig_offs, raw_type)
+        mv, end = memoryview(self._plain), offs
+        for _ in range(n):  # walk the length prefixes to find the array's end
+            end += 8 + int.from_bytes(mv[end:end + 8], "little")
+        blob = self._get(offs, np.uint8, end - offs)
+        return end - orig_offs, [itype, alen, blob], [], [gguf.GGUFValueType.ARRAY, sub]
+
+
+def string_array(r: gguf.GGUFReader, key: str) -> list[str] | None:
+    """A metadata string array (None when absent), from either reader."""
+    f = r.fields.get(key)
+    if f is None:
+        return None
+    if f.data or not isinstance(r, LeanGGUFReader):
+        return f.contents()
+    blob, n = bytes(f.parts[-1]), int(f.parts[-2][0])  # parts: key, type, itype, n, blob
+    out, at = [], 0
+    for _ in range(n):
+        size = int.from_bytes(blob[at:at + 8], "little")
+        out.append(blob[at + 8:at + 8 + size].decode("utf-8"))
+        at += 8 + size
+    return out
+
+
 def open_gguf(path: str | Path) -> gguf.GGUFReader:
     """gguf-py's reader over a memory map of `path` (HarnessError on a bad file)."""
     p = Path(path)
     if not p.is_file():
         raise HarnessError(f"{p}: no such file")
     try:
-        return gguf.GGUFReader(p, "r")
+        return LeanGGUFReader(p, "r")
     except Exception as exc:  # a third-party parser on untrusted bytes: report, never trace
         raise HarnessError(f"{p}: not a readable GGUF file ({type(exc).__name__}: {exc})") \
             from None
@@ -80,6 +138,11 @@ class Weights:
             if int(t.data_offset) + int(t.n_bytes) > size:
                 raise HarnessError(f"{path}: truncated: tensor {t.name!r} runs past the end")
             self.tensors[t.name] = _matrix(self.path, t)
+        arch = self.reader.fields.get("general.architecture")
+        if arch is None or arch.contents() != ARCH:
+            raise HarnessError(f"{path}: general.architecture is "
+                               f"{None if arch is None else arch.contents()!r}, the reference "
+                               f"forward models {ARCH!r}")
         if EMBEDDING not in self.tensors:
             raise HarnessError(f"{path}: missing tensor {EMBEDDING}")
         emb = self.tensors[EMBEDDING]
