@@ -28,8 +28,8 @@ import numpy as np
 
 from harness.errors import HarnessError
 from kernels_ref import gather_rows, matmul_wt
-from kernels_ref.semantics import REGISTRY
-from oracle import dequantize
+from kernels_ref.semantics import REGISTRY, Exact
+from oracle import dequantize, unpack
 from refmodel import ops
 from refmodel.weights import EMBEDDING, Matrix, Weights
 
@@ -66,6 +66,17 @@ def top2_margin(logits: np.ndarray) -> float:
     return float(two[1] - two[0])
 
 
+def fast_rows(fmt: str, raw: np.ndarray) -> np.ndarray:
+    """Packed rows as float32 weights, equal to oracle.dequantize: for the formats whose
+    weight is code * fp16 scale (exact in float32) straight from the unpacked codes, which
+    is an order of magnitude quicker than the general path."""
+    if fmt in Exact.SCALED_CODES:
+        p = unpack(fmt, raw)
+        if np.isfinite(p["d"]).all():
+            return (p["qs"].astype(F32) * p["d"][..., None]).reshape(raw.shape[0], -1)
+    return dequantize(fmt, raw)
+
+
 class Gemma3Reference:
     """A Gemma-3 GGUF ready to run: `forward` one step, `decode` greedily."""
 
@@ -98,7 +109,7 @@ class Gemma3Reference:
         step = max(1, FAST_CHUNK_ELEMENTS // m.cols)
         for start in range(0, m.rows, step):
             stop = min(m.rows, start + step)
-            y[:, start:stop] = x @ dequantize(m.type, m.data[start:stop]).T
+            y[:, start:stop] = np.einsum("bk,rk->br", x, fast_rows(m.type, m.data[start:stop]))
         return y
 
     def lm_head(self, x: np.ndarray) -> np.ndarray:
@@ -108,7 +119,7 @@ class Gemma3Reference:
             return self.matmul(x, self.w.output())
         wt = self.w.fp32["output.T"]
         if self.semantics == FAST:
-            return x @ wt
+            return np.einsum("bk,kr->br", x, wt)
         y = np.empty((x.shape[0], wt.shape[1]), F32)
         step = max(1, FAST_CHUNK_ELEMENTS // wt.shape[0])
         for start in range(0, wt.shape[1], step):
