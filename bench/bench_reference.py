@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT))
 from harness.footprint import human, read_footprint  # noqa: E402
 from harness.golden import tinygemma  # noqa: E402
 
-BASELINE = ("import json, resource, refmodel, harness.reference.cli; "
-            "print(json.dumps({'peak_rss_bytes': "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))")
+BASELINE = ("import json, refmodel, harness.reference.cli as c; "
+            "print(json.dumps({'peak_rss_bytes': c.peak_rss_bytes()}))")
 
 
 def decode(model: Path, n: int, semantics: str, load: str) -> dict:

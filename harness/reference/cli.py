@@ -24,7 +24,14 @@ DEFAULT_N = 32
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    """The process's peak resident set size so far: VmHWM of /proc/self/status (ru_maxrss
+    would also count the parent's RSS at fork, which Linux carries across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
