@@ -18,7 +18,7 @@ import resource
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.footprint import human
+from harness.footprint import human, read_footprint
 
 DEFAULT_N = 32
 
@@ -77,12 +77,14 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
         if writer:
             writer.abort()
         raise
+    peak = peak_rss_bytes()  # before the footprint planner parses the file in this process
     return {
         "model": str(model), "semantics": semantics, "load": load,
         "prompt_tokens": r.prompt, "tokens": r.tokens,
         "margins": [float(v) for v in r.margins],
         "min_margin": float(min(r.margins)), "steps": r.steps,
-        "seconds": r.seconds, "tok_per_s": r.tok_per_s, "peak_rss_bytes": peak_rss_bytes(),
+        "seconds": r.seconds, "tok_per_s": r.tok_per_s, "peak_rss_bytes": peak,
+        "footprint_peak_bytes": read_footprint(model).peak(load),
         "dump": str(dump) if dump is not None else None,
     }
 
@@ -103,7 +105,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
     print(f"greedy ids: {' '.join(map(str, rep['tokens']))}")
     print("top-2 margins: " + " ".join(f"{v:.4g}" for v in rep["margins"]))
     print(f"{rep['steps']} steps in {rep['seconds']:.2f} s = {rep['tok_per_s']:.2f} tok/s "
-          f"({rep['semantics']}, load {rep['load']}); peak RSS {human(rep['peak_rss_bytes'])}")
+          f"({rep['semantics']}, load {rep['load']}); peak RSS {human(rep['peak_rss_bytes'])} "
+          f"(`skoracle footprint` predicts a {human(rep['footprint_peak_bytes'])} weight peak "
+          f"under {rep['load']})")
     if rep["dump"]:
         print(f"dump: {rep['dump']}")
     return 0
