@@ -8,7 +8,6 @@ from; a GGUF key that overrides one is honoured and named there too.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +103,9 @@ class Gemma3HParams:
             swa = tuple(p == 0 or il % p < p - 1 for il in range(n_layer))
         if n_swa <= 0:
             swa = (False,) * n_layer
-        scale = (1.0 / math.sqrt(n_embd // n_head)) if n_layer == 62 else (1.0 / math.sqrt(
-            head_dim))
+        # 1.0f / std::sqrt(float(...)), in float32 as llama.cpp computes it
+        scale_dim = np.float32(n_embd // n_head if n_layer == 62 else head_dim)
+        scale = np.float32(1) / np.sqrt(scale_dim)
         return cls(
             n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
             n_head_kv=int(opt("attention.head_count_kv", n_head)), head_dim=head_dim,
@@ -115,6 +115,6 @@ class Gemma3HParams:
             rope_freq_base=np.float32(opt("rope.freq_base", 10000.0)),
             rope_freq_base_swa=np.float32(opt("rope.freq_base_swa",
                                               LLAMA_GEMMA3["rope_freq_base_swa"][0])),
-            n_swa=n_swa, swa_layers=swa, attention_scale=np.float32(scale),
+            n_swa=n_swa, swa_layers=swa, attention_scale=scale,
             final_logit_softcapping=np.float32(opt("final_logit_softcapping", 0.0)),
         )

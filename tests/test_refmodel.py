@@ -238,3 +238,16 @@ def test_packed_load_does_not_expand_the_embedding(tmp_path):
         peaks[load] = json.loads(r.stdout)["peak"]
     assert peaks["packed"] < fp32_table / 3
     assert peaks["dequant-fp32"] >= 3 * fp32_table
+
+
+def test_dequant_fp32_load_gives_the_same_decode():
+    """SKaiNET 0.30.0's loading changes memory, not numbers: under `exact` the FP32 tables
+    give the packed decode's logits bit for bit (float64 sums of the same exact products)."""
+    packed = Gemma3Reference(TINY, "exact", "packed").decode(PROMPT, 4)
+    m = Gemma3Reference(TINY, "exact", "dequant-fp32")
+    assert m.w.fp32["token_embd.weight"].shape == (512, 160)
+    assert m.w.fp32["output.T"].shape == (160, 512) and m.w.fp32["output.T"].flags.c_contiguous
+    assert not np.shares_memory(m.w.fp32["token_embd.weight"], m.w.fp32["output.weight"])
+    fp32 = m.decode(PROMPT, 4)
+    assert fp32.tokens == packed.tokens
+    assert np.array_equal(fp32.logits.view(np.uint32), packed.logits.view(np.uint32))
