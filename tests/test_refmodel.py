@@ -164,18 +164,24 @@ def test_decode_longer_than_the_sliding_window(windowed, tmp_path):
 
 
 def test_window_masks_exactly_the_oldest_positions(windowed):
-    """At position p a sliding layer's softmax weights equal a softmax over keys
-    p-7 .. p recomputed from the dumped scores of the wide model."""
-    small, _ = windowed
-    got = {}
-    m = Gemma3Reference(small, "exact")
-    m.decode([2, 105, 300, 7, 8, 9, 10, 11, 12, 13], 2,
-             dump=lambda step: (lambda n, a: got.__setitem__((step, n), a)))
-    kq, p = got[(10, "kq-0")], got[(10, "kq_soft_max-0")]
-    assert kq.shape == (4, 1, 8)
-    e = np.exp(kq.astype(np.float64) - kq.max(axis=-1, keepdims=True))
+    """Layer 0 sees the same keys in both models when the same prompt is fed, so at
+    position 10 the window-8 model's scores must be exactly the wide model's last 8
+    (positions 3..10), and its softmax a softmax over those alone; the global layer 5
+    keeps all 11."""
+    small, wide = windowed
+    prompt = [2, 105, 300, 7, 8, 9, 10, 11, 12, 13, 14]
+    got: dict[str, dict] = {"small": {}, "wide": {}}
+    for name, path in (("small", small), ("wide", wide)):
+        Gemma3Reference(path, "exact").decode(
+            prompt, 1, dump=lambda step, g=got[name]: (
+                lambda n, a: g.__setitem__((step, n), a)))
+    kq_small, kq_wide = got["small"][(10, "kq-0")], got["wide"][(10, "kq-0")]
+    assert kq_small.shape == (4, 1, 8) and kq_wide.shape == (4, 1, 11)
+    assert np.array_equal(kq_small, kq_wide[..., 3:])
+    p = got["small"][(10, "kq_soft_max-0")]
+    e = np.exp(kq_small.astype(np.float64) - kq_small.max(axis=-1, keepdims=True))
     np.testing.assert_allclose(p, e / e.sum(axis=-1, keepdims=True), rtol=1e-6)
-    assert got[(10, "kq-5")].shape == (4, 1, 11)
+    assert got["small"][(10, "kq-5")].shape == (4, 1, 11)
 
 
 def test_prompt_uses_the_gguf_vocabulary():
