@@ -168,9 +168,20 @@ class TensorDiff:
                 "index": list(self.index)}
 
 
+def common_steps(ma: dict, mb: dict) -> int:
+    """Leading steps both dumps were fed the same token (later steps are not comparable)."""
+    ta, tb = list(ma.get("tokens") or []), list(mb.get("tokens") or [])
+    n = min(int(ma["n_steps"]), int(mb["n_steps"]), len(ta), len(tb))
+    for i in range(n):
+        if ta[i] != tb[i]:
+            return i
+    return n
+
+
 def diff_dumps(a: str | Path, b: str | Path) -> tuple[TensorDiff | None, list[TensorDiff]]:
-    """Walk two dumps in compute order; return the first tensor beyond its bound (or None)
-    and every tensor's difference up to and including it.
+    """Walk two dumps in compute order over the steps both were fed the same tokens;
+    return the first tensor beyond its bound (or None) and every tensor's difference up to
+    and including it.
 
     Bound for tensor t (absolute, on its largest element difference):
         (gamma_{2K+8} + GROWTH * r) * max(|a_t|, |b_t|)
@@ -181,10 +192,10 @@ def diff_dumps(a: str | Path, b: str | Path) -> tuple[TensorDiff | None, list[Te
     cancellation in a matmul and at most GROWTH-fold growth of an upstream difference.
     """
     ma, mb = read_meta(a), read_meta(b)
-    if ma.get("tokens") != mb.get("tokens"):
-        raise HarnessError(f"{a} and {b} were fed different tokens: {ma.get('tokens')} vs "
-                           f"{mb.get('tokens')}")
-    n = min(int(ma["n_steps"]), int(mb["n_steps"]))
+    n = common_steps(ma, mb)
+    if n == 0:
+        raise HarnessError(f"{a} and {b} were fed different first tokens: "
+                           f"{ma.get('tokens')} vs {mb.get('tokens')}")
     rows: list[TensorDiff] = []
     r = 0.0
     it_b = iter_tensors(b, n)

@@ -257,3 +257,14 @@ def test_dequant_fp32_load_gives_the_same_decode():
     fp32 = m.decode(PROMPT, 4)
     assert fp32.tokens == packed.tokens
     assert np.array_equal(fp32.logits.view(np.uint32), packed.logits.view(np.uint32))
+
+
+def test_diff_compares_only_the_steps_fed_the_same_tokens(tmp_path):
+    for name, toks in (("a", "2,105"), ("b", "2,106")):
+        assert skoracle("reference", str(TINY), "--tokens", toks, "--n", "1", "--dump",
+                        str(tmp_path / name)).returncode == 0
+    r = skoracle("reference", "diff", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "different tokens from step 1 on: compared steps 0..0" in r.stdout
+    first, rows = diff_dumps(tmp_path / "a", tmp_path / "b")
+    assert first is None and {t.step for t in rows} == {0}

@@ -114,15 +114,20 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from refmodel.dump import diff_dumps
+    from refmodel.dump import common_steps, diff_dumps, read_meta
 
     if len(args.paths) != 2:
         raise HarnessError("usage: skoracle reference diff DUMP_A DUMP_B")
     a, b = args.paths
     first, rows = diff_dumps(a, b)
+    fed = common_steps(read_meta(a), read_meta(b))
+    total = max(read_meta(a)["n_steps"], read_meta(b)["n_steps"])
+    if fed < total and not args.json:
+        print(f"the two decodes were fed different tokens from step {fed} on: compared "
+              f"steps 0..{fed - 1}")
     if args.json:
         print(json.dumps({"first_divergence": first.as_dict() if first else None,
-                          "compared": len(rows),
+                          "compared": len(rows), "common_steps": fed,
                           "max_rel_diff": max((r.rel for r in rows), default=0.0)}, indent=1))
     elif first is None:
         worst = max(rows, key=lambda r: r.rel, default=None)
