@@ -231,8 +231,9 @@ print(json.dumps({"peak": tracemalloc.get_traced_memory()[1]}))
 
 @pytest.mark.slow
 def test_packed_load_does_not_expand_the_embedding(tmp_path):
-    """A 32768 x 640 Q8_0 embedding (84 MB as FP32): packed decode allocates well under one
-    FP32 copy; dequant-fp32 allocates the three SKaiNET 0.30.0 kept."""
+    """A 32768 x 640 Q8_0 embedding (84 MB as FP32): a packed decode allocates under half
+    of one FP32 copy (its transient is one bounded chunk of rows, whatever the vocabulary);
+    dequant-fp32 allocates the three SKaiNET 0.30.0 kept."""
     path = tmp_path / "wide-vocab.gguf"
     tinygemma.write(path, tinygemma.TinyGemmaConfig(n_vocab=32768, n_embd=640, n_layer=2))
     fp32_table = 32768 * 640 * 4
@@ -242,7 +243,7 @@ def test_packed_load_does_not_expand_the_embedding(tmp_path):
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert r.returncode == 0, r.stderr
         peaks[load] = json.loads(r.stdout)["peak"]
-    assert peaks["packed"] < fp32_table / 3
+    assert peaks["packed"] < fp32_table / 2
     assert peaks["dequant-fp32"] >= 3 * fp32_table
 
 
