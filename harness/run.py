@@ -346,16 +346,17 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
                 "pass" if res.reason == ILLEGAL_INSTRUCTION else "FAIL", None,
                 res.timings.get("total"), res.reason)
 
-        ctx.step("board: decode parity (stand-in decoder printing reference ids)")
-        ids = [2, 105, 2364, 107, 9999, 1, 262143]
+        ctx.step("board: decode parity (stand-in decoder fed the reference decode's ids)")
+        from harness.reference.cli import board_reference_ids
+        ids, ref_note = board_reference_ids(ctx.work)
         res = board.run(fixture_program("tokens"), args=["toks.txt", "-1", "20"],
                         inputs={"toks.txt": ",".join(map(str, ids)).encode()}, timeout=120)
         dp = compare_decode(res.stdout.decode(errors="replace"), ids,
                             stderr=res.stderr.decode(errors="replace"))
         out.add("decode parity pipeline (stand-in decoder)", "pass" if dp.ids_match and res.ok
                 else "FAIL", None, res.timings.get("total"),
-                dp.report().replace("\n", "; ") + ("" if real else
-                                                   " (speed under emulation is not the board's)"))
+                dp.report().replace("\n", "; ") + "; " + ref_note + (
+                    "" if real else " (speed under emulation is not the board's)"))
 
         if args.kernels_archive:
             ctx.step("board: kernel parity against the real SKaiNET kernels")

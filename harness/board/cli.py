@@ -7,6 +7,7 @@
     skoracle board fetch      --board root@10.0.0.7 REMOTE_PATH LOCAL
     skoracle board unlock     --profile board.toml
     skoracle board decode-parity --expect tokens.txt PROGRAM [-- ARGS...]
+    skoracle board decode-parity --expect-from MODEL.gguf --tokens 2,105 PROGRAM [-- ARGS...]
     skoracle board kernel-parity --kernels-archive libskainet_kernels.a
                               (no --board/--profile: on the board-in-a-box)
     skoracle board kernel-parity --fixture   (the project's own test archive)
@@ -190,7 +191,17 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 def cmd_decode_parity(args: argparse.Namespace) -> int:
-    expected = read_token_list(args.expect)
+    if args.expect_from:
+        from harness.reference.cli import expected_ids
+
+        if not args.tokens:
+            raise HarnessError("--expect-from needs --tokens (the prompt ids)")
+        expected, ref = expected_ids(args.expect_from, args.tokens, args.expect_n,
+                                     args.expect_semantics)
+        print(f"reference ({args.expect_semantics}): {' '.join(map(str, expected))}; "
+              f"smallest top-2 margin {ref['min_margin']:.4g}", file=sys.stderr)
+    else:
+        expected = read_token_list(args.expect)
     with _session(args) as sess:
         result = _run_program(args, sess, quiet=not args.verbose)
     if not result.ok:
@@ -306,8 +317,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode-parity", help="compare a decode run's token ids and tok/s")
     _add_connection(p)
     add_program(p)
-    p.add_argument("--expect", required=True, metavar="TOKENS",
-                   help="reference token ids (JSON array or whitespace/comma separated)")
+    expect = p.add_mutually_exclusive_group(required=True)
+    expect.add_argument("--expect", metavar="TOKENS",
+                        help="reference token ids (JSON array or whitespace/comma separated)")
+    from harness.reference.cli import add_expect_from
+    add_expect_from(p, expect)
     p.add_argument("--token-pattern", default=DEFAULT_TOKEN_PATTERN,
                    help="regex, group 1 = a token id (default: %(default)s)")
     p.add_argument("--tps-pattern", default=DEFAULT_TPS_PATTERN,

@@ -56,6 +56,19 @@ class TinyGemmaConfig:
     rope_freq_base: float = 1_000_000.0
     rms_eps: float = 1e-6
     mix: str = "Q5_K_M"
+    #: "functiongemma": per-tensor types of llama.cpp's Q5_K_M FunctionGemma-270M file
+    #: (harness.footprint.functiongemma_tensors) instead of the mix rule
+    type_table: str | None = None
+
+
+#: FunctionGemma-270M's shapes, metadata and quant mix with deterministic random weights
+#: (~250 MB: generated into the cache by `cached_model`, never committed).
+FUNCTIONGEMMA = TinyGemmaConfig(
+    n_vocab=262144, n_embd=640, n_layer=18, n_head=4, n_head_kv=1, head_dim=256, n_ff=2048,
+    context_length=32768, sliding_window=512, rope_freq_base=1_000_000.0,
+    type_table="functiongemma")
+#: weights per generated chunk of a large tensor (bounds the generator's memory)
+CHUNK_WEIGHTS = 1 << 22
 
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -83,6 +96,14 @@ def tensor_type(name: str, in_dim: int, i_layer: int, n_layer: int, mix: str) ->
 
 def layout(cfg: TinyGemmaConfig) -> list[tuple[str, tuple[int, ...], str]]:
     """Every tensor in file order: (name, numpy shape (rows, in) or (n,), type name)."""
+    if cfg.type_table == "functiongemma":
+        from harness import footprint
+
+        table = {name: t for name, _, t in footprint.functiongemma_tensors()}
+        return [(name, shape, table.get(name, t)) for name, shape, t in
+                layout(TinyGemmaConfig(**{**cfg.__dict__, "type_table": None}))]
+    if cfg.type_table is not None:
+        raise HarnessError(f"tiny-gemma3: unknown type table {cfg.type_table!r}", 2)
     q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     out: list[tuple[str, tuple[int, ...], str]] = [
         ("token_embd.weight", (cfg.n_vocab, cfg.n_embd),
@@ -127,10 +148,12 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
              "true", "false", "null", "get", "set", "time", "weather", "city", "value"]
     pieces += [f"\u2581{w}" for w in words] + words
     i = 0
-    while len(toks) + len(pieces) < n_vocab:  # fill with two-letter pieces
+    while len(toks) + len(pieces) < n_vocab and i < len(letters) ** 2:  # two-letter pieces
         pieces.append(f"\u2581{letters[i // len(letters)]}{letters[i % len(letters)]}")
         i += 1
     toks += [(p, T.NORMAL) for p in pieces]
+    # a large vocabulary (FunctionGemma's 262144) is filled up as Gemma's is, with unused slots
+    toks += [(f"<unused{j}>", T.UNUSED) for j in range(n_vocab - len(toks))]
     toks = toks[:n_vocab]
     if len(toks) != n_vocab or len({t for t, _ in toks}) != n_vocab:
         raise HarnessError(f"tiny-gemma3: cannot lay out a vocabulary of {n_vocab}", 2)
@@ -147,8 +170,16 @@ def tensors(cfg: TinyGemmaConfig, seed: int) -> list[tuple[str, np.ndarray, str]
         rng = S.case_rng(seed, f"tiny-gemma3/{cfg.mix}/{name}")
         if tname == "F32":
             data = (1.0 + (S.uniform(rng, shape) - 0.5) * 0.25).astype(np.float32)
-        else:
+        elif shape[0] * shape[1] <= CHUNK_WEIGHTS:
             data = oracle.quantize(tname, S.random_weights(rng, *shape) * np.float32(0.125))
+        else:  # large: one stream per chunk of rows, so memory stays bounded
+            step = max(1, CHUNK_WEIGHTS // shape[1])
+            data = np.empty((shape[0], qtype(tname).row_bytes(shape[1])), np.uint8)
+            for start in range(0, shape[0], step):
+                stop = min(shape[0], start + step)
+                crng = S.case_rng(seed, f"tiny-gemma3/{cfg.mix}/{name}/rows{start}")
+                data[start:stop] = oracle.quantize(
+                    tname, S.random_weights(crng, stop - start, shape[1]) * np.float32(0.125))
         out.append((name, data, tname))
     return out
 
@@ -243,3 +274,30 @@ def check(path: Path, cfg: TinyGemmaConfig) -> list[str]:
         if not np.all(np.isfinite(values)):
             problems.append(f"{name}: non-finite weights")
     return problems
+
+
+def cached_model(cfg: TinyGemmaConfig, name: str, seed: int = S.DEFAULT_SEED) -> Path:
+    """`cfg`'s model in the cache ($SKORACLE_CACHE or ~/.cache/skainet-oracle), generated on
+    first use into a temporary file and renamed into place; reused while the generator
+    version, seed and configuration are the same."""
+    import hashlib
+    import os
+    import tempfile
+
+    from harness.cref import cache_root
+
+    key = hashlib.sha256(repr((S.GENERATOR_VERSION, seed, cfg)).encode()).hexdigest()[:12]
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}-{key}.gguf"
+    if path.is_file():
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".gguf", dir=root)
+    os.close(fd)
+    try:
+        write(Path(tmp), cfg, seed)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,1 @@
+"""`skoracle reference`: greedy decodes and activation dumps of the whole-model reference."""

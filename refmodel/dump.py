@@ -1,0 +1,221 @@
+"""Activation dumps of the reference forward, named like llama.cpp's graph tensors.
+
+Contract with the llama.cpp side of issue 14 (the comparison reads these files as is):
+
+Layout of a dump directory DIR (written by `skoracle reference ... --dump DIR`):
+
+- `DIR/meta.json`: {"model", "semantics", "load", "tokens" (the ids fed, one per step),
+  "n_steps", "format": "skoracle-refdump-1"}.
+- `DIR/step-NNN.npz` (NNN = 000, 001, ...): one file per decode step; step k feeds
+  tokens[k] at position k (prompt tokens are fed one per step too; no batching). Each
+  array is float32, C-contiguous, and its numpy shape is llama.cpp's ggml `ne` reversed,
+  so the row-per-token axis comes first for every per-token tensor:
+  `inp_scaled` (1, n_embd); `Qcur-L` (1, n_head, head_dim); `kq-L` (n_head, 1, n_kv);
+  `result_output` (1, n_vocab).
+
+Names are llama.cpp's `cb(cur, name, il)` names as its eval callback reports them
+(`name-il` for il >= 0, bare `name` for il = -1), from src/models/gemma3.cpp and
+src/llama-graph.cpp (build_qkv, build_attn_mha, build_ffn) of the llama.cpp vendored in
+llama-cpp-python 0.3.36. Where llama.cpp names two tensors alike within a layer, the
+n-th repeat carries `#n`: `Qcur-L` is the projection, `Qcur-L#1` the same after RoPE.
+Per layer L, in compute order:
+
+    attn_norm-L  Qcur-L  Kcur-L  Vcur-L  Qcur_normed-L  Kcur_normed-L  Qcur-L#1  Kcur-L#1
+    kq-L  kq_soft_max-L  kqv_out-L  attn_post_norm-L  sa_out-L  ffn_norm-L
+    ffn_up-L  ffn_gate-L  ffn_geglu-L  ffn_out-L  ffn_post_norm-L  l_out-L
+
+framed by `inp_scaled` (first) and `result_norm`, `result_output` (last).
+`kq-L` holds the raw scores of the keys the query may attend to after the query scaling
+(llama.cpp scales Q by f_attention_scale before the product, kq_scale is 1), positions
+max(0, pos-n_swa+1) .. pos on sliding-window layers and 0 .. pos on global layers, oldest
+first; llama.cpp's padded, -inf-masked columns are absent (slice them off before
+comparing). `kq_soft_max-L` is over the same columns. `Vcur-L` is the projection before
+the KV cache (no fp16 rounding). `ffn_out-L` is ffn_down's output. `kqv_out-L` is the
+attention output before attn_output (wo), shape (1, n_head*head_dim).
+With flash attention on, llama.cpp has no kq/kq_soft_max: skip those names.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+from kernels_ref.bounds import gamma
+
+FORMAT = "skoracle-refdump-1"
+
+META = "meta.json"
+#: how much a relative difference already present upstream may grow through one op
+#: before the diff calls the op itself divergent (RMSNorm, RoPE, softmax and the residual
+#: adds grow a relative perturbation by at most ~2 in the max norm; a margin of 2 over that)
+GROWTH = 4.0
+
+
+def step_file(step: int) -> str:
+    return f"step-{step:03d}.npz"
+
+
+class DumpWriter:
+    """Writes a dump directory: each step into a temporary directory, renamed into place by
+    `finish()`; `abort()` removes the partial directory. Refuses an existing DIR."""
+
+    def __init__(self, directory: str | Path, meta: dict) -> None:
+        self.final = Path(directory)
+        if self.final.exists():
+            raise HarnessError(f"{self.final}: already exists; --dump writes a new directory")
+        parent = self.final.parent
+        if not parent.is_dir():
+            raise HarnessError(f"{parent}: no such directory for --dump")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=parent))
+        self.meta = {"format": FORMAT, **meta}
+        self.steps = 0
+
+    def step(self, step: int) -> Callable[[str, np.ndarray], None]:
+        """The callback collecting step `step`'s tensors (written when the next step starts)."""
+        self._flush()
+        self._current: dict[str, np.ndarray] = {}
+        self._index = step
+
+        def cb(name: str, a: np.ndarray) -> None:
+            self._current[name] = np.ascontiguousarray(a, dtype=np.float32)
+        return cb
+
+    def _flush(self) -> None:
+        cur = getattr(self, "_current", None)
+        if cur:
+            np.savez(self.tmp / step_file(self._index), **cur)
+            self.steps = self._index + 1
+            self._current = {}
+
+    def finish(self, **extra: object) -> Path:
+        self._flush()
+        meta = {**self.meta, **extra, "n_steps": self.steps}
+        (self.tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_meta(directory: str | Path) -> dict:
+    d = Path(directory)
+    try:
+        meta = json.loads((d / META).read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{d}: not a reference dump (no {META})") from None
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"{d / META}: unreadable ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise HarnessError(f"{d / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def iter_tensors(directory: str | Path, n_steps: int) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(step, name, array) in compute order."""
+    d = Path(directory)
+    for step in range(n_steps):
+        try:
+            with np.load(d / step_file(step)) as z:
+                for name in z.files:
+                    yield step, name, z[name]
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"{d / step_file(step)}: unreadable ({exc})") from None
+
+
+def reduction_length(name: str, meta: dict, shape: tuple[int, ...]) -> int:
+    """How many terms the op that produced `name` sums per element (1 for elementwise ops):
+    the K of gamma_K in the bound."""
+    base = name.split("-")[0]
+    if base in ("Qcur", "Kcur", "Vcur") and "#" not in name or base in ("ffn_up", "ffn_gate",
+                                                                         "result_output"):
+        return int(meta["n_embd"])
+    if base == "ffn_out":
+        return int(meta["n_ff"])
+    if base == "kq":
+        return int(meta["head_dim"])
+    if base in ("kqv_out", "kq_soft_max"):
+        return int(meta.get("n_kv_max", shape[-1]))
+    if base in ("attn_norm", "Qcur_normed", "Kcur_normed", "attn_post_norm", "ffn_norm",
+                "ffn_post_norm", "result_norm"):
+        return int(shape[-1])
+    return 4  # RoPE, GELU, residual adds, scaling: a few roundings per element
+
+
+@dataclass
+class TensorDiff:
+    step: int
+    name: str
+    max_abs: float
+    scale: float
+    bound: float
+    index: tuple[int, ...]
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / self.scale if self.scale else (0.0 if not self.max_abs else
+                                                            float("inf"))
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "tensor": self.name, "max_abs_diff": self.max_abs,
+                "scale": self.scale, "rel_diff": self.rel, "bound": self.bound,
+                "index": list(self.index)}
+
+
+def common_steps(ma: dict, mb: dict) -> int:
+    """Leading steps both dumps were fed the same token (later steps are not comparable)."""
+    ta, tb = list(ma.get("tokens") or []), list(mb.get("tokens") or [])
+    n = min(int(ma["n_steps"]), int(mb["n_steps"]), len(ta), len(tb))
+    for i in range(n):
+        if ta[i] != tb[i]:
+            return i
+    return n
+
+
+def diff_dumps(a: str | Path, b: str | Path) -> tuple[TensorDiff | None, list[TensorDiff]]:
+    """Walk two dumps in compute order over the steps both were fed the same tokens;
+    return the first tensor beyond its bound (or None) and every tensor's difference up to
+    and including it.
+
+    Bound for tensor t (absolute, on its largest element difference):
+        (gamma_{2K+8} + GROWTH * r) * max(|a_t|, |b_t|)
+    where K is the op's reduction length (reduction_length), gamma is kernels_ref.bounds'
+    float32 gamma (the same form as its matmul bound, with sum|x||w| replaced by the
+    tensor's largest magnitude) and r the largest relative difference of any tensor
+    before t. It is a derived tolerance, not a proof: it assumes no catastrophic
+    cancellation in a matmul and at most GROWTH-fold growth of an upstream difference.
+    """
+    ma, mb = read_meta(a), read_meta(b)
+    n = common_steps(ma, mb)
+    if n == 0:
+        raise HarnessError(f"{a} and {b} were fed different first tokens: "
+                           f"{ma.get('tokens')} vs {mb.get('tokens')}")
+    rows: list[TensorDiff] = []
+    r = 0.0
+    it_b = iter_tensors(b, n)
+    for step, name, xa in iter_tensors(a, n):
+        sb, nb, xb = next(it_b, (None, None, None))
+        if (sb, nb) != (step, name):
+            raise HarnessError(f"{b}: step {step} has {nb!r} where {a} has {name!r}")
+        if xa.shape != xb.shape:
+            raise HarnessError(f"step {step} {name}: shapes {xa.shape} and {xb.shape} differ")
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(xa.astype(np.float64) - xb.astype(np.float64))
+        d = np.where(np.isnan(xa) & np.isnan(xb), 0.0, np.where(np.isnan(d), np.inf, d))
+        idx = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
+        scale = float(max(np.abs(xa).max(initial=0), np.abs(xb).max(initial=0)))
+        k = reduction_length(name, ma, xa.shape)
+        bound = (gamma(2 * k + 8) + GROWTH * r) * scale
+        td = TensorDiff(step, name, float(d.max(initial=0)), scale, bound,
+                        tuple(int(i) for i in idx))
+        rows.append(td)
+        if td.max_abs > bound:
+            return td, rows
+        r = max(r, td.rel)
+    return None, rows

@@ -1,0 +1,255 @@
+"""The Gemma-3 text forward from a GGUF's packed weights, one token per step, greedy decode.
+
+The graph is llama.cpp's (src/models/gemma3.cpp of the llama.cpp vendored in
+llama-cpp-python 0.3.36): embedding rows gathered from the packed table and scaled by
+sqrtf(n_embd); per layer RMSNorm, Q/K/V projections, q/k RMSNorms, NEOX RoPE (local base
+on sliding-window layers, the GGUF's freq_base on global ones), Q scaled by
+f_attention_scale, GQA attention over the KV cache (the last n_swa positions on
+sliding-window layers), attn_output, post-attention norm, residual, FFN norm,
+gelu_tanh(gate) * up, ffn_down, post-FFN norm, residual; final norm and the tied lm_head
+straight from the packed token_embd bytes (optional final soft-capping).
+
+Every matmul runs through kernels_ref.matmul_wt with the chosen `semantics` (`exact`,
+`skainet_scalar`, `skainet_panama`, `skainet_neon`, `ggml`), or `fast`: each weight's rows
+dequantized a bounded chunk at a time and multiplied by BLAS in float32. The other ops are
+float32 in ggml's order (refmodel.ops says which are followed exactly); `ggml` semantics
+also rounds the K/V cache and the attention operands to fp16 and uses ggml's fp16 GELU
+table, as llama.cpp's CPU backend does without flash attention.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+from kernels_ref import gather_rows, matmul_wt
+from kernels_ref.semantics import REGISTRY, Exact
+from oracle import dequantize, unpack
+from refmodel import ops
+from refmodel.weights import EMBEDDING, Matrix, Weights
+
+F32 = np.float32
+FAST = "fast"
+#: semantics names the forward accepts: kernels_ref's plus the BLAS-backed `fast`
+SEMANTICS_NAMES: tuple[str, ...] = (*REGISTRY, FAST)
+#: weight elements one `fast` chunk expands to float32 (16 MB)
+FAST_CHUNK_ELEMENTS = 1 << 22
+
+DumpFn = Callable[[str, np.ndarray], None]
+
+
+@dataclass
+class DecodeResult:
+    """A greedy decode: generated ids, the logits that chose each, their top-2 margins."""
+
+    prompt: list[int]
+    tokens: list[int]
+    logits: np.ndarray  # float32 (n, n_vocab)
+    margins: list[float]
+    seconds: float
+    steps: int = 0  # forward passes (prompt tokens + generated tokens fed)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else float("inf")
+
+
+def top2_margin(logits: np.ndarray) -> float:
+    """Largest minus second-largest logit (0 for a tie)."""
+    two = np.partition(logits.astype(np.float64), -2)[-2:]
+    return float(two[1] - two[0])
+
+
+def fast_rows(fmt: str, raw: np.ndarray) -> np.ndarray:
+    """Packed rows as float32 weights, equal to oracle.dequantize: for the formats whose
+    weight is code * fp16 scale (exact in float32) straight from the unpacked codes, which
+    is an order of magnitude quicker than the general path."""
+    if fmt in Exact.SCALED_CODES:
+        p = unpack(fmt, raw)
+        if np.isfinite(p["d"]).all():
+            return (p["qs"].astype(F32) * p["d"][..., None]).reshape(raw.shape[0], -1)
+    return dequantize(fmt, raw)
+
+
+class Gemma3Reference:
+    """A Gemma-3 GGUF ready to run: `forward` one step, `decode` greedily."""
+
+    def __init__(self, path: str | Path, semantics: str = "exact", load: str = "packed") -> None:
+        if semantics not in SEMANTICS_NAMES:
+            raise HarnessError(f"unknown semantics {semantics!r}: expected one of "
+                               f"{', '.join(SEMANTICS_NAMES)}")
+        self.semantics = semantics
+        self.w = Weights(path, load)
+        self.hp = self.w.hp
+        self.kv_f16 = semantics == "ggml"
+        self.embd_scale = np.sqrt(F32(self.hp.n_embd))  # sqrtf(n_embd)
+        self.norms = {name: self.w.norm(name) for name, m in self.w.tensors.items()
+                      if m.type == "F32" and m.rows == 1}
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        hp = self.hp
+        self.cache_k = [np.zeros((0, hp.n_head_kv, hp.head_dim), F32) for _ in range(hp.n_layer)]
+        self.cache_v = [np.zeros((0, hp.n_head_kv, hp.head_dim), F32) for _ in range(hp.n_layer)]
+
+    # ---------------------------------------------------------------------------- matmuls
+
+    def matmul(self, x: np.ndarray, m: Matrix) -> np.ndarray:
+        """x (1, cols) . W^T in the chosen semantics; float32 (1, rows)."""
+        if self.semantics != FAST:
+            return matmul_wt(x, m.data, m.type, m.rows, m.cols, semantics=self.semantics)
+        y = np.empty((x.shape[0], m.rows), F32)
+        step = max(1, FAST_CHUNK_ELEMENTS // m.cols)
+        for start in range(0, m.rows, step):
+            stop = min(m.rows, start + step)
+            y[:, start:stop] = np.einsum("bk,rk->br", x, fast_rows(m.type, m.data[start:stop]))
+        return y
+
+    def lm_head(self, x: np.ndarray) -> np.ndarray:
+        """Logits: the packed output (tied token_embd) or, under dequant-fp32, SKaiNET
+        0.30.0's transposed FP32 copy (float64 sums rounded once, = `exact`; BLAS for fast)."""
+        if self.w.load == "packed":
+            return self.matmul(x, self.w.output())
+        wt = self.w.fp32["output.T"]
+        if self.semantics == FAST:
+            return np.einsum("bk,kr->br", x, wt)
+        y = np.empty((x.shape[0], wt.shape[1]), F32)
+        step = max(1, FAST_CHUNK_ELEMENTS // wt.shape[0])
+        for start in range(0, wt.shape[1], step):
+            stop = min(wt.shape[1], start + step)
+            y[:, start:stop] = np.einsum("bk,kr->br", x, wt[:, start:stop], dtype=np.float64)
+        return y
+
+    def embed(self, token: int) -> np.ndarray:
+        """inp_scaled: the token's row, dequantized, times sqrtf(n_embd); (1, n_embd)."""
+        if self.w.load == "dequant-fp32":
+            return (self.w.fp32[EMBEDDING][[token]] * self.embd_scale).astype(F32)
+        e = self.w.tensors[EMBEDDING]
+        return gather_rows(e.data, e.type, e.rows, e.cols, np.array([token]),
+                           scale=self.embd_scale)
+
+    # ---------------------------------------------------------------------------- forward
+
+    def forward(self, token: int, pos: int, dump: DumpFn | None = None) -> np.ndarray:
+        """Feed `token` at position `pos` (the cache must hold positions 0..pos-1); returns
+        the logits float32 (n_vocab,). `dump(name, array)` receives every named tensor."""
+        hp, w = self.hp, self.w
+        if not 0 <= token < hp.n_vocab:
+            raise HarnessError(f"token id {token} is out of range for a vocabulary of "
+                               f"{hp.n_vocab}")
+        if pos != self.cache_k[0].shape[0]:
+            raise HarnessError(f"position {pos} does not follow the cache "
+                               f"({self.cache_k[0].shape[0]} positions held)")
+        cb = dump or (lambda name, a: None)
+        eps, nh, nkv, hd = hp.rms_eps, hp.n_head, hp.n_head_kv, hp.head_dim
+        x = self.embed(token)
+        cb("inp_scaled", x)
+        for il in range(hp.n_layer):
+            def nrm(short: str, il: int = il) -> np.ndarray:
+                return self.norms[f"blk.{il}.{short}.weight"]
+
+            h = ops.rms_norm(x, nrm("attn_norm"), eps)
+            cb(f"attn_norm-{il}", h)
+            q = self.matmul(h, w.layer(il, "attn_q")).reshape(1, nh, hd)
+            cb(f"Qcur-{il}", q)
+            k = self.matmul(h, w.layer(il, "attn_k")).reshape(1, nkv, hd)
+            cb(f"Kcur-{il}", k)
+            v = self.matmul(h, w.layer(il, "attn_v")).reshape(1, nkv, hd)
+            cb(f"Vcur-{il}", v)
+            q = ops.rms_norm(q, nrm("attn_q_norm"), eps)
+            cb(f"Qcur_normed-{il}", q)
+            k = ops.rms_norm(k, nrm("attn_k_norm"), eps)
+            cb(f"Kcur_normed-{il}", k)
+            swa = hp.swa_layers[il]
+            base = hp.rope_freq_base_swa if swa else hp.rope_freq_base
+            q = ops.rope_neox(q[0], pos, hp.n_rot, base)[None]
+            cb(f"Qcur-{il}#1", q)
+            k = ops.rope_neox(k[0], pos, hp.n_rot, base)[None]
+            cb(f"Kcur-{il}#1", k)
+            q = (q * hp.attention_scale).astype(F32)
+            kc, vc = (k, v) if not self.kv_f16 else (k.astype(np.float16).astype(F32),
+                                                     v.astype(np.float16).astype(F32))
+            self.cache_k[il] = np.concatenate([self.cache_k[il], kc])
+            self.cache_v[il] = np.concatenate([self.cache_v[il], vc])
+            first = max(0, pos - hp.n_swa + 1) if swa else 0
+            kq, p, kqv = ops.attend(q[0], self.cache_k[il][first:], self.cache_v[il][first:],
+                                    nkv, self.kv_f16, self.semantics == FAST)
+            cb(f"kq-{il}", kq)
+            cb(f"kq_soft_max-{il}", p)
+            kqv = kqv.reshape(1, nh * hd)
+            cb(f"kqv_out-{il}", kqv)
+            o = self.matmul(kqv, w.layer(il, "attn_output"))
+            o = ops.rms_norm(o, nrm("post_attention_norm"), eps)
+            cb(f"attn_post_norm-{il}", o)
+            sa = (o + x).astype(F32)
+            cb(f"sa_out-{il}", sa)
+            f = ops.rms_norm(sa, nrm("ffn_norm"), eps)
+            cb(f"ffn_norm-{il}", f)
+            up = self.matmul(f, w.layer(il, "ffn_up"))
+            cb(f"ffn_up-{il}", up)
+            gate = self.matmul(f, w.layer(il, "ffn_gate"))
+            cb(f"ffn_gate-{il}", gate)
+            g = ops.geglu(gate, up, fp16_table=self.semantics == "ggml")
+            cb(f"ffn_geglu-{il}", g)
+            d = self.matmul(g, w.layer(il, "ffn_down"))
+            cb(f"ffn_out-{il}", d)
+            d = ops.rms_norm(d, nrm("post_ffw_norm"), eps)
+            cb(f"ffn_post_norm-{il}", d)
+            x = (d + sa).astype(F32)
+            cb(f"l_out-{il}", x)
+        x = ops.rms_norm(x, self.norms["output_norm.weight"], eps)
+        cb("result_norm", x)
+        logits = self.lm_head(x)
+        cap = hp.final_logit_softcapping
+        if cap:
+            logits = (np.tanh((logits * (F32(1) / cap)).astype(F32).astype(np.float64))
+                      .astype(F32) * cap).astype(F32)
+        cb("result_output", logits)
+        return logits[0]
+
+    def decode(self, tokens: Sequence[int], n: int,
+               dump: Callable[[int], DumpFn] | None = None) -> DecodeResult:
+        """Greedy decode of `n` tokens after the prompt `tokens`, from an empty cache, one
+        token per step. `dump(step)` returns the callback for that step's tensors."""
+        prompt = [int(t) for t in tokens]
+        if not prompt:
+            raise HarnessError("the prompt must hold at least one token")
+        if n < 1:
+            raise HarnessError(f"--n must be at least 1, got {n}")
+        ctx = self._context_length()
+        if len(prompt) + n > ctx:
+            raise HarnessError(f"prompt ({len(prompt)}) + n ({n}) exceeds the model's "
+                               f"context length {ctx}")
+        for t in prompt:
+            if not 0 <= t < self.hp.n_vocab:
+                raise HarnessError(f"token id {t} is out of range for a vocabulary of "
+                                   f"{self.hp.n_vocab}")
+        self.reset()
+        out: list[int] = []
+        rows, margins = [], []
+        t0 = time.perf_counter()
+        feed = list(prompt)
+        pos = 0
+        while len(out) < n:
+            token = feed[pos]
+            logits = self.forward(token, pos, dump(pos) if dump else None)
+            pos += 1
+            if pos >= len(prompt):
+                nxt = int(np.argmax(logits))
+                out.append(nxt)
+                rows.append(logits)
+                margins.append(top2_margin(logits))
+                feed.append(nxt)
+        return DecodeResult(prompt, out, np.stack(rows), margins,
+                            time.perf_counter() - t0, steps=pos)
+
+    def _context_length(self) -> int:
+        f = self.w.reader.fields.get("gemma3.context_length")
+        return int(f.contents()) if f is not None else 1 << 20
