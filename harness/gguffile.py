@@ -285,15 +285,17 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
     return layout
 
 
-def open_gguf(path: str | os.PathLike[str]) -> tuple[gguf.GGUFReader, GGUFLayout]:
-    """Check a user's GGUF file (`check_gguf`), then open it with gguf-py's reader.
+def open_gguf(path: str | os.PathLike[str], reader: type[gguf.GGUFReader] = gguf.GGUFReader
+              ) -> tuple[gguf.GGUFReader, GGUFLayout]:
+    """Check a user's GGUF file (`check_gguf`), then open it with gguf-py's reader (or a
+    subclass of it, such as refmodel's lean reader).
 
     Any error the reader still raises becomes a HarnessError (exit 2) naming the file.
     """
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     layout = check_gguf(path, MAX_READER_ITEMS + size // _BYTES_PER_READER_ITEM)
     try:
-        return gguf.GGUFReader(path, "r"), layout
+        return reader(path, "r"), layout
     except Exception as exc:  # a third-party parser on untrusted bytes: report, never trace
         raise HarnessError(f"{os.fspath(path)}: not a readable GGUF file "
                            f"({type(exc).__name__}: {exc})", 2) from None

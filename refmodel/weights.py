@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.gguffile import open_gguf as checked_open
 from oracle import dequantize, qtype
 from refmodel.arch import ARCH, Gemma3HParams
 
@@ -99,15 +100,12 @@ def string_array(r: gguf.GGUFReader, key: str) -> list[str] | None:
 
 
 def open_gguf(path: str | Path) -> gguf.GGUFReader:
-    """gguf-py's reader over a memory map of `path` (HarnessError on a bad file)."""
+    """The lean reader over a memory map of `path`, after harness.gguffile has checked every
+    count and length in the file against its size (HarnessError, exit 2, on a bad file)."""
     p = Path(path)
     if not p.is_file():
         raise HarnessError(f"{p}: no such file")
-    try:
-        return LeanGGUFReader(p, "r")
-    except Exception as exc:  # a third-party parser on untrusted bytes: report, never trace
-        raise HarnessError(f"{p}: not a readable GGUF file ({type(exc).__name__}: {exc})") \
-            from None
+    return checked_open(p, reader=LeanGGUFReader)[0]
 
 
 def _matrix(path: str, t: gguf.ReaderTensor) -> Matrix:
