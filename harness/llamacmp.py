@@ -10,8 +10,9 @@ even after a near-tie):
   difference of its input: with h_L, h_R the two `result_norm` rows and W the lm_head,
       |y_L - y_R| <= eb_L + eb_R + |W| |h_L - h_R| + u (|W h_L| + |W h_R|)
   where eb_* is kernels_ref.bounds.error_bound of each side's matmul against the exact
-  product (ggml semantics: activations quantized to Q8_0, any float order; llama.cpp's AVX2
-  quantizer rounds ties to even, the generic one away from zero). A logit that breaks it
+  product (llama.cpp: activations quantized to Q8_0 with ties to even, any float order; the
+  reference: the same with ties away from zero under `ggml`, unquantized under `fast` and
+  the others, whose lm_head on Q8_0 does not quantize activations). A logit that breaks it
   means the two sides' lm_heads are not the same function (a wrong row, a soft-cap...).
 - `activation_errors`: for every tensor name and layer of two dumps, the largest normwise
   relative difference over the steps, max|a - b| / max(|a|, |b|).
@@ -64,14 +65,19 @@ STEP_HEADER = "step   llama     ref  ref margin   bound B   max|dy|  decided"
 
 
 def lm_head_bound(w_raw: np.ndarray, wtype: str, rows: int, cols: int, h_llama: np.ndarray,
-                  h_ref: np.ndarray, ref_rounding: str = "roundf") -> np.ndarray:
-    """Per-logit float64 bound on |y_llama - y_ref| (see the module docstring)."""
+                  h_ref: np.ndarray, ref_quantizes: bool = True) -> np.ndarray:
+    """Per-logit float64 bound on |y_llama - y_ref| (see the module docstring).
+
+    `ref_quantizes`: the reference's lm_head is the `ggml` semantics (Q8_0 activations,
+    ties away from zero); otherwise it is any float32 order of the unquantized product.
+    """
     from oracle import dequantize
 
     hl = np.asarray(h_llama, np.float32).reshape(1, cols)
     hr = np.asarray(h_ref, np.float32).reshape(1, cols)
     eb_l = error_bound(hl, w_raw, wtype, rows, cols, semantics="ggml", rounding="even")[0]
-    eb_r = error_bound(hr, w_raw, wtype, rows, cols, semantics="ggml", rounding=ref_rounding)[0]
+    ref_opts = {"semantics": "ggml", "rounding": "roundf"} if ref_quantizes else {}
+    eb_r = error_bound(hr, w_raw, wtype, rows, cols, **ref_opts)[0]
     delta = np.abs(hl.astype(np.float64) - hr.astype(np.float64))[0]
     prop = np.empty(rows, np.float64)
     mag = np.empty(rows, np.float64)
@@ -92,7 +98,7 @@ def token_steps(ref_model, fed: list[int], prompt_len: int, llama_tokens: list[i
     w = ref_model.w.output()
     out: list[StepCheck] = []
     ref_model.reset()
-    rounding = "roundf"
+    quantizes = ref_model.semantics == "ggml"
     for pos, tok in enumerate(fed):
         seen: dict[str, np.ndarray] = {}
         logits = ref_model.forward(tok, pos, dump=lambda n, a, s=seen: s.__setitem__(n, a))
@@ -106,7 +112,8 @@ def token_steps(ref_model, fed: list[int], prompt_len: int, llama_tokens: list[i
             raise HarnessError(f"{llama_dump}: no result_norm for step {pos}: {exc}") from None
         yl = llama_logits[k].astype(np.float64)
         yr = logits.astype(np.float64)
-        b = lm_head_bound(w.data, w.type, w.rows, w.cols, h_l, seen["result_norm"], rounding)
+        b = lm_head_bound(w.data, w.type, w.rows, w.cols, h_l, seen["result_norm"],
+                          quantizes)
         d = np.abs(yl - yr)
         two = np.sort(yr)[-2:]
         two_l = np.sort(yl)[-2:]
@@ -127,6 +134,14 @@ class TensorError:
     steps: int
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """'Qcur-3#1' -> ('Qcur#1', 3); 'result_norm' -> ('result_norm', -1)."""
+    m = _LAYERED.match(name)
+    if not m:
+        return name, -1
+    return m.group("base") + (m.group("rep") or ""), int(m.group("layer"))
+
+
 def activation_errors(dump_a: str | Path, dump_b: str | Path) -> list[TensorError]:
     """Per tensor and layer: max over steps of max|a-b| / max(|a|, |b|); names both have."""
     a, b = Path(dump_a), Path(dump_b)
@@ -144,9 +159,7 @@ def activation_errors(dump_a: str | Path, dump_b: str | Path) -> list[TensorErro
                 scale = max(np.abs(xa).max(initial=0), np.abs(xb).max(initial=0))
                 diff = np.abs(xa - xb).max(initial=0)
                 rel = diff / scale if scale else (0.0 if diff == 0 else float("inf"))
-                m = _LAYERED.match(name)
-                key = ((m.group("base") + (m.group("rep") or ""), int(m.group("layer"))) if m
-                       else (name, -1))
+                key = split_name(name)
                 cur = best.get(key)
                 if cur is None or rel > cur.max_rel:
                     best[key] = TensorError(key[0], key[1], float(rel), step,

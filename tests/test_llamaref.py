@@ -65,9 +65,9 @@ def test_build_is_cached_with_its_flags(built):
 
 
 def test_greedy_decode_is_deterministic_across_threads(built):
-    one = llamaref.decode(TINY, PROMPT, 32, threads=1)
-    two = llamaref.decode(TINY, PROMPT, 32, threads=2)  # slow on a busy machine (spin waits)
-    assert len(one.tokens) == 32 and one.logits.shape == (32, 512)
+    one = llamaref.decode(TINY, PROMPT, 8, threads=1)
+    two = llamaref.decode(TINY, PROMPT, 8, threads=2)  # slow on a busy machine (spin waits)
+    assert len(one.tokens) == 8 and one.logits.shape == (8, 512)
     assert one.tokens == two.tokens
     assert np.array_equal(one.logits.view(np.uint32), two.logits.view(np.uint32))
     assert one.tokens == [int(np.argmax(r)) for r in one.logits]
@@ -212,7 +212,7 @@ def test_activations_per_tensor_and_layer(built, small_window, which, tmp_path, 
         print(f"\n{which}: max relative difference per tensor and layer over {len(fed)} steps")
         print(llamacmp.error_table(errors))
     by = {(e.tensor, e.layer): e for e in errors}
-    assert set(by) >= {(n.split("-")[0], 0) for n in llamaref.dump_names(1) if "-" in n}
+    assert set(by) == {llamacmp.split_name(n) for n in llamaref.dump_names(4)}
     assert by[("inp_scaled", -1)].max_rel == 0.0  # the same dequantized row times sqrtf(n)
     assert by[("attn_norm", 0)].max_rel == 0.0  # ggml's RMSNorm order, followed exactly
     assert all(np.isfinite(e.max_rel) for e in errors)
