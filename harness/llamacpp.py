@@ -19,16 +19,9 @@ dynamic linker would otherwise bind libllama to whichever ggml was loaded first.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import fcntl
-import json
 import os
 import shutil
-import sys
-import tarfile
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,94 +84,38 @@ def _stamp() -> dict:
 
 def is_built() -> bool:
     """True if a complete build with exactly the current version and flags is cached."""
-    d = build_dir()
-    try:
-        stamp = json.loads((d / "stamp.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return stamp.get("build") == _stamp() and all((d / "lib" / n).is_file() for n in LIBRARIES)
+    return cref.stamp_matches(build_dir(), _stamp(), LIBRARIES)
 
 
 def extract_llama(sdist: Path, dest: Path) -> Path:
     """Extract the parts of vendor/llama.cpp the library needs into dest/llama.cpp."""
-    out = dest / "llama.cpp"
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            members = []
-            for m in tar.getmembers():
-                if not m.name.startswith(LLAMA_PREFIX):
-                    continue
-                m.name = m.name[len(LLAMA_PREFIX):]
-                if m.name.split("/", 1)[0] not in SOURCE_PARTS:
-                    continue
-                if m.islnk() and m.linkname.startswith(LLAMA_PREFIX):
-                    m.linkname = m.linkname[len(LLAMA_PREFIX):]
-                members.append(m)
-            if not any(m.name == "CMakeLists.txt" for m in members):
-                raise HarnessError(f"{sdist}: no {LLAMA_PREFIX}CMakeLists.txt in the sdist")
-            tar.extractall(out, members=members, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise HarnessError(f"{sdist}: cannot extract llama.cpp sources: {exc}") from None
-    return out
+    return cref.extract_part(sdist, dest / "llama.cpp", LLAMA_PREFIX,
+                             lambda name: name.split("/", 1)[0] in SOURCE_PARTS)
 
 
 def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
     """Build libllama and its ggml (cached, idempotent); return the directory of the .so files."""
-    final = build_dir()
-    if not force and is_built():
-        log(f"llama.cpp {cref.LCP_VERSION} already built in {final}")
-        return final / "lib"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".llama-{cref.LCP_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and is_built():
-            log(f"llama.cpp {cref.LCP_VERSION} built meanwhile in {final}")
-            return final / "lib"
-        return _build_locked(final, log)
+    return cref.cached_build(build_dir(), is_built, lambda work: _make(work, log), _stamp(),
+                             f"llama.cpp {cref.LCP_VERSION}", force, log)
 
 
-def _build_locked(final: Path, log: Callable[[str], None]) -> Path:
+def _make(work: Path, log: Callable[[str], None]) -> None:
     for tool in ("cmake", "cc", "c++"):
         if shutil.which(tool) is None:
             raise HarnessError(f"{tool} not found: run scripts/setup.sh (installs cmake, g++)")
-    t0 = time.monotonic()
     sdist = cref.fetch_sdist(log)
-    work = Path(tempfile.mkdtemp(prefix=f".llama-{cref.LCP_VERSION}-", dir=final.parent))
-    try:
-        log(f"extracting vendor/llama.cpp from {sdist.name}")
-        src = extract_llama(sdist, work)
-        bdir = work / "build"
-        log("configuring (Release, shared, GGML_NATIVE=OFF, AVX2/FMA/F16C on, AMX off)")
-        cref._run(["cmake", "-S", str(src), "-B", str(bdir), *CMAKE_FLAGS], work,
-                  "cmake configure")
-        jobs = str(min(2, os.cpu_count() or 1))
-        log(f"compiling {' '.join(BUILD_TARGETS)} with -j{jobs} (several minutes on 2 cores)")
-        cref._run(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
-                  work, "cmake build")
-        lib = work / "lib"
-        lib.mkdir()
-        for name in LIBRARIES:
-            found = sorted(bdir.rglob(name))
-            if not found:
-                raise HarnessError(f"cmake build produced no {name}")
-            real = found[0].resolve()
-            shutil.copy2(real, lib / name)
-            soname = cref._soname(real)
-            if soname and soname != name:
-                shutil.copy2(real, lib / soname)
-        shutil.rmtree(bdir)
-        shutil.rmtree(src)
-        stamp = {"build": _stamp(), "seconds": round(time.monotonic() - t0, 1)}
-        (work / "stamp.json").write_text(json.dumps(stamp, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.chmod(0o755)
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log(f"built llama.cpp {cref.LCP_VERSION} in {time.monotonic() - t0:.0f} s -> {final / 'lib'}")
-    return final / "lib"
+    log(f"extracting vendor/llama.cpp from {sdist.name}")
+    src = extract_llama(sdist, work)
+    bdir = work / "build"
+    log("configuring (Release, shared, GGML_NATIVE=OFF, AVX2/FMA/F16C on, AMX off)")
+    cref._run(["cmake", "-S", str(src), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
+    jobs = str(min(2, os.cpu_count() or 1))
+    log(f"compiling {' '.join(BUILD_TARGETS)} with -j{jobs} (several minutes on 2 cores)")
+    cref._run(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
+              work, "cmake build")
+    cref.collect_libraries(bdir, work / "lib", LIBRARIES)
+    shutil.rmtree(bdir)
+    shutil.rmtree(src)
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,30 +285,8 @@ def load(build_if_missing: bool = True) -> LlamaCpp:
 # ----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m harness.llamacpp",
-                                     description="Build/inspect llama.cpp from the sdist.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help="build (cached) libllama and its ggml")
-    p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    sub.add_parser("info", help="print where the library is and how it was built")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            build(force=args.force)
-        else:
-            try:
-                stamp = json.loads((build_dir() / "stamp.json").read_text())
-            except (OSError, ValueError):
-                stamp = None
-            print(json.dumps({"dir": str(build_dir()), "built": is_built(), "stamp": stamp},
-                             indent=1))
-    except HarnessError as exc:
-        print(f"llamacpp {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"llamacpp {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return cref.library_main(argv, "llamacpp", "llama.cpp (libllama + ggml) from the sdist",
+                             build, build_dir, is_built)
 
 
 if __name__ == "__main__":

@@ -216,3 +216,29 @@ def test_activations_per_tensor_and_layer(built, small_window, which, tmp_path, 
     assert by[("inp_scaled", -1)].max_rel == 0.0  # the same dequantized row times sqrtf(n)
     assert by[("attn_norm", 0)].max_rel == 0.0  # ggml's RMSNorm order, followed exactly
     assert all(np.isfinite(e.max_rel) for e in errors)
+
+
+def test_cached_build_renames_into_place_and_cleans_up_on_failure(tmp_path):
+    from harness import cref
+
+    final = tmp_path / "lib-1"
+    stamp = {"flags": ["-DX=ON"]}
+
+    def make(work: Path) -> None:
+        (work / "lib").mkdir()
+        (work / "lib" / "libx.so").write_bytes(b"x")
+
+    def broken(work: Path) -> None:
+        (work / "partial").write_text("half")
+        raise HarnessError("compiler died")
+
+    with pytest.raises(HarnessError, match="compiler died"):
+        cref.cached_build(final, lambda: False, broken, stamp, "x", log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lib-1.lock"]
+    done = lambda: cref.stamp_matches(final, stamp, ("libx.so",))  # noqa: E731
+    assert cref.cached_build(final, done, make, stamp, "x", log=lambda m: None) == final / "lib"
+    assert done() and json.loads((final / "stamp.json").read_text())["build"] == stamp
+    calls = []
+    cref.cached_build(final, done, lambda w: calls.append(w), stamp, "x", log=lambda m: None)
+    assert calls == []  # cached: make is not run again
+    assert not cref.stamp_matches(final, {"flags": []}, ("libx.so",))  # other flags: rebuild
