@@ -139,7 +139,8 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
             raise HarnessError(f"--dump {dump_dir}: already exists (will not overwrite)")
         if not dump_dir.parent.is_dir():
             raise HarnessError(f"--dump {dump_dir}: parent directory does not exist")
-    llamacpp.build()  # cached; builds once on a fresh machine
+    if not llamacpp.is_built():  # once on a fresh machine; progress on stderr
+        llamacpp.build(log=lambda m: print(f"llamacpp: {m}", file=sys.stderr, flush=True))
     parent = dump_dir.parent if dump_dir is not None else None
     work = Path(tempfile.mkdtemp(prefix=".llama-ref-", dir=parent))
     try:
@@ -410,9 +411,9 @@ def _parse_tokens(text: str) -> list[int]:
     try:
         ids = [int(s) for s in text.replace(" ", "").split(",") if s != ""]
     except ValueError:
-        raise HarnessError(f"--tokens: expected comma-separated ids, got {text!r}") from None
-    if not ids:
-        raise HarnessError("--tokens: no ids given")
+        raise argparse.ArgumentTypeError(f"expected comma-separated ids, got {text!r}") from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more ids >= 0, got {text!r}")
     return ids
 
 

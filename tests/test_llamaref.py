@@ -100,7 +100,7 @@ def test_local_layers_see_only_the_window(built, small_window, tmp_path):
                 assert z[f"kq_soft_max-{layer}"].shape[-1] == min(step + 1, 8)
 
 
-def test_f32_cache_changes_only_the_attention_path(built):
+def test_f32_cache_is_an_option_and_moves_the_logits_slightly(built):
     f16 = llamaref.decode(TINY, PROMPT, 4)
     f32 = llamaref.decode(TINY, PROMPT, 4, kv="f32")
     assert f16.logits.shape == f32.logits.shape
