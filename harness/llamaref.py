@@ -21,11 +21,13 @@ models wherever llama.cpp allows it:
 
 What llama.cpp still does differently from the reference's `ggml` semantics (and from
 SKaiNET), by construction: its matmuls quantize activations to Q8_0/Q8_1/Q8_K before the
-integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x kernels do not), in AVX2 order (8-lane FMA
-accumulators, activation rounding ties-to-even) where `ggml` models the generic C order
-(ties away from zero); the attention products (F16 K/V) and softmax run in SIMD order;
-GELU is ggml's fp16 table in both. So an activation within float noise of a Q8 or fp16
-rounding boundary can land on the neighbouring code: a local jump, not a drift.
+integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x kernels do not), and its x86 quantizer
+(ggml-cpu/arch/x86/quants.c) takes id = 127/amax and rounds ties to even, where the
+generic one the `ggml` semantics models takes id = 1/(amax/127) and rounds ties away from
+zero; its dot products run in AVX2 order (8-lane FMA accumulators), the attention
+products (F16 K/V) and softmax in SIMD order; GELU is ggml's fp16 table in both. So an
+activation within a float ulp of a Q8 or fp16 rounding boundary can land on the
+neighbouring code on one side: a jump of ~1e-3 relative in that tensor, carried forward.
 
 With `--dump DIR`, DIR gets the reference's dump layout (refmodel/dump.py, format
 skoracle-refdump-1): `meta.json` and one `step-NNN.npz` per decode step, each array named
