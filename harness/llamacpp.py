@@ -217,6 +217,8 @@ class LlamaCpp:
             "llama_model_get_vocab": (_P, [_P]),
             "llama_vocab_n_tokens": (ctypes.c_int32, [_P]),
             "llama_model_n_layer": (ctypes.c_int32, [_P]),
+            "llama_model_meta_val_str": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_char_p,
+                                                          ctypes.c_size_t]),
             "llama_batch_get_one": (Batch, [_P, ctypes.c_int32]),
             "llama_decode": (ctypes.c_int32, [_P, Batch]),
             "llama_get_logits_ith": (ctypes.POINTER(ctypes.c_float), [_P, ctypes.c_int32]),
@@ -242,6 +244,12 @@ class LlamaCpp:
         lines = "".join(self.log_lines).strip().splitlines()
         errs = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
         return (errs or lines or ["(no log)"])[-1].strip()
+
+    def meta(self, model: int, key: str) -> str | None:
+        """A GGUF metadata value of a loaded model, as llama.cpp renders it (None if absent)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self.llama.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def tensor_name(self, t: int) -> str:
         return (self.base.ggml_get_name(t) or b"").decode("utf-8", "replace")

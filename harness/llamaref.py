@@ -358,7 +358,7 @@ def _worker(spec: dict) -> int:
         if recorder:
             meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
                     "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
-                    "threads": spec["threads"], "kv": spec["kv"], **_hparams(spec["model"]),
+                    "threads": spec["threads"], "kv": spec["kv"], **_hparams(lc, model),
                     "graph_tensors": graph}
             (dump / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         lg = np.stack(logits).astype(np.float32)
@@ -374,16 +374,13 @@ def _worker(spec: dict) -> int:
     return 0
 
 
-def _hparams(path: str) -> dict[str, int]:
+def _hparams(lc, model: int) -> dict[str, int]:
     """The sizes refmodel's `reference diff` reads from a dump's meta.json (0 if absent)."""
-    import gguf
-
-    fields = gguf.GGUFReader(path).fields
-    arch = str(fields["general.architecture"].contents())
+    arch = lc.meta(model, "general.architecture") or ""
 
     def get(key: str, default: int = 0) -> int:
-        f = fields.get(f"{arch}.{key}")
-        return int(f.contents()) if f is not None else default
+        v = lc.meta(model, f"{arch}.{key}")
+        return int(v) if v is not None and v.lstrip("-").isdigit() else default
 
     n_embd = get("embedding_length")
     return {"n_embd": n_embd, "n_ff": get("feed_forward_length"),

@@ -102,6 +102,23 @@ def test_local_layers_see_only_the_window(built, small_window, tmp_path):
                 assert z[f"kq_soft_max-{layer}"].shape[-1] == min(step + 1, 8)
 
 
+@pytest.mark.slow
+def test_functiongemma_shaped_decode_and_dump(built, tmp_path):
+    """FunctionGemma-270M's shapes and quant mix (random weights, ~258 MB, cached)."""
+    model = tg.cached_model(tg.FUNCTIONGEMMA, "functiongemma-shaped")
+    prompt = [2, 105, 2364, 107]
+    r = llamaref.decode(model, prompt, 32, dump=tmp_path / "d")
+    assert len(r.tokens) == 32 and r.logits.shape == (32, 262144)
+    assert all(np.isfinite(m) and m >= 0 for m in r.margins)
+    with np.load(tmp_path / "d" / "step-034.npz") as z:
+        assert z.files == llamaref.dump_names(18)
+        assert z["Qcur-4"].shape == (1, 4, 256) and z["Vcur-4"].shape == (1, 1, 256)
+        assert z["kq-5"].shape == (4, 1, 35)  # layer 5: global; layer 0: window 512 > 35
+        assert z["kq-0"].shape == (4, 1, 35)
+        assert z["ffn_out-17"].shape == (1, 640) and z["result_output"].shape == (1, 262144)
+        assert np.array_equal(z["result_output"][0], r.logits[-1])
+
+
 def test_f32_cache_is_an_option_and_moves_the_logits_slightly(built):
     f16 = llamaref.decode(TINY, PROMPT, 4)
     f32 = llamaref.decode(TINY, PROMPT, 4, kv="f32")
