@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.run",
     "harness.selfcheck",
     "harness.golden.cli",
+    "harness.llamaref",
     "harness.gate.cli",
     "harness.gate.stale",
     "harness.board.cli",

@@ -119,12 +119,16 @@ def _stamp() -> dict:
 
 def is_built() -> bool:
     """True if a complete build with exactly the current version and flags is cached."""
-    d = build_dir()
+    return stamp_matches(build_dir(), _stamp(), LIBRARIES)
+
+
+def stamp_matches(d: Path, stamp: dict, libraries: tuple[str, ...]) -> bool:
+    """True if d holds a finished build recorded with exactly `stamp` and all `libraries`."""
     try:
-        stamp = json.loads((d / "stamp.json").read_text())
+        got = json.loads((d / "stamp.json").read_text())
     except (OSError, ValueError):
         return False
-    return stamp.get("build") == _stamp() and all((d / "lib" / n).is_file() for n in LIBRARIES)
+    return got.get("build") == stamp and all((d / "lib" / n).is_file() for n in libraries)
 
 
 def fetch_sdist(log: Callable[[str], None] = _say) -> Path:
@@ -149,23 +153,27 @@ def fetch_sdist(log: Callable[[str], None] = _say) -> Path:
 
 def extract_ggml(sdist: Path, dest: Path) -> Path:
     """Extract only vendor/llama.cpp/ggml of the sdist into dest/ggml (safe extraction)."""
-    out = dest / "ggml"
+    return extract_part(sdist, dest / "ggml", GGML_PREFIX, lambda name: True)
+
+
+def extract_part(sdist: Path, out: Path, prefix: str, keep: Callable[[str], bool]) -> Path:
+    """Extract the members under `prefix` whose stripped name `keep` accepts into out."""
     try:
         with tarfile.open(sdist, "r:gz") as tar:
             members = []
             for m in tar.getmembers():
-                if not m.name.startswith(GGML_PREFIX):
+                if not m.name.startswith(prefix):
                     continue
-                m.name = m.name[len(GGML_PREFIX):]
-                if m.islnk() and m.linkname.startswith(GGML_PREFIX):
-                    m.linkname = m.linkname[len(GGML_PREFIX):]
-                if m.name:
+                m.name = m.name[len(prefix):]
+                if m.islnk() and m.linkname.startswith(prefix):
+                    m.linkname = m.linkname[len(prefix):]
+                if m.name and keep(m.name):
                     members.append(m)
             if not members:
-                raise HarnessError(f"{sdist}: no {GGML_PREFIX} in the sdist")
+                raise HarnessError(f"{sdist}: no {prefix} in the sdist")
             tar.extractall(out, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise HarnessError(f"{sdist}: cannot extract ggml sources: {exc}") from None
+        raise HarnessError(f"{sdist}: cannot extract {prefix}: {exc}") from None
     return out
 
 
@@ -206,72 +214,85 @@ def check_no_vector_code(lib: Path) -> None:
                            f"reference build, e.g. {bad[0]!r}")
 
 
-def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
-    """Build ggml-base and ggml-cpu (cached, idempotent); return the directory of the .so files.
+def cached_build(final: Path, is_done: Callable[[], bool], make: Callable[[Path], None],
+                 stamp: dict, label: str, force: bool = False,
+                 log: Callable[[str], None] = _say) -> Path:
+    """Build once into `final` (cached, idempotent); return final/lib.
 
-    Concurrent callers (parallel test workers) serialise on a lock file in the cache.
+    `make(work)` fills work/lib in a fresh temporary directory beside `final`; the stamp
+    is written and the directory renamed into place, so an interrupted build leaves no
+    half cache. Concurrent callers (parallel test workers) serialise on a lock file.
     """
-    final = build_dir()
-    if not force and is_built():
-        log(f"ggml {LCP_VERSION} already built in {final}")
+    if not force and is_done():
+        log(f"{label} already built in {final}")
         return final / "lib"
     final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".ggml-{LCP_VERSION}.lock", "w") as lock:
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and is_built():
-            log(f"ggml {LCP_VERSION} built meanwhile in {final}")
+        if not force and is_done():
+            log(f"{label} built meanwhile in {final}")
             return final / "lib"
-        return _build_locked(final, log)
+        t0 = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            make(work)
+            done = {"build": stamp, "seconds": round(time.monotonic() - t0, 1)}
+            (work / "stamp.json").write_text(json.dumps(done, indent=1) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            work.chmod(0o755)
+            os.replace(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    log(f"built {label} in {time.monotonic() - t0:.0f} s -> {final / 'lib'}")
+    return final / "lib"
 
 
-def _build_locked(final: Path, log: Callable[[str], None]) -> Path:
+def collect_libraries(bdir: Path, lib: Path, names: tuple[str, ...]) -> None:
+    """Copy each built library (and a copy under its SONAME) from bdir's tree into lib."""
+    lib.mkdir()
+    for name in names:
+        found = sorted(bdir.rglob(name))
+        if not found:
+            raise HarnessError(f"cmake build produced no {name}")
+        real = found[0].resolve()
+        shutil.copy2(real, lib / name)
+        soname = _soname(real)
+        if soname and soname != name:
+            shutil.copy2(real, lib / soname)
+
+
+def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
+    """Build ggml-base and ggml-cpu (cached, idempotent); return the directory of the .so files."""
+    return cached_build(build_dir(), is_built, lambda work: _make(work, log), _stamp(),
+                        f"ggml {LCP_VERSION}", force, log)
+
+
+def _make(work: Path, log: Callable[[str], None]) -> None:
     for tool in ("cmake", "cc"):
         if shutil.which(tool) is None:
             raise HarnessError(f"{tool} not found: run scripts/setup.sh (installs cmake, gcc)")
-    t0 = time.monotonic()
     sdist = fetch_sdist(log)
-    work = Path(tempfile.mkdtemp(prefix=f".ggml-{LCP_VERSION}-", dir=final.parent))
-    try:
-        log(f"extracting vendor/llama.cpp/ggml from {sdist.name}")
-        src = extract_ggml(sdist, work)
-        bdir = work / "build"
-        # ggml is consumed as a subproject, as llama.cpp does: its standalone mode wants a
-        # ggml.pc.in that the sdist does not ship.
-        (work / "CMakeLists.txt").write_text(WRAPPER_CMAKELISTS)
-        log("configuring (Release, shared, GGML_NATIVE=OFF, every x86 SIMD option OFF)")
-        _run(["cmake", "-S", str(work), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
-        jobs = str(min(2, os.cpu_count() or 1))
-        log(f"compiling {' '.join(BUILD_TARGETS)} with -j{jobs}")
-        _run(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
-             work, "cmake build")
-        lib = work / "lib"
-        lib.mkdir()
-        for name in LIBRARIES:
-            found = sorted(bdir.rglob(name))
-            if not found:
-                raise HarnessError(f"cmake build produced no {name}")
-            real = found[0].resolve()
-            shutil.copy2(real, lib / name)
-            soname = _soname(real)
-            if soname and soname != name:
-                shutil.copy2(real, lib / soname)
-        log("checking the libraries for AVX/FMA instructions (objdump -d)")
-        for name in LIBRARIES:
-            check_no_vector_code(lib / name)
-        shutil.rmtree(bdir)
-        shutil.rmtree(src)
-        (work / "CMakeLists.txt").unlink()
-        stamp = {"build": _stamp(), "seconds": round(time.monotonic() - t0, 1)}
-        (work / "stamp.json").write_text(json.dumps(stamp, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.chmod(0o755)
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log(f"built ggml {LCP_VERSION} in {time.monotonic() - t0:.0f} s -> {final / 'lib'}")
-    return final / "lib"
+    log(f"extracting vendor/llama.cpp/ggml from {sdist.name}")
+    src = extract_ggml(sdist, work)
+    bdir = work / "build"
+    # ggml is consumed as a subproject, as llama.cpp does: its standalone mode wants a
+    # ggml.pc.in that the sdist does not ship.
+    (work / "CMakeLists.txt").write_text(WRAPPER_CMAKELISTS)
+    log("configuring (Release, shared, GGML_NATIVE=OFF, every x86 SIMD option OFF)")
+    _run(["cmake", "-S", str(work), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
+    jobs = str(min(2, os.cpu_count() or 1))
+    log(f"compiling {' '.join(BUILD_TARGETS)} with -j{jobs}")
+    _run(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
+         work, "cmake build")
+    collect_libraries(bdir, work / "lib", LIBRARIES)
+    log("checking the libraries for AVX/FMA instructions (objdump -d)")
+    for name in LIBRARIES:
+        check_no_vector_code(work / "lib" / name)
+    shutil.rmtree(bdir)
+    shutil.rmtree(src)
+    (work / "CMakeLists.txt").unlink()
 
 
 def _soname(lib: Path) -> str | None:
@@ -558,35 +579,44 @@ def _raw_1d(q: QType, raw: np.ndarray, n: int, what: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m harness.cref",
-                                     description="Build/inspect ggml's C reference library.")
+    def check() -> None:
+        CRef.load(build_if_missing=False)
+        _say("library loads; ggml_cpu_init ok")
+
+    return library_main(argv, "cref", "ggml's C reference library", build, build_dir,
+                        is_built, check)
+
+
+def library_main(argv: list[str] | None, name: str, what: str,
+                 build_fn: Callable[..., Path], dir_fn: Callable[[], Path],
+                 built_fn: Callable[[], bool], check: Callable[[], None] | None = None) -> int:
+    """`python3 -m harness.<name> build [--force] | info` for a cached library build."""
+    parser = argparse.ArgumentParser(prog=f"python3 -m harness.{name}",
+                                     description=f"Build/inspect {what}.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help="build (cached) and verify the reference library")
+    p_build = sub.add_parser("build", help=f"build (cached) and verify {what}")
     p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
     sub.add_parser("info", help="print where the library is and how it was built")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            build(force=args.force)
-            CRef.load(build_if_missing=False)
-            _say("library loads; ggml_cpu_init ok")
+            build_fn(force=args.force)
+            if check:
+                check()
         else:
-            print(json.dumps({"dir": str(build_dir()), "built": is_built(),
-                              "stamp": _read_stamp()}, indent=1))
+            try:
+                stamp = json.loads((dir_fn() / "stamp.json").read_text())
+            except (OSError, ValueError):
+                stamp = None
+            print(json.dumps({"dir": str(dir_fn()), "built": built_fn(), "stamp": stamp},
+                             indent=1))
     except (HarnessError, OracleError) as exc:
-        print(f"cref {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name} {args.command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
-        print(f"cref {args.command}: interrupted", file=sys.stderr)
+        print(f"{name} {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def _read_stamp() -> dict | None:
-    try:
-        return json.loads((build_dir() / "stamp.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,462 @@
+"""`skoracle llama-ref MODEL.gguf`: greedy "llama-ref" tokens and activation dumps from llama.cpp.
+
+Runs the real llama.cpp (harness/llamacpp.py) on a GGUF: the prompt is fed one token per
+`llama_decode` (positions 0, 1, ...), then N tokens are decoded greedily (argmax of the
+logits, ties to the lowest id, as `np.argmax`). Each decode runs in its own process, so a
+crash inside llama.cpp is an error message, and the libraries never meet the scalar C
+reference in one address space.
+
+Settings, each chosen so llama.cpp computes what the `ggml` semantics of the reference
+models wherever llama.cpp allows it:
+
+- KV cache F16, llama.cpp's default, which the reference's `ggml` semantics models (it
+  rounds K, V and the attention operands to fp16); `kv="f32"` (`--kv f32`) removes that
+  rounding on llama.cpp's side, for a comparison with the other semantics;
+- flash attention off (so `kq`/`kq_soft_max` exist and softmax is a separate op);
+- no weight repacking (`use_extra_bufts` off: ggml's vec_dot, not the Q4_0/Q4_K 8x8 GEMV);
+- `swa_full` on, a fresh cache per run: KV cell i holds position i, so the attended keys
+  of `kq-L` are known from the mask;
+- 1 thread by default (`--threads 2` also gives identical results: ggml splits rows, never
+  a dot product).
+
+What llama.cpp still does differently from the reference's `ggml` semantics (and from
+SKaiNET), by construction: its matmuls quantize activations to Q8_0/Q8_1/Q8_K before the
+integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x kernels do not), and its x86 quantizer
+(ggml-cpu/arch/x86/quants.c) takes id = 127/amax and rounds ties to even, where the
+generic one the `ggml` semantics models takes id = 1/(amax/127) and rounds ties away from
+zero; its dot products run in AVX2 order (8-lane FMA accumulators), the attention
+products (F16 K/V) and softmax in SIMD order; GELU is ggml's fp16 table in both. So an
+activation within a float ulp of a Q8 or fp16 rounding boundary can land on the
+neighbouring code on one side: a jump of ~1e-3 relative in that tensor, carried forward.
+
+With `--dump DIR`, DIR gets the reference's dump layout (refmodel/dump.py, format
+skoracle-refdump-1): `meta.json` and one `step-NNN.npz` per decode step, each array named
+as llama.cpp's eval callback names it (`attn_norm-3`, `kq_soft_max-3`, `l_out-3`, ...;
+a repeat within a layer gets `#n`), float32, numpy shape = ggml ne reversed. `kq-L` and
+`kq_soft_max-L` keep only the columns the mask lets the query see, oldest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness import llamacpp
+from harness.errors import HarnessError
+
+DUMP_FORMAT = "skoracle-refdump-1"
+SEMANTICS = "llama.cpp"
+#: Per-token tensors whose ggml rank is 3 ([head_dim, heads, tokens] or [kv, tokens, heads]);
+#: the rest are 2-D ([n, tokens]). A decode step has one token, so ne alone cannot tell.
+RANK3 = frozenset({"Qcur", "Kcur", "Vcur", "Qcur_normed", "Kcur_normed", "kq", "kq_soft_max",
+                   "kqv"})
+_NAMED = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z0-9_]*?)(?:-(?P<layer>\d+))?$")
+DEFAULT_TIMEOUT = 1800.0
+KV_TYPES = ("f16", "f32")
+
+
+@dataclass
+class LlamaDecode:
+    """One greedy decode by llama.cpp (the fields match refmodel's DecodeResult)."""
+
+    prompt_tokens: list[int]
+    tokens: list[int]
+    logits: np.ndarray  # float32 (n, n_vocab): the logits that chose each generated token
+    margins: list[float]  # top-1 minus top-2 logit per generated step
+    seconds: float
+    threads: int
+    tensor_names: list[str] = field(default_factory=list)  # dump names of one step, in order
+    dump_dir: Path | None = None
+
+    @property
+    def tok_per_s(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> dict:
+        return {"engine": SEMANTICS, "prompt_tokens": self.prompt_tokens, "tokens": self.tokens,
+                "margins": [round(m, 6) for m in self.margins],
+                "tok_per_s": round(self.tok_per_s, 3), "seconds": round(self.seconds, 4),
+                "threads": self.threads,
+                "dump": str(self.dump_dir) if self.dump_dir else None}
+
+
+def top2_margin(logits: np.ndarray) -> float:
+    """Largest minus second-largest logit (0 on a tie)."""
+    two = np.partition(np.asarray(logits, dtype=np.float64), -2)[-2:]
+    return float(two[1] - two[0])
+
+
+# ----------------------------------------------------------------------------------------
+# The parent side: check the input, run one worker process, collect its files
+# ----------------------------------------------------------------------------------------
+
+def _check_model(model: Path) -> Path:
+    model = Path(model)
+    try:
+        with open(model, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise HarnessError(f"{model}: cannot read the model: {exc.strerror or exc}") from None
+    if magic != b"GGUF":
+        raise HarnessError(f"{model}: not a GGUF file (magic {magic!r})")
+    return model
+
+
+def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
+           prompt: str | None = None, threads: int = 1, kv: str = "f16",
+           dump: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> LlamaDecode:
+    """Greedy-decode n tokens after `tokens` (or the tokenized `prompt`) with llama.cpp.
+
+    With `dump`, per-step activations go to that directory (which must not exist yet; it
+    appears complete or not at all).
+    """
+    model = _check_model(model)
+    if (tokens is None) == (prompt is None):
+        raise HarnessError("give exactly one of --tokens and --prompt")
+    if tokens is not None:
+        if not tokens or not all(isinstance(t, int | np.integer) and t >= 0 for t in tokens):
+            raise HarnessError(f"--tokens: need one or more non-negative ids, got {tokens!r}")
+        tokens = [int(t) for t in tokens]
+    if not isinstance(n, int) or n < 1:
+        raise HarnessError(f"--n: need a positive number of tokens, got {n!r}")
+    if threads not in (1, 2):
+        raise HarnessError(f"--threads: 1 or 2, got {threads!r}")
+    if kv not in KV_TYPES:
+        raise HarnessError(f"--kv: one of {', '.join(KV_TYPES)}, got {kv!r}")
+    dump_dir = Path(dump) if dump is not None else None
+    if dump_dir is not None:
+        if dump_dir.exists():
+            raise HarnessError(f"--dump {dump_dir}: already exists (will not overwrite)")
+        if not dump_dir.parent.is_dir():
+            raise HarnessError(f"--dump {dump_dir}: parent directory does not exist")
+    if not llamacpp.is_built():  # once on a fresh machine; progress on stderr
+        llamacpp.build(log=lambda m: print(f"llamacpp: {m}", file=sys.stderr, flush=True))
+    parent = dump_dir.parent if dump_dir is not None else None
+    work = Path(tempfile.mkdtemp(prefix=".llama-ref-", dir=parent))
+    try:
+        spec = {"model": str(model.resolve()), "tokens": tokens, "prompt": prompt, "n": n,
+                "threads": threads, "kv": kv, "dump": dump_dir is not None, "out": str(work)}
+        _run_worker(spec, timeout)
+        result = _read_result(work, threads)
+        if dump_dir is not None:
+            os.replace(work / "dump", dump_dir)
+            result.dump_dir = dump_dir
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _run_worker(spec: dict, timeout: float) -> None:
+    cmd = [sys.executable, "-m", "harness.llamaref", "--worker", json.dumps(spec)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (
+        str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")))))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"llama.cpp decode did not finish in {timeout:.0f} s") from None
+    if proc.returncode == 0:
+        return
+    msg = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise HarnessError(f"llama.cpp crashed ({name}) decoding {spec['model']}: {msg}")
+    raise HarnessError(msg.removeprefix("error: "))
+
+
+def _read_result(work: Path, threads: int) -> LlamaDecode:
+    meta = json.loads((work / "result.json").read_text())
+    return LlamaDecode(prompt_tokens=meta["prompt_tokens"], tokens=meta["tokens"],
+                       logits=np.load(work / "logits.npy", allow_pickle=False),
+                       margins=meta["margins"], seconds=meta["seconds"], threads=threads,
+                       tensor_names=meta["tensor_names"])
+
+
+# ----------------------------------------------------------------------------------------
+# The worker: llama.cpp in this process
+# ----------------------------------------------------------------------------------------
+
+class _Recorder:
+    """The eval callback: asks for every named graph node and keeps a float32 copy.
+
+    A RESHAPE that keeps its input's name (llama.cpp names the projection and its
+    [head_dim, heads, tokens] view alike) replaces that entry: same values, the 3-D shape.
+    """
+
+    def __init__(self, lc) -> None:
+        self.lc = lc
+        self.step: dict[str, np.ndarray] = {}
+        self.graph: list[str] = []  # every named node of this step, in compute order
+        self.visible: dict[str, np.ndarray] = {}  # kq_soft_max-L -> columns the mask keeps
+        self.error: BaseException | None = None
+
+    @staticmethod
+    def wanted(name: str) -> bool:
+        return bool(name) and " (" not in name and not name.startswith(("node_", "leaf_"))
+
+    def __call__(self, t: int, ask: bool, _user: int | None) -> bool:
+        try:
+            name = self.lc.tensor_name(t)
+            if ask:
+                return self.wanted(name)
+            self.graph.append(name)
+            arr = self.lc.tensor_array(t)
+            if arr is None:
+                return True
+            m = _NAMED.match(name)
+            base = m.group("base") if m else name
+            if base == "kq_soft_max":
+                mask = self.lc.tensor_array(self.lc.tensor_src(t, 1))
+                row = mask.reshape(-1, mask.shape[-1])[0]
+                self.visible[name] = np.flatnonzero(np.isfinite(row))
+            arr = arr.reshape(_dump_shape(base, arr.shape))
+            if self.lc.tensor_op(t) == llamacpp.GGML_OP_RESHAPE and name in self.step:
+                self.step[self._last(name)] = arr
+                return True
+            key, k = name, 1
+            while key in self.step:
+                key, k = f"{name}#{k}", k + 1
+            self.step[key] = arr
+        except BaseException as exc:  # never let an exception cross into C
+            self.error = exc
+            return False
+        return True
+
+    def _last(self, name: str) -> str:
+        key, k = name, 1
+        while f"{name}#{k}" in self.step:
+            key, k = f"{name}#{k}", k + 1
+        return key
+
+    def take(self, order: list[str]) -> dict[str, np.ndarray]:
+        """This step's arrays named in `order`, in that order; kq columns restricted to
+        the keys the query may attend to."""
+        out = {}
+        for key in order:
+            if key not in self.step:
+                continue
+            arr = self.step[key]
+            m = _NAMED.match(key.split("#", 1)[0])
+            if m and m.group("base") in ("kq", "kq_soft_max") and m.group("layer") is not None:
+                cols = self.visible.get(f"kq_soft_max-{m.group('layer')}")
+                if cols is not None:
+                    arr = arr[..., cols]
+            out[key] = np.ascontiguousarray(arr, dtype=np.float32)
+        self.step, self.visible, self.graph = {}, {}, []
+        return out
+
+
+#: The dump's per-layer names in the contract's order (refmodel/dump.py); llama.cpp's own
+#: compute order differs only in ffn_gate before ffn_up. Other named nodes of the graph
+#: (`embd`, `norm-L`, `kqv-L`: RMSNorm before its weight, per-head attention output) are
+#: listed in meta.json's `graph_tensors` but not dumped.
+LAYER_NAMES: tuple[str, ...] = (
+    "attn_norm", "Qcur", "Kcur", "Vcur", "Qcur_normed", "Kcur_normed", "Qcur#1", "Kcur#1",
+    "kq", "kq_soft_max", "kqv_out", "attn_post_norm", "sa_out", "ffn_norm", "ffn_up",
+    "ffn_gate", "ffn_geglu", "ffn_out", "ffn_post_norm", "l_out")
+
+
+def dump_names(n_layer: int) -> list[str]:
+    """Every array name of one dump step, in order, for a model of n_layer layers."""
+    per = [n.replace("#", f"-{il}#") if "#" in n else f"{n}-{il}"
+           for il in range(n_layer) for n in LAYER_NAMES]
+    return ["inp_scaled", *per, "result_norm", "result_output"]
+
+
+def _dump_shape(base: str, shape4: tuple[int, ...]) -> tuple[int, ...]:
+    """ne reversed, keeping the tensor's own rank (2, or 3 for the per-head tensors)."""
+    rank = 3 if base in RANK3 else 2
+    lead = shape4[: len(shape4) - rank]
+    if any(d != 1 for d in lead):
+        return shape4
+    return shape4[len(shape4) - rank:]
+
+
+def _worker(spec: dict) -> int:
+    lc = llamacpp.load(build_if_missing=False)
+    out = Path(spec["out"])
+    mp = lc.llama.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    mp.use_extra_bufts = False
+    model = lc.llama.llama_model_load_from_file(spec["model"].encode(), mp)
+    if not model:
+        raise HarnessError(f"{spec['model']}: llama.cpp cannot load it: {lc.last_error()}")
+    ctx = None
+    try:
+        vocab = lc.llama.llama_model_get_vocab(model)
+        n_vocab = lc.llama.llama_vocab_n_tokens(vocab)
+        prompt = spec["tokens"] if spec["tokens"] is not None else _tokenize(lc, vocab,
+                                                                             spec["prompt"])
+        bad = [t for t in prompt if t >= n_vocab]
+        if bad:
+            raise HarnessError(f"--tokens: id {bad[0]} is outside the vocabulary "
+                               f"({n_vocab} tokens)")
+        n = spec["n"]
+        cp = lc.llama.llama_context_default_params()
+        cp.n_ctx = len(prompt) + n
+        cp.n_batch = cp.n_ubatch = 1
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = spec["threads"]
+        cp.type_k = cp.type_v = (llamacpp.GGML_TYPE_F32 if spec["kv"] == "f32"
+                                 else llamacpp.GGML_TYPE_F16)
+        cp.flash_attn_type = llamacpp.FLASH_ATTN_DISABLED
+        cp.swa_full = True
+        cp.no_perf = True
+        recorder = _Recorder(lc) if spec["dump"] else None
+        callback = llamacpp.EvalCallback(recorder) if recorder else llamacpp.EvalCallback()
+        cp.cb_eval = callback
+        ctx = lc.llama.llama_init_from_model(model, cp)
+        if not ctx:
+            raise HarnessError(f"{spec['model']}: llama.cpp cannot make a context: "
+                               f"{lc.last_error()}")
+        fed: list[int] = []
+        generated: list[int] = []
+        logits: list[np.ndarray] = []
+        names: list[str] = []
+        graph: list[str] = []
+        order = dump_names(lc.llama.llama_model_n_layer(model))
+        dump = out / "dump"
+        if recorder:
+            dump.mkdir()
+        token = np.zeros(1, dtype=np.int32)
+        t_gen = 0.0
+        queue = list(prompt)
+        while len(generated) < n:
+            token[0] = queue.pop(0)
+            t0 = time.perf_counter()
+            rc = lc.llama.llama_decode(ctx, lc.llama.llama_batch_get_one(token.ctypes.data, 1))
+            if recorder and recorder.error is not None:
+                raise recorder.error
+            if rc != 0:
+                raise HarnessError(f"llama_decode returned {rc} at position {len(fed)}: "
+                                   f"{lc.last_error()}")
+            row = np.ctypeslib.as_array(lc.llama.llama_get_logits_ith(ctx, -1), (n_vocab,))
+            step = len(fed)
+            fed.append(int(token[0]))
+            if not queue:  # these logits choose the next token
+                nxt = int(np.argmax(row))
+                t_gen += time.perf_counter() - t0
+                generated.append(nxt)
+                logits.append(row.copy())
+                queue.append(nxt)
+            if recorder:
+                graph = graph or list(recorder.graph)
+                arrays = recorder.take(order)
+                names = names or list(arrays)
+                np.savez(dump / f"step-{step:03d}.npz", **arrays)
+        if recorder:
+            meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
+                    "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
+                    "threads": spec["threads"], "kv": spec["kv"], **_hparams(lc, model),
+                    "graph_tensors": graph}
+            (dump / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        lg = np.stack(logits).astype(np.float32)
+        np.save(out / "logits.npy", lg)
+        result = {"prompt_tokens": prompt, "tokens": generated,
+                  "margins": [top2_margin(r) for r in lg], "seconds": t_gen,
+                  "tensor_names": names}
+        (out / "result.json").write_text(json.dumps(result))
+    finally:
+        if ctx:
+            lc.llama.llama_free(ctx)
+        lc.llama.llama_model_free(model)
+    return 0
+
+
+def _hparams(lc, model: int) -> dict[str, int]:
+    """The sizes refmodel's `reference diff` reads from a dump's meta.json (0 if absent)."""
+    arch = lc.meta(model, "general.architecture") or ""
+
+    def get(key: str, default: int = 0) -> int:
+        v = lc.meta(model, f"{arch}.{key}")
+        return int(v) if v is not None and v.lstrip("-").isdigit() else default
+
+    n_embd = get("embedding_length")
+    return {"n_embd": n_embd, "n_ff": get("feed_forward_length"),
+            "head_dim": get("attention.key_length",
+                            n_embd // max(1, get("attention.head_count", 1))),
+            "n_swa": get("attention.sliding_window")}
+
+
+def _tokenize(lc, vocab: int, text: str) -> list[int]:
+    """The prompt through llama.cpp's own tokenizer (BOS added as the GGUF says)."""
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = np.zeros(cap, dtype=np.int32)
+    k = lc.llama.llama_tokenize(vocab, data, len(data), buf.ctypes.data, cap, True, False)
+    if k < 0:
+        raise HarnessError(f"--prompt: llama.cpp needs {-k} tokens, more than {cap}")
+    if k == 0:
+        raise HarnessError("--prompt: tokenizes to nothing")
+    return [int(t) for t in buf[:k]]
+
+
+# ----------------------------------------------------------------------------------------
+# skoracle llama-ref
+# ----------------------------------------------------------------------------------------
+
+def _parse_tokens(text: str) -> list[int]:
+    try:
+        ids = [int(s) for s in text.replace(" ", "").split(",") if s != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ids, got {text!r}") from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more ids >= 0, got {text!r}")
+    return ids
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "llama-ref",
+        help="greedy 'llama-ref' token ids (and activation dumps) from the real llama.cpp",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="the .gguf file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tokens", type=_parse_tokens, help="prompt ids, e.g. 2,105,2364")
+    src.add_argument("--prompt", help="prompt text, tokenized by llama.cpp's own tokenizer")
+    p.add_argument("--n", type=int, default=32, help="tokens to generate (default 32)")
+    p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="default 1")
+    p.add_argument("--kv", default="f16", choices=KV_TYPES,
+                   help="KV cache type (default f16, llama.cpp's own default)")
+    p.add_argument("--dump", help="write per-step activations here (a new directory)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    r = decode(args.model, args.tokens, args.n, prompt=args.prompt, threads=args.threads,
+               kv=args.kv, dump=args.dump)
+    if args.json:
+        print(json.dumps(r.summary(), indent=1))
+        return 0
+    print(",".join(str(t) for t in r.tokens))
+    print(f"llama.cpp {len(r.tokens)} tokens, {r.tok_per_s:.1f} tok/s ({r.threads} thread"
+          f"{'s' if r.threads > 1 else ''}); min top-2 margin {min(r.margins):.4g}")
+    if r.dump_dir:
+        print(f"dump: {r.dump_dir} ({len(r.tensor_names)} tensors per step)")
+    return 0
+
+
+def _worker_main(argv: list[str]) -> int:
+    try:
+        return _worker(json.loads(argv[1]))
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        raise SystemExit(_worker_main(sys.argv[1:]))
+    raise SystemExit("usage: skoracle llama-ref MODEL --tokens IDS (python3 -m harness)")
