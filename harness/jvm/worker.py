@@ -1,0 +1,301 @@
+"""One JVM per configuration (JDK, lane count, JIT mode) in its own worker process.
+
+JPype can start one JVM per process, so each configuration gets a process, started once
+and fed cases over a pipe; arrays cross as NumPy buffers (JPype copies a contiguous ndarray
+into a Java primitive array in one go). A kernel that hangs or a JVM that dies ends that
+worker: the parent reports the case (timeout / crash) and starts a fresh worker for the
+rest. The JVM's own stdout (PrintCompilation in `warm` mode) goes to a log file the worker
+reads to see when C2 has compiled the kernel under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.jvm.jdk import VECTOR_MODULE
+
+JIT_MODES = ("pinned", "warm")
+#: JIT flags per mode. pinned: C1 at most (the Vector API's Java fallback, lanes added in
+#: order); warm: C2 only, compiled synchronously after a few hundred calls, logged.
+JIT_FLAGS = {
+    "pinned": ["-XX:TieredStopAtLevel=1"],
+    "warm": ["-XX:-TieredCompilation", "-XX:CompileThreshold=200", "-XX:+PrintCompilation"],
+}
+BASE_FLAGS = ["-Xmx1g", "-XX:+UseSerialGC", "-XX:CICompilerCount=2",
+              "--enable-native-access=ALL-UNNAMED"]
+WARM_EXTRA_CALLS = 3  # calls after C2 has compiled the kernel, judged on the last
+WARM_MAX_CALLS = 3000
+
+
+@dataclass(frozen=True)
+class JvmConfig:
+    """What makes one JVM: the JDK, the classpath, the lane count (`auto` or a float lane
+    count forced through -XX:MaxVectorSize) and the JIT mode."""
+
+    jdk_home: str
+    classpath: str
+    lanes: str = "auto"
+    jit: str = "pinned"
+    has_vector: bool = True
+
+    def jvm_options(self) -> list[str]:
+        opts = list(BASE_FLAGS)
+        if self.has_vector:
+            opts.append(f"--add-modules={VECTOR_MODULE}")
+        if self.lanes != "auto":
+            opts.append(f"-XX:MaxVectorSize={4 * int(self.lanes)}")
+        return opts + JIT_FLAGS[self.jit]
+
+    @property
+    def label(self) -> str:
+        return f"lanes={self.lanes} jit={self.jit}"
+
+
+@dataclass
+class CallResult:
+    """One case's outcome in a worker: output or error, repeats and how many drifted."""
+
+    status: str  # ok | crash | timeout
+    y: np.ndarray | None = None
+    first: np.ndarray | None = None
+    calls: int = 0
+    drifted: int = 0  # calls whose output differed from the first call's
+    compiled: bool | None = None  # warm mode: C2 compiled the kernel's matmul
+    error: dict[str, Any] = field(default_factory=dict)  # class, message, frames
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- child side
+
+def _compiled(log: Path, pos: int, method: str) -> tuple[bool, int]:
+    """Whether the PrintCompilation log shows `method` compiled (not OSR) since `pos`."""
+    with open(log, "rb") as f:
+        f.seek(pos)
+        text = f.read().decode(errors="replace")
+        pos = f.tell()
+    pat = re.compile(rf"^\s*\d+\s+\d+\s+([^\s]*)\s+{re.escape(method)} \(", re.M)
+    return any("%" not in m.group(1) for m in pat.finditer(text)), pos
+
+
+def _child(conn: Any, config: JvmConfig, log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)  # the JVM's stdout: PrintCompilation lines
+    os.dup2(fd, 2)
+    import jpype
+
+    jvm = str(Path(config.jdk_home) / "lib" / "server" / "libjvm.so")
+    t0 = time.perf_counter()
+    jpype.startJVM(jvm, *config.jvm_options(), classpath=config.classpath.split(":"),
+                   convertStrings=True)
+    lanes = None
+    if config.has_vector:
+        lanes = int(jpype.JClass("jdk.incubator.vector.FloatVector").SPECIES_PREFERRED.length())
+    runtime = jpype.JClass("java.lang.System")
+    conn.send({"start_s": time.perf_counter() - t0, "lanes": lanes,
+               "vm": f"{runtime.getProperty('java.vm.name')} "
+                     f"{runtime.getProperty('java.runtime.version')}"})
+    instances: dict[str, Any] = {}
+    compiled: set[str] = set()
+    logpos = 0
+    jfloat, jbyte = jpype.JArray(jpype.JFloat), jpype.JArray(jpype.JByte)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        cls, x, w, w_off, in_dim, out_dim, calls, budget = msg
+        t0 = time.perf_counter()
+        batch = x.shape[0]
+        try:
+            inst = instances.get(cls)
+            if inst is None:
+                inst = instances[cls] = jpype.JClass(cls).INSTANCE
+            jx, jw = jfloat(x.reshape(-1)), jbyte(w.view(np.int8))
+            jy = jfloat(batch * out_dim)
+            first = y = None
+            done = drifted = 0
+            extra = WARM_EXTRA_CALLS
+            method = f"{cls}::matmul"
+            while True:
+                for r in range(batch):  # one call per row, as SKaiNET batches
+                    inst.matmul(jx, r * in_dim, jw, w_off, in_dim, out_dim, jy, r * out_dim)
+                y = np.array(jy, dtype=np.float32).reshape(batch, out_dim)
+                done += 1
+                if first is None:
+                    first = y
+                elif y.tobytes() != first.tobytes():
+                    drifted += 1
+                if calls != "warm":
+                    if done >= calls:
+                        break
+                    continue
+                if method not in compiled:
+                    hit, logpos = _compiled(Path(log), logpos, method)
+                    if hit:
+                        compiled.add(method)
+                if method in compiled:
+                    extra -= 1
+                    if extra <= 0:
+                        break
+                if done >= WARM_MAX_CALLS or time.perf_counter() - t0 > budget:
+                    break
+            conn.send({"status": "ok", "y": y, "first": first, "calls": done,
+                       "drifted": drifted, "seconds": time.perf_counter() - t0,
+                       "compiled": (method in compiled) if calls == "warm" else None})
+        except jpype.JException as exc:
+            frames = [str(f) for f in exc.getStackTrace()[:6]]
+            conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
+                       "error": {"class": str(exc.getClass().getName()),
+                                 "message": str(exc.getMessage()), "frames": frames}})
+
+
+def main(argv: list[str]) -> None:
+    """Worker entry: `python -m harness.jvm.worker FD CONFIG_JSON LOG`."""
+    _child(Connection(int(argv[0])), JvmConfig(**json.loads(argv[1])), argv[2])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
+
+# --------------------------------------------------------------------------- parent side
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+class Worker:
+    """A handle on one configuration's worker process (started on first use, restarted
+    after a timeout or a JVM death)."""
+
+    def __init__(self, config: JvmConfig, timeout: float = 60.0, start_timeout: float = 120.0):
+        self.config = config
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.info: dict[str, Any] = {}
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Any = None
+        self._log: str | None = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> dict[str, Any]:
+        """Start the worker and its JVM (once); returns start time, lanes, VM name."""
+        if self.alive:
+            return self.info
+        ours, theirs = socket.socketpair()
+        fd, self._log = tempfile.mkstemp(prefix="skoracle-jvm-", suffix=".log")
+        os.close(fd)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p))
+        t0 = time.perf_counter()
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.jvm.worker", str(theirs.fileno()),
+                 json.dumps(asdict(self.config)), self._log],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
+                cwd=PROJECT_ROOT)
+        parent = self._conn = Connection(ours.detach())
+        self.starts += 1
+        if not parent.poll(self.start_timeout):
+            tail = self._log_tail()
+            self.close()
+            raise HarnessError(f"JVM ({self.config.label}) did not start within "
+                               f"{self.start_timeout:.0f}s{tail}")
+        try:
+            self.info = parent.recv()
+        except EOFError:
+            tail = self._log_tail()
+            self.close()
+            raise HarnessError(f"JVM ({self.config.label}) failed to start{tail}") from None
+        self.info["wall_start_s"] = time.perf_counter() - t0
+        return self.info
+
+    def _log_tail(self) -> str:
+        try:
+            text = Path(self._log).read_text(errors="replace").strip() if self._log else ""
+        except OSError:
+            return ""
+        return f": {text[-600:]}" if text else ""
+
+    def call(self, cls: str, x: np.ndarray, w: np.ndarray, in_dim: int, out_dim: int,
+             w_offset: int = 0, calls: int | str = 1,
+             timeout: float | None = None) -> CallResult:
+        """Run `cls.INSTANCE.matmul` on every row of x (batch, in_dim) with the packed
+        weight bytes w (input-block-major, starting at w_offset): `calls` times, or
+        "warm" (until C2 has compiled it, then a few more). A Java exception is a crash
+        result; a hang past `timeout` kills the worker (a timeout result)."""
+        self.start()
+        t0 = time.perf_counter()
+        x = np.ascontiguousarray(x, np.float32)
+        w = np.ascontiguousarray(w, np.uint8).reshape(-1)
+        limit = self.timeout if timeout is None else timeout
+        self._conn.send((cls, x, w, int(w_offset), int(in_dim), int(out_dim), calls,
+                         limit / 2))  # warm-up budget: half the case's time limit
+        if not self._conn.poll(limit):
+            self.close()
+            return CallResult("timeout", seconds=time.perf_counter() - t0,
+                              error={"message": f"no result within {limit:.0f}s: worker "
+                                                "killed"})
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            try:
+                code = self._proc.wait(5) if self._proc else None
+            except subprocess.TimeoutExpired:
+                code = None
+            tail = self._log_tail()
+            self.close()
+            return CallResult("crash", seconds=time.perf_counter() - t0,
+                              error={"class": "JVM died", "message": f"exit code {code}{tail}",
+                                     "frames": []})
+        return CallResult(**msg)
+
+    def close(self) -> None:
+        """Stop the worker (politely, then by kill) and remove its log."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            try:
+                if proc is not None and proc.poll() is None:
+                    conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        if proc is not None:
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if conn is not None:
+            conn.close()
+        if self._log:
+            Path(self._log).unlink(missing_ok=True)
+            self._log = None
