@@ -37,7 +37,8 @@ JIT_FLAGS = {
 }
 BASE_FLAGS = ["-Xmx1g", "-XX:+UseSerialGC", "-XX:CICompilerCount=2",
               "--enable-native-access=ALL-UNNAMED"]
-WARM_EXTRA_CALLS = 3  # calls after C2 has compiled the kernel, judged on the last
+WARM_EXTRA_CALLS = 3  # identical outputs in a row after C2 compiled the kernel
+WARM_SETTLE_SECONDS = 0.3  # the compile line is logged when it starts, not installed
 WARM_MAX_CALLS = 3000
 
 
@@ -75,20 +76,26 @@ class CallResult:
     calls: int = 0
     drifted: int = 0  # calls whose output differed from the first call's
     compiled: bool | None = None  # warm mode: C2 compiled the kernel's matmul
+    warmup_calls: int | None = None  # warm mode: calls before that compile was seen
     error: dict[str, Any] = field(default_factory=dict)  # class, message, frames
     seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- child side
 
-def _compiled(log: Path, pos: int, method: str) -> tuple[bool, int]:
-    """Whether the PrintCompilation log shows `method` compiled (not OSR) since `pos`."""
+def _compile_events(log: Path, pos: int, method: str) -> tuple[str | None, int]:
+    """The last PrintCompilation event for `method` (not OSR) since `pos`: "compiled",
+    "deoptimized" (made not entrant) or None, and the new log position."""
     with open(log, "rb") as f:
         f.seek(pos)
         text = f.read().decode(errors="replace")
         pos = f.tell()
-    pat = re.compile(rf"^\s*\d+\s+\d+\s+([^\s]*)\s+{re.escape(method)} \(", re.M)
-    return any("%" not in m.group(1) for m in pat.finditer(text)), pos
+    pat = re.compile(rf"^\s*\d+\s+\d+\s+([^\s]*)\s+{re.escape(method)} \(.*$", re.M)
+    last = None
+    for m in pat.finditer(text):
+        if "%" not in m.group(1):
+            last = "deoptimized" if "made not entrant" in m.group(0) else "compiled"
+    return last, pos
 
 
 def _child(conn: Any, config: JvmConfig, log: str) -> None:
@@ -109,7 +116,7 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
                "vm": f"{runtime.getProperty('java.vm.name')} "
                      f"{runtime.getProperty('java.runtime.version')}"})
     instances: dict[str, Any] = {}
-    compiled: set[str] = set()
+    compiled: dict[str, float] = {}  # kernel method -> when its C2 compile was logged
     logpos = 0
     jfloat, jbyte = jpype.JArray(jpype.JFloat), jpype.JArray(jpype.JByte)
     while True:
@@ -129,10 +136,11 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             jx, jw = jfloat(x.reshape(-1)), jbyte(w.view(np.int8))
             jy = jfloat(batch * out_dim)
             first = y = None
-            done = drifted = 0
-            extra = WARM_EXTRA_CALLS
+            done = drifted = stable = 0
+            seen_at = None  # calls before C2 was seen compiling the kernel (warm mode)
             method = f"{cls}::matmul"
             while True:
+                prev = y
                 for r in range(batch):  # one call per row, as SKaiNET batches
                     inst.matmul(jx, r * in_dim, jw, w_off, in_dim, out_dim, jy, r * out_dim)
                 y = np.array(jy, dtype=np.float32).reshape(batch, out_dim)
@@ -145,19 +153,24 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
                     if done >= calls:
                         break
                     continue
-                if method not in compiled:
-                    hit, logpos = _compiled(Path(log), logpos, method)
-                    if hit:
-                        compiled.add(method)
+                event, logpos = _compile_events(Path(log), logpos, method)
+                if event == "compiled":
+                    compiled[method] = time.perf_counter()
+                elif event == "deoptimized":
+                    compiled.pop(method, None)
                 if method in compiled:
-                    extra -= 1
-                    if extra <= 0:
+                    seen_at = done if seen_at is None else seen_at
+                    same = prev is not None and prev.tobytes() == y.tobytes()
+                    settled = time.perf_counter() - compiled[method] > WARM_SETTLE_SECONDS
+                    stable = stable + 1 if same and settled else 0
+                    if stable >= WARM_EXTRA_CALLS:  # C2 code installed: bits settled
                         break
                 if done >= WARM_MAX_CALLS or time.perf_counter() - t0 > budget:
                     break
             conn.send({"status": "ok", "y": y, "first": first, "calls": done,
                        "drifted": drifted, "seconds": time.perf_counter() - t0,
-                       "compiled": (method in compiled) if calls == "warm" else None})
+                       "compiled": (method in compiled) if calls == "warm" else None,
+                       "warmup_calls": seen_at})
         except jpype.JException as exc:
             frames = [str(f) for f in exc.getStackTrace()[:6]]
             conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
