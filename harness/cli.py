@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.board.cli",
     "harness.board.sim_cli",
     "harness.footprint",
+    "harness.jvm.cli",
 )
 
 

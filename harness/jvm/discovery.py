@@ -147,7 +147,7 @@ def iter_class_files(classpath: str) -> Iterator[tuple[str, bytes]]:
         p = Path(entry)
         if p.is_dir():
             for f in sorted(p.rglob("*.class")):
-                yield str(f), f.read_bytes()
+                yield f"{p}!{f.relative_to(p)}", f.read_bytes()
         elif p.is_file() and zipfile.is_zipfile(p):
             with zipfile.ZipFile(p) as z:
                 for n in sorted(z.namelist()):
