@@ -7,6 +7,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.jvm.discovery import discover
+from harness.jvm.fixtures import LABEL as FIXTURE_LABEL
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import drift_summary, run_matrix
 
@@ -36,10 +37,12 @@ def run_leg(ctx: Any, out: Any) -> None:
                            "and the packed matmul(float[],int,byte[],int,int,int,float[],int)")
     run = run_matrix(jdk, args.classpath, kernels, lanes=("auto",), jit=("pinned", "warm"),
                      seed=args.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
+    fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
     cells: dict[str, str] = {}
     rank = ["bit-exact", "within-bound", "skipped", "not-runnable", "FAIL", "crash", "timeout"]
     for c in run.cases:
-        label = f"{c.kernel} {c.fmt or '?'} {'x'.join(map(str, c.shape[:3]))} " \
+        tag = f" [{FIXTURE_LABEL}]" if c.kernel in fixtures else ""
+        label = f"{c.kernel}{tag} {c.fmt or '?'} {'x'.join(map(str, c.shape[:3]))} " \
                 f"lanes={c.actual_lanes or c.lanes} {c.jit}"
         out.add(label, REPORT_VERDICT[c.verdict], c.max_ulp, c.seconds,
                 f"{c.verdict}: {c.detail}" if c.verdict != "bit-exact" else c.detail)
