@@ -179,7 +179,7 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     drift = (f"; output changed within the process in {res.drifted} of {res.calls - 1} "
              "repeats" if res.drifted else "")
     warm = "" if res.compiled is None else \
-        (f"; C2 compile seen after {res.warmup_calls} calls, judged at call {res.calls}"
+        (f"; C2 code installed after {res.warmup_calls} calls, judged at call {res.calls}"
          if res.compiled else
          f"; NOT seen compiled after {res.calls} calls")
     for name, ref in candidates:

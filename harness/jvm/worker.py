@@ -26,19 +26,18 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.jvm.discovery import MATMUL_DESCRIPTOR
 from harness.jvm.jdk import VECTOR_MODULE
 
 JIT_MODES = ("pinned", "warm")
 #: JIT flags per mode. pinned: C1 at most (the Vector API's Java fallback, lanes added in
-#: order); warm: C2 only, compiled synchronously after a few hundred calls, logged.
+#: order); warm: C2 only, after a few hundred calls; OSR compiles logged (to tell apart).
 JIT_FLAGS = {
     "pinned": ["-XX:TieredStopAtLevel=1"],
     "warm": ["-XX:-TieredCompilation", "-XX:CompileThreshold=200", "-XX:+PrintCompilation"],
 }
 BASE_FLAGS = ["-Xmx1g", "-XX:+UseSerialGC", "-XX:CICompilerCount=2",
               "--enable-native-access=ALL-UNNAMED"]
-WARM_EXTRA_CALLS = 3  # identical outputs in a row after C2 compiled the kernel
-WARM_SETTLE_SECONDS = 0.3  # the compile line is logged when it starts, not installed
 WARM_MAX_CALLS = 3000
 
 
@@ -83,19 +82,28 @@ class CallResult:
 
 # --------------------------------------------------------------------------- child side
 
-def _compile_events(log: Path, pos: int, method: str) -> tuple[str | None, int]:
-    """The last PrintCompilation event for `method` (not OSR) since `pos`: "compiled",
-    "deoptimized" (made not entrant) or None, and the new log position."""
+def _osr_ids(log: Path, pos: int, method: str, ids: set[str]) -> int:
+    """Add the compile ids of on-stack-replacement compiles of `method` (PrintCompilation
+    lines `... % ... Cls::matmul @ BCI (N bytes)`) logged since `pos` to `ids`; returns the
+    new log position."""
     with open(log, "rb") as f:
         f.seek(pos)
         text = f.read().decode(errors="replace")
         pos = f.tell()
-    pat = re.compile(rf"^\s*\d+\s+\d+\s+([^\s]*)\s+{re.escape(method)} \(.*$", re.M)
-    last = None
-    for m in pat.finditer(text):
-        if "%" not in m.group(1):
-            last = "deoptimized" if "made not entrant" in m.group(0) else "compiled"
-    return last, pos
+    pat = re.compile(rf"^\s*\d+\s+(\d+)\s.*?{re.escape(method)} @ \d+", re.M)
+    ids.update(m.group(1) for m in pat.finditer(text))
+    return pos
+
+
+def _c2_installed(codelist: str, method: str, osr: set[str]) -> bool:
+    """Whether the code cache (jcmd Compiler.codelist) holds live C2 code (level 4, state
+    in use) for the whole `method`, not only an on-stack-replacement entry."""
+    for line in codelist.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[3].startswith(method) and parts[1] == "4" \
+                and parts[2] == "0" and parts[0] not in osr:
+            return True
+    return False
 
 
 def _child(conn: Any, config: JvmConfig, log: str) -> None:
@@ -116,8 +124,15 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
                "vm": f"{runtime.getProperty('java.vm.name')} "
                      f"{runtime.getProperty('java.runtime.version')}"})
     instances: dict[str, Any] = {}
-    compiled: dict[str, float] = {}  # kernel method -> when its C2 compile was logged
+    osr: set[str] = set()
     logpos = 0
+    server = jpype.JClass("java.lang.management.ManagementFactory").getPlatformMBeanServer()
+    dcmd = jpype.JClass("javax.management.ObjectName")("com.sun.management:type="
+                                                       "DiagnosticCommand")
+
+    def codelist() -> str:
+        return str(server.invoke(dcmd, "compilerCodelist", None, None))
+
     jfloat, jbyte = jpype.JArray(jpype.JFloat), jpype.JArray(jpype.JByte)
     while True:
         try:
@@ -136,9 +151,9 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             jx, jw = jfloat(x.reshape(-1)), jbyte(w.view(np.int8))
             jy = jfloat(batch * out_dim)
             first = y = None
-            done = drifted = stable = 0
-            seen_at = None  # calls before C2 was seen compiling the kernel (warm mode)
-            method = f"{cls}::matmul"
+            done = drifted = 0
+            seen_at = None  # warm mode: calls before C2 code for the kernel was installed
+            method = f"{cls}.matmul({MATMUL_DESCRIPTOR[1:]}"
             while True:
                 prev = y
                 for r in range(batch):  # one call per row, as SKaiNET batches
@@ -153,23 +168,16 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
                     if done >= calls:
                         break
                     continue
-                event, logpos = _compile_events(Path(log), logpos, method)
-                if event == "compiled":
-                    compiled[method] = time.perf_counter()
-                elif event == "deoptimized":
-                    compiled.pop(method, None)
-                if method in compiled:
-                    seen_at = done if seen_at is None else seen_at
-                    same = prev is not None and prev.tobytes() == y.tobytes()
-                    settled = time.perf_counter() - compiled[method] > WARM_SETTLE_SECONDS
-                    stable = stable + 1 if same and settled else 0
-                    if stable >= WARM_EXTRA_CALLS:  # C2 code installed: bits settled
-                        break
+                if seen_at is not None and prev is not None and prev.tobytes() == y.tobytes():
+                    break  # two whole calls in installed C2 code, same bits
+                logpos = _osr_ids(Path(log), logpos, f"{cls}::matmul", osr)
+                installed = _c2_installed(codelist(), method, osr)
+                seen_at = (seen_at or done) if installed else None  # reset on deopt
                 if done >= WARM_MAX_CALLS or time.perf_counter() - t0 > budget:
                     break
             conn.send({"status": "ok", "y": y, "first": first, "calls": done,
                        "drifted": drifted, "seconds": time.perf_counter() - t0,
-                       "compiled": (method in compiled) if calls == "warm" else None,
+                       "compiled": seen_at is not None if calls == "warm" else None,
                        "warmup_calls": seen_at})
         except jpype.JException as exc:
             frames = [str(f) for f in exc.getStackTrace()[:6]]
