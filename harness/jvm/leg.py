@@ -14,7 +14,7 @@ from harness.jvm.parity import drift_summary, run_matrix
 #: report verdicts for the matrix verdicts (the report's vocabulary)
 REPORT_VERDICT = {"bit-exact": "bit-exact", "within-bound": "within-bound", "FAIL": "FAIL",
                   "crash": "FAIL", "timeout": "FAIL", "not-runnable": "unavailable",
-                  "skipped": "unavailable"}
+                  "skipped": "unavailable", "interrupted": "unavailable"}
 
 
 def run_leg(ctx: Any, out: Any) -> None:
@@ -39,7 +39,8 @@ def run_leg(ctx: Any, out: Any) -> None:
                      seed=args.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
     fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
     cells: dict[str, str] = {}
-    rank = ["bit-exact", "within-bound", "skipped", "not-runnable", "FAIL", "crash", "timeout"]
+    rank = ["bit-exact", "within-bound", "skipped", "interrupted", "not-runnable", "FAIL",
+            "crash", "timeout"]
     for c in run.cases:
         tag = f" [{FIXTURE_LABEL}]" if c.kernel in fixtures else ""
         label = f"{c.kernel}{tag} {c.fmt or '?'} {'x'.join(map(str, c.shape[:3]))} " \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ class Case:
     lanes: str  # requested
     jit: str
     verdict: str  # bit-exact | within-bound | FAIL | crash | timeout | not-runnable | skipped
+    #              | interrupted
     reference: str = ""
     max_ulp: int | None = None
     detail: str = ""
@@ -214,13 +216,15 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
 
 def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, jit: str,
                shapes: Sequence[tuple[int, int, int, int]], seed: int, timeout: float,
-               progress: Callable[[str], None] | None = None) -> ConfigRun:
+               progress: Callable[[str], None] | None = None,
+               stop: threading.Event | None = None) -> ConfigRun:
     """Every kernel x shape in one JVM configuration (one worker, restarted after a hang
-    or a JVM death)."""
+    or a JVM death). `stop` set: the remaining cases are not run."""
     run = ConfigRun(lanes, jit)
     config = JvmConfig(str(jdk.home), classpath, lanes, jit, jdk.has_vector)
     calls: int | str = "warm" if jit == "warm" else 2
     with Worker(config, timeout=timeout) as wk:
+        wk.stop = stop
         try:
             run.info = dict(wk.start())
         except Exception as exc:  # a JVM that cannot start: every case says why
@@ -252,6 +256,9 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                 if hung:
                     case.detail = "not run: the kernel hung on an earlier case in this JVM"
                     continue
+                if stop is not None and stop.is_set():
+                    case.detail = "not run: interrupted"
+                    continue
                 x, _, arr = case_data(k.fmt, tuple(shape), seed)
                 res = wk.call(k.cls, x, arr, shape[1], shape[0], w_offset=shape[3],
                               calls=calls)
@@ -279,9 +286,15 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
     t0 = time.perf_counter()
     combos = [(ln, j) for ln in lanes for j in jit]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(combos)))
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(lambda c: run_config(jdk, classpath, kernels, c[0], c[1],
-                                                  shapes, seed, timeout, progress), combos))
+        futures = [pool.submit(run_config, jdk, classpath, kernels, ln, j, shapes, seed,
+                               timeout, progress, stop) for ln, j in combos]
+        try:
+            runs = [f.result() for f in futures]
+        except BaseException:  # Ctrl-C: every worker stops at its next case or poll
+            stop.set()
+            raise
     return ParityRun(jdk.describe(), classpath, runs, time.perf_counter() - t0)
 
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -69,7 +70,7 @@ class JvmConfig:
 class CallResult:
     """One case's outcome in a worker: output or error, repeats and how many drifted."""
 
-    status: str  # ok | crash | timeout
+    status: str  # ok | crash | timeout | interrupted
     y: np.ndarray | None = None
     first: np.ndarray | None = None
     calls: int = 0
@@ -212,6 +213,7 @@ class Worker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Any = None
         self._log: str | None = None
+        self.stop: threading.Event | None = None  # set: a waiting call gives up at once
 
     def __enter__(self) -> Worker:
         return self
@@ -280,11 +282,17 @@ class Worker:
         limit = self.timeout if timeout is None else timeout
         self._conn.send((cls, x, w, int(w_offset), int(in_dim), int(out_dim), calls,
                          limit / 2))  # warm-up budget: half the case's time limit
-        if not self._conn.poll(limit):
-            self.close()
-            return CallResult("timeout", seconds=time.perf_counter() - t0,
-                              error={"message": f"no result within {limit:.0f}s: worker "
-                                                "killed"})
+        deadline = t0 + limit
+        while not self._conn.poll(min(0.2, max(0.0, deadline - time.perf_counter()))):
+            if self.stop is not None and self.stop.is_set():
+                self.close()
+                return CallResult("interrupted", seconds=time.perf_counter() - t0,
+                                  error={"message": "interrupted: worker stopped"})
+            if time.perf_counter() >= deadline:
+                self.close()
+                return CallResult("timeout", seconds=time.perf_counter() - t0,
+                                  error={"message": f"no result within {limit:.0f}s: "
+                                                    "worker killed"})
         try:
             msg = self._conn.recv()
         except EOFError:
