@@ -132,11 +132,21 @@ def format_of(*names: str) -> str | None:
     return None
 
 
-def provider_of(info: ClassInfo) -> str:
-    """What the kernel runs on, from the classes it refers to."""
-    if any(r.startswith("jdk/incubator/vector/") for r in info.class_refs):
+def provider_of(info: ClassInfo, classes: dict[str, ClassInfo] | None = None) -> str:
+    """What the kernel runs on, from the classes it refers to, following references into
+    the other classes of the classpath (a kernel may reach the Vector API via a helper)."""
+    seen, todo, refs = set(), [info], set()
+    while todo:
+        c = todo.pop()
+        refs |= c.class_refs
+        for r in c.class_refs:
+            nxt = (classes or {}).get(r.replace("/", "."))
+            if nxt is not None and nxt.name not in seen:
+                seen.add(nxt.name)
+                todo.append(nxt)
+    if any(r.startswith("jdk/incubator/vector/") for r in refs):
         return PANAMA
-    if any(r.startswith("java/lang/foreign/") for r in info.class_refs):
+    if any(r.startswith("java/lang/foreign/") for r in refs):
         return FFM
     return SCALAR
 
@@ -161,18 +171,23 @@ def iter_class_files(classpath: str) -> Iterator[tuple[str, bytes]]:
 
 def discover(classpath: str) -> list[Kernel]:
     """Every packed matmul kernel on `classpath`, sorted by format then class name."""
-    found = []
+    classes: dict[str, ClassInfo] = {}
+    where_of: dict[str, str] = {}
     for where, data in iter_class_files(classpath):
         try:
             info = read_class(data)
         except (ValueError, struct.error, IndexError):
             continue  # not ours to judge: a malformed or exotic class is skipped
+        if info.name not in classes:  # the first on the classpath wins, as in the JVM
+            classes[info.name], where_of[info.name] = info, where.split("!")[0]
+    found = []
+    for info in classes.values():
         own = "L" + info.name.replace(".", "/") + ";"
         if info.static_fields.get("INSTANCE") != own:
             continue
         if (MATMUL_NAME, MATMUL_DESCRIPTOR) not in info.methods:
             continue
         fmt = format_of(*info.interfaces, info.name)
-        found.append(Kernel(info.name, fmt, provider_of(info), where.split("!")[0],
+        found.append(Kernel(info.name, fmt, provider_of(info, classes), where_of[info.name],
                             info.interfaces))
     return sorted(found, key=lambda k: (k.fmt or "~", k.cls))
