@@ -121,3 +121,21 @@ def test_skainet_jvm_fixture_is_one_reused_worker(skainet_jvm):
         want = matmul_wt(x, raw, "Q8_0", 5, 64, semantics="skainet_scalar")
         assert r.status == "ok" and r.y.tobytes() == want.tobytes()
     assert skainet_jvm.pid == pid and skainet_jvm.starts == 1
+
+
+def test_a_jvm_that_dies_mid_case_is_a_crash_result_and_the_worker_restarts(jdk, cp):
+    import os
+    import signal
+    import threading
+
+    from harness.jvm.worker import JvmConfig, Worker
+
+    x, raw = np.zeros((1, 32), np.float32), np.zeros(34, np.uint8)
+    with Worker(JvmConfig(str(jdk.home), cp), timeout=60) as wk:
+        wk.start()
+        pid = wk.pid
+        threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+        r = wk.call("skoracle.fixture.NeverReturnsQ8_0MatmulKernel", x, raw, 32, 1)
+        assert r.status == "crash" and r.error["class"] == "JVM died", r.error
+        r = wk.call("skoracle.fixture.ScalarQ8_0MatmulKernel", x, raw, 32, 1)
+        assert r.status == "ok" and wk.starts == 2 and wk.pid != pid
