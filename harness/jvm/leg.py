@@ -47,7 +47,7 @@ def run_leg(ctx: Any, out: Any) -> None:
                 f"lanes={c.actual_lanes or c.lanes} {c.jit}"
         out.add(label, REPORT_VERDICT[c.verdict], c.max_ulp, c.seconds,
                 f"{c.verdict}: {c.detail}" if c.verdict != "bit-exact" else c.detail)
-        key = f"{c.kernel}|lanes={c.actual_lanes or c.lanes} {c.jit}"
+        key = f"{c.kernel}{' (fixture)' if tag else ''}|lanes={c.actual_lanes or c.lanes} {c.jit}"
         if key not in cells or rank.index(c.verdict) > rank.index(cells[key]):
             cells[key] = c.verdict
     rows = sorted({k.split("|")[0] for k in cells})
