@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.board.sim_cli",
     "harness.footprint",
     "harness.reference.cli",
+    "harness.jvm.cli",
 )
 
 

@@ -206,7 +206,37 @@ def plots(rep: Report) -> dict[str, str]:
                         color="black" if light else "white")
         ax.set_title(matrix.get("title", "verdict matrix"))
         out["verdict_heatmap"] = _png(fig)
+    out.update(jvm_plot(rep))
     return out
+
+
+#: JVM matrix verdicts, best to worst (the colour scale of the JVM heat map).
+JVM_VERDICTS = ("bit-exact", "within-bound", "skipped", "not-runnable", "FAIL", "crash",
+                "timeout")
+
+
+def jvm_plot(rep: Report) -> dict[str, str]:
+    """The JVM leg's kernel x lanes/JIT-mode heat map (only where JVM data exists)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = next((leg.data["jvm_matrix"] for leg in rep.legs if "jvm_matrix" in leg.data),
+                  None)
+    if not matrix or not matrix["rows"]:
+        return {}
+    rows, cols, cells = matrix["rows"], matrix["cols"], matrix["cells"]
+    order = {v: i for i, v in enumerate(JVM_VERDICTS)}
+    grid = np.array([[order.get(cells.get(f"{r}|{c}", "skipped"), 2) for c in cols]
+                     for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(2.5 + 1.6 * len(cols), 1.0 + 0.45 * len(rows)))
+    ax.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=len(JVM_VERDICTS) - 1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=8)
+    ax.set_title(matrix.get("title", "JVM kernel x lanes/mode"))
+    return {"jvm_heatmap": _png(fig)}
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}

@@ -96,6 +96,17 @@ def reduce_pairwise(v: np.ndarray) -> np.ndarray:
     return v[:, 0]
 
 
+def reduce_halving(v: np.ndarray) -> np.ndarray:
+    """Halving tree over axis 1: the upper half of the lanes added onto the lower half,
+    repeatedly — (l0+l2)+(l1+l3) for 4 lanes — as HotSpot's C2 reduces a Vector API
+    `reduceLanes(ADD)` on x86 with JDK 25 (extract the high half, add, repeat)."""
+    with np.errstate(all="ignore"):
+        while v.shape[1] > 1:
+            half = v.shape[1] // 2
+            v = v[:, :half] + v[:, half:]
+    return v[:, 0]
+
+
 def fmul(a: Any, b: Any) -> np.ndarray:
     with np.errstate(all="ignore"):
         return f32(f32(a) * f32(b))
@@ -326,6 +337,11 @@ class SkainetScalar(Semantics):
 # SKaiNET Panama (JDK Vector API) kernels
 
 
+#: reduceLanes(ADD) orders a JVM can use, by name (the `reduction` option).
+PANAMA_REDUCTIONS = {"sequential": reduce_sequential, "pairwise": reduce_pairwise,
+                     "halving": reduce_halving}
+
+
 @register
 class SkainetPanama(Semantics):
     """SKaiNET's JVM Vector API kernels (skainet-backend-cpu jvmMain, sk/ainet/exec/kernel/
@@ -349,7 +365,8 @@ class SkainetPanama(Semantics):
     `reduction`: "sequential" is ((0 + l0) + l1) + ... — the Java fallback and HotSpot's
     strictly ordered intrinsics (JDK 21); "pairwise" is the adjacent-pair tree AArch64
     `faddp` gives, which newer HotSpot may use for Vector API reductions (order unspecified
-    by the API).
+    by the API); "halving" adds the upper half of the lanes onto the lower half, repeatedly
+    (4 lanes: (l0+l2)+(l1+l3)) — C2-compiled code on x86 with JDK 25 (REFERENCE §3a).
     """
 
     name = "skainet_panama"
@@ -361,14 +378,12 @@ class SkainetPanama(Semantics):
         if self.opts["lanes"] not in (2, 4, 8, 16):
             raise OracleError(f"semantics 'skainet_panama': lanes must be 2, 4, 8 or 16 "
                               f"(FloatVector species length), got {self.opts['lanes']!r}")
-        if self.opts["reduction"] not in ("sequential", "pairwise"):
-            raise OracleError("semantics 'skainet_panama': reduction must be 'sequential' "
-                              f"or 'pairwise', got {self.opts['reduction']!r}")
+        if self.opts["reduction"] not in PANAMA_REDUCTIONS:
+            raise OracleError("semantics 'skainet_panama': reduction must be one of "
+                              f"{', '.join(PANAMA_REDUCTIONS)}, got {self.opts['reduction']!r}")
 
     def _reduce(self, v):
-        if self.opts["reduction"] == "pairwise":
-            return reduce_pairwise(v)
-        return reduce_sequential(v)
+        return PANAMA_REDUCTIONS[self.opts["reduction"]](v)
 
     def _block_sums(self, x, w, block):
         return self._reduce(lane_fma(em_x(x, block), w, self.opts["lanes"]))  # (nb, batch, rows)

@@ -28,6 +28,12 @@ def reduce_lanes(v, reduction: str) -> np.float32:
         while len(v) > 1:
             v = [F(v[i] + v[i + 1]) for i in range(0, len(v), 2)]
         return v[0]
+    if reduction == "halving":
+        v = list(v)
+        while len(v) > 1:
+            h = len(v) // 2
+            v = [F(v[i] + v[i + h]) for i in range(h)]
+        return v[0]
     acc = F(0)
     for t in v:
         acc = F(acc + t)
@@ -235,7 +241,8 @@ def test_scalar_matches_literal_loops(fmt: str, n: int) -> None:
 
 @pytest.mark.parametrize("fmt,n", FORMATS)
 @pytest.mark.parametrize("lanes,reduction", [(8, "sequential"), (4, "pairwise"),
-                                             (16, "sequential"), (2, "sequential")])
+                                             (16, "sequential"), (2, "sequential"),
+                                             (4, "halving"), (8, "halving"), (16, "halving")])
 def test_panama_matches_literal_loops(fmt: str, n: int, lanes: int, reduction: str) -> None:
     raw, x = weights(fmt, n, 2), activations(n, 2)
     want = [panama_row(fmt, x, row_parts(fmt, raw, o), lanes, reduction, o == OUT - 1)
@@ -243,6 +250,15 @@ def test_panama_matches_literal_loops(fmt: str, n: int, lanes: int, reduction: s
     got = matmul_wt(x, raw, fmt, OUT, n, semantics="skainet_panama", lanes=lanes,
                     reduction=reduction)
     assert bits(got) == bits(want)
+
+
+def test_halving_is_upper_half_onto_lower_half() -> None:
+    """4 lanes reduce as (l0+l2)+(l1+l3): lanes chosen so the three orders all differ."""
+    from kernels_ref.semantics import PANAMA_REDUCTIONS
+
+    v = np.array([[1e8, 1.0, -1e8, 3.0]], F)
+    got = {name: float(fn(v)[0]) for name, fn in PANAMA_REDUCTIONS.items()}
+    assert got == {"sequential": 3.0, "pairwise": 0.0, "halving": 4.0}
 
 
 @pytest.mark.parametrize("fmt,n", [f for f in FORMATS if f[0] != "Q4_0"])

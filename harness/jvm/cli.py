@@ -1,0 +1,130 @@
+"""`skoracle jvm kernels|parity`: SKaiNET's JVM kernels from a classpath, listed or judged."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+from harness.jvm.discovery import discover
+from harness.jvm.jdk import find_jdk
+from harness.jvm.parity import DEFAULT_SHAPES, LANE_CHOICES, drift_summary, run_matrix
+from harness.jvm.worker import JIT_MODES
+from oracle import PACKED_TYPES
+
+FAILING = ("FAIL", "crash", "timeout")
+
+
+def _list_arg(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise HarnessError(f"{flag}: {', '.join(bad) or 'empty'} not one of {', '.join(allowed)}")
+    return items
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """"OUTxINxBATCH[+OFFSET],..." -> shapes (weightByteOffset defaults to 0)."""
+    out = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        try:
+            dims, _, off = part.partition("+")
+            o, i, b = (int(v) for v in dims.lower().split("x"))
+            shape = (o, i, b, int(off or 0))
+        except ValueError:
+            raise HarnessError(f"--shapes: {part!r} is not OUTxINxBATCH[+OFFSET]") from None
+        if min(shape[:3]) < 1 or shape[3] < 0 or o * i > 1 << 24:
+            raise HarnessError(f"--shapes: {part!r} out of range (positive dims, "
+                               "OUT*IN <= 16M)")
+        out.append(shape)
+    return out
+
+
+def kernels_cmd(args: argparse.Namespace) -> int:
+    jdk = find_jdk(args.jdk)
+    ks = discover(args.classpath)
+    if args.json:
+        json.dump({"jdk": jdk.describe(), "kernels": [vars(k) for k in ks]}, sys.stdout,
+                  indent=1)
+        print()
+        return 0
+    t = Table(title=f"packed matmul kernels on the classpath — {jdk.describe()}",
+              title_justify="left")
+    for col in ("class", "format", "provider", "found in"):
+        t.add_column(col, overflow="fold")
+    for k in ks:
+        t.add_row(k.cls, k.fmt or "?", k.provider, k.source)
+    Console().print(t)
+    if not ks:
+        print(f"no class with a static INSTANCE and matmul{'([FI[BIII[FI)V'} on "
+              f"{args.classpath}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parity_cmd(args: argparse.Namespace) -> int:
+    jdk = find_jdk(args.jdk)
+    formats = _list_arg(args.formats, PACKED_TYPES, "--formats") if args.formats else None
+    lanes = _list_arg(args.lanes, LANE_CHOICES, "--lanes")
+    jit = _list_arg(args.jit, JIT_MODES, "--jit")
+    shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
+    ks = [k for k in discover(args.classpath) if formats is None or k.fmt in formats]
+    if not ks:
+        raise HarnessError(f"--classpath {args.classpath}: no packed matmul kernel found"
+                           + (f" for {', '.join(formats)}" if formats else ""))
+    console = Console(stderr=True)
+    run = run_matrix(jdk, args.classpath, ks, lanes, jit, shapes, args.seed, args.timeout,
+                     progress=(lambda s: console.print(s)) if args.verbose else None)
+    bad = [c for c in run.cases if c.verdict in FAILING]
+    if args.json:
+        json.dump(run.to_json(), sys.stdout, indent=1, default=str)
+        print()
+    else:
+        t = Table(title=f"JVM parity — {run.jdk}", title_justify="left")
+        for col in ("kernel", "format", "shape", "lanes", "jit", "verdict", "detail"):
+            t.add_column(col, overflow="fold")
+        for c in run.cases:
+            t.add_row(c.kernel, c.fmt or "?", "x".join(map(str, c.shape[:3])),
+                      f"{c.lanes}->{c.actual_lanes}", c.jit, c.verdict, c.detail)
+        out = Console()
+        out.print(t)
+        for cr in run.configs:
+            out.print(f"lanes={cr.lanes} jit={cr.jit}: JVM start "
+                      f"{cr.info.get('start_s', float('nan')):.2f}s, lanes "
+                      f"{cr.info.get('lanes')}, probed order "
+                      f"{cr.probes or 'n/a'}, worker starts {cr.info.get('worker_starts')}")
+        for line in drift_summary(run):
+            out.print(f"drift: {line}")
+        out.print(f"{len(run.cases)} cases, {len(bad)} FAIL/crash/timeout, "
+                  f"{run.seconds:.1f}s")
+    return 1 if bad else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jvm", help="SKaiNET's JVM kernels from a classpath: list, parity")
+    jsub = p.add_subparsers(dest="jvm_command", metavar="kernels|parity")
+    jsub.required = True
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--classpath", required=True,
+                        help="SKaiNET build: jars and class directories, ':'-separated")
+    common.add_argument("--jdk", help="JDK home (default: JAVA_HOME, then /usr/lib/jvm/*)")
+    common.add_argument("--json", action="store_true", help="JSON on stdout")
+    k = jsub.add_parser("kernels", parents=[common], help="list the kernels on a classpath")
+    k.set_defaults(func=kernels_cmd)
+    q = jsub.add_parser("parity", parents=[common],
+                        help="kernel x format x shape x lanes x JIT mode against kernels_ref")
+    q.add_argument("--formats", help=f"comma-separated subset of {','.join(PACKED_TYPES)}")
+    q.add_argument("--shapes", help="OUTxINxBATCH[+OFFSET],... (default "
+                   + ",".join(f"{o}x{i}x{b}" + (f"+{w}" if w else "")
+                              for o, i, b, w in DEFAULT_SHAPES) + ")")
+    q.add_argument("--lanes", default="auto", help="auto,4,8,16 (default auto)")
+    q.add_argument("--jit", default="pinned,warm", help="pinned,warm (default both)")
+    q.add_argument("--timeout", type=float, default=60.0, help="seconds per case "
+                   "(default 60); a hang kills that JVM and the matrix goes on")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-v", "--verbose", action="store_true", help="print each case as it ends")
+    q.set_defaults(func=parity_cmd)

@@ -1,0 +1,193 @@
+"""Finding SKaiNET's packed matmul kernels on a classpath by reading class files: a class
+with a static `INSTANCE` field of its own type (a Kotlin `object`) and the method
+`matmul(float[], int, byte[], int, int, int, float[], int)`. No class list is hard-coded:
+the format comes from the interfaces or the class name, the provider from what the class
+refers to (the Vector API, the FFM API, or neither)."""
+
+from __future__ import annotations
+
+import re
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+MATMUL_NAME = "matmul"
+MATMUL_DESCRIPTOR = "([FI[BIII[FI)V"  # float[],int,byte[],int,int,int,float[],int
+ACC_STATIC = 0x0008
+
+SCALAR, PANAMA, FFM = "scalar", "panama-vector", "native-ffm"
+#: Format spellings in names (Q4_K, Q4K, q4k, Q8_0 ...) -> the oracle's format name.
+_FORMAT_RE = re.compile(r"Q([4568])_?(0|1|K)", re.I)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """What discovery needs from one class file."""
+
+    name: str  # binary name with dots
+    interfaces: tuple[str, ...]
+    static_fields: dict[str, str]
+    methods: frozenset[tuple[str, str]]
+    class_refs: frozenset[str]
+
+
+@dataclass
+class Kernel:
+    """One discovered kernel: class, format (None when neither name nor interface says),
+    provider, and where it was found."""
+
+    cls: str
+    fmt: str | None
+    provider: str
+    source: str
+    interfaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def short(self) -> str:
+        return self.cls.rsplit(".", 1)[-1]
+
+
+def _utf8(b: bytes) -> str:
+    return b.decode("utf-8", errors="replace")  # modified UTF-8: names are ASCII in practice
+
+
+def read_class(data: bytes) -> ClassInfo:
+    """Parse the parts of a class file discovery needs (JVMS §4). ValueError if malformed."""
+    if data[:4] != b"\xca\xfe\xba\xbe":
+        raise ValueError("not a class file")
+    pos = 10
+    (count,) = struct.unpack_from(">H", data, 8)
+    pool: list[object] = [None] * count
+    i = 1
+    while i < count:
+        tag = data[pos]
+        pos += 1
+        if tag == 1:
+            (n,) = struct.unpack_from(">H", data, pos)
+            pool[i] = _utf8(data[pos + 2 : pos + 2 + n])
+            pos += 2 + n
+        elif tag in (7, 8, 16, 19, 20):  # Class, String, MethodType, Module, Package
+            pool[i] = ("ref", tag, struct.unpack_from(">H", data, pos)[0])
+            pos += 2
+        elif tag in (3, 4, 9, 10, 11, 12, 17, 18):
+            pos += 4
+        elif tag in (5, 6):
+            pos += 8
+            i += 1
+        elif tag == 15:
+            pos += 3
+        else:
+            raise ValueError(f"bad constant pool tag {tag}")
+        i += 1
+
+    def cls_name(idx: int) -> str:
+        ref = pool[idx]
+        if not (isinstance(ref, tuple) and ref[1] == 7):
+            raise ValueError("bad class reference")
+        return str(pool[ref[2]]).replace("/", ".")
+
+    class_refs = frozenset(str(pool[e[2]]) for e in pool
+                           if isinstance(e, tuple) and e[1] == 7)
+    # descriptors and signatures mention classes too (e.g. FloatVector in a field type)
+    class_refs |= frozenset(m for e in pool if isinstance(e, str)
+                            for m in re.findall(r"L([\w/$]+);", e))
+    _, this_idx, _ = struct.unpack_from(">HHH", data, pos)
+    pos += 6
+    (n_if,) = struct.unpack_from(">H", data, pos)
+    pos += 2
+    interfaces = tuple(cls_name(struct.unpack_from(">H", data, pos + 2 * k)[0])
+                       for k in range(n_if))
+    pos += 2 * n_if
+
+    def members(pos: int) -> tuple[list[tuple[int, str, str]], int]:
+        (n,) = struct.unpack_from(">H", data, pos)
+        pos += 2
+        out = []
+        for _ in range(n):
+            flags, ni, di, na = struct.unpack_from(">HHHH", data, pos)
+            pos += 8
+            for _ in range(na):
+                (ln,) = struct.unpack_from(">I", data, pos + 2)
+                pos += 6 + ln
+            out.append((flags, str(pool[ni]), str(pool[di])))
+        return out, pos
+
+    fields, pos = members(pos)
+    methods, pos = members(pos)
+    return ClassInfo(cls_name(this_idx), interfaces,
+                     {n: d for f, n, d in fields if f & ACC_STATIC},
+                     frozenset((n, d) for _, n, d in methods), class_refs)
+
+
+def format_of(*names: str) -> str | None:
+    """The packed format a kernel's interface or class name spells (first one that does)."""
+    for name in names:
+        m = _FORMAT_RE.search(name.rsplit(".", 1)[-1])
+        if m:
+            return f"Q{m.group(1)}_{m.group(2).upper()}"
+    return None
+
+
+def provider_of(info: ClassInfo, classes: dict[str, ClassInfo] | None = None) -> str:
+    """What the kernel runs on, from the classes it refers to, following references into
+    the other classes of the classpath (a kernel may reach the Vector API via a helper)."""
+    seen, todo, refs = set(), [info], set()
+    while todo:
+        c = todo.pop()
+        refs |= c.class_refs
+        for r in c.class_refs:
+            nxt = (classes or {}).get(r.replace("/", "."))
+            if nxt is not None and nxt.name not in seen:
+                seen.add(nxt.name)
+                todo.append(nxt)
+    if any(r.startswith("jdk/incubator/vector/") for r in refs):
+        return PANAMA
+    if any(r.startswith("java/lang/foreign/") for r in refs):
+        return FFM
+    return SCALAR
+
+
+def iter_class_files(classpath: str) -> Iterator[tuple[str, bytes]]:
+    """(where, bytes) of every .class file in the classpath's jars and directories."""
+    for entry in [e for e in classpath.split(":") if e]:
+        p = Path(entry)
+        if p.is_dir():
+            for f in sorted(p.rglob("*.class")):
+                yield f"{p}!{f.relative_to(p)}", f.read_bytes()
+        elif p.is_file() and zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                for n in sorted(z.namelist()):
+                    if n.endswith(".class") and not n.startswith("META-INF/"):
+                        yield f"{p}!{n}", z.read(n)
+        elif not p.exists():
+            raise HarnessError(f"--classpath entry {entry}: no such file or directory")
+        else:
+            raise HarnessError(f"--classpath entry {entry}: neither a directory nor a jar")
+
+
+def discover(classpath: str) -> list[Kernel]:
+    """Every packed matmul kernel on `classpath`, sorted by format then class name."""
+    classes: dict[str, ClassInfo] = {}
+    where_of: dict[str, str] = {}
+    for where, data in iter_class_files(classpath):
+        try:
+            info = read_class(data)
+        except (ValueError, struct.error, IndexError):
+            continue  # not ours to judge: a malformed or exotic class is skipped
+        if info.name not in classes:  # the first on the classpath wins, as in the JVM
+            classes[info.name], where_of[info.name] = info, where.split("!")[0]
+    found = []
+    for info in classes.values():
+        own = "L" + info.name.replace(".", "/") + ";"
+        if info.static_fields.get("INSTANCE") != own:
+            continue
+        if (MATMUL_NAME, MATMUL_DESCRIPTOR) not in info.methods:
+            continue
+        fmt = format_of(*info.interfaces, info.name)
+        found.append(Kernel(info.name, fmt, provider_of(info, classes), where_of[info.name],
+                            info.interfaces))
+    return sorted(found, key=lambda k: (k.fmt or "~", k.cls))

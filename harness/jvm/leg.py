@@ -1,0 +1,62 @@
+"""The `jvm` leg of `skoracle run`: the parity matrix of the kernels on `--classpath`,
+one report row per case and the kernel x lanes/mode matrix for the HTML heat map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.jvm.discovery import discover
+from harness.jvm.fixtures import LABEL as FIXTURE_LABEL
+from harness.jvm.jdk import find_jdk
+from harness.jvm.parity import drift_summary, run_matrix
+
+#: report verdicts for the matrix verdicts (the report's vocabulary)
+REPORT_VERDICT = {"bit-exact": "bit-exact", "within-bound": "within-bound", "FAIL": "FAIL",
+                  "crash": "FAIL", "timeout": "FAIL", "not-runnable": "unavailable",
+                  "skipped": "unavailable", "interrupted": "unavailable"}
+
+
+def run_leg(ctx: Any, out: Any) -> None:
+    """Fill the report leg `out` (harness.report.Leg) from `ctx.args.classpath`."""
+    args = ctx.args
+    if not args.classpath:
+        out.status = "unavailable"
+        out.summary = ("no SKaiNET build given: pass --classpath with the Gradle output of "
+                       "skainet-backend-cpu (its jvm jar or build/classes/kotlin/jvm/main) "
+                       "and skainet-backend-api, ':'-separated")
+        out.add("SKaiNET JVM parity", "unavailable", detail=out.summary)
+        if "jvm" in ctx.explicit:
+            raise HarnessError(out.summary)
+        return
+    jdk = find_jdk(getattr(args, "jdk", None))
+    ctx.step(f"jvm: scanning {args.classpath}")
+    kernels = discover(args.classpath)
+    if not kernels:
+        raise HarnessError(f"--classpath {args.classpath}: no class with a static INSTANCE "
+                           "and the packed matmul(float[],int,byte[],int,int,int,float[],int)")
+    run = run_matrix(jdk, args.classpath, kernels, lanes=("auto",), jit=("pinned", "warm"),
+                     seed=args.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
+    fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
+    cells: dict[str, str] = {}
+    rank = ["bit-exact", "within-bound", "skipped", "interrupted", "not-runnable", "FAIL",
+            "crash", "timeout"]
+    for c in run.cases:
+        tag = f" [{FIXTURE_LABEL}]" if c.kernel in fixtures else ""
+        label = f"{c.kernel}{tag} {c.fmt or '?'} {'x'.join(map(str, c.shape[:3]))} " \
+                f"lanes={c.actual_lanes or c.lanes} {c.jit}"
+        out.add(label, REPORT_VERDICT[c.verdict], c.max_ulp, c.seconds,
+                f"{c.verdict}: {c.detail}" if c.verdict != "bit-exact" else c.detail)
+        key = f"{c.kernel}{' (fixture)' if tag else ''}|lanes={c.actual_lanes or c.lanes} {c.jit}"
+        if key not in cells or rank.index(c.verdict) > rank.index(cells[key]):
+            cells[key] = c.verdict
+    rows = sorted({k.split("|")[0] for k in cells})
+    cols = sorted({k.split("|")[1] for k in cells})
+    out.data["jvm_matrix"] = {"title": "JVM kernel x lanes/JIT mode (worst case verdict)",
+                              "rows": rows, "cols": cols, "cells": cells}
+    drift = drift_summary(run)
+    probes = {f"lanes={cr.info.get('lanes')} {cr.jit}": cr.probes for cr in run.configs}
+    out.data["jvm"] = {"jdk": run.jdk, "probes": probes, "drift": drift,
+                       "starts": {f"{cr.lanes} {cr.jit}": cr.info for cr in run.configs}}
+    out.summary = (f"{len(kernels)} kernels, {len(run.cases)} cases on {run.jdk}; probed "
+                   f"reduction order {probes}; " + ("; ".join(drift) or "no drift"))

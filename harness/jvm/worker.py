@@ -1,0 +1,351 @@
+"""One JVM per configuration (JDK, lane count, JIT mode) in its own worker process.
+
+JPype can start one JVM per process, so each configuration gets a process, started once
+and fed cases over a pipe; arrays cross as NumPy buffers (JPype copies a contiguous ndarray
+into a Java primitive array in one go). A kernel that hangs or a JVM that dies ends that
+worker: the parent reports the case (timeout / crash) and starts a fresh worker for the
+rest. The JVM's own stdout (PrintCompilation in `warm` mode) goes to a log file the worker
+reads to see when C2 has compiled the kernel under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.jvm.discovery import MATMUL_DESCRIPTOR
+from harness.jvm.jdk import VECTOR_MODULE
+
+JIT_MODES = ("pinned", "warm")
+#: JIT flags per mode. pinned: C1 at most (the Vector API's Java fallback, lanes added in
+#: order); warm: the default tiered JIT (thresholds scaled down, so C2 comes after tens of
+#: calls, not hundreds), each case repeated until C2 (tier 4) code for the kernel's `matmul`
+#: is installed (OSR compiles are logged, to tell them apart). A kernel whose loops live in
+#: a helper may never get `matmul` itself to C2: it is judged as it stands and says so.
+JIT_FLAGS = {
+    "pinned": ["-XX:TieredStopAtLevel=1"],
+    "warm": ["-XX:+TieredCompilation", "-XX:CompileThresholdScaling=0.05",
+             "-XX:+PrintCompilation"],
+}
+BASE_FLAGS = ["-Xmx1g", "-XX:+UseSerialGC", "-XX:CICompilerCount=2",
+              "--enable-native-access=ALL-UNNAMED"]
+WARM_MAX_CALLS = 3000
+WARM_MAX_SECONDS = 20.0  # warm-up budget of one case (then judged as it stands)
+
+
+@dataclass(frozen=True)
+class JvmConfig:
+    """What makes one JVM: the JDK, the classpath, the lane count (`auto` or a float lane
+    count forced through -XX:MaxVectorSize) and the JIT mode."""
+
+    jdk_home: str
+    classpath: str
+    lanes: str = "auto"
+    jit: str = "pinned"
+    has_vector: bool = True
+
+    def jvm_options(self) -> list[str]:
+        opts = list(BASE_FLAGS)
+        if self.has_vector:
+            opts.append(f"--add-modules={VECTOR_MODULE}")
+        if self.lanes != "auto":
+            opts.append(f"-XX:MaxVectorSize={4 * int(self.lanes)}")
+        return opts + JIT_FLAGS[self.jit]
+
+    @property
+    def label(self) -> str:
+        return f"lanes={self.lanes} jit={self.jit}"
+
+
+@dataclass
+class CallResult:
+    """One case's outcome in a worker: output or error, repeats and how many drifted."""
+
+    status: str  # ok | crash | timeout | interrupted
+    y: np.ndarray | None = None
+    first: np.ndarray | None = None
+    calls: int = 0
+    drifted: int = 0  # calls whose output differed from the first call's
+    compiled: bool | None = None  # warm mode: C2 compiled the kernel's matmul
+    warmup_calls: int | None = None  # warm mode: calls before that compile was seen
+    error: dict[str, Any] = field(default_factory=dict)  # class, message, frames
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- child side
+
+def _osr_ids(log: Path, pos: int, method: str, ids: set[str]) -> int:
+    """Add the compile ids of on-stack-replacement compiles of `method` (PrintCompilation
+    lines `... % ... Cls::matmul @ BCI (N bytes)`) logged since `pos` to `ids`; returns the
+    new log position."""
+    with open(log, "rb") as f:
+        f.seek(pos)
+        text = f.read().decode(errors="replace")
+        pos = f.tell()
+    pat = re.compile(rf"^\s*\d+\s+(\d+)\s.*?{re.escape(method)} @ \d+", re.M)
+    ids.update(m.group(1) for m in pat.finditer(text))
+    return pos
+
+
+def _c2_installed(codelist: str, method: str, osr: set[str]) -> bool:
+    """Whether the code cache (jcmd Compiler.codelist) holds live C2 code (level 4, state
+    in use) for the whole `method`, not only an on-stack-replacement entry."""
+    for line in codelist.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[3].startswith(method) and parts[1] == "4" \
+                and parts[2] == "0" and parts[0] not in osr:
+            return True
+    return False
+
+
+def _child(conn: Any, config: JvmConfig, log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)  # the JVM's stdout: PrintCompilation lines
+    os.dup2(fd, 2)
+    import jpype
+
+    jvm = str(Path(config.jdk_home) / "lib" / "server" / "libjvm.so")
+    t0 = time.perf_counter()
+    jpype.startJVM(jvm, *config.jvm_options(), classpath=config.classpath.split(":"),
+                   convertStrings=True)
+    lanes = None
+    if config.has_vector:  # load and initialise the Vector API now, not in a timed case
+        fv = jpype.JClass("jdk.incubator.vector.FloatVector")
+        bv = jpype.JClass("jdk.incubator.vector.ByteVector")
+        species = fv.SPECIES_PREFERRED
+        lanes = int(species.length())
+        v = fv.fromArray(species, jpype.JArray(jpype.JFloat)(64), 0)
+        v.fma(v, v).reduceLanes(jpype.JClass("jdk.incubator.vector.VectorOperators").ADD)
+        bv.fromArray(bv.SPECIES_64, jpype.JArray(jpype.JByte)(64), 0).castShape(species, 0)
+    runtime = jpype.JClass("java.lang.System")
+    conn.send({"start_s": time.perf_counter() - t0, "lanes": lanes,
+               "vm": f"{runtime.getProperty('java.vm.name')} "
+                     f"{runtime.getProperty('java.runtime.version')}"})
+    instances: dict[str, Any] = {}
+    osr: set[str] = set()
+    logpos = 0
+    server = jpype.JClass("java.lang.management.ManagementFactory").getPlatformMBeanServer()
+    dcmd = jpype.JClass("javax.management.ObjectName")("com.sun.management:type="
+                                                       "DiagnosticCommand")
+
+    def codelist() -> str:
+        return str(server.invoke(dcmd, "compilerCodelist", None, None))
+
+    jfloat, jbyte = jpype.JArray(jpype.JFloat), jpype.JArray(jpype.JByte)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        cls, x, w, w_off, in_dim, out_dim, calls, budget = msg
+        t0 = time.perf_counter()
+        batch = x.shape[0]
+        try:
+            inst = instances.get(cls)
+            if inst is None:
+                inst = instances[cls] = jpype.JClass(cls).INSTANCE
+            jx, jw = jfloat(x.reshape(-1)), jbyte(w.view(np.int8))
+            jy = jfloat(batch * out_dim)
+            first = y = None
+            done = drifted = 0
+            seen_at = None  # warm mode: calls before C2 code for the kernel was installed
+            method = f"{cls}.matmul({MATMUL_DESCRIPTOR[1:]}"
+            while True:
+                prev = y
+                for r in range(batch):  # one call per row, as SKaiNET batches
+                    inst.matmul(jx, r * in_dim, jw, w_off, in_dim, out_dim, jy, r * out_dim)
+                y = np.array(jy, dtype=np.float32).reshape(batch, out_dim)
+                done += 1
+                conn.send(("beat", done))  # alive: the parent's hang clock restarts
+                if first is None:
+                    first = y
+                elif y.tobytes() != first.tobytes():
+                    drifted += 1
+                if calls != "warm":
+                    if done >= calls:
+                        break
+                    continue
+                if seen_at is not None and prev is not None and prev.tobytes() == y.tobytes():
+                    break  # two whole calls in installed C2 code, same bits
+                logpos = _osr_ids(Path(log), logpos, f"{cls}::matmul", osr)
+                installed = _c2_installed(codelist(), method, osr)
+                seen_at = (seen_at or done) if installed else None  # reset on deopt
+                if done >= WARM_MAX_CALLS or time.perf_counter() - t0 > budget:
+                    break
+            conn.send({"status": "ok", "y": y, "first": first, "calls": done,
+                       "drifted": drifted, "seconds": time.perf_counter() - t0,
+                       "compiled": seen_at is not None if calls == "warm" else None,
+                       "warmup_calls": seen_at})
+        except jpype.JException as exc:
+            frames = [str(f) for f in exc.getStackTrace()[:6]]
+            conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
+                       "error": {"class": str(exc.getClass().getName()),
+                                 "message": str(exc.getMessage()), "frames": frames}})
+
+
+def main(argv: list[str]) -> None:
+    """Worker entry: `python -m harness.jvm.worker FD CONFIG_JSON LOG`."""
+    _child(Connection(int(argv[0])), JvmConfig(**json.loads(argv[1])), argv[2])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
+
+# --------------------------------------------------------------------------- parent side
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+class Worker:
+    """A handle on one configuration's worker process (started on first use, restarted
+    after a timeout or a JVM death)."""
+
+    def __init__(self, config: JvmConfig, timeout: float = 60.0, start_timeout: float = 120.0):
+        self.config = config
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.info: dict[str, Any] = {}
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Any = None
+        self._log: str | None = None
+        self.stop: threading.Event | None = None  # set: a waiting call gives up at once
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> dict[str, Any]:
+        """Start the worker and its JVM (once); returns start time, lanes, VM name."""
+        if self.alive:
+            return self.info
+        ours, theirs = socket.socketpair()
+        fd, self._log = tempfile.mkstemp(prefix="skoracle-jvm-", suffix=".log")
+        os.close(fd)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p))
+        t0 = time.perf_counter()
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.jvm.worker", str(theirs.fileno()),
+                 json.dumps(asdict(self.config)), self._log],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
+                cwd=PROJECT_ROOT)
+        parent = self._conn = Connection(ours.detach())
+        self.starts += 1
+        if not parent.poll(self.start_timeout):
+            tail = self._log_tail()
+            self.close()
+            raise HarnessError(f"JVM ({self.config.label}) did not start within "
+                               f"{self.start_timeout:.0f}s{tail}")
+        try:
+            self.info = parent.recv()
+        except EOFError:
+            tail = self._log_tail()
+            self.close()
+            raise HarnessError(f"JVM ({self.config.label}) failed to start{tail}") from None
+        self.info["wall_start_s"] = time.perf_counter() - t0
+        return self.info
+
+    def _log_tail(self) -> str:
+        try:
+            text = Path(self._log).read_text(errors="replace").strip() if self._log else ""
+        except OSError:
+            return ""
+        return f": {text[-600:]}" if text else ""
+
+    def call(self, cls: str, x: np.ndarray, w: np.ndarray, in_dim: int, out_dim: int,
+             w_offset: int = 0, calls: int | str = 1,
+             timeout: float | None = None) -> CallResult:
+        """Run `cls.INSTANCE.matmul` on every row of x (batch, in_dim) with the packed
+        weight bytes w (input-block-major, starting at w_offset): `calls` times, or
+        "warm" (until C2 code for it is installed and the bits settle). A Java exception is
+        a crash result; a call that does not return within `timeout` kills the worker (a
+        timeout result); a dead JVM is a crash result."""
+        self.start()
+        t0 = time.perf_counter()
+        x = np.ascontiguousarray(x, np.float32)
+        w = np.ascontiguousarray(w, np.uint8).reshape(-1)
+        limit = self.timeout if timeout is None else timeout
+        self._conn.send((cls, x, w, int(w_offset), int(in_dim), int(out_dim), calls,
+                         WARM_MAX_SECONDS))
+        deadline = time.perf_counter() + limit  # for each call of the kernel, not the case
+        while True:
+            if self._conn.poll(min(0.2, max(0.0, deadline - time.perf_counter()))):
+                try:
+                    msg = self._conn.recv()
+                except EOFError:
+                    return self._died(t0)
+                if isinstance(msg, tuple):  # a heartbeat: one more call returned
+                    deadline = time.perf_counter() + limit
+                    continue
+                return CallResult(**msg)
+            if self.stop is not None and self.stop.is_set():
+                self.close()
+                return CallResult("interrupted", seconds=time.perf_counter() - t0,
+                                  error={"message": "interrupted: worker stopped"})
+            if time.perf_counter() >= deadline:
+                self.close()
+                return CallResult("timeout", seconds=time.perf_counter() - t0,
+                                  error={"message": f"a call did not return within "
+                                                    f"{limit:.0f}s: worker killed"})
+
+    def _died(self, t0: float) -> CallResult:
+        """The worker's pipe closed mid-case: the JVM (or its process) died."""
+        try:
+            code = self._proc.wait(5) if self._proc else None
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = self._log_tail()
+        self.close()
+        return CallResult("crash", seconds=time.perf_counter() - t0,
+                          error={"class": "JVM died", "message": f"exit code {code}{tail}",
+                                 "frames": []})
+
+    def close(self) -> None:
+        """Stop the worker (politely, then by kill) and remove its log."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            try:
+                if proc is not None and proc.poll() is None:
+                    conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        if proc is not None:
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if conn is not None:
+            conn.close()
+        if self._log:
+            Path(self._log).unlink(missing_ok=True)
+            self._log = None

