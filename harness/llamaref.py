@@ -423,13 +423,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the .gguf file")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", type=_parse_tokens, help="prompt ids, e.g. 2,105,2364")
-    src.add_argument("--prompt", help="prompt text, tokenized by llama.cpp's own tokenizer")
+    src.add_argument("--tokens", type=_parse_tokens, help="prompt ids, e.g. 2,105,2364 "
+                     "(default: none, give it or --prompt)")
+    src.add_argument("--prompt", help="prompt text, tokenized by llama.cpp's own tokenizer "
+                     "(default: none, give it or --tokens)")
     p.add_argument("--n", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="default 1")
     p.add_argument("--kv", default="f16", choices=KV_TYPES,
                    help="KV cache type (default f16, llama.cpp's own default)")
-    p.add_argument("--dump", help="write per-step activations here (a new directory)")
+    p.add_argument("--dump", help="write per-step activations here (a new directory; "
+                   "default: no dump)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

@@ -319,7 +319,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_program(p)
     expect = p.add_mutually_exclusive_group(required=True)
     expect.add_argument("--expect", metavar="TOKENS",
-                        help="reference token ids (JSON array or whitespace/comma separated)")
+                        help="reference token ids (JSON array or whitespace/comma separated; "
+                             "default: none, give it or --expect-from)")
     from harness.reference.cli import add_expect_from
     add_expect_from(p, expect)
     p.add_argument("--token-pattern", default=DEFAULT_TOKEN_PATTERN,

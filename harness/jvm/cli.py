@@ -117,14 +117,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(func=kernels_cmd)
     q = jsub.add_parser("parity", parents=[common],
                         help="kernel x format x shape x lanes x JIT mode against kernels_ref")
-    q.add_argument("--formats", help=f"comma-separated subset of {','.join(PACKED_TYPES)}")
+    q.add_argument("--formats", help=f"comma-separated subset of {','.join(PACKED_TYPES)} "
+                   "(default: every format a kernel on the classpath implements)")
     q.add_argument("--shapes", help="OUTxINxBATCH[+OFFSET],... (default "
                    + ",".join(f"{o}x{i}x{b}" + (f"+{w}" if w else "")
                               for o, i, b, w in DEFAULT_SHAPES) + ")")
-    q.add_argument("--lanes", default="auto", help="auto,4,8,16 (default auto)")
-    q.add_argument("--jit", default="pinned,warm", help="pinned,warm (default both)")
+    q.add_argument("--lanes", default="auto", help="auto,4,8,16 (default %(default)s)")
+    q.add_argument("--jit", default="pinned,warm", help="pinned,warm (default %(default)s)")
     q.add_argument("--timeout", type=float, default=60.0, help="seconds per case "
-                   "(default 60); a hang kills that JVM and the matrix goes on")
-    q.add_argument("--seed", type=int, default=0)
+                   "(default %(default)s); a hang kills that JVM and the matrix goes on")
+    q.add_argument("--seed", type=int, default=0,
+                   help="seed for the weights and activations (default %(default)s)")
     q.add_argument("-v", "--verbose", action="store_true", help="print each case as it ends")
     q.set_defaults(func=parity_cmd)

@@ -151,15 +151,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="the .gguf file (or `diff` followed by two dump directories)")
     p.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--tokens", metavar="IDS", help="prompt token ids, comma separated")
+    src.add_argument("--tokens", metavar="IDS", help="prompt token ids, comma separated "
+                     "(default: none, give it or --prompt)")
     src.add_argument("--prompt", metavar="TEXT", help="prompt text, tokenized with the "
-                     "GGUF's own vocabulary (SentencePiece)")
+                     "GGUF's own vocabulary (SentencePiece; default: none, give it or --tokens)")
     p.add_argument("--n", type=int, default=DEFAULT_N, help="tokens to generate (default 32)")
     p.add_argument("--semantics", default="exact", choices=SEMANTICS_NAMES,
                    help="float order of every matmul (default exact; fast = BLAS)")
     p.add_argument("--load", default="packed", choices=LOADS,
                    help="packed (memory-mapped blocks) or dequant-fp32 (SKaiNET 0.30.0)")
-    p.add_argument("--dump", metavar="DIR", help="write every step's activations to DIR (new)")
+    p.add_argument("--dump", metavar="DIR", help="write every step's activations to DIR (new; "
+                   "default: no dump)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_reference)
 
@@ -182,8 +184,10 @@ def add_expect_from(p: argparse.ArgumentParser, group: argparse._MutuallyExclusi
     from refmodel.gemma3 import SEMANTICS_NAMES
 
     group.add_argument("--expect-from", metavar="MODEL.gguf",
-                       help="take the expected ids from the reference decode of this model")
-    p.add_argument("--tokens", metavar="IDS", help="prompt ids for --expect-from")
+                       help="take the expected ids from the reference decode of this model "
+                            "(default: none, give it or --expect)")
+    p.add_argument("--tokens", metavar="IDS",
+                   help="prompt ids for --expect-from (default: none; required with it)")
     p.add_argument("--expect-n", type=int, default=DEFAULT_N,
                    help="tokens the reference generates (default 32)")
     p.add_argument("--expect-semantics", default=BOARD_SEMANTICS, choices=SEMANTICS_NAMES,
