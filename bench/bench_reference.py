@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from harness.footprint import human, read_footprint  # noqa: E402
 from harness.golden import tinygemma  # noqa: E402
 
-BASELINE = ("import json, refmodel, harness.reference.cli as c; "
+BASELINE = ("import json, refmodel, harness.reference.cli, harness.procmem as c; "
             "print(json.dumps({'peak_rss_bytes': c.peak_rss_bytes()}))")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.gate.testbins import Built
+from harness.procmem import peak_rss_bytes
 
 PARSERS = ("gguf", "elf", "ar", "zip", "klib")
 DEFAULT_MEMORY_CAP = 1536 << 20
@@ -235,7 +236,7 @@ def run_cases(parser: str, seeds: list[bytes], cases: int, seed: int,
             result.max_case_seconds = max(result.max_case_seconds, time.perf_counter() - t0)
             result.cases += 1
     result.seconds = time.perf_counter() - t_all
-    result.max_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.max_rss_bytes = peak_rss_bytes() or 0
     return result
 
 
@@ -275,12 +276,13 @@ def _worker(spec_text: str) -> None:
 
 
 _MEASURED_MAIN = """
-import resource, runpy, sys
+import runpy, sys
+from harness.procmem import peak_rss_bytes
 sys.argv = ["skoracle"] + sys.argv[1:]
 try:
     runpy.run_module("harness", run_name="__main__")
 finally:
-    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("MAXRSS", (peak_rss_bytes() or 0) // 1024, file=sys.stderr)
 """
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from harness.errors import HarnessError
+from harness.procmem import peak_rss_bytes
 
 #: Inputs: remote file name -> local path or the bytes themselves.
 InputFiles = Mapping[str, "Path | str | bytes"]
@@ -164,17 +165,6 @@ def exit_reason(
     return f"exited with status {status}"
 
 
-def _read_peak_rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 class LocalTarget:
     """Runs programs on this machine in a scratch directory, with an optional exec prefix.
 
@@ -228,7 +218,8 @@ class LocalTarget:
             peak = None
             timed_out = False
             while proc.poll() is None:
-                rss = _read_peak_rss_kb(proc.pid)
+                hwm = peak_rss_bytes(proc.pid)
+                rss = None if hwm is None else hwm // 1024
                 peak = rss if peak is None or (rss or 0) > peak else peak
                 if timeout is not None and time.perf_counter() - t_run > timeout:
                     timed_out = True

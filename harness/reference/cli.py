@@ -14,25 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.footprint import human, read_footprint
+from harness.procmem import peak_rss_bytes
 
 DEFAULT_N = 32
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far: VmHWM of /proc/self/status (ru_maxrss
-    would also count the parent's RSS at fork, which Linux carries across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def parse_tokens(text: str) -> list[int]:
@@ -77,7 +65,7 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
         if writer:
             writer.abort()
         raise
-    peak = peak_rss_bytes()  # before the footprint planner parses the file in this process
+    peak = peak_rss_bytes() or 0  # before the footprint planner parses the file in this process
     return {
         "model": str(model), "semantics": semantics, "load": load,
         "prompt_tokens": r.prompt, "tokens": r.tokens,
