@@ -23,6 +23,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from harness.atomic import write_atomic
 from harness.errors import HarnessError
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -79,15 +80,7 @@ def check_report_dir(out: Path | str, force: bool = False) -> Path:
 
 def _write_file(directory: Path, name: str, text: str) -> None:
     """`directory/name` = text, via a temp file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(directory / name, text, FILE_MODE)
 
 
 def write_report_files(out: Path | str, files: dict[str, str]) -> Path:

@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.atomic import write_atomic
 from harness.board import profile as board_profile
 from harness.board.parity import (
     DEFAULT_SHAPES,
@@ -94,9 +95,7 @@ def _live(stream) -> object:
 def _write_outputs(result: RunResult, outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for name, data in result.outputs.items():
-        tmp = outdir / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(outdir / name)
+        write_atomic(outdir / name, data)
 
 
 def _result_json(result: RunResult) -> dict:
@@ -169,12 +168,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     dst = fetch_destination(args.remote, args.local)
     with _session(args) as sess:
         data = sess.fetch(args.remote)
-    tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        tmp.write_bytes(data)
-        tmp.replace(dst)
+        write_atomic(dst, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise HarnessError(f"fetch: cannot write {dst}: {exc.strerror or exc}") from None
     print(f"{args.remote} -> {dst}: {len(data)} bytes, verified")
     return 0

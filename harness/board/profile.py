@@ -28,6 +28,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from harness.atomic import write_atomic
 from harness.errors import HarnessError
 
 DEFAULT_LIB_DIRS = (
@@ -183,6 +184,4 @@ def write_profile(path: Path, prof: BoardProfile) -> None:
         if f.name == "source" or v is None:
             continue
         lines.append(f"{f.name} = {toml_value(v)}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines) + "\n")

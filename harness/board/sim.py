@@ -55,6 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.atomic import write_atomic
 from harness.board.profile import BoardProfile, write_profile
 from harness.errors import HarnessError
 
@@ -163,10 +164,7 @@ def _busybox_without_timeout(src: Path, dst: Path) -> None:
         if b"\0timeout\0" in data and b"\0time\0" in data:
             raise HarnessError(f"board-sim: cannot find the applet table of {src} to take "
                                "`timeout` out (unexpected busybox build)")
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_bytes(data.replace(table, b"\0time\0timeou_\0top\0"))
-    os.chmod(tmp, 0o755)
-    tmp.replace(dst)
+    write_atomic(dst, data.replace(table, b"\0time\0timeou_\0top\0"), 0o755)
 
 
 class BoardSim:
