@@ -20,8 +20,18 @@ from typing import Any
 SCHEMA = "skoracle-report/1"
 
 #: Row verdicts, best first. A leg's status is derived from its rows' verdicts.
-VERDICTS = ("bit-exact", "pass", "within-bound", "known-failure", "unavailable", "FAIL", "error")
+#: "not-judged": the comparison ran but carries no verdict (its detail says where the case is
+#: judged instead), e.g. an error bound too wide to tell a sign flip from a pass.
+VERDICTS = ("bit-exact", "pass", "within-bound", "not-judged", "known-failure", "unavailable",
+            "FAIL", "error")
 FAILING = ("FAIL", "error")
+#: The heat maps' cell colour per verdict (green = held to a model, grey = no verdict).
+VERDICT_COLOURS = {"bit-exact": "#1a7f37", "pass": "#4caf50", "within-bound": "#b5e08c",
+                   "not-judged": "#d0d0d0", "known-failure": "#ffe08a", "unavailable": "#fdbf6f",
+                   "FAIL": "#d73027", "error": "#7f0000",
+                   # the JVM matrix's own verdicts
+                   "skipped": "#d0d0d0", "not-runnable": "#fdbf6f", "crash": "#7f0000",
+                   "timeout": "#a50026"}
 
 
 def plural(n: int, word: str) -> str:
@@ -187,25 +197,7 @@ def plots(rep: Report) -> dict[str, str]:
         out["footprint_bars"] = _png(fig)
     matrix = next((leg.data["matrix"] for leg in rep.legs if "matrix" in leg.data), None)
     if matrix:
-        rows, cols, cells = matrix["rows"], matrix["cols"], matrix["cells"]
-        order = {v: i for i, v in enumerate(VERDICTS)}
-        grid = np.array([[order.get(cells.get(f"{r}|{c}", "unavailable"), 4) for c in cols]
-                         for r in rows], dtype=float)
-        # cell text >= 11 px at the 90 dpi of _png (9 pt = 11.25 px), in black or white,
-        # whichever contrasts with the cell colour
-        cmap = plt.get_cmap("RdYlGn_r")
-        fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(cols), 1.0 + 0.42 * len(rows)))
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(VERDICTS) - 1, aspect="auto")
-        ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=9)
-        ax.set_yticks(range(len(rows)), rows, fontsize=9)
-        for i, r in enumerate(rows):
-            for j, c in enumerate(cols):
-                red, green, blue, _ = cmap(grid[i, j] / (len(VERDICTS) - 1))
-                light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45
-                ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=9,
-                        color="black" if light else "white")
-        ax.set_title(matrix.get("title", "verdict matrix"))
-        out["verdict_heatmap"] = _png(fig)
+        out["verdict_heatmap"] = _heatmap(matrix, VERDICTS, "unavailable", "verdict matrix")
     out.update(jvm_plot(rep))
     return out
 
@@ -217,32 +209,45 @@ JVM_VERDICTS = ("bit-exact", "within-bound", "skipped", "not-runnable", "FAIL", 
 
 def jvm_plot(rep: Report) -> dict[str, str]:
     """The JVM leg's kernel x lanes/JIT-mode heat map (only where JVM data exists)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     matrix = next((leg.data["jvm_matrix"] for leg in rep.legs if "jvm_matrix" in leg.data),
                   None)
     if not matrix or not matrix["rows"]:
         return {}
+    return {"jvm_heatmap": _heatmap(matrix, JVM_VERDICTS, "skipped", "JVM kernel x lanes/mode")}
+
+
+def _heatmap(matrix: dict, verdicts: tuple[str, ...], missing: str, title: str) -> str:
+    """A rows x cols verdict grid as a PNG: one fixed colour per verdict, the verdict written
+    in each cell at 9 pt (11.25 px at _png's 90 dpi) in black or white, whichever contrasts."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import ListedColormap, to_rgb
+
     rows, cols, cells = matrix["rows"], matrix["cols"], matrix["cells"]
-    order = {v: i for i, v in enumerate(JVM_VERDICTS)}
-    grid = np.array([[order.get(cells.get(f"{r}|{c}", "skipped"), 2) for c in cols]
-                     for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.6 * len(cols), 1.0 + 0.45 * len(rows)))
-    ax.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=len(JVM_VERDICTS) - 1, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    colours = [to_rgb(VERDICT_COLOURS[v]) for v in verdicts]
+    index = {v: i for i, v in enumerate(verdicts)}
+    grid = np.array([[index.get(cells.get(f"{r}|{c}", missing), index[missing]) for c in cols]
+                     for r in rows])
+    fig, ax = plt.subplots(figsize=(2.5 + 1.4 * len(cols), 1.0 + 0.42 * len(rows)))
+    ax.imshow(grid, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(verdicts) - 0.5,
+              aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=9)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=8)
-    ax.set_title(matrix.get("title", "JVM kernel x lanes/mode"))
-    return {"jvm_heatmap": _png(fig)}
+            red, green, blue = colours[grid[i, j]]
+            light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45
+            ax.text(j, i, cells.get(f"{r}|{c}", "-"), ha="center", va="center", fontsize=9,
+                    color="black" if light else "white")
+    ax.set_title(matrix.get("title", title))
+    return _png(fig)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
 font-size:13px}th{background:#f3f3f3}.pass,.bit-exact{color:#14732c}.FAIL,.fail,.error{color:#b00}
-.unavailable,.known-failure,.within-bound{color:#8a6100}img{max-width:100%}"""
+.unavailable,.known-failure,.within-bound{color:#8a6100}.not-judged{color:#555}
+img{max-width:100%}"""
 
 
 def render_html(rep: Report) -> str:

@@ -153,7 +153,7 @@ def kernels_leg(ctx: RunContext, out: Leg) -> None:
             elif qt in semantics_obj(v.semantics, **dict(v.opts)).quantizes_activations:
                 # quantized activations widen the bound past many outputs (a sign flip would
                 # pass there): the bound is no verdict for these modelled orders
-                verdict, why = "unavailable", (
+                verdict, why = "not-judged", (
                     f"bound >= 2|y| on {sign_blind(bound, exact)} of {y.size} outputs, so "
                     "'within bound' would pass a sign flip; this order is modelled: judged "
                     "bit-exactly against C kernels instead (the 'vs C' rows; SKaiNET's own: "
@@ -410,8 +410,8 @@ def summary_tables(rep: Report) -> list[Table]:
         for col in ("case", "verdict", "max ulp", "time", "detail"):
             t.add_column(col, overflow="fold")
         color = {"bit-exact": "green", "pass": "green", "within-bound": "yellow",
-                 "known-failure": "yellow", "unavailable": "yellow", "FAIL": "red",
-                 "error": "red"}
+                 "not-judged": "dim", "known-failure": "yellow", "unavailable": "yellow",
+                 "FAIL": "red", "error": "red"}
         for r in lg.rows:
             t.add_row(r.case, f"[{color[r.verdict]}]{r.verdict}[/]",
                       "" if r.max_ulp is None else str(r.max_ulp),
