@@ -407,13 +407,13 @@ def _tokenize(lc, vocab: int, text: str) -> list[int]:
 # ----------------------------------------------------------------------------------------
 
 def _parse_tokens(text: str) -> list[int]:
+    """`--tokens` as `skoracle reference` reads it, as an argparse type (exit 2 on error)."""
+    from harness.reference.cli import parse_tokens
+
     try:
-        ids = [int(s) for s in text.replace(" ", "").split(",") if s != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ids, got {text!r}") from None
-    if not ids or min(ids) < 0:
-        raise argparse.ArgumentTypeError(f"expected one or more ids >= 0, got {text!r}")
-    return ids
+        return parse_tokens(text)
+    except HarnessError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--tokens: ")) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -24,7 +24,8 @@ DEFAULT_N = 32
 
 
 def parse_tokens(text: str) -> list[int]:
-    """'2,105, 300' -> [2, 105, 300] (HarnessError naming the bad item)."""
+    """'2,105, 300' -> [2, 105, 300]: the `--tokens` grammar of every subcommand that takes
+    prompt ids (HarnessError naming the bad item)."""
     out = []
     for item in text.replace(" ", ",").split(","):
         if not item:
@@ -32,7 +33,10 @@ def parse_tokens(text: str) -> list[int]:
         try:
             out.append(int(item))
         except ValueError:
-            raise HarnessError(f"--tokens: {item!r} is not an integer token id") from None
+            raise HarnessError(f"--tokens: {item!r} is not an integer token id (expected "
+                               "comma-separated ids)") from None
+        if out[-1] < 0:
+            raise HarnessError(f"--tokens: {item} is not a token id (ids are >= 0)")
     if not out:
         raise HarnessError("--tokens: no token ids given")
     return out
