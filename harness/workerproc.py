@@ -179,6 +179,10 @@ class WorkerProcess:
             _kill([self.pid] if self.alive() else [])
             _kill(left)
         self.proc.wait()
+        deadline = time.monotonic() + 2.0  # SIGKILL is asynchronous: see them gone
+        while time.monotonic() < deadline and any(
+                (st := _stat(p)) is not None and st[0] != "Z" for p in left):
+            time.sleep(0.01)
         if self._watch_w is not None:
             os.close(self._watch_w)
             self._watch_w = None

@@ -13,12 +13,14 @@ from harness.errors import HarnessError
 from harness.jvm.discovery import MATMUL_DESCRIPTOR, discover, resolve_classpath
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import (
+    DEFAULT_LANES,
     DEFAULT_SHAPES,
     FAILING,
-    LANE_CHOICES,
+    LANES_HELP,
     ParityRun,
     drift_summary,
     failure_summary,
+    parse_lanes,
     run_matrix,
 )
 from harness.jvm.worker import JIT_MODES
@@ -86,7 +88,7 @@ def kernels_cmd(args: argparse.Namespace) -> int:
 def parity_cmd(args: argparse.Namespace) -> int:
     jdk = find_jdk(args.jdk)
     formats = _list_arg(args.formats, PACKED_TYPES, "--formats") if args.formats else None
-    lanes = _list_arg(args.lanes, LANE_CHOICES, "--lanes")
+    lanes = parse_lanes(args.lanes)
     jit = _list_arg(args.jit, JIT_MODES, "--jit")
     shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
     cp = resolve_classpath(args.classpath)
@@ -158,9 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--shapes", help="OUTxINxBATCH[+OFFSET],... (default "
                    + ",".join(f"{o}x{i}x{b}" + (f"+{w}" if w else "")
                               for o, i, b, w in DEFAULT_SHAPES) + ")")
-    q.add_argument("--lanes", default="auto,4", help="lane widths from auto,4,8,16: auto is "
-                   "the host's; 4 the board's NEON (default %(default)s; auto is run once "
-                   "when it equals a width given)")
+    q.add_argument("--lanes", default=DEFAULT_LANES, help=LANES_HELP)
     q.add_argument("--jit", default="pinned,warm", help="pinned,warm (default %(default)s)")
     q.add_argument("--timeout", type=float, default=60.0, help="seconds per case "
                    "(default %(default)s); a hang kills that JVM and the matrix goes on")

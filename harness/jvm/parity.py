@@ -38,6 +38,11 @@ from oracle import qtype, quantize, to_input_block_major
 DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = (
     (16, 256, 2, 0), (9, 512, 3, 0), (7, 768, 1, 40), (32, 1024, 2, 0))
 LANE_CHOICES = ("auto", "4", "8", "16")
+#: The host's width and the board's (the SL2610's 128-bit NEON: 4 float lanes).
+DEFAULT_LANES = "auto,4"
+LANES_HELP = ("comma-separated lane widths from auto,4,8,16: auto is the host's, 4 the "
+              "board's NEON; auto is run once when it equals a width given (default "
+              f"{DEFAULT_LANES})")
 PROBE_FORMATS = ("Q8_0", "Q4_0")  # formats whose probe weight is crafted byte by byte
 
 
@@ -431,6 +436,16 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
 FAILING = ("FAIL", "crash", "timeout")
 
 
+def parse_lanes(text: str) -> list[str]:
+    """`--lanes auto,4,...` -> the widths, each once (HarnessError on anything else)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in LANE_CHOICES]
+    if bad or not items:
+        raise HarnessError(f"--lanes: {', '.join(bad) or 'empty'} not one of "
+                           f"{', '.join(LANE_CHOICES)}")
+    return list(dict.fromkeys(items))
+
+
 def _reason(c: Case) -> str:
     """A failing case in a few words: "crash IndexOutOfBoundsException at K.java:56"."""
     if c.verdict == "crash":
@@ -480,5 +495,5 @@ def drift_summary(run: ParityRun) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_SHAPES", "FAILING", "FFM", "LANE_CHOICES", "Case", "ParityRun",
-           "drift_summary", "failure_summary", "judge", "run_matrix"]
+__all__ = ["DEFAULT_LANES", "DEFAULT_SHAPES", "FAILING", "FFM", "LANE_CHOICES", "Case", "ParityRun",
+           "drift_summary", "failure_summary", "judge", "parse_lanes", "run_matrix"]
