@@ -104,7 +104,9 @@ def _remove(paths: Iterable[str]) -> None:
 # --------------------------------------------------------------------------- client side
 
 class WorkerProcess:
-    """One worker: `python -m harness.workerproc` running `target` (`module:function`)."""
+    """One worker: `python -m harness.workerproc` running `target` (`module:function`).
+    `cleanup`: temp paths the client made for the worker; the worker removes them if the
+    client dies, the client removes them itself otherwise."""
 
     def __init__(self, target: str, args: Sequence[str], *, pass_fds: Sequence[int] = (),
                  cleanup: Sequence[str | Path] = (), **popen: Any) -> None:
@@ -154,7 +156,8 @@ class WorkerProcess:
 
     def stop(self, polite: Callable[[], None] | None = None, grace: float = 2.0
              ) -> list[str]:
-        """End the worker and everything it started; remove its temp files.
+        """End the worker and everything it started (its `cleanup` paths are the caller's
+        to remove now: it may still read them).
 
         `polite` (e.g. "quit" on the worker's own channel) is tried first and given `grace`
         seconds; then the process group, every descendant and the worker are SIGKILLed.
@@ -186,7 +189,6 @@ class WorkerProcess:
         if self._watch_w is not None:
             os.close(self._watch_w)
             self._watch_w = None
-        _remove(self.cleanup)
         return described
 
     def __del__(self) -> None:

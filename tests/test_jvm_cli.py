@@ -370,3 +370,44 @@ def test_nothing_to_check_is_exit_2_for_kernels_and_parity(tmp_path, capsys, wha
         assert main(["jvm", cmd, "--classpath", cp]) == 2
         err = capsys.readouterr().err
         assert "no packed matmul kernel found" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- 6: pytest plugin
+
+INNER_TESTS = '''
+import pytest
+
+
+def test_uses_the_users_build(skainet_jvm):
+    assert skainet_jvm.kernels and skainet_jvm.classpath.startswith("/")
+
+
+@pytest.mark.llamacpp
+@pytest.mark.jvm
+@pytest.mark.cref
+@pytest.mark.board
+def test_every_documented_marker_is_registered():
+    pass
+'''
+
+
+def test_plugin_skips_without_a_classpath_and_shows_its_target(cp, tmp_path):
+    subset(cp, tmp_path / "build", "ScalarQ8_0MatmulKernel")
+    (tmp_path / "test_user.py").write_text(INNER_TESTS)
+
+    def pytest_(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                               "--strict-markers", "-rs", "test_user.py", *args],
+                              cwd=tmp_path, text=True, capture_output=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    bare = pytest_()
+    assert bare.returncode == 0, bare.stdout
+    assert "1 passed, 1 skipped" in bare.stdout
+    assert "SKIPPED" in bare.stdout and "pass --skainet-classpath CP" in bare.stdout
+    assert "skainet: no --skainet-classpath: tests using skainet_jvm are skipped" in bare.stdout
+    assert re.search(r"skainet: JDK \S+ at /", bare.stdout)
+    given = pytest_("--skainet-classpath", "build")  # relative to where pytest runs
+    assert given.returncode == 0, given.stdout
+    assert "2 passed" in given.stdout
+    assert "skainet: --skainet-classpath build" in given.stdout

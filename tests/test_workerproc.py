@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from proctree import cmdline, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,8 @@ def test_stop_ends_the_worker_and_what_it_started_and_says_what(tmp_path):
     assert sorted(s for s in SLEEPS if any(s in k for k in killed)) == sorted(SLEEPS), killed
     assert all(k.startswith("pid ") for k in killed)
     assert not _ours(started | {wp.pid}), "a process outlived stop()"
-    assert not scratch.exists()
+    assert scratch.exists()  # the client's to remove (it may still read it): only a dead
+    #                          client's worker removes it
 
 
 def test_kill_9_of_the_client_ends_the_worker_its_daemons_and_its_temp_files(tmp_path):
@@ -73,6 +75,36 @@ def test_kill_9_of_the_client_ends_the_worker_its_daemons_and_its_temp_files(tmp
         client.wait(10)
         assert _wait_for(lambda: not _ours(tree), 5), f"left running: {_ours(tree)}"
         assert not scratch.exists()
+    finally:
+        if client.poll() is None:
+            client.kill()
+
+
+@pytest.mark.llamacpp
+def test_kill_9_of_llama_ref_leaves_no_worker_and_no_temp_dir(tmp_path):
+    from harness import llamacpp
+    from harness.golden import tinygemma as tg
+
+    llamacpp.build(log=lambda m: None)
+    model = tg.cached_model(tg.FUNCTIONGEMMA, "functiongemma-shaped")  # ~8 tok/s: slow
+    client = subprocess.Popen(
+        [sys.executable, "-m", "harness", "llama-ref", str(model), "--tokens", "2,105",
+         "--n", "2000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path)))
+    try:
+        def worker() -> int | None:
+            return next((p for p in descendants(client.pid)
+                         if "harness.llamaref:_worker_main" in cmdline(p)), None)
+
+        assert _wait_for(lambda: worker() is not None, 60)
+        time.sleep(3)  # decoding now
+        scratch = list(tmp_path.glob(".llama-ref-*"))
+        assert len(scratch) == 1
+        tree = descendants(client.pid)
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+        assert _wait_for(lambda: not _ours(tree), 10), f"left running: {_ours(tree)}"
+        assert not scratch[0].exists()
     finally:
         if client.poll() is None:
             client.kill()

@@ -413,4 +413,6 @@ class Worker:
             self.killed += wp.stop(None if self._stopped() else polite, grace=2.0)
         if conn is not None:
             conn.close()
-        self._log = None
+        if self._log:
+            Path(self._log).unlink(missing_ok=True)
+            self._log = None
