@@ -208,11 +208,12 @@ def _start_parity(build: Path, *extra: str) -> subprocess.Popen[str]:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _until_hanging(client: subprocess.Popen[str]) -> tuple[set[int], str]:
-    """Wait for the first kernel's verdict (the next one hangs); the client's process tree
-    and the JVM worker's log file."""
+def _until_hanging(client: subprocess.Popen[str], before: str = "DropsLastBlockMatmulKernel"
+                   ) -> tuple[set[int], str]:
+    """Wait for the verdict of kernel `before` (the next one hangs); the client's process
+    tree and the JVM worker's log file."""
     for line in client.stderr:
-        if "DropsLastBlockMatmulKernel" in line:
+        if before in line:
             break
     time.sleep(1.0)  # the hanging kernel is now running
     tree = descendants(client.pid)
@@ -230,12 +231,15 @@ def _gone(pids: set[int], timeout: float = 10.0) -> dict[int, str]:
     return left
 
 
-def test_kill_9_of_jvm_parity_leaves_no_worker_and_no_log(cp, tmp_path):
-    build = subset(cp, tmp_path, "DropsLastBlockMatmulKernel", "NeverReturnsQ8_0MatmulKernel")
+def test_kill_9_of_jvm_parity_leaves_no_worker_no_kernel_process_and_no_log(cp, tmp_path):
+    # LeavesProcess starts `sleep 2741` and returns; NeverReturns then hangs
+    build = subset(cp, tmp_path, "LeavesProcessQ8_0MatmulKernel", "ScalarQ8_0MatmulKernel",
+                   "NeverReturnsQ8_0MatmulKernel")
     client = _start_parity(build)
     try:
-        tree, log = _until_hanging(client)
+        tree, log = _until_hanging(client, "LeavesProcessQ8_0MatmulKernel")
         assert tree and Path(log).exists() and "skoracle-jvm-" in log
+        assert any(cmdline(p) == "sleep 2741" for p in tree)
         client.kill()
         client.wait(10)
         assert _gone(tree) == {}
