@@ -122,6 +122,7 @@ class WorkerProcess:
                 pass_fds=[watch_r, *pass_fds], env=env, start_new_session=True, **popen)
         except BaseException:
             os.close(self._watch_w)
+            self._watch_w = None
             raise
         finally:
             os.close(watch_r)
