@@ -29,7 +29,11 @@ def main() -> None:
     args = ap.parse_args()
     jdk = find_jdk()
     cp = fixture_classpath(jdk)
-    kernels = discover(cp)
+    # the kernels that test the surfaces (a 4-lane overread, a write past the row, a process
+    # left running) are judged in tests/test_jvm_cli.py, not timed here
+    kernels = [k for k in discover(cp) if k.short not in (
+        "Overreads4LaneQ8_0MatmulKernel", "WritesPastRowQ8_0MatmulKernel",
+        "LeavesProcessQ8_0MatmulKernel")]
     x, _, arr = case_data("Q8_0", DEFAULT_SHAPES[0], 0)
     o, i = DEFAULT_SHAPES[0][:2]
     with Worker(JvmConfig(str(jdk.home), cp, "auto", "pinned")) as wk:

@@ -241,12 +241,11 @@ def report_json(fp: Footprint, budget: Budget) -> dict:
 
 
 def render(fp: Footprint, budget: Budget) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze names into 80 columns
-        console = Console(width=132)
+    from harness.console import make_console
+
+    console = make_console()
     table = Table(title=f"{fp.path}: resident weight bytes", title_justify="left")
     table.add_column("tensor", no_wrap=True)
     table.add_column("type")

@@ -55,6 +55,7 @@ import numpy as np
 
 from harness import llamacpp
 from harness.errors import HarnessError
+from harness.workerproc import WorkerProcess
 
 DUMP_FORMAT = "skoracle-refdump-1"
 SEMANTICS = "llama.cpp"
@@ -159,18 +160,22 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
 
 
 def _run_worker(spec: dict, timeout: float) -> None:
-    cmd = [sys.executable, "-m", "harness.llamaref", "--worker", json.dumps(spec)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (
-        str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")))))
+    """Decode in a worker process (harness.workerproc) that dies with this process, however
+    it ends, and removes the scratch directory `spec["out"]` then."""
+    wp = WorkerProcess("harness.llamaref:_worker_main", ["--worker", json.dumps(spec)],
+                       cleanup=[spec["out"]], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        _, stderr = wp.proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"llama.cpp decode did not finish in {timeout:.0f} s") from None
-    if proc.returncode == 0:
+    finally:
+        wp.stop(grace=0)
+    if wp.proc.returncode == 0:
         return
-    msg = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
+    msg = (stderr.strip().splitlines() or ["no output"])[-1]
+    if wp.proc.returncode < 0:
+        name = signal.Signals(-wp.proc.returncode).name
         raise HarnessError(f"llama.cpp crashed ({name}) decoding {spec['model']}: {msg}")
     raise HarnessError(msg.removeprefix("error: "))
 
@@ -459,7 +464,5 @@ def _worker_main(argv: list[str]) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        raise SystemExit(_worker_main(sys.argv[1:]))
+if __name__ == "__main__":  # the decode worker starts through harness.workerproc
     raise SystemExit("usage: skoracle llama-ref MODEL --tokens IDS (python3 -m harness)")

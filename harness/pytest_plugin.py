@@ -7,8 +7,12 @@ Any project's tests can use them once skainet-oracle is installed:
   stopped at its end;
 - marker `board`: tests that need a board target (select with `-m board`);
 - `skainet_jvm`: a JVM worker handle (`harness.jvm.worker.Worker`, pinned JIT, the found
-  JDK) on the classpath given by `--skainet-classpath` (else the project's own fixture
-  kernels), with `.kernels` (discovered) and `.jdk` set; marker `jvm`.
+  JDK) on the SKaiNET build given by `--skainet-classpath`, with `.kernels` (discovered),
+  `.jdk` and `.classpath` set; without the option every test using it is skipped, saying
+  why (nothing stands in for your build);
+- `skoracle_fixture_jvm`: the same over the project's own fixture kernels (fixtures/jvm,
+  never SKaiNET), only for tests that ask for it by this name; `.label` says what it is;
+- markers `jvm`, `llamacpp` (the real llama.cpp); the header shows the classpath and JDK.
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cref: needs ggml's C reference library (built on demand)")
     config.addinivalue_line("markers", "board: needs a board target (real, or board-in-a-box)")
     config.addinivalue_line("markers", "jvm: runs kernels in a JVM worker (skainet_jvm)")
+    config.addinivalue_line("markers", "llamacpp: runs the real llama.cpp (built on demand)")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The JVM target of this session: the classpath (or that there is none) and the JDK."""
+    from harness.errors import HarnessError
+    from harness.jvm.jdk import find_jdk
+
+    cp = config.getoption("--skainet-classpath")
+    try:
+        jdk = find_jdk().describe()
+    except HarnessError as exc:
+        jdk = str(exc)
+    return [f"skainet: --skainet-classpath {cp}" if cp else
+            "skainet: no --skainet-classpath: tests using skainet_jvm are skipped",
+            f"skainet: {jdk}"]
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +77,41 @@ def board(request: pytest.FixtureRequest):
         yield session
 
 
-@pytest.fixture(scope="session")
-def skainet_jvm(request: pytest.FixtureRequest):
-    """One JVM worker for the session (see the module docstring)."""
-    from harness.jvm.discovery import discover
-    from harness.jvm.fixtures import fixture_classpath
+def _jvm_worker(classpath: str, where: str):
+    """One pinned-JIT JVM worker over `classpath` for a session (a generator fixture body)."""
+    from harness.jvm.discovery import discover, resolve_classpath
     from harness.jvm.jdk import find_jdk
     from harness.jvm.worker import JvmConfig, Worker
 
     jdk = find_jdk()
-    cp = request.config.getoption("--skainet-classpath") or fixture_classpath(jdk)
+    cp = resolve_classpath(classpath, where)
+    kernels = discover(cp)
+    if not kernels:
+        pytest.fail(f"--skainet-classpath {classpath}: no packed matmul kernel found",
+                    pytrace=False)
     with Worker(JvmConfig(str(jdk.home), cp, "auto", "pinned", jdk.has_vector)) as wk:
-        wk.jdk, wk.kernels = jdk, discover(cp)
+        wk.jdk, wk.kernels, wk.classpath = jdk, kernels, cp
         wk.start()
+        yield wk
+
+
+@pytest.fixture(scope="session")
+def skainet_jvm(request: pytest.FixtureRequest):
+    """A JVM worker over your SKaiNET build (--skainet-classpath); skipped without one."""
+    cp = request.config.getoption("--skainet-classpath")
+    if not cp:
+        pytest.skip("skainet_jvm: no SKaiNET build given; pass --skainet-classpath CP (the "
+                    "JVM runtime classpath of skainet-backend-cpu, ':'-separated)")
+    yield from _jvm_worker(cp, str(request.config.invocation_params.dir))
+
+
+@pytest.fixture(scope="session")
+def skoracle_fixture_jvm():
+    """A JVM worker over the project's own fixture kernels (fixtures/jvm): they test the
+    plumbing and are never SKaiNET; `.label` says so."""
+    from harness.jvm.fixtures import LABEL, fixture_classpath
+    from harness.jvm.jdk import find_jdk
+
+    for wk in _jvm_worker(fixture_classpath(find_jdk()), "."):
+        wk.label = LABEL
         yield wk

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
+from harness.console import ResultTable, escape_control, make_console
 from harness.errors import HarnessError
 from harness.footprint import add_budget_options, parse_budget
+from harness.jvm.parity import DEFAULT_LANES, LANES_HELP, parse_lanes
 from harness.report import Leg, Report, plural, write_report
 from harness.reportdir import check_report_dir
 
@@ -403,21 +406,35 @@ def selected_legs(only: str | None) -> list[str]:
     return [n for n in names if n in wanted]
 
 
-def summary_tables(rep: Report) -> list[Table]:
+VERDICT_COLOUR = {"bit-exact": "green", "pass": "green", "within-bound": "yellow",
+                  "not-judged": "dim", "known-failure": "yellow", "unavailable": "yellow",
+                  "FAIL": "red", "error": "red"}
+
+
+def summary_tables(rep: Report) -> list[ResultTable]:
     tables = []
     for lg in rep.legs:
-        t = Table(title=f"{lg.title} — {lg.status.upper()}", title_justify="left")
-        for col in ("case", "verdict", "max ulp", "time", "detail"):
-            t.add_column(col, overflow="fold")
-        color = {"bit-exact": "green", "pass": "green", "within-bound": "yellow",
-                 "not-judged": "dim", "known-failure": "yellow", "unavailable": "yellow",
-                 "FAIL": "red", "error": "red"}
+        t = ResultTable(f"{lg.title} — {lg.status.upper()}",
+                        ("case", "verdict", "max ulp", "time", "detail"),
+                        names=("verdict", "max ulp", "time"))
         for r in lg.rows:
-            t.add_row(r.case, f"[{color[r.verdict]}]{r.verdict}[/]",
+            t.add_row(r.case, Text(r.verdict, style=VERDICT_COLOUR[r.verdict]),
                       "" if r.max_ulp is None else str(r.max_ulp),
                       "" if r.seconds is None else f"{r.seconds:.2f}s", r.detail)
         tables.append(t)
     return tables
+
+
+def name_failures(lg: Leg, limit: int = 3) -> None:
+    """Make a failing leg's summary name what failed (unless the leg's own summary does,
+    i.e. starts with "FAIL"): "FAIL: case: first clause of its detail; ...; summary"."""
+    bad = [r for r in lg.rows if r.verdict in ("FAIL", "error")]
+    if lg.status != "fail" or not bad or lg.summary.startswith("FAIL"):
+        return
+    clauses = [f"{r.case}" + (f": {r.detail.split(';')[0]}" if r.detail else "")
+               for r in bad[:limit]]
+    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
+    lg.summary = f"FAIL: {'; '.join(clauses)}{more}" + (f"; {lg.summary}" if lg.summary else "")
 
 
 class _Interrupt:
@@ -453,7 +470,38 @@ def check_path_options(args: argparse.Namespace) -> None:
             raise HarnessError(f"--classpath: {entry}: no such file or directory")
 
 
+def absolute_paths(args: argparse.Namespace) -> None:
+    """Every path option made absolute against the caller's directory before anything
+    starts (workers and legs may run elsewhere)."""
+    from harness.jvm.discovery import resolve_classpath
+
+    for name in ("out", "model", "kernels_archive", "board_profile"):
+        if getattr(args, name, None):
+            setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
+    args.klib = [os.path.abspath(os.path.expanduser(k)) for k in args.klib]
+    if args.classpath:
+        args.classpath = resolve_classpath(args.classpath)
+    if getattr(args, "jdk", None):
+        args.jdk = os.path.abspath(os.path.expanduser(args.jdk))
+
+
+def _preload_plotting() -> None:
+    """Import matplotlib (Agg) while the legs run: the report needs it at the end, and an
+    interrupted run then writes its partial report at once instead of after the import."""
+    def load() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+        except Exception:  # the report says what is missing when it needs it
+            pass
+
+    threading.Thread(target=load, name="preload-matplotlib", daemon=True).start()
+
+
 def run(args: argparse.Namespace) -> int:
+    _preload_plotting()
     stop = _Interrupt()
     previous = signal.signal(signal.SIGINT, stop)
     try:
@@ -463,9 +511,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
-    console = Console(stderr=args.json)  # --json: stdout carries the report document only
-    if not console.is_terminal:  # a CI log: do not fold the tables into 80 columns
-        console = Console(width=140, stderr=args.json)
+    console = make_console(stderr=args.json)  # --json: stdout carries the report only
     names = selected_legs(args.only)
     explicit = set(names) if args.only else set()
     if args.classpath or args.skainet_version:  # asking for SKaiNET on the JVM by flag
@@ -473,6 +519,8 @@ def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
     out_dir = check_report_dir(args.out, args.force)
     check_path_options(args)
     parse_budget(args.budget, args.reserve)
+    parse_lanes(args.lanes)
+    absolute_paths(args)
     work = Path(tempfile.mkdtemp(prefix="skoracle-run-"))  # scratch: the system temp dir
     try:
         return _run_legs(args, stop, console, names, explicit, out_dir, work)
@@ -514,8 +562,9 @@ def _run_legs(args: argparse.Namespace, stop: _Interrupt, console: Console, name
                 setup_error = setup_error or exc.exit_code == 2
             lg.elapsed_s = time.perf_counter() - t0
             lg.settle()
-            progress.console.print(f"[bold]{name}[/]: {lg.status} ({lg.elapsed_s:.1f}s) "
-                                   f"{lg.summary}")
+            name_failures(lg)
+            progress.console.print(Text.assemble((name, "bold"), f": {lg.status} "
+                                   f"({lg.elapsed_s:.1f}s) {escape_control(lg.summary)}"))
             if interrupted or stop.requested:
                 interrupted = True
                 break
@@ -531,7 +580,7 @@ def _run_legs(args: argparse.Namespace, stop: _Interrupt, console: Console, name
     else:
         rep.exit_code = 0
     for t in summary_tables(rep):
-        console.print(t)
+        t.print(console)
     path = write_report(rep, out_dir)
     verdict = {0: "[green]all legs passed[/]", 1: "[red]parity failure or gate finding[/]",
                2: "[red]setup or input error[/]", 130: "[yellow]interrupted: partial report[/]"}
@@ -596,4 +645,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classpath", metavar="CP",
                    help="a local SKaiNET build for the JVM leg, entries separated by "
                         f"'{os.pathsep}' (default: none)")
+    p.add_argument("--lanes", default=DEFAULT_LANES, help="the JVM leg's " + LANES_HELP)
+    p.add_argument("--jdk", metavar="HOME",
+                   help="JDK for the JVM leg (default: JAVA_HOME, then /usr/lib/jvm/*)")
     p.set_defaults(func=run)

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from harness.console import make_console
 from harness.errors import HarnessError
 from oracle import PACKED_TYPES, dequantize, quantize
 from oracle.samples import adversarial_rows, random_rows
@@ -80,7 +80,7 @@ def load_cref(required: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     cref, why = load_cref(args.require_c)
     if cref is None:
         console.print(f"[yellow]C cross-check skipped:[/] {why}")

@@ -7,16 +7,24 @@ import json
 import sys
 
 from rich.console import Console
-from rich.table import Table
 
+from harness.console import ResultTable, cell, make_console
 from harness.errors import HarnessError
-from harness.jvm.discovery import discover
+from harness.jvm.discovery import MATMUL_DESCRIPTOR, discover, resolve_classpath
 from harness.jvm.jdk import find_jdk
-from harness.jvm.parity import DEFAULT_SHAPES, LANE_CHOICES, drift_summary, run_matrix
+from harness.jvm.parity import (
+    DEFAULT_LANES,
+    DEFAULT_SHAPES,
+    FAILING,
+    LANES_HELP,
+    ParityRun,
+    drift_summary,
+    failure_summary,
+    parse_lanes,
+    run_matrix,
+)
 from harness.jvm.worker import JIT_MODES
 from oracle import PACKED_TYPES
-
-FAILING = ("FAIL", "crash", "timeout")
 
 
 def _list_arg(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -44,64 +52,94 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def _nothing_found(classpath: str, formats: list[str] | None = None) -> HarnessError:
+    return HarnessError(f"--classpath {classpath or '(empty)'}: no packed matmul kernel found "
+                        f"(a class with a static INSTANCE and matmul{MATMUL_DESCRIPTOR})"
+                        + (f" for {', '.join(formats)}" if formats else ""))
+
+
 def kernels_cmd(args: argparse.Namespace) -> int:
     jdk = find_jdk(args.jdk)
-    ks = discover(args.classpath)
+    cp = resolve_classpath(args.classpath)
+    ks = discover(cp)
+    if not ks:
+        raise _nothing_found(args.classpath)
     if args.json:
-        json.dump({"jdk": jdk.describe(), "kernels": [vars(k) for k in ks]}, sys.stdout,
-                  indent=1)
+        json.dump({"jdk": jdk.describe(), "classpath": cp, "kernels": [vars(k) for k in ks]},
+                  sys.stdout, indent=1)
         print()
         return 0
-    t = Table(title=f"packed matmul kernels on the classpath — {jdk.describe()}",
-              title_justify="left")
-    for col in ("class", "format", "provider", "found in"):
-        t.add_column(col, overflow="fold")
+    sources = list(dict.fromkeys(k.source for k in ks))
+    one = len(sources) == 1
+    t = ResultTable(f"packed matmul kernels in {sources[0] if one else 'the classpath'} — "
+                    f"{jdk.describe()}", ("class", "format", "provider")
+                    + (() if one else ("found in",)), names=("class",))
     for k in ks:
-        t.add_row(k.cls, k.fmt or "?", k.provider, k.source)
-    Console().print(t)
-    if not ks:
-        print(f"no class with a static INSTANCE and matmul{'([FI[BIII[FI)V'} on "
-              f"{args.classpath}", file=sys.stderr)
-        return 1
+        t.add_row(k.cls, k.fmt or "?", k.provider,
+                  *(() if one else (f"[{sources.index(k.source) + 1}]",)))
+    out = make_console()
+    t.print(out)
+    if not one:
+        for i, src in enumerate(sources, 1):
+            out.print(cell(f"[{i}] {src}"))
     return 0
 
 
 def parity_cmd(args: argparse.Namespace) -> int:
     jdk = find_jdk(args.jdk)
     formats = _list_arg(args.formats, PACKED_TYPES, "--formats") if args.formats else None
-    lanes = _list_arg(args.lanes, LANE_CHOICES, "--lanes")
+    lanes = parse_lanes(args.lanes)
     jit = _list_arg(args.jit, JIT_MODES, "--jit")
     shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
-    ks = [k for k in discover(args.classpath) if formats is None or k.fmt in formats]
+    cp = resolve_classpath(args.classpath)
+    ks = [k for k in discover(cp) if formats is None or k.fmt in formats]
     if not ks:
-        raise HarnessError(f"--classpath {args.classpath}: no packed matmul kernel found"
-                           + (f" for {', '.join(formats)}" if formats else ""))
-    console = Console(stderr=True)
-    run = run_matrix(jdk, args.classpath, ks, lanes, jit, shapes, args.seed, args.timeout,
-                     progress=(lambda s: console.print(s)) if args.verbose else None)
+        raise _nothing_found(args.classpath, formats)
+    err = make_console(stderr=True)
+    run = run_matrix(jdk, cp, ks, lanes, jit, shapes, args.seed, args.timeout,
+                     progress=(lambda s: err.print(cell(s))) if args.verbose else None)
     bad = [c for c in run.cases if c.verdict in FAILING]
     if args.json:
-        json.dump(run.to_json(), sys.stdout, indent=1, default=str)
+        json.dump(run.to_json() | {"widths": run.widths}, sys.stdout, indent=1, default=str)
         print()
     else:
-        t = Table(title=f"JVM parity — {run.jdk}", title_justify="left")
-        for col in ("kernel", "format", "shape", "lanes", "jit", "verdict", "detail"):
-            t.add_column(col, overflow="fold")
-        for c in run.cases:
-            t.add_row(c.kernel, c.fmt or "?", "x".join(map(str, c.shape[:3])),
-                      f"{c.lanes}->{c.actual_lanes}", c.jit, c.verdict, c.detail)
-        out = Console()
-        out.print(t)
-        for cr in run.configs:
-            out.print(f"lanes={cr.lanes} jit={cr.jit}: JVM start "
-                      f"{cr.info.get('start_s', float('nan')):.2f}s, lanes "
-                      f"{cr.info.get('lanes')}, probed order "
-                      f"{cr.probes or 'n/a'}, worker starts {cr.info.get('worker_starts')}")
-        for line in drift_summary(run):
-            out.print(f"drift: {line}")
-        out.print(f"{len(run.cases)} cases, {len(bad)} FAIL/crash/timeout, "
-                  f"{run.seconds:.1f}s")
+        print_parity(run, make_console())
+    if run.interrupted:
+        print("skoracle jvm parity: interrupted: the cases above were judged, the rest not run",
+              file=sys.stderr)
+        return 130
     return 1 if bad else 0
+
+
+def print_parity(run: ParityRun, out: Console) -> None:
+    """The parity table (one row per case), the configurations, and what failed."""
+    t = ResultTable(f"JVM parity — {run.jdk}",
+                    ("kernel", "format", "shape", "lanes", "jit", "verdict", "detail"),
+                    names=("kernel", "format", "shape", "lanes", "jit", "verdict"))
+    for c in run.cases:
+        t.add_row(c.kernel, c.fmt or "?", "x".join(map(str, c.shape[:3])),
+                  f"{c.lanes}->{c.actual_lanes}", c.jit, c.verdict, c.detail)
+    t.print(out)
+    for cr in run.configs:
+        if cr.same_as:
+            out.print(cell(f"lanes={cr.lanes} jit={cr.jit}: the host's width is "
+                           f"{cr.same_as}, judged once (as --lanes {cr.info.get('lanes')})"))
+            continue
+        out.print(cell(f"lanes={cr.lanes} jit={cr.jit}: JVM start "
+                       f"{cr.info.get('start_s', float('nan')):.2f}s, lanes "
+                       f"{cr.info.get('lanes')}, probed order "
+                       f"{cr.probes or 'n/a'}, worker starts {cr.info.get('worker_starts')}"))
+        for k in cr.killed:
+            out.print(cell(f"lanes={cr.lanes} jit={cr.jit}: killed {k}, left running by "
+                           "the code under test"))
+    for line in drift_summary(run):
+        out.print(cell(f"drift: {line}"))
+    out.print(cell(f"judged at {', '.join(run.widths) or 'no lane width'}"))
+    bad = [c for c in run.cases if c.verdict in FAILING]
+    if bad:
+        out.print(cell(failure_summary(run)))
+    out.print(cell(f"{len(run.cases)} cases, {len(bad)} FAIL/crash/timeout, "
+                   f"{run.seconds:.1f}s"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -122,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--shapes", help="OUTxINxBATCH[+OFFSET],... (default "
                    + ",".join(f"{o}x{i}x{b}" + (f"+{w}" if w else "")
                               for o, i, b, w in DEFAULT_SHAPES) + ")")
-    q.add_argument("--lanes", default="auto", help="auto,4,8,16 (default %(default)s)")
+    q.add_argument("--lanes", default=DEFAULT_LANES, help=LANES_HELP)
     q.add_argument("--jit", default="pinned,warm", help="pinned,warm (default %(default)s)")
     q.add_argument("--timeout", type=float, default=60.0, help="seconds per case "
                    "(default %(default)s); a hang kills that JVM and the matrix goes on")

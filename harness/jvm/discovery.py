@@ -6,6 +6,7 @@ refers to (the Vector API, the FFM API, or neither)."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import zipfile
@@ -149,6 +150,25 @@ def provider_of(info: ClassInfo, classes: dict[str, ClassInfo] | None = None) ->
     if any(r.startswith("java/lang/foreign/") for r in refs):
         return FFM
     return SCALAR
+
+
+def resolve_classpath(classpath: str, cwd: str | Path | None = None) -> str:
+    """The classpath with every entry made absolute against `cwd` (the caller's directory
+    by default) and `dir/*` expanded to that directory's jars, as `java -cp` does, so the
+    JVM worker loads exactly what discovery read, wherever it runs. Empty entries drop."""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    out: list[str] = []
+    for entry in [e for e in classpath.split(":") if e]:
+        p = Path(os.path.expanduser(entry))
+        p = p if p.is_absolute() else base / p
+        if p.name == "*":
+            if not p.parent.is_dir():
+                raise HarnessError(f"--classpath entry {entry}: no such directory")
+            out += [str(j) for j in sorted(p.parent.iterdir())
+                    if j.suffix.lower() == ".jar" and j.is_file()]
+        else:
+            out.append(os.path.normpath(p))
+    return ":".join(dict.fromkeys(out))
 
 
 def iter_class_files(classpath: str) -> Iterator[tuple[str, bytes]]:

@@ -6,10 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.jvm.discovery import discover
+from harness.jvm.discovery import discover, resolve_classpath
 from harness.jvm.fixtures import LABEL as FIXTURE_LABEL
 from harness.jvm.jdk import find_jdk
-from harness.jvm.parity import drift_summary, run_matrix
+from harness.jvm.parity import (
+    DEFAULT_LANES,
+    FAILING,
+    ParityRun,
+    drift_summary,
+    failure_summary,
+    parse_lanes,
+    run_matrix,
+)
 
 #: report verdicts for the matrix verdicts (the report's vocabulary)
 REPORT_VERDICT = {"bit-exact": "bit-exact", "within-bound": "within-bound", "FAIL": "FAIL",
@@ -17,8 +25,19 @@ REPORT_VERDICT = {"bit-exact": "bit-exact", "within-bound": "within-bound", "FAI
                   "skipped": "unavailable", "interrupted": "unavailable"}
 
 
+def _orders(run: ParityRun) -> str:
+    """The probed reduction orders per configuration, e.g. "8 lanes pinned: sequential"."""
+    parts = []
+    for cr in run.configs:
+        orders = sorted(set(cr.probes.values()))
+        if orders:
+            parts.append(f"{cr.info.get('lanes')} lanes {cr.jit}: {', '.join(orders)}")
+    return "; ".join(parts) or "not probed"
+
+
 def run_leg(ctx: Any, out: Any) -> None:
-    """Fill the report leg `out` (harness.report.Leg) from `ctx.args.classpath`."""
+    """Fill the report leg `out` (harness.report.Leg) from `ctx.args.classpath`, judged at
+    the widths of `--lanes` (default the host's and the board's 4)."""
     args = ctx.args
     if not args.classpath:
         out.status = "unavailable"
@@ -29,13 +48,15 @@ def run_leg(ctx: Any, out: Any) -> None:
         if "jvm" in ctx.explicit:
             raise HarnessError(out.summary)
         return
+    lanes = parse_lanes(getattr(args, "lanes", None) or DEFAULT_LANES)
     jdk = find_jdk(getattr(args, "jdk", None))
-    ctx.step(f"jvm: scanning {args.classpath}")
-    kernels = discover(args.classpath)
+    cp = resolve_classpath(args.classpath)
+    ctx.step(f"jvm: scanning {cp}")
+    kernels = discover(cp)
     if not kernels:
         raise HarnessError(f"--classpath {args.classpath}: no class with a static INSTANCE "
                            "and the packed matmul(float[],int,byte[],int,int,int,float[],int)")
-    run = run_matrix(jdk, args.classpath, kernels, lanes=("auto",), jit=("pinned", "warm"),
+    run = run_matrix(jdk, cp, kernels, lanes=lanes, jit=("pinned", "warm"),
                      seed=args.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
     fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
     cells: dict[str, str] = {}
@@ -55,8 +76,21 @@ def run_leg(ctx: Any, out: Any) -> None:
     out.data["jvm_matrix"] = {"title": "JVM kernel x lanes/JIT mode (worst case verdict)",
                               "rows": rows, "cols": cols, "cells": cells}
     drift = drift_summary(run)
+    killed = [f"{k} (lanes={cr.lanes} {cr.jit})" for cr in run.configs for k in cr.killed]
     probes = {f"lanes={cr.info.get('lanes')} {cr.jit}": cr.probes for cr in run.configs}
-    out.data["jvm"] = {"jdk": run.jdk, "probes": probes, "drift": drift,
+    out.data["jvm"] = {"jdk": run.jdk, "classpath": cp, "widths": run.widths,
+                       "probes": probes, "drift": drift, "killed": killed,
                        "starts": {f"{cr.lanes} {cr.jit}": cr.info for cr in run.configs}}
-    out.summary = (f"{len(kernels)} kernels, {len(run.cases)} cases on {run.jdk}; probed "
-                   f"reduction order {probes}; " + ("; ".join(drift) or "no drift"))
+    judged = [c for c in run.cases if c.verdict in ("bit-exact", "within-bound", *FAILING)]
+    head = failure_summary(run) or (
+        f"every judged case bit-exact or within bound ({len(judged)} of {len(run.cases)})")
+    out.summary = "; ".join(p for p in (
+        head,
+        f"{len(kernels)} kernels{' (project fixtures, not SKaiNET)' if fixtures else ''} "
+        f"judged at {' and '.join(run.widths) or 'no lane width'} on {run.jdk}",
+        f"probed order {_orders(run)}",
+        "; ".join(drift),
+        (f"killed {len(killed)} process(es) the code under test left running: "
+         + ", ".join(killed)) if killed else "") if p)
+    if run.interrupted:
+        raise KeyboardInterrupt  # the rows above stay in the (partial) report

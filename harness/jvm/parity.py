@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from harness.console import escape_control
+from harness.errors import HarnessError
 from harness.jvm.discovery import FFM, PANAMA, SCALAR, Kernel
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
-from harness.jvm.worker import JIT_MODES, CallResult, JvmConfig, Worker
+from harness.jvm.worker import JIT_MODES, PLATFORM_PACKAGES, CallResult, JvmConfig, Worker
 from kernels_ref import error_bound, matmul_wt, ulp_distance
 from kernels_ref.semantics import PANAMA_REDUCTIONS
 from oracle import qtype, quantize, to_input_block_major
@@ -35,6 +38,11 @@ from oracle import qtype, quantize, to_input_block_major
 DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = (
     (16, 256, 2, 0), (9, 512, 3, 0), (7, 768, 1, 40), (32, 1024, 2, 0))
 LANE_CHOICES = ("auto", "4", "8", "16")
+#: The host's width and the board's (the SL2610's 128-bit NEON: 4 float lanes).
+DEFAULT_LANES = "auto,4"
+LANES_HELP = ("comma-separated lane widths from auto,4,8,16: auto is the host's, 4 the "
+              "board's NEON; auto is run once when it equals a width given (default "
+              f"{DEFAULT_LANES})")
 PROBE_FORMATS = ("Q8_0", "Q4_0")  # formats whose probe weight is crafted byte by byte
 
 
@@ -57,6 +65,13 @@ class Case:
     drifted: int = 0
     seconds: float = 0.0
     actual_lanes: int | None = None
+    frame: str = ""  # crash: the first frame outside the platform (class.method(file:line))
+
+    @property
+    def width(self) -> str:
+        """The lane width this case ran at, as reports name it ("4 lanes")."""
+        n = self.actual_lanes or (None if self.lanes == "auto" else self.lanes)
+        return f"{n} lanes" if n else f"lanes={self.lanes}"
 
 
 @dataclass
@@ -69,6 +84,8 @@ class ConfigRun:
     probes: dict[str, str] = field(default_factory=dict)  # kernel -> order found
     cases: list[Case] = field(default_factory=list)
     error: str = ""
+    killed: list[str] = field(default_factory=list)  # processes the code under test left
+    same_as: str = ""  # auto giving an explicitly asked width: not run twice
 
 
 @dataclass
@@ -77,6 +94,19 @@ class ParityRun:
     classpath: str
     configs: list[ConfigRun]
     seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def widths(self) -> list[str]:
+        """The lane widths judged, e.g. ["8 lanes (host)", "4 lanes"]."""
+        out = []
+        for cr in self.configs:
+            if cr.same_as or not cr.info.get("lanes"):
+                continue
+            w = f"{cr.info['lanes']} lanes" + (" (host)" if cr.lanes == "auto" else "")
+            if w not in out:
+                out.append(w)
+        return out
 
     @property
     def cases(self) -> list[Case]:
@@ -159,10 +189,11 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     case.calls, case.drifted, case.seconds = res.calls, res.drifted, res.seconds
     if res.status != "ok":
         case.verdict = res.status
-        e = res.error
-        case.detail = "; ".join(p for p in (
-            f"{e.get('class', '')}: {e.get('message', '')}".strip(": "),
-            " <- ".join(e.get("frames", [])[:4])) if p)
+        case.detail, case.frame = error_detail(res.error)
+        return
+    if res.violations:
+        case.verdict, case.reference = "FAIL", "guard cells"
+        case.detail = "; ".join(res.violations)
         return
     fmt, shape = k.fmt, case.shape
     y = res.y
@@ -212,14 +243,89 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
                        f"non-finite output{drift}")
 
 
+# ------------------------------------------------------------------------------ errors
+
+def _frame_text(f: Sequence[Any]) -> str:
+    cls, method, file, line = f
+    return f"{cls}.{method}({file or 'Unknown Source'}{f':{line}' if line >= 0 else ''})"
+
+
+def user_frame(frames: Sequence[Sequence[Any]]) -> Sequence[Any] | None:
+    """The first frame outside the platform (java.*, jdk.*, JPype): the user's line."""
+    for f in frames:
+        if not str(f[0]).startswith(PLATFORM_PACKAGES):
+            return f
+    return None
+
+
+def error_detail(error: dict[str, Any]) -> tuple[str, str]:
+    """(detail, user frame) of a crash: "Exc at File:line in Class.method: message; stack:
+    ...", the user's frame first, control characters escaped."""
+    cls = str(error.get("class", "")).rsplit(".", 1)[-1]
+    msg = escape_control(str(error.get("message", "")))
+    frames = [f for f in error.get("frames", []) if isinstance(f, list | tuple) and len(f) == 4]
+    uf = user_frame(frames)
+    head = cls
+    if uf is not None:
+        head += f" at {uf[2] or uf[0]}:{uf[3]} in {uf[0].rsplit('.', 1)[-1]}.{uf[1]}"
+    parts = [f"{head}: {msg}" if msg else head]
+    causes = [f"{c.rsplit('.', 1)[-1]}: {escape_control(m)}" for c, m in error.get("causes", [])]
+    if causes:
+        parts.append("caused by " + " <- ".join(causes))
+    if frames:
+        parts.append("stack: " + " <- ".join(_frame_text(f) for f in frames[:6]))
+    return "; ".join(p for p in parts if p), (_frame_text(uf) if uf is not None else "")
+
+
+#: Where the classes a SKaiNET build needs at run time come from (prefix -> jar).
+PROVIDING_JARS = (
+    ("kotlinx.coroutines.", "kotlinx-coroutines-core (org.jetbrains.kotlinx:"
+                            "kotlinx-coroutines-core-jvm)"),
+    ("kotlinx.serialization.", "kotlinx-serialization-core (org.jetbrains.kotlinx:"
+                               "kotlinx-serialization-core-jvm)"),
+    ("kotlinx.io.", "kotlinx-io-core (org.jetbrains.kotlinx:kotlinx-io-core-jvm)"),
+    ("kotlin.", "kotlin-stdlib (org.jetbrains.kotlin:kotlin-stdlib)"),
+    ("sk.ainet.", "the SKaiNET module that holds it (e.g. skainet-backend-api-jvm)"),
+)
+_NOT_FOUND = re.compile(r"^Class (\S+) is not found")
+
+
+def missing_class(error: dict[str, Any]) -> str | None:
+    """The class a crash says the JVM could not find (NoClassDefFoundError,
+    ClassNotFoundException, anywhere in the cause chain), dotted; None otherwise."""
+    chain = [(error.get("class", ""), error.get("message", ""))] + \
+        [tuple(c) for c in error.get("causes", [])]
+    for cls, msg in chain:
+        msg = str(msg or "")
+        if cls in ("java.lang.NoClassDefFoundError", "java.lang.ClassNotFoundException") \
+                and msg and not msg.startswith("Could not initialize"):
+            return msg.split()[0].replace("/", ".")
+        m = _NOT_FOUND.match(msg)
+        if cls == "TypeError" and m:
+            return m.group(1)
+    return None
+
+
+def missing_class_message(name: str, kernel: str) -> str:
+    """One line for a build the JVM cannot load: the class and the jar that provides it."""
+    jar = next((j for prefix, j in PROVIDING_JARS if name.startswith(prefix)),
+               "the jar that provides it")
+    return (f"--classpath: the build cannot load {name} (needed by {kernel}): add "
+            f"{jar} to --classpath (the JVM runtime classpath of skainet-backend-cpu; "
+            "README 'JVM leg' shows how to print it)")
+
+
 # ------------------------------------------------------------------------------ matrix
 
 def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, jit: str,
                shapes: Sequence[tuple[int, int, int, int]], seed: int, timeout: float,
                progress: Callable[[str], None] | None = None,
-               stop: threading.Event | None = None) -> ConfigRun:
+               stop: threading.Event | None = None,
+               explicit_lanes: Sequence[int] = ()) -> ConfigRun:
     """Every kernel x shape in one JVM configuration (one worker, restarted after a hang
-    or a JVM death). `stop` set: the remaining cases are not run."""
+    or a JVM death). `stop` set: the remaining cases are not run. `auto` whose width is
+    one of `explicit_lanes` is not run (that width is judged once). A class the build
+    cannot load ends the configuration with `error` set (a setup error, not a verdict)."""
     run = ConfigRun(lanes, jit)
     config = JvmConfig(str(jdk.home), classpath, lanes, jit, jdk.has_vector)
     calls: int | str = "warm" if jit == "warm" else 2
@@ -227,9 +333,14 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
         wk.stop = stop
         try:
             run.info = dict(wk.start())
+        except KeyboardInterrupt:
+            run.info["interrupted"] = True
         except Exception as exc:  # a JVM that cannot start: every case says why
             run.error = str(exc)
         actual = run.info.get("lanes")
+        if lanes == "auto" and actual in explicit_lanes:
+            run.same_as = f"{actual} lanes"
+            kernels = []
         for k in kernels:
             hung = False
             for shape in shapes:
@@ -257,7 +368,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                     case.detail = "not run: the kernel hung on an earlier case in this JVM"
                     continue
                 if stop is not None and stop.is_set():
-                    case.detail = "not run: interrupted"
+                    case.verdict, case.detail = "interrupted", "not run: interrupted"
                     continue
                 x, _, arr = case_data(k.fmt, tuple(shape), seed)
                 res = wk.call(k.cls, x, arr, shape[1], shape[0], w_offset=shape[3],
@@ -270,10 +381,17 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                         order = run.probes[k.short] = probe_order(wk, k, tuple(shape),
                                                                   actual or 0, calls)
                 judge(case, res, k, seed, actual, order)
+                missing = missing_class(res.error) if res.status == "crash" else None
+                if missing:
+                    run.error = missing_class_message(missing, k.cls)
+                    if stop is not None:
+                        stop.set()
+                    return run
                 if progress:
                     progress(f"{k.short} {k.fmt} {shape[:3]} lanes={lanes} {jit}: "
                              f"{case.verdict}")
         run.info["worker_starts"] = wk.starts
+    run.killed = wk.killed
     return run
 
 
@@ -282,20 +400,82 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
                shapes: Sequence[tuple[int, int, int, int]] = DEFAULT_SHAPES, seed: int = 0,
                timeout: float = 60.0, jobs: int | None = None,
                progress: Callable[[str], None] | None = None) -> ParityRun:
-    """The whole matrix: one worker per (lanes, jit), run in parallel up to the core count."""
+    """The whole matrix: one worker per (lanes, jit), run in parallel up to the core count.
+
+    Ctrl-C (KeyboardInterrupt) stops every worker at once; the cases judged so far are
+    returned with `interrupted` set. A class the build cannot load is a HarnessError
+    (exit 2) naming the class and the jar that provides it."""
     t0 = time.perf_counter()
-    combos = [(ln, j) for ln in lanes for j in jit]
+    lanes = list(dict.fromkeys(lanes))
+    explicit = tuple(int(ln) for ln in lanes if ln != "auto")
+    # explicit widths first: `auto` then knows whether it would repeat one of them
+    combos = [(ln, j) for ln in sorted(lanes, key=lambda ln: ln == "auto") for j in jit]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(combos)))
     stop = threading.Event()
+    interrupted = False
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(run_config, jdk, classpath, kernels, ln, j, shapes, seed,
-                               timeout, progress, stop) for ln, j in combos]
-        try:
-            runs = [f.result() for f in futures]
-        except BaseException:  # Ctrl-C: every worker stops at its next case or poll
-            stop.set()
-            raise
-    return ParityRun(jdk.describe(), classpath, runs, time.perf_counter() - t0)
+                               timeout, progress, stop, explicit) for ln, j in combos]
+        while True:
+            try:
+                if not wait(futures, timeout=0.2).not_done:
+                    break
+            except KeyboardInterrupt:  # every worker stops at its next poll (<= 0.2 s)
+                stop.set()
+                interrupted = True
+        runs = [f.result() for f in futures]
+    order = {c: i for i, c in enumerate((ln, j) for ln in lanes for j in jit)}
+    runs.sort(key=lambda r: order[(r.lanes, r.jit)])
+    errors = [r.error for r in runs if r.error and r.error.startswith("--classpath")]
+    if errors:
+        raise HarnessError(errors[0])
+    interrupted = interrupted or any(r.info.get("interrupted") for r in runs)
+    return ParityRun(jdk.describe(), classpath, runs, time.perf_counter() - t0, interrupted)
+
+
+FAILING = ("FAIL", "crash", "timeout")
+
+
+def parse_lanes(text: str) -> list[str]:
+    """`--lanes auto,4,...` -> the widths, each once (HarnessError on anything else)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in LANE_CHOICES]
+    if bad or not items:
+        raise HarnessError(f"--lanes: {', '.join(bad) or 'empty'} not one of "
+                           f"{', '.join(LANE_CHOICES)}")
+    return list(dict.fromkeys(items))
+
+
+def _reason(c: Case) -> str:
+    """A failing case in a few words: "crash IndexOutOfBoundsException at K.java:56"."""
+    if c.verdict == "crash":
+        head = c.detail.split(": ", 1)[0].split(" in ", 1)[0]
+        return f"crash {head}"
+    if c.verdict == "timeout":
+        return "timeout (a call did not return)"
+    return "FAIL " + c.detail.split(";", 1)[0].split(" (row", 1)[0]
+
+
+def failure_summary(run: ParityRun, limit: int = 4) -> str:
+    """What failed, one clause per kernel and reason with the widths it failed at, e.g.
+    "FAIL: PanamaVectorQ8_0MatmulKernel at 4 lanes: crash IndexOutOfBoundsException at
+    PanamaVectorQ8_0MatmulKernel.kt:56"; "" when nothing failed."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for c in run.cases:
+        if c.verdict in FAILING:
+            widths = groups.setdefault((c.kernel, _reason(c)), [])
+            if c.width not in widths:
+                widths.append(c.width)
+    if not groups:
+        return ""
+    clauses = []
+    for (kernel, reason), widths in list(groups.items())[:limit]:
+        nums = [w.removesuffix(" lanes") for w in widths]
+        at = (" and ".join(nums) + " lanes") if all(n.isdigit() for n in nums) else \
+            ", ".join(widths)
+        clauses.append(f"{kernel} at {at}: {reason}")
+    more = len(groups) - limit
+    return "FAIL: " + "; ".join(clauses) + (f"; and {more} more" if more > 0 else "")
 
 
 def drift_summary(run: ParityRun) -> list[str]:
@@ -315,5 +495,5 @@ def drift_summary(run: ParityRun) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_SHAPES", "FFM", "LANE_CHOICES", "Case", "ParityRun", "drift_summary",
-           "judge", "run_matrix"]
+__all__ = ["DEFAULT_LANES", "DEFAULT_SHAPES", "FAILING", "FFM", "LANE_CHOICES", "Case", "ParityRun",
+           "drift_summary", "failure_summary", "judge", "parse_lanes", "run_matrix"]

@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.jvm.discovery import MATMUL_DESCRIPTOR
 from harness.jvm.jdk import VECTOR_MODULE
+from harness.workerproc import WorkerProcess
 
 JIT_MODES = ("pinned", "warm")
 #: JIT flags per mode. pinned: C1 at most (the Vector API's Java fallback, lanes added in
@@ -45,6 +45,14 @@ BASE_FLAGS = ["-Xmx1g", "-XX:+UseSerialGC", "-XX:CICompilerCount=2",
               "--enable-native-access=ALL-UNNAMED"]
 WARM_MAX_CALLS = 3000
 WARM_MAX_SECONDS = 20.0  # warm-up budget of one case (then judged as it stands)
+#: Output guard cells on each side of every call's output range, and their bit pattern: a
+#: NaN whose payload no arithmetic produces (a kernel's own NaN is the canonical one).
+GUARD = 16
+SENTINEL_BITS = np.uint32(0x7FE5C3E1)
+MAX_VIOLATIONS = 4
+MAX_FRAMES = 40
+#: Frames of these packages are the platform's; the first frame outside is the user's line.
+PLATFORM_PACKAGES = ("java.", "jdk.", "sun.", "com.sun.", "org.jpype.", "jpype.")
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ class CallResult:
     drifted: int = 0  # calls whose output differed from the first call's
     compiled: bool | None = None  # warm mode: C2 compiled the kernel's matmul
     warmup_calls: int | None = None  # warm mode: calls before that compile was seen
-    error: dict[str, Any] = field(default_factory=dict)  # class, message, frames
+    error: dict[str, Any] = field(default_factory=dict)  # class, message, frames, causes
+    violations: list[str] = field(default_factory=list)  # guard cells, input/weight writes
     seconds: float = 0.0
 
 
@@ -161,7 +170,8 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             if inst is None:
                 inst = instances[cls] = jpype.JClass(cls).INSTANCE
             jx, jw = jfloat(x.reshape(-1)), jbyte(w.view(np.int8))
-            jy = jfloat(batch * out_dim)
+            offsets, guarded = guarded_output(batch, out_dim)
+            jy = jfloat(guarded)
             first = y = None
             done = drifted = 0
             seen_at = None  # warm mode: calls before C2 code for the kernel was installed
@@ -169,8 +179,9 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             while True:
                 prev = y
                 for r in range(batch):  # one call per row, as SKaiNET batches
-                    inst.matmul(jx, r * in_dim, jw, w_off, in_dim, out_dim, jy, r * out_dim)
-                y = np.array(jy, dtype=np.float32).reshape(batch, out_dim)
+                    inst.matmul(jx, r * in_dim, jw, w_off, in_dim, out_dim, jy, offsets[r])
+                full = np.array(jy, dtype=np.float32)
+                y = np.stack([full[o:o + out_dim] for o in offsets])
                 done += 1
                 conn.send(("beat", done))  # alive: the parent's hang clock restarts
                 if first is None:
@@ -188,33 +199,92 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
                 seen_at = (seen_at or done) if installed else None  # reset on deopt
                 if done >= WARM_MAX_CALLS or time.perf_counter() - t0 > budget:
                     break
+            violations = guard_violations(full, offsets, out_dim)
+            violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
+            violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
             conn.send({"status": "ok", "y": y, "first": first, "calls": done,
                        "drifted": drifted, "seconds": time.perf_counter() - t0,
                        "compiled": seen_at is not None if calls == "warm" else None,
-                       "warmup_calls": seen_at})
+                       "warmup_calls": seen_at, "violations": violations})
         except jpype.JException as exc:
-            frames = [str(f) for f in exc.getStackTrace()[:6]]
             conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
-                       "error": {"class": str(exc.getClass().getName()),
-                                 "message": str(exc.getMessage()), "frames": frames}})
+                       "error": _java_error(exc)})
+        except Exception as exc:  # JPype's own refusals, e.g. "Class X is not found"
+            conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
+                       "error": {"class": type(exc).__name__, "message": str(exc),
+                                 "frames": [], "causes": []}})
+
+
+def _java_error(exc: Any) -> dict[str, Any]:
+    """Class, message, stack frames ([class, method, file, line], innermost first) and the
+    cause chain ([class, message] ...) of a Java throwable."""
+    frames = [[str(f.getClassName()), str(f.getMethodName()), str(f.getFileName() or ""),
+               int(f.getLineNumber())] for f in exc.getStackTrace()[:MAX_FRAMES]]
+    causes, seen, t = [], 0, exc.getCause()
+    while t is not None and seen < 8:
+        causes.append([str(t.getClass().getName()), str(t.getMessage() or "")])
+        if not frames or all(f[0].startswith(PLATFORM_PACKAGES) for f in frames):
+            frames = [[str(f.getClassName()), str(f.getMethodName()),
+                       str(f.getFileName() or ""), int(f.getLineNumber())]
+                      for f in t.getStackTrace()[:MAX_FRAMES]] or frames
+        t, seen = t.getCause(), seen + 1
+    return {"class": str(exc.getClass().getName()), "message": str(exc.getMessage() or ""),
+            "frames": frames, "causes": causes}
+
+
+def guarded_output(batch: int, out_dim: int) -> tuple[list[int], np.ndarray]:
+    """The output array a case hands the kernel: each row's range (where `outputOffset`
+    points) with GUARD sentinel cells on both sides; the ranges start zeroed."""
+    offsets = [GUARD + r * (out_dim + GUARD) for r in range(batch)]
+    arr = np.full(GUARD + batch * (out_dim + GUARD), SENTINEL_BITS, np.uint32).view(np.float32)
+    for o in offsets:
+        arr[o:o + out_dim] = 0.0
+    return offsets, arr
+
+
+def guard_violations(full: np.ndarray, offsets: list[int], out_dim: int) -> list[str]:
+    """Guard cells the kernel wrote, named relative to the nearest call's outputOffset."""
+    inside = np.zeros(full.size, bool)
+    for o in offsets:
+        inside[o:o + out_dim] = True
+    bad = np.flatnonzero(~inside & (full.view(np.uint32) != SENTINEL_BITS))
+    out = []
+    for i in bad[:MAX_VIOLATIONS]:
+        r = max(0, int(np.searchsorted(offsets, i, side="right")) - 1)
+        rel = int(i) - offsets[r]
+        where = (f"outputOffset+outputDim+{rel - out_dim}" if rel >= out_dim
+                 else f"outputOffset-{-rel}")
+        out.append(f"wrote output[{where}] (row {r}'s call, array index {int(i)}), outside "
+                   "its output range")
+    if len(bad) > MAX_VIOLATIONS:
+        out.append(f"... {len(bad) - MAX_VIOLATIONS} more guard cells written")
+    return out
+
+
+def changed_cells(name: str, after: np.ndarray, before: np.ndarray, offset: int
+                  ) -> list[str]:
+    """A kernel must not write its input or weight array: the first changed index, if any."""
+    a = after.reshape(-1).view(np.uint8 if after.itemsize == 1 else np.uint32)
+    b = np.ascontiguousarray(before).reshape(-1).view(a.dtype)
+    diff = np.flatnonzero(a != b)
+    if not len(diff):
+        return []
+    base = f" (weightByteOffset+{int(diff[0]) - offset})" if name == "weight" else ""
+    return [f"changed {name}[{int(diff[0])}]{base}"
+            + (f" and {len(diff) - 1} more cells" if len(diff) > 1 else "")]
 
 
 def main(argv: list[str]) -> None:
-    """Worker entry: `python -m harness.jvm.worker FD CONFIG_JSON LOG`."""
+    """Worker entry (through harness.workerproc): FD CONFIG_JSON LOG."""
     _child(Connection(int(argv[0])), JvmConfig(**json.loads(argv[1])), argv[2])
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
 
 
 # --------------------------------------------------------------------------- parent side
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 class Worker:
     """A handle on one configuration's worker process (started on first use, restarted
-    after a timeout or a JVM death)."""
+    after a timeout or a JVM death). `killed` lists the processes the code under test had
+    left running, found and ended when a worker stopped."""
 
     def __init__(self, config: JvmConfig, timeout: float = 60.0, start_timeout: float = 120.0):
         self.config = config
@@ -222,7 +292,8 @@ class Worker:
         self.start_timeout = start_timeout
         self.info: dict[str, Any] = {}
         self.starts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.killed: list[str] = []
+        self._wp: WorkerProcess | None = None
         self._conn: Any = None
         self._log: str | None = None
         self.stop: threading.Event | None = None  # set: a waiting call gives up at once
@@ -235,11 +306,14 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._wp is not None and self._wp.alive()
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._wp.pid if self._wp is not None else None
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def start(self) -> dict[str, Any]:
         """Start the worker and its JVM (once); returns start time, lanes, VM name."""
@@ -248,22 +322,24 @@ class Worker:
         ours, theirs = socket.socketpair()
         fd, self._log = tempfile.mkstemp(prefix="skoracle-jvm-", suffix=".log")
         os.close(fd)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p))
         t0 = time.perf_counter()
         with theirs:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.jvm.worker", str(theirs.fileno()),
-                 json.dumps(asdict(self.config)), self._log],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
-                cwd=PROJECT_ROOT)
+            self._wp = WorkerProcess(
+                "harness.jvm.worker:main",
+                [str(theirs.fileno()), json.dumps(asdict(self.config)), self._log],
+                pass_fds=[theirs.fileno()], cleanup=[self._log], stdin=subprocess.DEVNULL)
         parent = self._conn = Connection(ours.detach())
         self.starts += 1
-        if not parent.poll(self.start_timeout):
-            tail = self._log_tail()
-            self.close()
-            raise HarnessError(f"JVM ({self.config.label}) did not start within "
-                               f"{self.start_timeout:.0f}s{tail}")
+        deadline = time.perf_counter() + self.start_timeout
+        while not parent.poll(0.2):
+            if self._stopped():
+                self.close()
+                raise KeyboardInterrupt
+            if time.perf_counter() >= deadline:
+                tail = self._log_tail()
+                self.close()
+                raise HarnessError(f"JVM ({self.config.label}) did not start within "
+                                   f"{self.start_timeout:.0f}s{tail}")
         try:
             self.info = parent.recv()
         except EOFError:
@@ -287,7 +363,9 @@ class Worker:
         weight bytes w (input-block-major, starting at w_offset): `calls` times, or
         "warm" (until C2 code for it is installed and the bits settle). A Java exception is
         a crash result; a call that does not return within `timeout` kills the worker (a
-        timeout result); a dead JVM is a crash result."""
+        timeout result); a dead JVM is a crash result. Each row's output range has guard
+        cells on both sides; a kernel that writes one, or writes its input or weight, gets
+        `violations`."""
         self.start()
         t0 = time.perf_counter()
         x = np.ascontiguousarray(x, np.float32)
@@ -306,7 +384,7 @@ class Worker:
                     deadline = time.perf_counter() + limit
                     continue
                 return CallResult(**msg)
-            if self.stop is not None and self.stop.is_set():
+            if self._stopped():
                 self.close()
                 return CallResult("interrupted", seconds=time.perf_counter() - t0,
                                   error={"message": "interrupted: worker stopped"})
@@ -318,10 +396,7 @@ class Worker:
 
     def _died(self, t0: float) -> CallResult:
         """The worker's pipe closed mid-case: the JVM (or its process) died."""
-        try:
-            code = self._proc.wait(5) if self._proc else None
-        except subprocess.TimeoutExpired:
-            code = None
+        code = self._wp.wait_exit(5) if self._wp is not None else None
         tail = self._log_tail()
         self.close()
         return CallResult("crash", seconds=time.perf_counter() - t0,
@@ -329,21 +404,13 @@ class Worker:
                                  "frames": []})
 
     def close(self) -> None:
-        """Stop the worker (politely, then by kill) and remove its log."""
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
-        if conn is not None:
-            try:
-                if proc is not None and proc.poll() is None:
-                    conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-        if proc is not None:
-            try:
-                proc.wait(2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        """Stop the worker (politely, unless interrupted, then by kill), end whatever the
+        code under test left running (noted in `killed`) and remove the JVM's log."""
+        wp, conn = self._wp, self._conn
+        self._wp = self._conn = None
+        if wp is not None:
+            polite = (lambda: conn.send(None)) if conn is not None else None
+            self.killed += wp.stop(None if self._stopped() else polite, grace=2.0)
         if conn is not None:
             conn.close()
         if self._log:
