@@ -39,6 +39,8 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +74,11 @@ class DumpWriter:
         parent = self.final.parent
         if not parent.is_dir():
             raise HarnessError(f"{parent}: no such directory for --dump")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=parent))
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=parent))
+        except OSError as exc:
+            raise HarnessError(f"--dump {self.final}: cannot write in {parent}: "
+                               f"{exc.strerror or exc}") from None
         self.meta = {"format": FORMAT, **meta}
         self.steps = 0
 
@@ -89,15 +95,23 @@ class DumpWriter:
     def _flush(self) -> None:
         cur = getattr(self, "_current", None)
         if cur:
-            np.savez(self.tmp / step_file(self._index), **cur)
+            try:
+                np.savez(self.tmp / step_file(self._index), **cur)
+            except OSError as exc:
+                raise HarnessError(f"--dump {self.final}: cannot write step {self._index}: "
+                                   f"{exc.strerror or exc}") from None
             self.steps = self._index + 1
             self._current = {}
 
     def finish(self, **extra: object) -> Path:
         self._flush()
         meta = {**self.meta, **extra, "n_steps": self.steps}
-        (self.tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(self.tmp, self.final)
+        try:
+            (self.tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+            os.replace(self.tmp, self.final)
+        except OSError as exc:
+            raise HarnessError(f"--dump {self.final}: cannot finish the dump: "
+                               f"{exc.strerror or exc}") from None
         return self.final
 
     def abort(self) -> None:
@@ -121,12 +135,17 @@ def iter_tensors(directory: str | Path, n_steps: int) -> Iterator[tuple[int, str
     """(step, name, array) in compute order."""
     d = Path(directory)
     for step in range(n_steps):
+        path = d / step_file(step)
         try:
-            with np.load(d / step_file(step)) as z:
-                for name in z.files:
-                    yield step, name, z[name]
-        except (OSError, ValueError) as exc:
-            raise HarnessError(f"{d / step_file(step)}: unreadable ({exc})") from None
+            with np.load(path, allow_pickle=False) as z:
+                arrays = [(name, z[name]) for name in z.files]
+        except FileNotFoundError:
+            raise HarnessError(f"{path}: missing (meta.json says {n_steps} steps)") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise HarnessError(f"{path}: unreadable, truncated or not an .npz "
+                               f"({type(exc).__name__}: {exc})") from None
+        for name, a in arrays:
+            yield step, name, a
 
 
 def reduction_length(name: str, meta: dict, shape: tuple[int, ...]) -> int:
