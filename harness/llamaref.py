@@ -55,6 +55,9 @@ import numpy as np
 
 from harness import llamacpp
 from harness.errors import HarnessError
+from harness.report import plural
+from refmodel.arch import check_context, context_length
+from refmodel.gemma3 import host_rounding
 
 DUMP_FORMAT = "skoracle-refdump-1"
 SEMANTICS = "llama.cpp"
@@ -75,20 +78,28 @@ class LlamaDecode:
     tokens: list[int]
     logits: np.ndarray  # float32 (n, n_vocab): the logits that chose each generated token
     margins: list[float]  # top-1 minus top-2 logit per generated step
-    seconds: float
+    seconds: float  # wall time of the forward passes that chose the generated tokens
     threads: int
     tensor_names: list[str] = field(default_factory=list)  # dump names of one step, in order
     dump_dir: Path | None = None
+    prompt_seconds: float = 0.0  # the other prompt steps (reported apart)
+    #: {"step", "tensor", "value"}: the step whose logits came out non-finite and the first
+    #: tensor of that step's graph that did (a finding, not an input error); None if none
+    non_finite: dict | None = None
 
     @property
     def tok_per_s(self) -> float:
+        """Generated tokens over the wall time of the passes that chose them (the rule of
+        `skoracle reference` too)."""
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> dict:
         return {"engine": SEMANTICS, "prompt_tokens": self.prompt_tokens, "tokens": self.tokens,
                 "margins": [round(m, 6) for m in self.margins],
                 "tok_per_s": round(self.tok_per_s, 3), "seconds": round(self.seconds, 4),
-                "threads": self.threads,
+                "prompt_steps": max(0, len(self.prompt_tokens) - 1),
+                "prompt_seconds": round(self.prompt_seconds, 4),
+                "threads": self.threads, "non_finite": self.non_finite,
                 "dump": str(self.dump_dir) if self.dump_dir else None}
 
 
@@ -114,6 +125,13 @@ def _check_model(model: Path) -> Path:
     return model
 
 
+def _context_length(model: Path) -> int | None:
+    """The GGUF's `{arch}.context_length`, read before llama.cpp starts (refmodel.arch)."""
+    from refmodel.weights import open_gguf
+
+    return context_length(open_gguf(model))
+
+
 def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
            prompt: str | None = None, threads: int = 1, kv: str = "f16",
            dump: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> LlamaDecode:
@@ -135,12 +153,16 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
         raise HarnessError(f"--threads: 1 or 2, got {threads!r}")
     if kv not in KV_TYPES:
         raise HarnessError(f"--kv: one of {', '.join(KV_TYPES)}, got {kv!r}")
+    if tokens is not None:  # --prompt: the worker checks once llama.cpp has tokenized it
+        check_context(len(tokens), n, _context_length(model), str(model))
     dump_dir = Path(dump) if dump is not None else None
     if dump_dir is not None:
         if dump_dir.exists():
             raise HarnessError(f"--dump {dump_dir}: already exists (will not overwrite)")
         if not dump_dir.parent.is_dir():
             raise HarnessError(f"--dump {dump_dir}: parent directory does not exist")
+        if not os.access(dump_dir.parent, os.W_OK | os.X_OK):
+            raise HarnessError(f"--dump {dump_dir}: cannot write in {dump_dir.parent}")
     if not llamacpp.is_built():  # once on a fresh machine; progress on stderr
         llamacpp.build(log=lambda m: print(f"llamacpp: {m}", file=sys.stderr, flush=True))
     parent = dump_dir.parent if dump_dir is not None else None
@@ -180,7 +202,9 @@ def _read_result(work: Path, threads: int) -> LlamaDecode:
     return LlamaDecode(prompt_tokens=meta["prompt_tokens"], tokens=meta["tokens"],
                        logits=np.load(work / "logits.npy", allow_pickle=False),
                        margins=meta["margins"], seconds=meta["seconds"], threads=threads,
-                       tensor_names=meta["tensor_names"])
+                       tensor_names=meta["tensor_names"],
+                       prompt_seconds=meta.get("prompt_seconds", 0.0),
+                       non_finite=meta.get("non_finite"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,6 +281,75 @@ class _Recorder:
         return out
 
 
+class _FiniteWatch:
+    """An eval callback that notes the first named graph tensor holding a NaN or an
+    infinity in a step (the attention mask's -inf columns excepted): run only to explain
+    non-finite logits, as it makes ggml stop after every named node."""
+
+    def __init__(self, lc) -> None:
+        self.lc = lc
+        self.first: dict | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self, t: int, ask: bool, _user: int | None) -> bool:
+        try:
+            name = self.lc.tensor_name(t)
+            if ask:
+                return _Recorder.wanted(name) and "mask" not in name.lower()
+            if self.first is None:
+                arr = self.lc.tensor_array(t)
+                if arr is not None and not np.isfinite(arr).all():
+                    at = np.flatnonzero(~np.isfinite(arr))[0]
+                    self.first = {"tensor": name, "value": str(arr.reshape(-1)[at])}
+        except BaseException as exc:  # never let an exception cross into C
+            self.error = exc
+            return False
+        return True
+
+
+def _context(lc, model: int, spec: dict, n_ctx: int, recorder) -> tuple[int, object]:
+    """A fresh llama.cpp context with the settings the module docstring lists; returns it
+    and the ctypes callback, which must stay alive as long as the context."""
+    cp = lc.llama.llama_context_default_params()
+    cp.n_ctx = n_ctx
+    cp.n_batch = cp.n_ubatch = 1
+    cp.n_seq_max = 1
+    cp.n_threads = cp.n_threads_batch = spec["threads"]
+    cp.type_k = cp.type_v = (llamacpp.GGML_TYPE_F32 if spec["kv"] == "f32"
+                             else llamacpp.GGML_TYPE_F16)
+    cp.flash_attn_type = llamacpp.FLASH_ATTN_DISABLED
+    cp.swa_full = True
+    cp.no_perf = True
+    callback = llamacpp.EvalCallback(recorder) if recorder else llamacpp.EvalCallback()
+    cp.cb_eval = callback
+    ctx = lc.llama.llama_init_from_model(model, cp)
+    if not ctx:
+        raise HarnessError(f"{spec['model']}: llama.cpp cannot make a context: "
+                           f"{lc.last_error()}")
+    return ctx, callback
+
+
+def _first_non_finite(lc, model: int, spec: dict, fed: list[int], n_ctx: int) -> dict:
+    """Replay `fed` in a fresh context under a _FiniteWatch; the first non-finite tensor of
+    the last step (compute order)."""
+    watch = _FiniteWatch(lc)
+    ctx, _callback = _context(lc, model, spec, n_ctx, watch)
+    token = np.zeros(1, dtype=np.int32)
+    try:
+        for i, t in enumerate(fed):
+            watch.first = None
+            token[0] = t
+            lc.llama.llama_decode(ctx, lc.llama.llama_batch_get_one(token.ctypes.data, 1))
+            if watch.error is not None:
+                raise watch.error
+            if watch.first is not None and i < len(fed) - 1:
+                return {**watch.first, "step": i}
+    finally:
+        lc.llama.llama_free(ctx)
+    return {**(watch.first or {"tensor": "result_output", "value": "nan"}),
+            "step": len(fed) - 1}
+
+
 #: The dump's per-layer names in the contract's order (refmodel/dump.py); llama.cpp's own
 #: compute order differs only in ffn_gate before ffn_up. Other named nodes of the graph
 #: (`embd`, `norm-L`, `kqv-L`: RMSNorm before its weight, per-head attention output) are
@@ -303,23 +396,11 @@ def _worker(spec: dict) -> int:
             raise HarnessError(f"--tokens: id {bad[0]} is outside the vocabulary "
                                f"({n_vocab} tokens)")
         n = spec["n"]
-        cp = lc.llama.llama_context_default_params()
-        cp.n_ctx = len(prompt) + n
-        cp.n_batch = cp.n_ubatch = 1
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = spec["threads"]
-        cp.type_k = cp.type_v = (llamacpp.GGML_TYPE_F32 if spec["kv"] == "f32"
-                                 else llamacpp.GGML_TYPE_F16)
-        cp.flash_attn_type = llamacpp.FLASH_ATTN_DISABLED
-        cp.swa_full = True
-        cp.no_perf = True
+        trained = lc.meta(model, f"{lc.meta(model, 'general.architecture')}.context_length")
+        check_context(len(prompt), n, int(trained) if trained and trained.isdigit() else None,
+                      spec["model"])
         recorder = _Recorder(lc) if spec["dump"] else None
-        callback = llamacpp.EvalCallback(recorder) if recorder else llamacpp.EvalCallback()
-        cp.cb_eval = callback
-        ctx = lc.llama.llama_init_from_model(model, cp)
-        if not ctx:
-            raise HarnessError(f"{spec['model']}: llama.cpp cannot make a context: "
-                               f"{lc.last_error()}")
+        ctx, _callback = _context(lc, model, spec, len(prompt) + n, recorder)
         fed: list[int] = []
         generated: list[int] = []
         logits: list[np.ndarray] = []
@@ -330,7 +411,8 @@ def _worker(spec: dict) -> int:
         if recorder:
             dump.mkdir()
         token = np.zeros(1, dtype=np.int32)
-        t_gen = 0.0
+        t_gen = t_prompt = 0.0
+        non_finite = None
         queue = list(prompt)
         while len(generated) < n:
             token[0] = queue.pop(0)
@@ -344,12 +426,17 @@ def _worker(spec: dict) -> int:
             row = np.ctypeslib.as_array(lc.llama.llama_get_logits_ith(ctx, -1), (n_vocab,))
             step = len(fed)
             fed.append(int(token[0]))
+            if not np.isfinite(row).all():  # a finding: say where it started, stop there
+                non_finite = _first_non_finite(lc, model, spec, fed, len(prompt) + n)
+                break
             if not queue:  # these logits choose the next token
                 nxt = int(np.argmax(row))
                 t_gen += time.perf_counter() - t0
                 generated.append(nxt)
                 logits.append(row.copy())
                 queue.append(nxt)
+            else:
+                t_prompt += time.perf_counter() - t0
             if recorder:
                 graph = graph or list(recorder.graph)
                 arrays = recorder.take(order)
@@ -358,14 +445,17 @@ def _worker(spec: dict) -> int:
         if recorder:
             meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
                     "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
-                    "threads": spec["threads"], "kv": spec["kv"], **_hparams(lc, model),
+                    "threads": spec["threads"], "kv": spec["kv"],
+                    "quantizer": host_rounding(), **_hparams(lc, model),
                     "graph_tensors": graph}
             (dump / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        lg = np.stack(logits).astype(np.float32)
+        lg = np.stack(logits).astype(np.float32) if logits else np.zeros((0, n_vocab),
+                                                                        np.float32)
         np.save(out / "logits.npy", lg)
         result = {"prompt_tokens": prompt, "tokens": generated,
                   "margins": [top2_margin(r) for r in lg], "seconds": t_gen,
-                  "tensor_names": names}
+                  "prompt_seconds": t_prompt, "tensor_names": names,
+                  "non_finite": non_finite}
         (out / "result.json").write_text(json.dumps(result))
     finally:
         if ctx:
@@ -442,12 +532,20 @@ def run(args: argparse.Namespace) -> int:
                kv=args.kv, dump=args.dump)
     if args.json:
         print(json.dumps(r.summary(), indent=1))
-        return 0
+        return 1 if r.non_finite else 0
     print(",".join(str(t) for t in r.tokens))
+    margin = f"; min top-2 margin {min(r.margins):.4g}" if r.margins else ""
     print(f"llama.cpp {len(r.tokens)} tokens, {r.tok_per_s:.1f} tok/s ({r.threads} thread"
-          f"{'s' if r.threads > 1 else ''}); min top-2 margin {min(r.margins):.4g}")
+          f"{'s' if r.threads > 1 else ''}){margin}; prompt: "
+          f"{plural(max(0, len(r.prompt_tokens) - 1), 'step')} in {r.prompt_seconds:.2f} s "
+          "before them")
     if r.dump_dir:
         print(f"dump: {r.dump_dir} ({len(r.tensor_names)} tensors per step)")
+    if r.non_finite:
+        nf = r.non_finite
+        print(f"FINDING: the logits of step {nf['step']} are not finite; the first non-finite "
+              f"tensor of that step is {nf['tensor']} ({nf['value']})")
+        return 1
     return 0
 
 
