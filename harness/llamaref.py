@@ -126,10 +126,14 @@ def _check_model(model: Path) -> Path:
 
 
 def _context_length(model: Path) -> int | None:
-    """The GGUF's `{arch}.context_length`, read before llama.cpp starts (refmodel.arch)."""
+    """The GGUF's `{arch}.context_length`, read before llama.cpp starts (refmodel.arch);
+    None when the file cannot be read that way (llama.cpp's loader then says why)."""
     from refmodel.weights import open_gguf
 
-    return context_length(open_gguf(model))
+    try:
+        return context_length(open_gguf(model))
+    except HarnessError:
+        return None
 
 
 def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
@@ -283,11 +287,13 @@ class _Recorder:
 
 class _FiniteWatch:
     """An eval callback that notes the first named graph tensor holding a NaN or an
-    infinity in a step (the attention mask's -inf columns excepted): run only to explain
-    non-finite logits, as it makes ggml stop after every named node."""
+    infinity in a step (the attention mask's -inf columns excepted). With `only`, it looks
+    at those tensors alone (each makes ggml stop once per step: a decode watches the final
+    norm, because ggml's x86 Q8 quantizer turns a NaN activation into code -128 and the
+    logits after it come out finite); without, at every named node, to explain a finding."""
 
-    def __init__(self, lc) -> None:
-        self.lc = lc
+    def __init__(self, lc, only: frozenset[str] | None = None) -> None:
+        self.lc, self.only = lc, only
         self.first: dict | None = None
         self.error: BaseException | None = None
 
@@ -295,6 +301,8 @@ class _FiniteWatch:
         try:
             name = self.lc.tensor_name(t)
             if ask:
+                if self.only is not None:
+                    return name in self.only
                 return _Recorder.wanted(name) and "mask" not in name.lower()
             if self.first is None:
                 arr = self.lc.tensor_array(t)
@@ -307,7 +315,8 @@ class _FiniteWatch:
         return True
 
 
-def _context(lc, model: int, spec: dict, n_ctx: int, recorder) -> tuple[int, object]:
+def _context(lc, model: int, spec: dict, n_ctx: int, recorder: object
+             ) -> tuple[int, object]:
     """A fresh llama.cpp context with the settings the module docstring lists; returns it
     and the ctypes callback, which must stay alive as long as the context."""
     cp = lc.llama.llama_context_default_params()
@@ -320,7 +329,7 @@ def _context(lc, model: int, spec: dict, n_ctx: int, recorder) -> tuple[int, obj
     cp.flash_attn_type = llamacpp.FLASH_ATTN_DISABLED
     cp.swa_full = True
     cp.no_perf = True
-    callback = llamacpp.EvalCallback(recorder) if recorder else llamacpp.EvalCallback()
+    callback = llamacpp.EvalCallback(recorder)
     cp.cb_eval = callback
     ctx = lc.llama.llama_init_from_model(model, cp)
     if not ctx:
@@ -400,7 +409,8 @@ def _worker(spec: dict) -> int:
         check_context(len(prompt), n, int(trained) if trained and trained.isdigit() else None,
                       spec["model"])
         recorder = _Recorder(lc) if spec["dump"] else None
-        ctx, _callback = _context(lc, model, spec, len(prompt) + n, recorder)
+        watch = _FiniteWatch(lc, only=frozenset({"result_norm"}))
+        ctx, _callback = _context(lc, model, spec, len(prompt) + n, recorder or watch)
         fed: list[int] = []
         generated: list[int] = []
         logits: list[np.ndarray] = []
@@ -418,16 +428,26 @@ def _worker(spec: dict) -> int:
             token[0] = queue.pop(0)
             t0 = time.perf_counter()
             rc = lc.llama.llama_decode(ctx, lc.llama.llama_batch_get_one(token.ctypes.data, 1))
-            if recorder and recorder.error is not None:
-                raise recorder.error
+            for cb in (recorder, watch):
+                if cb is not None and cb.error is not None:
+                    raise cb.error
             if rc != 0:
                 raise HarnessError(f"llama_decode returned {rc} at position {len(fed)}: "
                                    f"{lc.last_error()}")
             row = np.ctypeslib.as_array(lc.llama.llama_get_logits_ith(ctx, -1), (n_vocab,))
             step = len(fed)
             fed.append(int(token[0]))
-            if not np.isfinite(row).all():  # a finding: say where it started, stop there
-                non_finite = _first_non_finite(lc, model, spec, fed, len(prompt) + n)
+            arrays = recorder.take(order) if recorder else {}
+            if recorder:
+                graph = graph or list(recorder.graph)
+                names = names or list(arrays)
+                np.savez(dump / f"step-{step:03d}.npz", **arrays)
+            bad = next((k for k, v in arrays.items() if not np.isfinite(v).all()), None)
+            if bad is not None or watch.first is not None or not np.isfinite(row).all():
+                # a finding: say where it started (the dump holds that step too), stop
+                non_finite = ({"tensor": bad, "value": str(arrays[bad][~np.isfinite(
+                    arrays[bad])][0]), "step": step} if bad is not None else
+                    _first_non_finite(lc, model, spec, fed, len(prompt) + n))
                 break
             if not queue:  # these logits choose the next token
                 nxt = int(np.argmax(row))
@@ -437,11 +457,6 @@ def _worker(spec: dict) -> int:
                 queue.append(nxt)
             else:
                 t_prompt += time.perf_counter() - t0
-            if recorder:
-                graph = graph or list(recorder.graph)
-                arrays = recorder.take(order)
-                names = names or list(arrays)
-                np.savez(dump / f"step-{step:03d}.npz", **arrays)
         if recorder:
             meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
                     "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
@@ -535,7 +550,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if r.non_finite else 0
     print(",".join(str(t) for t in r.tokens))
     margin = f"; min top-2 margin {min(r.margins):.4g}" if r.margins else ""
-    print(f"llama.cpp {len(r.tokens)} tokens, {r.tok_per_s:.1f} tok/s ({r.threads} thread"
+    speed = f"{r.tok_per_s:.1f} tok/s" if r.tokens else "no tok/s"
+    print(f"llama.cpp {len(r.tokens)} tokens, {speed} ({r.threads} thread"
           f"{'s' if r.threads > 1 else ''}){margin}; prompt: "
           f"{plural(max(0, len(r.prompt_tokens) - 1), 'step')} in {r.prompt_seconds:.2f} s "
           "before them")
@@ -543,8 +559,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dump: {r.dump_dir} ({len(r.tensor_names)} tensors per step)")
     if r.non_finite:
         nf = r.non_finite
-        print(f"FINDING: the logits of step {nf['step']} are not finite; the first non-finite "
-              f"tensor of that step is {nf['tensor']} ({nf['value']})")
+        print(f"FINDING: step {nf['step']} computes values that are not finite: its first "
+              f"non-finite tensor is {nf['tensor']} ({nf['value']}); decoding stopped there")
         return 1
     return 0
 
