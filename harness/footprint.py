@@ -303,10 +303,10 @@ BOARD_BUDGET = "1.9GB"
 
 def add_budget_options(p: argparse.ArgumentParser) -> None:
     """`--budget` and `--reserve`, the same for `footprint` and `run`."""
-    p.add_argument("--budget", default=BOARD_BUDGET,
+    p.add_argument("--budget", default=BOARD_BUDGET, metavar="SIZE",
                    help="memory budget, decimal (GB) or binary (GiB) units (default "
                         "%(default)s, the SL2610's RAM)")
-    p.add_argument("--reserve", default="0",
+    p.add_argument("--reserve", default="0", metavar="SIZE",
                    help="part of the budget kept for the OS and runtime; must leave something "
                         "(default %(default)s)")
 

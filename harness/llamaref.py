@@ -521,23 +521,34 @@ def _parse_tokens(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--tokens: ")) from None
 
 
+LLAMA_REF_EXIT_CODES = """\
+exit codes:
+  0  the decode ran
+  1  a finding: a step computed values that are not finite (the first non-finite tensor is
+     named; without --dump only the final norm and the logits are watched)
+  2  usage or input error (not a GGUF, ids outside the vocabulary, a decode longer than
+     the model's context), or llama.cpp failed"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "llama-ref",
         help="greedy 'llama-ref' token ids (and activation dumps) from the real llama.cpp",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=LLAMA_REF_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the .gguf file")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", type=_parse_tokens, help="prompt ids, e.g. 2,105,2364 "
-                     "(default: none, give it or --prompt)")
-    src.add_argument("--prompt", help="prompt text, tokenized by llama.cpp's own tokenizer "
-                     "(default: none, give it or --tokens)")
-    p.add_argument("--n", type=int, default=32, help="tokens to generate (default 32)")
+    src.add_argument("--tokens", type=_parse_tokens, metavar="IDS",
+                     help="prompt ids, e.g. 2,105,2364 (default: none, give it or --prompt)")
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text, tokenized by llama.cpp's "
+                     "own tokenizer (default: none, give it or --tokens)")
+    p.add_argument("--n", type=int, default=32, metavar="N",
+                   help="tokens to generate (default 32)")
     p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="default 1")
     p.add_argument("--kv", default="f16", choices=KV_TYPES,
                    help="KV cache type (default f16, llama.cpp's own default)")
-    p.add_argument("--dump", help="write per-step activations here (a new directory; "
-                   "default: no dump)")
+    p.add_argument("--dump", metavar="DIR", help="write per-step activations to DIR (a new "
+                   "directory; default: no dump)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

@@ -579,7 +579,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", metavar="LEGS",
                    help=f"comma-separated legs to run, e.g. oracle,gate (default: all of "
                         f"{','.join(DEFAULT_ORDER)})")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed for generated data (default %(default)s)")
     p.add_argument("--board", metavar="USER@HOST[:PORT]",
                    help="a real board instead of the board-in-a-box (default: board-in-a-box)")
