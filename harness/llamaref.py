@@ -19,15 +19,22 @@ models wherever llama.cpp allows it:
 - 1 thread by default (`--threads 2` also gives identical results: ggml splits rows, never
   a dot product).
 
-What llama.cpp still does differently from the reference's `ggml` semantics (and from
-SKaiNET), by construction: its matmuls quantize activations to Q8_0/Q8_1/Q8_K before the
-integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x kernels do not), and its x86 quantizer
-(ggml-cpu/arch/x86/quants.c) takes id = 127/amax and rounds ties to even, where the
-generic one the `ggml` semantics models takes id = 1/(amax/127) and rounds ties away from
-zero; its dot products run in AVX2 order (8-lane FMA accumulators), the attention
-products (F16 K/V) and softmax in SIMD order; GELU is ggml's fp16 table in both. So an
-activation within a float ulp of a Q8 or fp16 rounding boundary can land on the
-neighbouring code on one side: a jump of ~1e-3 relative in that tensor, carried forward.
+What llama.cpp does that the reference's `ggml` semantics models: its matmuls quantize
+activations to Q8_0/Q8_1/Q8_K before the integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x
+kernels do not), with the x86 quantizer (ggml-cpu/arch/x86/quants.c: id = 127/amax, ties
+to even; the reference's `--rounding x86`, its default on x86-64; the generic C one takes
+id = 1/(amax/127) and rounds ties away from zero); GELU is ggml's fp16 table in both.
+What it still does differently, by construction: its dot products run in AVX2 order
+(8-lane FMA accumulators), the attention products (F16 K/V) and softmax in SIMD order. So
+an activation within a float ulp of a Q8 or fp16 rounding boundary can land on the
+neighbouring code on one side: a jump of ~1e-3 relative in that tensor, carried forward;
+`reference diff` finds those from the two dumps and does not judge them by the bound.
+
+A step that computes NaN or infinity is a finding (exit 1): the first non-finite tensor
+of that step is named. Without --dump only the final norm and the logits are watched
+(ggml's x86 quantizer turns a NaN activation into code -128, so a NaN inside a layer can
+leave the logits finite); with --dump every dumped tensor is. The decode must fit the
+model's context (prompt + n <= `{arch}.context_length`), checked before llama.cpp starts.
 
 With `--dump DIR`, DIR gets the reference's dump layout (refmodel/dump.py, format
 skoracle-refdump-1): `meta.json` and one `step-NNN.npz` per decode step, each array named
