@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +146,10 @@ def _context_length(model: Path) -> int | None:
 
 def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
            prompt: str | None = None, threads: int = 1, kv: str = "f16",
-           dump: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> LlamaDecode:
+           dump: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
+           progress: bool = False) -> LlamaDecode:
     """Greedy-decode n tokens after `tokens` (or the tokenized `prompt`) with llama.cpp.
+    With `progress`, the worker's progress is drawn on stderr (harness.progress).
 
     With `dump`, per-step activations go to that directory (which must not exist yet; it
     appears complete or not at all).
@@ -181,7 +184,8 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     try:
         spec = {"model": str(model.resolve()), "tokens": tokens, "prompt": prompt, "n": n,
                 "threads": threads, "kv": kv, "dump": dump_dir is not None, "out": str(work)}
-        _run_worker(spec, timeout)
+        with _ProgressFile(work / PROGRESS_FILE, enabled=progress):
+            _run_worker(spec, timeout)
         result = _read_result(work, threads)
         if dump_dir is not None:
             os.replace(work / "dump", dump_dir)
@@ -189,6 +193,51 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+#: the worker's progress, rewritten (temp name + rename) after every step:
+#: [steps done, total steps, tokens generated, seconds generating, seconds so far]
+PROGRESS_FILE = "progress.json"
+
+
+class _ProgressFile:
+    """While the worker runs, a thread that draws the progress it writes to PROGRESS_FILE
+    (harness.progress: a bar in a terminal, a line every 8 steps otherwise)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> _ProgressFile:
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+
+    def _poll(self) -> None:
+        from harness.progress import DecodeProgress
+
+        last = None
+        with DecodeProgress("llama-ref") as show:
+            while not self.stop.wait(0.2):
+                try:
+                    now = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if now != last:
+                    show(*now)
+                    last = now
+
+
+def _write_progress(out: Path, *values: float) -> None:
+    tmp = out / f".{PROGRESS_FILE}"
+    tmp.write_text(json.dumps(values))
+    os.replace(tmp, out / PROGRESS_FILE)
 
 
 def _run_worker(spec: dict, timeout: float) -> None:
@@ -429,6 +478,7 @@ def _worker(spec: dict) -> int:
             dump.mkdir()
         token = np.zeros(1, dtype=np.int32)
         t_gen = t_prompt = 0.0
+        t_start = time.perf_counter()
         non_finite = None
         queue = list(prompt)
         while len(generated) < n:
@@ -464,6 +514,8 @@ def _worker(spec: dict) -> int:
                 queue.append(nxt)
             else:
                 t_prompt += time.perf_counter() - t0
+            _write_progress(out, len(fed), len(prompt) + n - 1, len(generated), t_gen,
+                            time.perf_counter() - t_start)
         if recorder:
             meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
                     "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
@@ -562,7 +614,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     r = decode(args.model, args.tokens, args.n, prompt=args.prompt, threads=args.threads,
-               kv=args.kv, dump=args.dump)
+               kv=args.kv, dump=args.dump, progress=True)
     if args.json:
         print(json.dumps(r.summary(), indent=1))
         return 1 if r.non_finite else 0

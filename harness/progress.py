@@ -44,6 +44,7 @@ class DecodeProgress:
         self.console = Console(file=self.stream)
         self.live: Progress | None = None
         self.task = 0
+        self.shown = 0  # steps done at the last line printed
 
     def __enter__(self) -> DecodeProgress:
         if self.console.is_terminal:
@@ -64,5 +65,6 @@ class DecodeProgress:
         text = progress_text(done, total, generated, gen_seconds, elapsed)
         if self.live is not None:
             self.live.update(self.task, completed=done, total=total, detail=text)
-        elif done % self.every == 0 and done < total:
+        elif done // self.every > self.shown // self.every and done < total:
+            self.shown = done  # (a caller polling a worker may skip the exact step)
             print(f"{self.label}: {text}", file=self.stream, flush=True)

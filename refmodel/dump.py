@@ -206,8 +206,8 @@ def describe(meta: dict) -> str:
     """What computed a dump: 'ggml(rounding=x86), load packed' or 'llama.cpp (kv f16,
     quantizer x86)'."""
     if meta.get("semantics") == LLAMA_CPP:
-        return (f"llama.cpp (kv {meta.get('kv', '?')}, quantizer "
-                f"{meta.get('quantizer', 'unknown')})")
+        quantizer, kv = _ggml_like(meta) or ("?", "?")
+        return f"llama.cpp (kv {kv}, quantizer {quantizer})"
     opts = meta.get("semantics_options") or {}
     inner = ", ".join(f"{k}={v}" for k, v in opts.items())
     sem = f"{meta.get('semantics')}({inner})" if inner else str(meta.get("semantics"))
@@ -217,8 +217,8 @@ def describe(meta: dict) -> str:
 def _ggml_like(meta: dict) -> tuple[str, str] | None:
     """(activation quantizer, K/V type) of a dump that computes in ggml's CPU order (the
     reference's `ggml` semantics, or llama.cpp itself); None for the other semantics."""
-    if meta.get("semantics") == LLAMA_CPP:
-        return str(meta.get("quantizer", "unknown")), str(meta.get("kv", "f16"))
+    if meta.get("semantics") == LLAMA_CPP:  # dumps from before the key: the x86 AVX2 build
+        return str(meta.get("quantizer", "x86")), str(meta.get("kv", "f16"))
     if meta.get("semantics") == "ggml":
         return str((meta.get("semantics_options") or {}).get("rounding", "roundf")), "f16"
     return None

@@ -100,14 +100,15 @@ def string_array(r: gguf.GGUFReader, key: str) -> list[str] | None:
     return out
 
 
-def array_length(r: gguf.GGUFReader, key: str) -> int | None:
+def array_length(r: gguf.GGUFReader, key: str, path: str = "model") -> int | None:
     """How many items a metadata array holds (None when the key is absent), without
     decoding them."""
     f = r.fields.get(key)
     if f is None:
         return None
     if not f.types or f.types[0] != gguf.GGUFValueType.ARRAY:
-        raise HarnessError(f"{key} is a {f.types[0].name if f.types else '?'}, not an array")
+        raise HarnessError(f"{path}: {key} is a "
+                           f"{f.types[0].name if f.types else '?'}, not an array")
     return int(f.parts[4][0])  # parts: key length, key, value type, item type, item count
 
 
@@ -171,7 +172,7 @@ class Weights:
         """The tokenizer's vocabulary must have exactly token_embd's rows, as llama.cpp's
         loader demands (it sizes token_embd from the vocabulary and refuses any other
         shape): a smaller vocabulary would let the decode emit ids no token stands for."""
-        n = array_length(self.reader, VOCABULARY)
+        n = array_length(self.reader, VOCABULARY, self.path)
         if n is None:
             raise HarnessError(f"{self.path}: missing metadata {VOCABULARY} (llama.cpp "
                                "refuses a model without a tokenizer vocabulary)")

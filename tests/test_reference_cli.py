@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gguf
@@ -185,7 +186,7 @@ def test_piped_decode_prints_a_progress_line_every_8_steps():
     assert "tok/s" in lines[0] and "ETA" in lines[0]
 
 
-def test_progress_text_and_terminal_bar(tmp_path):
+def test_progress_text_and_piped_lines(tmp_path):
     assert progress_text(10, 50, 8, 2.0, 5.0) == \
         "step 10/50, 8 tokens generated, 4 tok/s, ETA 0m20s"
     with open(tmp_path / "log", "w") as log, DecodeProgress("x", stream=log, every=2) as p:
@@ -344,3 +345,13 @@ def test_llama_ref_counts_tok_per_s_as_reference_does(built):
     assert rep["prompt_steps"] == 2
     assert rep["tok_per_s"] == pytest.approx(4 / rep["generate_seconds"])
 
+
+
+def test_llama_ref_draws_the_progress_its_worker_writes(tmp_path, capsys):
+    from harness import llamaref
+
+    with llamaref._ProgressFile(tmp_path / llamaref.PROGRESS_FILE, enabled=True):
+        llamaref._write_progress(tmp_path, 9, 20, 8, 2.0, 3.0)
+        time.sleep(0.6)
+    err = capsys.readouterr().err
+    assert err == "llama-ref: step 9/20, 8 tokens generated, 4 tok/s, ETA 0m04s\n"
