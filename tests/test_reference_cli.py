@@ -172,6 +172,12 @@ def test_decode_parity_expects_with_the_same_options():
          "--expect-semantics", "skainet_panama", "--expect-lanes", "4",
          "--expect-reduction", "halving", "prog"])
     assert expect_options(args) == {"lanes": 4, "reduction": "halving"}
+    from harness.reference.cli import expected_ids
+
+    ids, rep = expected_ids(TINY, "2,105", 2, "skainet_panama", **expect_options(args))
+    assert rep["semantics_described"] == "skainet_panama(lanes=4, reduction=halving)"
+    assert ids == Gemma3Reference(TINY, "skainet_panama", options=expect_options(args)
+                                  ).decode([2, 105], 2).tokens
 
 
 # ---------------------------------------------------------------------------------------
