@@ -133,15 +133,22 @@ def _check_model(model: Path) -> Path:
     return model
 
 
-def _context_length(model: Path) -> int | None:
-    """The GGUF's `{arch}.context_length`, read before llama.cpp starts (refmodel.arch);
-    None when the file cannot be read that way (llama.cpp's loader then says why)."""
-    from refmodel.weights import open_gguf
+def _precheck(model: Path) -> int | None:
+    """Before llama.cpp starts: the vocabulary must match token_embd's rows (the refusal
+    llama.cpp's loader gives, in one line naming both; refmodel.weights); returns the
+    GGUF's `{arch}.context_length` (refmodel.arch). A file these readers cannot open is
+    left to llama.cpp's loader, which says why."""
+    from refmodel.weights import EMBEDDING, VOCABULARY, check_vocabulary, open_gguf
 
     try:
-        return context_length(open_gguf(model))
+        reader = open_gguf(model)
     except HarnessError:
         return None
+    emb = next((t for t in reader.tensors if t.name == EMBEDDING), None)
+    # no vocabulary at all is llama.cpp's to judge (tokenizer model "none" allows it)
+    if emb is not None and len(emb.shape) > 1 and VOCABULARY in reader.fields:
+        check_vocabulary(reader, int(emb.shape[1]), str(model))
+    return context_length(reader)
 
 
 def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
@@ -167,8 +174,9 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
         raise HarnessError(f"--threads: 1 or 2, got {threads!r}")
     if kv not in KV_TYPES:
         raise HarnessError(f"--kv: one of {', '.join(KV_TYPES)}, got {kv!r}")
+    ctx = _precheck(model)
     if tokens is not None:  # --prompt: the worker checks once llama.cpp has tokenized it
-        check_context(len(tokens), n, _context_length(model), str(model))
+        check_context(len(tokens), n, ctx, str(model))
     dump_dir = Path(dump) if dump is not None else None
     if dump_dir is not None:
         if dump_dir.exists():

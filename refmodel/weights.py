@@ -112,6 +112,21 @@ def array_length(r: gguf.GGUFReader, key: str, path: str = "model") -> int | Non
     return int(f.parts[4][0])  # parts: key length, key, value type, item type, item count
 
 
+def check_vocabulary(r: gguf.GGUFReader, rows: int, path: str) -> None:
+    """The tokenizer's vocabulary must have exactly token_embd's `rows`, as llama.cpp's
+    loader demands (it sizes token_embd from the vocabulary and refuses any other shape):
+    a smaller vocabulary would let the decode emit ids no token stands for. HarnessError
+    (exit 2) naming the file, the key and both sizes."""
+    n = array_length(r, VOCABULARY, path)
+    if n is None:
+        raise HarnessError(f"{path}: missing metadata {VOCABULARY} (llama.cpp refuses a "
+                           "model without a tokenizer vocabulary)")
+    if n != rows:
+        raise HarnessError(f"{path}: {VOCABULARY} has {n} tokens but {EMBEDDING} has {rows} "
+                           "rows (llama.cpp refuses a vocabulary that does not match the "
+                           "embedding)")
+
+
 def open_gguf(path: str | Path) -> gguf.GGUFReader:
     """The lean reader over a memory map of `path`, after harness.gguffile has checked every
     count and length in the file against its size (HarnessError, exit 2, on a bad file)."""
@@ -169,17 +184,7 @@ class Weights:
             self.fp32["output.T"] = np.ascontiguousarray(self.fp32[OUTPUT].T)
 
     def _check_vocabulary(self, rows: int) -> None:
-        """The tokenizer's vocabulary must have exactly token_embd's rows, as llama.cpp's
-        loader demands (it sizes token_embd from the vocabulary and refuses any other
-        shape): a smaller vocabulary would let the decode emit ids no token stands for."""
-        n = array_length(self.reader, VOCABULARY, self.path)
-        if n is None:
-            raise HarnessError(f"{self.path}: missing metadata {VOCABULARY} (llama.cpp "
-                               "refuses a model without a tokenizer vocabulary)")
-        if n != rows:
-            raise HarnessError(f"{self.path}: {VOCABULARY} has {n} tokens but {EMBEDDING} "
-                               f"has {rows} rows (llama.cpp refuses a vocabulary that does "
-                               "not match the embedding)")
+        check_vocabulary(self.reader, rows, self.path)
 
     def first_non_finite(self, name: str) -> tuple[int, int, float] | None:
         """(row, column, value) of the first non-finite weight of tensor `name`

@@ -95,10 +95,12 @@ def test_a_vocabulary_smaller_than_the_embedding_is_refused(tmp_path, monkeypatc
     monkeypatch.setattr(tinygemma, "vocabulary", lambda n: tuple(v[:1] for v in full(n)))
     path = tmp_path / "one-token.gguf"
     tinygemma.write(path)
-    r = skoracle("reference", str(path), "--tokens", "2", "--n", "2")
-    assert one_error_line(r) == (f"{path}: tokenizer.ggml.tokens has 1 tokens but "
-                                 "token_embd.weight has 512 rows (llama.cpp refuses a "
-                                 "vocabulary that does not match the embedding)")
+    want = (f"{path}: tokenizer.ggml.tokens has 1 tokens but token_embd.weight has 512 rows "
+            "(llama.cpp refuses a vocabulary that does not match the embedding)")
+    assert one_error_line(skoracle("reference", str(path), "--tokens", "2", "--n", "2")) == want
+    # llama-ref says the same before llama.cpp starts (it checks before any build too)
+    r = skoracle("llama-ref", str(path), "--tokens", "2", "--n", "2")
+    assert one_error_line(r, "llama-ref") == want
 
 
 @pytest.mark.parametrize("args, words", [
