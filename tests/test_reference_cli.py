@@ -363,3 +363,13 @@ def test_llama_ref_draws_the_progress_its_worker_writes(tmp_path, capsys):
         time.sleep(0.6)
     err = capsys.readouterr().err
     assert err == "llama-ref: step 9/20, 8 tokens generated, 4 tok/s, ETA 0m04s\n"
+
+
+def test_diff_of_a_shorter_decode_says_the_tokens_agree(tmp_path):
+    short = _dump(tmp_path, "short", "reference", str(TINY), "--tokens", "2,105", "--n", "2")
+    long = _dump(tmp_path, "long", "reference", str(TINY), "--tokens", "2,105", "--n", "4")
+    r = skoracle("reference", "diff", str(short), str(long))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("tokens agree over the 3 steps both have (B has 2 more, not compared); "
+            "249 tensors compared (every dumped tensor of steps 0..2)") in r.stdout
+    assert "like for like" in r.stdout

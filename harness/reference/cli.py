@@ -147,10 +147,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     total = max(ma["n_steps"], mb["n_steps"])
     steps = len({r.step for r in rows})
     design = by_design(ma, mb)
-    tokens = (f"agree: both were fed the same {fed} tokens (prompt and greedy picks)"
-              if fed == total else
-              f"differ: fed the same tokens for steps 0..{fed - 1}, different ones from step "
-              f"{fed} on (of {total}); only steps 0..{fed - 1} are compared")
+    shorter = min(ma["n_steps"], mb["n_steps"])
+    if fed == total:
+        tokens = f"agree: both were fed the same {fed} tokens (prompt and greedy picks)"
+    elif fed == shorter:
+        longer = "A" if ma["n_steps"] > mb["n_steps"] else "B"
+        tokens = (f"agree over the {fed} steps both have ({longer} has {total - fed} more, "
+                  "not compared)")
+    else:
+        tokens = (f"differ: fed the same tokens for steps 0..{fed - 1}, different ones from "
+                  f"step {fed} on (of {total}); only steps 0..{fed - 1} are compared")
     compared = (f"{len(rows)} tensors compared (every dumped tensor of steps 0..{steps - 1}"
                 + (", up to the first divergence" if first else "") + ")")
     skipped = [r for r in rows if r.flipped]
