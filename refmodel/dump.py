@@ -4,8 +4,10 @@ Contract with the llama.cpp side of issue 14 (the comparison reads these files a
 
 Layout of a dump directory DIR (written by `skoracle reference ... --dump DIR`):
 
-- `DIR/meta.json`: {"model", "semantics", "load", "tokens" (the ids fed, one per step),
-  "n_steps", "format": "skoracle-refdump-1"}.
+- `DIR/meta.json`: {"model", "semantics", "semantics_options" (e.g. {"rounding": "x86"};
+  absent in older dumps), "load", "tokens" (the ids fed, one per step), "n_steps",
+  "format": "skoracle-refdump-1"}; a llama-ref dump has "semantics": "llama.cpp" and also
+  "kv" (f16|f32) and "quantizer" (its Q8 activation quantizer, "x86" for the AVX2 build).
 - `DIR/step-NNN.npz` (NNN = 000, 001, ...): one file per decode step; step k feeds
   tokens[k] at position k (prompt tokens are fed one per step too; no batching). Each
   array is float32, C-contiguous, and its numpy shape is llama.cpp's ggml `ne` reversed,
@@ -48,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from kernels_ref import activations
 from kernels_ref.bounds import gamma
 
 FORMAT = "skoracle-refdump-1"
@@ -280,8 +283,6 @@ def _grid(x: np.ndarray, grid: str, rounding: str) -> list[np.ndarray]:
     if grid == "fp16":
         with np.errstate(over="ignore"):
             return [x.astype(np.float16)]
-    from kernels_ref import activations
-
     row = np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1)
     out = []
     if row.shape[1] % 32 == 0:
