@@ -232,14 +232,17 @@ class _ProgressFile:
 
         last = None
         with DecodeProgress("llama-ref") as show:
-            while not self.stop.wait(0.2):
+            while True:
+                stopping = self.stop.wait(0.2)
                 try:
                     now = json.loads(self.path.read_text())
                 except (OSError, ValueError):
-                    continue
-                if now != last:
+                    now = last
+                if now is not None and now != last:
                     show(*now)
                     last = now
+                if stopping:  # the worker's last state was read after it ended
+                    return
 
 
 def _write_progress(out: Path, *values: float) -> None:
