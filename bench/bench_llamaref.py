@@ -5,9 +5,9 @@ semantics beside it, same model, same run. Prints tok/s of each and their ratio.
 
 The model is FunctionGemma-270M's shapes, metadata and Q5_K_M quant mix with deterministic
 random weights (harness.golden.tinygemma.FUNCTIONGEMMA, generated once into the cache).
-Both figures are forward passes per second: llama.cpp's is the generated tokens over the
-wall time of their decode calls, the reference's its DecodeResult.tok_per_s (every step,
-prompt included, over the decode's wall time).
+Both figures are counted one way: generated tokens over the wall time of the forward
+passes that chose them (llama-ref's LlamaDecode.tok_per_s, the reference's
+DecodeResult.tok_per_s); the prompt steps before them are not in either.
 
 `--compare` also teacher-forces the reference (`fast`) with llama.cpp's tokens and prints
 every step's margin, the derived logit bound and the tokens (harness.llamacmp.token_steps).

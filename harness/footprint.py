@@ -296,12 +296,16 @@ exit codes:
   2  bad input: unreadable GGUF, unreadable size, or a reserve that leaves nothing"""
 
 
+#: the SL2610's RAM: `--budget`'s default
+BOARD_BUDGET = "1.9GB"
+
+
 def add_budget_options(p: argparse.ArgumentParser) -> None:
     """`--budget` and `--reserve`, the same for `footprint` and `run`."""
-    p.add_argument("--budget", default="1.9GB",
+    p.add_argument("--budget", default=BOARD_BUDGET, metavar="SIZE",
                    help="memory budget, decimal (GB) or binary (GiB) units (default "
                         "%(default)s, the SL2610's RAM)")
-    p.add_argument("--reserve", default="0",
+    p.add_argument("--reserve", default="0", metavar="SIZE",
                    help="part of the budget kept for the OS and runtime; must leave something "
                         "(default %(default)s)")
 

@@ -298,6 +298,48 @@ def measured_skoracle(*args: str, cwd: Path | None = None, timeout: float = 120
     return proc.returncode, proc.stdout + proc.stderr, rss
 
 
+#: the README block bench/bench_fuzz.py writes (between these two lines, nothing by hand)
+README_BEGIN = "<!-- bench_fuzz: begin (written by `python3 bench/bench_fuzz.py --readme`) -->"
+README_END = "<!-- bench_fuzz: end -->"
+
+
+def _thousands(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
+
+
+def readme_table(doc: dict) -> str:
+    """The README's fuzz figures from the benchmark's output document (bench_fuzz.py
+    --json-out): when and how it ran, then one row per parser."""
+    rows = [FuzzResult(**{k: v for k, v in r.items() if k in FuzzResult.__dataclass_fields__})
+            for r in doc["results"]]
+    out = [f"Measured {doc['measured']} on {doc['machine']} (seed {doc['seed']}; errors are "
+           "the project's own, by class):", "",
+           "| parser | cases | accepted | project errors | unexpected | slowest case | "
+           "worker peak RSS |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        errors = ", ".join(f"{_thousands(v)} {k}" for k, v in
+                           sorted(r.errors.items(), key=lambda kv: -kv[1])) or "none"
+        out.append(f"| {r.parser} | {_thousands(r.cases)} | {_thousands(r.accepted)} | "
+                   f"{errors} | {len(r.unexpected)} | {r.max_case_seconds * 1e3:.0f} ms | "
+                   f"{r.max_rss_bytes / 2**20:.0f} MiB |")
+    return "\n".join(out)
+
+
+def replace_readme_block(text: str, table: str) -> str:
+    """`text` with the block between README_BEGIN and README_END replaced by `table`."""
+    try:
+        head, rest = text.split(README_BEGIN + "\n", 1)
+        _, tail = rest.split(README_END, 1)
+    except ValueError:
+        raise HarnessError(f"README has no {README_BEGIN!r} ... {README_END!r} block") from None
+    return f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}"
+
+
+def readme_block(text: str) -> str:
+    """What the README holds between the markers."""
+    return text.split(README_BEGIN + "\n", 1)[1].split("\n" + README_END, 1)[0]
+
+
 def format_result(r: FuzzResult) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "none"
     return (f"{r.parser:<5} {r.cases:>6} cases  {r.accepted:>6} accepted  errors: {errors}  "

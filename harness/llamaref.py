@@ -19,15 +19,22 @@ models wherever llama.cpp allows it:
 - 1 thread by default (`--threads 2` also gives identical results: ggml splits rows, never
   a dot product).
 
-What llama.cpp still does differently from the reference's `ggml` semantics (and from
-SKaiNET), by construction: its matmuls quantize activations to Q8_0/Q8_1/Q8_K before the
-integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x kernels do not), and its x86 quantizer
-(ggml-cpu/arch/x86/quants.c) takes id = 127/amax and rounds ties to even, where the
-generic one the `ggml` semantics models takes id = 1/(amax/127) and rounds ties away from
-zero; its dot products run in AVX2 order (8-lane FMA accumulators), the attention
-products (F16 K/V) and softmax in SIMD order; GELU is ggml's fp16 table in both. So an
-activation within a float ulp of a Q8 or fp16 rounding boundary can land on the
-neighbouring code on one side: a jump of ~1e-3 relative in that tensor, carried forward.
+What llama.cpp does that the reference's `ggml` semantics models: its matmuls quantize
+activations to Q8_0/Q8_1/Q8_K before the integer dot (vec_dot_type; SKaiNET's Q8_0/Q5_x
+kernels do not), with the x86 quantizer (ggml-cpu/arch/x86/quants.c: id = 127/amax, ties
+to even; the reference's `--rounding x86`, its default on x86-64; the generic C one takes
+id = 1/(amax/127) and rounds ties away from zero); GELU is ggml's fp16 table in both.
+What it still does differently, by construction: its dot products run in AVX2 order
+(8-lane FMA accumulators), the attention products (F16 K/V) and softmax in SIMD order. So
+an activation within a float ulp of a Q8 or fp16 rounding boundary can land on the
+neighbouring code on one side: a jump of ~1e-3 relative in that tensor, carried forward;
+`reference diff` finds those from the two dumps and does not judge them by the bound.
+
+A step that computes NaN or infinity is a finding (exit 1): the first non-finite tensor
+of that step is named. Without --dump only the final norm and the logits are watched
+(ggml's x86 quantizer turns a NaN activation into code -128, so a NaN inside a layer can
+leave the logits finite); with --dump every dumped tensor is. The decode must fit the
+model's context (prompt + n <= `{arch}.context_length`), checked before llama.cpp starts.
 
 With `--dump DIR`, DIR gets the reference's dump layout (refmodel/dump.py, format
 skoracle-refdump-1): `meta.json` and one `step-NNN.npz` per decode step, each array named
@@ -47,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +63,10 @@ import numpy as np
 
 from harness import llamacpp
 from harness.errors import HarnessError
+from harness.report import plural
 from harness.workerproc import WorkerProcess
+from refmodel.arch import check_context, context_length
+from refmodel.gemma3 import host_rounding
 
 DUMP_FORMAT = "skoracle-refdump-1"
 SEMANTICS = "llama.cpp"
@@ -76,20 +87,28 @@ class LlamaDecode:
     tokens: list[int]
     logits: np.ndarray  # float32 (n, n_vocab): the logits that chose each generated token
     margins: list[float]  # top-1 minus top-2 logit per generated step
-    seconds: float
+    seconds: float  # wall time of the forward passes that chose the generated tokens
     threads: int
     tensor_names: list[str] = field(default_factory=list)  # dump names of one step, in order
     dump_dir: Path | None = None
+    prompt_seconds: float = 0.0  # the other prompt steps (reported apart)
+    #: {"step", "tensor", "value"}: the step whose logits came out non-finite and the first
+    #: tensor of that step's graph that did (a finding, not an input error); None if none
+    non_finite: dict | None = None
 
     @property
     def tok_per_s(self) -> float:
+        """Generated tokens over the wall time of the passes that chose them (the rule of
+        `skoracle reference` too)."""
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> dict:
         return {"engine": SEMANTICS, "prompt_tokens": self.prompt_tokens, "tokens": self.tokens,
                 "margins": [round(m, 6) for m in self.margins],
                 "tok_per_s": round(self.tok_per_s, 3), "seconds": round(self.seconds, 4),
-                "threads": self.threads,
+                "prompt_steps": max(0, len(self.prompt_tokens) - 1),
+                "prompt_seconds": round(self.prompt_seconds, 4),
+                "threads": self.threads, "non_finite": self.non_finite,
                 "dump": str(self.dump_dir) if self.dump_dir else None}
 
 
@@ -115,10 +134,30 @@ def _check_model(model: Path) -> Path:
     return model
 
 
+def _precheck(model: Path) -> int | None:
+    """Before llama.cpp starts: the vocabulary must match token_embd's rows (the refusal
+    llama.cpp's loader gives, in one line naming both; refmodel.weights); returns the
+    GGUF's `{arch}.context_length` (refmodel.arch). A file these readers cannot open is
+    left to llama.cpp's loader, which says why."""
+    from refmodel.weights import EMBEDDING, VOCABULARY, check_vocabulary, open_gguf
+
+    try:
+        reader = open_gguf(model)
+    except HarnessError:
+        return None
+    emb = next((t for t in reader.tensors if t.name == EMBEDDING), None)
+    # no vocabulary at all is llama.cpp's to judge (tokenizer model "none" allows it)
+    if emb is not None and len(emb.shape) > 1 and VOCABULARY in reader.fields:
+        check_vocabulary(reader, int(emb.shape[1]), str(model))
+    return context_length(reader)
+
+
 def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
            prompt: str | None = None, threads: int = 1, kv: str = "f16",
-           dump: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> LlamaDecode:
+           dump: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
+           progress: bool = False) -> LlamaDecode:
     """Greedy-decode n tokens after `tokens` (or the tokenized `prompt`) with llama.cpp.
+    With `progress`, the worker's progress is drawn on stderr (harness.progress).
 
     With `dump`, per-step activations go to that directory (which must not exist yet; it
     appears complete or not at all).
@@ -136,12 +175,17 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
         raise HarnessError(f"--threads: 1 or 2, got {threads!r}")
     if kv not in KV_TYPES:
         raise HarnessError(f"--kv: one of {', '.join(KV_TYPES)}, got {kv!r}")
+    ctx = _precheck(model)
+    if tokens is not None:  # --prompt: the worker checks once llama.cpp has tokenized it
+        check_context(len(tokens), n, ctx, str(model))
     dump_dir = Path(dump) if dump is not None else None
     if dump_dir is not None:
         if dump_dir.exists():
             raise HarnessError(f"--dump {dump_dir}: already exists (will not overwrite)")
         if not dump_dir.parent.is_dir():
             raise HarnessError(f"--dump {dump_dir}: parent directory does not exist")
+        if not os.access(dump_dir.parent, os.W_OK | os.X_OK):
+            raise HarnessError(f"--dump {dump_dir}: cannot write in {dump_dir.parent}")
     if not llamacpp.is_built():  # once on a fresh machine; progress on stderr
         llamacpp.build(log=lambda m: print(f"llamacpp: {m}", file=sys.stderr, flush=True))
     parent = dump_dir.parent if dump_dir is not None else None
@@ -149,7 +193,8 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     try:
         spec = {"model": str(model.resolve()), "tokens": tokens, "prompt": prompt, "n": n,
                 "threads": threads, "kv": kv, "dump": dump_dir is not None, "out": str(work)}
-        _run_worker(spec, timeout)
+        with _ProgressFile(work / PROGRESS_FILE, enabled=progress):
+            _run_worker(spec, timeout)
         result = _read_result(work, threads)
         if dump_dir is not None:
             os.replace(work / "dump", dump_dir)
@@ -157,6 +202,54 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+#: the worker's progress, rewritten (temp name + rename) after every step:
+#: [steps done, total steps, tokens generated, seconds generating, seconds so far]
+PROGRESS_FILE = "progress.json"
+
+
+class _ProgressFile:
+    """While the worker runs, a thread that draws the progress it writes to PROGRESS_FILE
+    (harness.progress: a bar in a terminal, a line every 8 steps otherwise)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> _ProgressFile:
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+
+    def _poll(self) -> None:
+        from harness.progress import DecodeProgress
+
+        last = None
+        with DecodeProgress("llama-ref") as show:
+            while True:
+                stopping = self.stop.wait(0.2)
+                try:
+                    now = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    now = last
+                if now is not None and now != last:
+                    show(*now)
+                    last = now
+                if stopping:  # the worker's last state was read after it ended
+                    return
+
+
+def _write_progress(out: Path, *values: float) -> None:
+    tmp = out / f".{PROGRESS_FILE}"
+    tmp.write_text(json.dumps(values))
+    os.replace(tmp, out / PROGRESS_FILE)
 
 
 def _run_worker(spec: dict, timeout: float) -> None:
@@ -185,7 +278,9 @@ def _read_result(work: Path, threads: int) -> LlamaDecode:
     return LlamaDecode(prompt_tokens=meta["prompt_tokens"], tokens=meta["tokens"],
                        logits=np.load(work / "logits.npy", allow_pickle=False),
                        margins=meta["margins"], seconds=meta["seconds"], threads=threads,
-                       tensor_names=meta["tensor_names"])
+                       tensor_names=meta["tensor_names"],
+                       prompt_seconds=meta.get("prompt_seconds", 0.0),
+                       non_finite=meta.get("non_finite"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -262,6 +357,80 @@ class _Recorder:
         return out
 
 
+class _FiniteWatch:
+    """An eval callback that notes the first named graph tensor holding a NaN or an
+    infinity in a step (the attention mask's -inf columns excepted). With `only`, it looks
+    at those tensors alone (each makes ggml stop once per step: a decode watches the final
+    norm, because ggml's x86 Q8 quantizer turns a NaN activation into code -128 and the
+    logits after it come out finite); without, at every named node, to explain a finding."""
+
+    def __init__(self, lc, only: frozenset[str] | None = None) -> None:
+        self.lc, self.only = lc, only
+        self.first: dict | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self, t: int, ask: bool, _user: int | None) -> bool:
+        try:
+            name = self.lc.tensor_name(t)
+            if ask:
+                if self.only is not None:
+                    return name in self.only
+                return _Recorder.wanted(name) and "mask" not in name.lower()
+            if self.first is None:
+                arr = self.lc.tensor_array(t)
+                if arr is not None and not np.isfinite(arr).all():
+                    at = np.flatnonzero(~np.isfinite(arr))[0]
+                    self.first = {"tensor": name, "value": str(arr.reshape(-1)[at])}
+        except BaseException as exc:  # never let an exception cross into C
+            self.error = exc
+            return False
+        return True
+
+
+def _context(lc, model: int, spec: dict, n_ctx: int, recorder: object
+             ) -> tuple[int, object]:
+    """A fresh llama.cpp context with the settings the module docstring lists; returns it
+    and the ctypes callback, which must stay alive as long as the context."""
+    cp = lc.llama.llama_context_default_params()
+    cp.n_ctx = n_ctx
+    cp.n_batch = cp.n_ubatch = 1
+    cp.n_seq_max = 1
+    cp.n_threads = cp.n_threads_batch = spec["threads"]
+    cp.type_k = cp.type_v = (llamacpp.GGML_TYPE_F32 if spec["kv"] == "f32"
+                             else llamacpp.GGML_TYPE_F16)
+    cp.flash_attn_type = llamacpp.FLASH_ATTN_DISABLED
+    cp.swa_full = True
+    cp.no_perf = True
+    callback = llamacpp.EvalCallback(recorder)
+    cp.cb_eval = callback
+    ctx = lc.llama.llama_init_from_model(model, cp)
+    if not ctx:
+        raise HarnessError(f"{spec['model']}: llama.cpp cannot make a context: "
+                           f"{lc.last_error()}")
+    return ctx, callback
+
+
+def _first_non_finite(lc, model: int, spec: dict, fed: list[int], n_ctx: int) -> dict:
+    """Replay `fed` in a fresh context under a _FiniteWatch; the first non-finite tensor of
+    the last step (compute order)."""
+    watch = _FiniteWatch(lc)
+    ctx, _callback = _context(lc, model, spec, n_ctx, watch)
+    token = np.zeros(1, dtype=np.int32)
+    try:
+        for i, t in enumerate(fed):
+            watch.first = None
+            token[0] = t
+            lc.llama.llama_decode(ctx, lc.llama.llama_batch_get_one(token.ctypes.data, 1))
+            if watch.error is not None:
+                raise watch.error
+            if watch.first is not None and i < len(fed) - 1:
+                return {**watch.first, "step": i}
+    finally:
+        lc.llama.llama_free(ctx)
+    return {**(watch.first or {"tensor": "result_output", "value": "nan"}),
+            "step": len(fed) - 1}
+
+
 #: The dump's per-layer names in the contract's order (refmodel/dump.py); llama.cpp's own
 #: compute order differs only in ffn_gate before ffn_up. Other named nodes of the graph
 #: (`embd`, `norm-L`, `kqv-L`: RMSNorm before its weight, per-head attention output) are
@@ -308,23 +477,12 @@ def _worker(spec: dict) -> int:
             raise HarnessError(f"--tokens: id {bad[0]} is outside the vocabulary "
                                f"({n_vocab} tokens)")
         n = spec["n"]
-        cp = lc.llama.llama_context_default_params()
-        cp.n_ctx = len(prompt) + n
-        cp.n_batch = cp.n_ubatch = 1
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = spec["threads"]
-        cp.type_k = cp.type_v = (llamacpp.GGML_TYPE_F32 if spec["kv"] == "f32"
-                                 else llamacpp.GGML_TYPE_F16)
-        cp.flash_attn_type = llamacpp.FLASH_ATTN_DISABLED
-        cp.swa_full = True
-        cp.no_perf = True
+        trained = lc.meta(model, f"{lc.meta(model, 'general.architecture')}.context_length")
+        check_context(len(prompt), n, int(trained) if trained and trained.isdigit() else None,
+                      spec["model"])
         recorder = _Recorder(lc) if spec["dump"] else None
-        callback = llamacpp.EvalCallback(recorder) if recorder else llamacpp.EvalCallback()
-        cp.cb_eval = callback
-        ctx = lc.llama.llama_init_from_model(model, cp)
-        if not ctx:
-            raise HarnessError(f"{spec['model']}: llama.cpp cannot make a context: "
-                               f"{lc.last_error()}")
+        watch = _FiniteWatch(lc, only=frozenset({"result_norm"}))
+        ctx, _callback = _context(lc, model, spec, len(prompt) + n, recorder or watch)
         fed: list[int] = []
         generated: list[int] = []
         logits: list[np.ndarray] = []
@@ -335,42 +493,59 @@ def _worker(spec: dict) -> int:
         if recorder:
             dump.mkdir()
         token = np.zeros(1, dtype=np.int32)
-        t_gen = 0.0
+        t_gen = t_prompt = 0.0
+        t_start = time.perf_counter()
+        non_finite = None
         queue = list(prompt)
         while len(generated) < n:
             token[0] = queue.pop(0)
             t0 = time.perf_counter()
             rc = lc.llama.llama_decode(ctx, lc.llama.llama_batch_get_one(token.ctypes.data, 1))
-            if recorder and recorder.error is not None:
-                raise recorder.error
+            for cb in (recorder, watch):
+                if cb is not None and cb.error is not None:
+                    raise cb.error
             if rc != 0:
                 raise HarnessError(f"llama_decode returned {rc} at position {len(fed)}: "
                                    f"{lc.last_error()}")
             row = np.ctypeslib.as_array(lc.llama.llama_get_logits_ith(ctx, -1), (n_vocab,))
             step = len(fed)
             fed.append(int(token[0]))
+            arrays = recorder.take(order) if recorder else {}
+            if recorder:
+                graph = graph or list(recorder.graph)
+                names = names or list(arrays)
+                np.savez(dump / f"step-{step:03d}.npz", **arrays)
+            bad = next((k for k, v in arrays.items() if not np.isfinite(v).all()), None)
+            if bad is not None or watch.first is not None or not np.isfinite(row).all():
+                # a finding: say where it started (the dump holds that step too), stop
+                non_finite = ({"tensor": bad, "value": str(arrays[bad][~np.isfinite(
+                    arrays[bad])][0]), "step": step} if bad is not None else
+                    _first_non_finite(lc, model, spec, fed, len(prompt) + n))
+                break
             if not queue:  # these logits choose the next token
                 nxt = int(np.argmax(row))
                 t_gen += time.perf_counter() - t0
                 generated.append(nxt)
                 logits.append(row.copy())
                 queue.append(nxt)
-            if recorder:
-                graph = graph or list(recorder.graph)
-                arrays = recorder.take(order)
-                names = names or list(arrays)
-                np.savez(dump / f"step-{step:03d}.npz", **arrays)
+            else:
+                t_prompt += time.perf_counter() - t0
+            _write_progress(out, len(fed), len(prompt) + n - 1, len(generated), t_gen,
+                            time.perf_counter() - t_start)
         if recorder:
             meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
                     "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
-                    "threads": spec["threads"], "kv": spec["kv"], **_hparams(lc, model),
+                    "threads": spec["threads"], "kv": spec["kv"],
+                    "quantizer": host_rounding(), **_hparams(lc, model),
                     "graph_tensors": graph}
             (dump / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        lg = np.stack(logits).astype(np.float32)
+        lg = np.stack(logits).astype(np.float32) if logits else np.zeros((0, n_vocab),
+                                                                        np.float32)
         np.save(out / "logits.npy", lg)
         result = {"prompt_tokens": prompt, "tokens": generated,
                   "margins": [top2_margin(r) for r in lg], "seconds": t_gen,
-                  "tensor_names": names}
+                  "prompt_seconds": t_prompt, "tensor_names": names,
+                  "non_finite": non_finite}
         (out / "result.json").write_text(json.dumps(result))
     finally:
         if ctx:
@@ -421,38 +596,58 @@ def _parse_tokens(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--tokens: ")) from None
 
 
+LLAMA_REF_EXIT_CODES = """\
+exit codes:
+  0  the decode ran
+  1  a finding: a step computed values that are not finite (the first non-finite tensor is
+     named; without --dump only the final norm and the logits are watched)
+  2  usage or input error (not a GGUF, ids outside the vocabulary, a decode longer than
+     the model's context), or llama.cpp failed"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "llama-ref",
         help="greedy 'llama-ref' token ids (and activation dumps) from the real llama.cpp",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=LLAMA_REF_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="the .gguf file")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", type=_parse_tokens, help="prompt ids, e.g. 2,105,2364 "
-                     "(default: none, give it or --prompt)")
-    src.add_argument("--prompt", help="prompt text, tokenized by llama.cpp's own tokenizer "
-                     "(default: none, give it or --tokens)")
-    p.add_argument("--n", type=int, default=32, help="tokens to generate (default 32)")
+    src.add_argument("--tokens", type=_parse_tokens, metavar="IDS",
+                     help="prompt ids, e.g. 2,105,2364 (default: none, give it or --prompt)")
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text, tokenized by llama.cpp's "
+                     "own tokenizer (default: none, give it or --tokens)")
+    p.add_argument("--n", type=int, default=32, metavar="N",
+                   help="tokens to generate (default 32)")
     p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="default 1")
     p.add_argument("--kv", default="f16", choices=KV_TYPES,
                    help="KV cache type (default f16, llama.cpp's own default)")
-    p.add_argument("--dump", help="write per-step activations here (a new directory; "
-                   "default: no dump)")
+    p.add_argument("--dump", metavar="DIR", help="write per-step activations to DIR (a new "
+                   "directory; default: no dump)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     r = decode(args.model, args.tokens, args.n, prompt=args.prompt, threads=args.threads,
-               kv=args.kv, dump=args.dump)
+               kv=args.kv, dump=args.dump, progress=True)
     if args.json:
         print(json.dumps(r.summary(), indent=1))
-        return 0
+        return 1 if r.non_finite else 0
     print(",".join(str(t) for t in r.tokens))
-    print(f"llama.cpp {len(r.tokens)} tokens, {r.tok_per_s:.1f} tok/s ({r.threads} thread"
-          f"{'s' if r.threads > 1 else ''}); min top-2 margin {min(r.margins):.4g}")
+    margin = f"; min top-2 margin {min(r.margins):.4g}" if r.margins else ""
+    speed = f"{r.tok_per_s:.1f} tok/s" if r.tokens else "no tok/s"
+    print(f"llama.cpp {len(r.tokens)} tokens, {speed} ({r.threads} thread"
+          f"{'s' if r.threads > 1 else ''}){margin}; prompt: "
+          f"{plural(max(0, len(r.prompt_tokens) - 1), 'step')} in {r.prompt_seconds:.2f} s "
+          "before them")
     if r.dump_dir:
         print(f"dump: {r.dump_dir} ({len(r.tensor_names)} tensors per step)")
+    if r.non_finite:
+        nf = r.non_finite
+        print(f"FINDING: step {nf['step']} computes values that are not finite: its first "
+              f"non-finite tensor is {nf['tensor']} ({nf['value']}); decoding stopped there")
+        return 1
     return 0
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ SCHEMA = "skoracle-report/1"
 #: Row verdicts, best first. A leg's status is derived from its rows' verdicts.
 #: "not-judged": the comparison ran but carries no verdict (its detail says where the case is
 #: judged instead), e.g. an error bound too wide to tell a sign flip from a pass.
+#: "error": the input could not be checked (e.g. nothing to check inside an artifact): the
+#: leg's status is "error" and `run` exits 2, the rule `elf-check` follows.
 VERDICTS = ("bit-exact", "pass", "within-bound", "not-judged", "known-failure", "unavailable",
             "FAIL", "error")
 FAILING = ("FAIL", "error")
@@ -77,7 +80,9 @@ class Leg:
         if self.status in ("error", "interrupted", "unavailable"):
             return self.status
         verdicts = {r.verdict for r in self.rows}
-        if verdicts & set(FAILING):
+        if "error" in verdicts:  # an input that could not be checked: exit 2, as elf-check
+            self.status = "error"
+        elif verdicts & set(FAILING):
             self.status = "fail"
         elif not self.rows or verdicts == {"unavailable"}:
             self.status = "unavailable"
@@ -126,6 +131,36 @@ def _project_version() -> str:
 # ---------------------------------------------------------------------------------------
 # rendering
 
+#: what a not-judged row shows for max ulp: a number there would read as a verdict
+NOT_JUDGED_ULP = "—"
+
+
+def ulp_text(r: Row) -> str:
+    """The max ulp cell: '—' on a not-judged row (its detail says why), else the number."""
+    if r.verdict == "not-judged":
+        return NOT_JUDGED_ULP
+    return "" if r.max_ulp is None else str(r.max_ulp)
+
+
+def detail_text(r: Row) -> str:
+    """The detail cell; a not-judged row's starts by saying so."""
+    if r.verdict == "not-judged" and not r.detail.startswith("not judged"):
+        return f"not judged: {r.detail}" if r.detail else "not judged"
+    return r.detail
+
+
+def leg_columns(leg: Leg, seconds: Callable[[float], str]) -> list[tuple[str, Callable[[Row],
+                                                                                     str]]]:
+    """The columns of a leg's table (header, cell of a row): case and verdict always; max
+    ulp, time and detail only when some row of this leg has something to show there."""
+    cols: list[tuple[str, Callable[[Row], str]]] = [("case", lambda r: r.case),
+                                                    ("verdict", lambda r: r.verdict)]
+    optional: list[tuple[str, Callable[[Row], str]]] = [
+        ("max ulp", ulp_text),
+        ("time", lambda r: "" if r.seconds is None else seconds(r.seconds)),
+        ("detail", detail_text)]
+    return cols + [(h, cell) for h, cell in optional if any(cell(r) for r in leg.rows)]
+
 
 def render_markdown(rep: Report) -> str:
     d = rep.to_dict()
@@ -137,11 +172,10 @@ def render_markdown(rep: Report) -> str:
     for leg in rep.legs:
         out += ["", f"## {leg.title}", "", f"Status: **{leg.status}**. {leg.summary}", ""]
         if leg.rows:
-            out += ["| case | verdict | max ulp | time | detail |", "|---|---|---|---|---|"]
+            cols = leg_columns(leg, lambda t: f"{t:.3f} s")
+            out += ["| " + " | ".join(h for h, _ in cols) + " |", "|---" * len(cols) + "|"]
             for r in leg.rows:
-                ulp = "" if r.max_ulp is None else str(r.max_ulp)
-                sec = "" if r.seconds is None else f"{r.seconds:.3f} s"
-                out.append(f"| {r.case} | {r.verdict} | {ulp} | {sec} | {r.detail} |")
+                out.append("| " + " | ".join(cell(r) for _, cell in cols) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -271,14 +305,13 @@ def render_html(rep: Report) -> str:
         parts.append(f"<h2>{e(leg.title)}</h2><p class='{e(leg.status)}'>{e(leg.status)}: "
                      f"{e(leg.summary)}</p>")
         if leg.rows:
-            parts.append(f"<table class='leg' id='leg-{e(leg.name)}'><tr><th>case</th>"
-                         "<th>verdict</th><th>max ulp</th><th>time</th><th>detail</th></tr>")
+            cols = leg_columns(leg, lambda t: f"{t:.3f} s")
+            parts.append(f"<table class='leg' id='leg-{e(leg.name)}'><tr>"
+                         + "".join(f"<th>{e(h)}</th>" for h, _ in cols) + "</tr>")
             for r in leg.rows:
-                ulp = "" if r.max_ulp is None else str(r.max_ulp)
-                sec = "" if r.seconds is None else f"{r.seconds:.3f} s"
-                parts.append(f"<tr><td>{e(r.case)}</td><td class='{e(r.verdict)}'>"
-                             f"{e(r.verdict)}</td><td>{ulp}</td><td>{sec}</td>"
-                             f"<td>{e(r.detail)}</td></tr>")
+                parts.append("<tr>" + "".join(
+                    f"<td class='{e(r.verdict)}'>{e(cell(r))}</td>" if h == "verdict" else
+                    f"<td>{e(cell(r))}</td>" for h, cell in cols) + "</tr>")
             parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)

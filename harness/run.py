@@ -34,7 +34,7 @@ from harness.console import ResultTable, escape_control, make_console
 from harness.errors import HarnessError
 from harness.footprint import add_budget_options, parse_budget
 from harness.jvm.parity import DEFAULT_LANES, LANES_HELP, parse_lanes
-from harness.report import Leg, Report, plural, write_report
+from harness.report import Leg, Report, leg_columns, plural, write_report
 from harness.reportdir import check_report_dir
 
 
@@ -163,7 +163,9 @@ def kernels_leg(ctx: RunContext, out: Leg) -> None:
                     "`board kernel-parity`)")
             cells[f"{v.id}|{qt}"] = verdict
             if v.semantics in ("skainet_neon", "skainet_scalar") or verdict == "FAIL":
-                out.add(f"{qt} {v.id} vs exact", verdict, int(u.max()),
+                # a not-judged row's ulp distance to exact is no measure of anything
+                out.add(f"{qt} {v.id} vs exact", verdict,
+                        None if verdict == "not-judged" else int(u.max()),
                         time.perf_counter() - t0, f"{why}; {sizes}")
     out.data["ulp_samples"] = samples
     out.data["matrix"] = {"title": "kernels_ref semantics x format (vs exact / vs ggml C)",
@@ -225,9 +227,10 @@ def _tensor_groups(fp, policy: str) -> dict[str, int]:
     return groups
 
 
-@leg("footprint", "FunctionGemma-270M footprint against the SL2610's 1.9 GB")
+@leg("footprint", "FunctionGemma-270M footprint against the memory budget (--budget)")
 def footprint_leg(ctx: RunContext, out: Leg) -> None:
     from harness.footprint import (
+        BOARD_BUDGET,
         CLAIMED_POLICY,
         POLICIES,
         functiongemma_tensors,
@@ -244,6 +247,8 @@ def footprint_leg(ctx: RunContext, out: Leg) -> None:
         ctx.step("footprint: writing a FunctionGemma-shaped GGUF (sparse, tensor table only)")
         write_shaped_gguf(model, functiongemma_tensors())
     budget = parse_budget(ctx.args.budget, ctx.args.reserve)
+    out.title = (f"FunctionGemma-270M footprint against the {budget.describe()}"
+                 + (" (the SL2610's RAM)" if ctx.args.budget == BOARD_BUDGET else ""))
     fp = read_footprint(model)
     verdict = judge(fp, budget)
     for pol in POLICIES:
@@ -414,13 +419,12 @@ VERDICT_COLOUR = {"bit-exact": "green", "pass": "green", "within-bound": "yellow
 def summary_tables(rep: Report) -> list[ResultTable]:
     tables = []
     for lg in rep.legs:
-        t = ResultTable(f"{lg.title} — {lg.status.upper()}",
-                        ("case", "verdict", "max ulp", "time", "detail"),
+        cols = leg_columns(lg, lambda s: f"{s:.2f}s")
+        t = ResultTable(f"{lg.title} — {lg.status.upper()}", [h for h, _ in cols],
                         names=("verdict", "max ulp", "time"))
         for r in lg.rows:
-            t.add_row(r.case, Text(r.verdict, style=VERDICT_COLOUR[r.verdict]),
-                      "" if r.max_ulp is None else str(r.max_ulp),
-                      "" if r.seconds is None else f"{r.seconds:.2f}s", r.detail)
+            t.add_row(*(Text(r.verdict, style=VERDICT_COLOUR[r.verdict]) if header == "verdict"
+                        else cell(r) for header, cell in cols))
         tables.append(t)
     return tables
 
@@ -514,7 +518,7 @@ def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
     console = make_console(stderr=args.json)  # --json: stdout carries the report only
     names = selected_legs(args.only)
     explicit = set(names) if args.only else set()
-    if args.classpath or args.skainet_version:  # asking for SKaiNET on the JVM by flag
+    if args.classpath:  # asking for SKaiNET on the JVM by flag
         explicit.add("jvm")
     out_dir = check_report_dir(args.out, args.force)
     check_path_options(args)
@@ -595,8 +599,9 @@ EXIT_CODES = """\
 exit codes:
   0    every leg passed (a leg that cannot run on this machine by default is unavailable)
   1    a parity failure or gate finding
-  2    a setup or input error, including a leg asked for by flag that cannot run; checked
-       before any leg runs where possible (paths, --out, --budget/--reserve)
+  2    a setup or input error, including a leg asked for by flag that cannot run and a
+       --klib with nothing to check inside (as `elf-check` says 2); checked before any
+       leg runs where possible (paths, --out, --budget/--reserve)
   130  interrupted: the partial report is still written, marked partial"""
 
 
@@ -621,7 +626,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", metavar="LEGS",
                    help=f"comma-separated legs to run, e.g. oracle,gate (default: all of "
                         f"{','.join(DEFAULT_ORDER)})")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed for generated data (default %(default)s)")
     p.add_argument("--board", metavar="USER@HOST[:PORT]",
                    help="a real board instead of the board-in-a-box (default: board-in-a-box)")
@@ -640,8 +645,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_budget_options(p)
     p.add_argument("--json", action="store_true",
                    help="also print report.json to stdout (progress and tables go to stderr)")
-    p.add_argument("--skainet-version", metavar="V",
-                   help="SKaiNET release for the JVM leg (default: none)")
     p.add_argument("--classpath", metavar="CP",
                    help="a local SKaiNET build for the JVM leg, entries separated by "
                         f"'{os.pathsep}' (default: none)")

@@ -8,6 +8,7 @@ required (--require-c) but cannot be loaded.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 
@@ -80,11 +81,23 @@ def load_cref(required: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    console = make_console()
+    console = make_console(stderr=args.json)  # --json: stdout carries the document only
     cref, why = load_cref(args.require_c)
     if cref is None:
         console.print(f"[yellow]C cross-check skipped:[/] {why}")
     cases = sample_cases(args.seed)
+    if args.json:
+        results = [check_format(q, cases, cref) for q in PACKED_TYPES]
+        bad = [r.qtype for r in results if not r.ok]
+        print(json.dumps({
+            "seed": args.seed, "cases_per_format": len(cases), "c_cross_check": cref is not None,
+            "c_skipped_because": why or None, "ok": not bad, "exit_code": 1 if bad else 0,
+            "formats": [{"format": r.qtype, "cases": r.cases,
+                         "quantize_mismatch": list(r.quantize_mismatch),
+                         "dequantize_mismatch": list(r.dequantize_mismatch),
+                         "max_rel_err_normal": r.max_abs_err, "seconds": round(r.seconds, 4)}
+                        for r in results]}, indent=1))
+        return 1 if bad else 0
     table = Table(title=f"oracle selfcheck (seed {args.seed}, {len(cases)} cases per format)")
     for col in ("format", "vs ggml C: quantize bytes", "dequantize bits",
                 "max |err|/max|x| (normal)", "time"):
@@ -108,8 +121,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("selfcheck", help="quantize/dequantize every format, cross-check with C")
-    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p = sub.add_parser("selfcheck", help="quantize/dequantize every format, cross-check with C",
+                       description=__doc__.split("\n\n")[0], epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="sample seed (default 0)")
     p.add_argument("--require-c", action="store_true",
                    help="build/load ggml's C library and fail (exit 2) if impossible")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (per format: cases, mismatching cases, worst "
+                        "round-trip error) instead of the table")
     p.set_defaults(func=run)
+
+
+EXIT_CODES = """\
+exit codes:
+  0  every comparison exact (or, without the C library, every format ran)
+  1  a format differs from ggml's C code
+  2  --require-c and the C library cannot be built or loaded"""

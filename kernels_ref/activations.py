@@ -13,7 +13,12 @@ import numpy as np
 from oracle import QK_K, qtype
 from oracle.cfloat import F32, cast_i8, f32_to_fp16, fp16_to_f32, nearest_int, roundf
 
-ROUNDINGS = ("roundf", "even")
+#: Q8_0/Q8_1 activation quantizers of ggml's CPU backend, by name: "roundf" the reference
+#: (quantize_row_q8_0_ref: id = 1/d, roundf, ties away from zero), "even" ARM NEON
+#: (id = 1/d, vcvtnq_s32_f32, ties to even), "x86" the AVX/AVX2 build
+#: (ggml-cpu/arch/x86/quants.c: id = 127/amax, _mm256_round_ps nearest-even,
+#: _mm256_cvtps_epi32 then saturating packs to int8)
+ROUNDINGS = ("roundf", "even", "x86")
 
 
 def _blocks(x: np.ndarray, size: int) -> np.ndarray:
@@ -43,13 +48,18 @@ def _round_to_i8(v: np.ndarray, rounding: str) -> np.ndarray:
     NEON's vcvtnq_s32_f32 (ties to even, saturating, NaN -> 0) stored as int8 (low byte)."""
     if rounding == "roundf":
         return cast_i8(roundf(v)).astype(np.int8)
+    if rounding == "x86":  # cvtps_epi32 of NaN is INT_MIN; packs saturate
+        with np.errstate(invalid="ignore"):
+            r = np.rint(np.asarray(v, dtype=F32)).astype(np.float64)
+        return np.clip(np.where(np.isnan(r), -2.0**31, r), -128, 127).astype(np.int8)
     with np.errstate(invalid="ignore"):
         r = np.rint(np.asarray(v, dtype=F32))
     return _low_bits(_saturating_int(r, 32), 8).astype(np.int8)
 
 
 def ggml_q8_0(x: np.ndarray, rounding: str = "roundf") -> dict[str, np.ndarray]:
-    """quantize_row_q8_0 (ref: roundf; ARM NEON: ties to even), per 32-block.
+    """quantize_row_q8_0 (ref: roundf; ARM NEON: ties to even; x86: id = 127/amax, ties to
+    even — see ROUNDINGS), per 32-block.
 
     d = amax/127 in float32, id = d ? 1/d : 0, q = round(x*id); d is stored as fp16, so the
     dot products read fp16(d). Returns d (batch, nb) float32, qs int8 (batch, nb, 32), and
@@ -57,9 +67,13 @@ def ggml_q8_0(x: np.ndarray, rounding: str = "roundf") -> dict[str, np.ndarray]:
     """
     xb = _blocks(x, qtype("Q8_0").block)
     with np.errstate(all="ignore"):
-        d32 = (np.abs(xb).max(axis=-1) / F32(127)).astype(F32)
-        inv = np.where(d32 != 0, F32(1) / np.where(d32 != 0, d32, F32(1)), F32(0)).astype(F32)
-        q = _round_to_i8(xb * inv[..., None], rounding)
+        amax = np.abs(xb).max(axis=-1).astype(F32)
+        d32 = (amax / F32(127)).astype(F32)
+        if rounding == "x86":  # id = 127/amax, not 1/d
+            inv = np.where(amax != 0, F32(127) / np.where(amax != 0, amax, F32(1)), F32(0))
+        else:
+            inv = np.where(d32 != 0, F32(1) / np.where(d32 != 0, d32, F32(1)), F32(0))
+        q = _round_to_i8(xb * inv.astype(F32)[..., None], rounding)
     return {"d": fp16_to_f32(f32_to_fp16(d32)), "qs": q, "d32": d32}
 
 

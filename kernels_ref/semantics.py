@@ -665,9 +665,11 @@ class Ggml(Semantics):
       = l mod 8); sumf -= (dmin_w*d_x)*sum(bsums*mins); at the end sumf += sums[0..7] in order;
     - Q6_K: sums[l] += (d_w*d_x)*aux32[l]; sumf = sums[0] + ... + sums[7].
 
-    `rounding` selects the Q8_0/Q8_1 activation rounding: "roundf" (the reference, ties away
-    from zero, what the x86 build without SIMD runs) or "even" (ARM NEON `vcvtnq`). Q8_K
-    always uses nearest_int (ties to even).
+    `rounding` selects the Q8_0/Q8_1 activation quantizer: "roundf" (the reference, ties away
+    from zero, what the x86 build without SIMD runs), "even" (ARM NEON `vcvtnq`) or "x86"
+    (the AVX/AVX2 build llama.cpp runs on x86: id = 127/amax instead of 1/d, ties to even;
+    ggml-cpu/arch/x86/quants.c quantize_row_q8_0/q8_1). Q8_K always uses nearest_int (ties
+    to even; x86's quantize_row_q8_K is the reference one).
     """
 
     name = "ggml"

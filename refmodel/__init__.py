@@ -8,6 +8,13 @@ See refmodel.gemma3 (the graph), refmodel.ops (float orders), refmodel.arch (con
 refmodel.dump (the activation dump format).
 """
 
-from refmodel.gemma3 import SEMANTICS_NAMES, DecodeResult, Gemma3Reference
+from refmodel.gemma3 import (
+    SEMANTICS_NAMES,
+    DecodeResult,
+    Gemma3Reference,
+    describe_semantics,
+    semantics_options,
+)
 
-__all__ = ["SEMANTICS_NAMES", "DecodeResult", "Gemma3Reference"]
+__all__ = ["SEMANTICS_NAMES", "DecodeResult", "Gemma3Reference", "describe_semantics",
+           "semantics_options"]

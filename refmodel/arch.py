@@ -48,6 +48,36 @@ def _key(r: gguf.GGUFReader, name: str) -> Any:
     return None if f is None else f.contents()
 
 
+def context_length(r: gguf.GGUFReader) -> int | None:
+    """`{general.architecture}.context_length` of a GGUF (None when absent): the longest
+    prompt + generated sequence llama.cpp's model was trained for."""
+    arch = _key(r, "general.architecture")
+    v = _key(r, f"{arch}.context_length") if isinstance(arch, str) else None
+    return None if v is None else int(v)
+
+
+def check_context(prompt_len: int, n: int, ctx: int | None, path: str) -> None:
+    """Refuse (HarnessError, exit 2) a decode of `n` tokens after `prompt_len` that does not
+    fit the model's context, before any work: the rule of `reference` and `llama-ref`."""
+    if n < 1:
+        raise HarnessError(f"--n must be at least 1, got {n}")
+    if ctx is not None and prompt_len + n > ctx:
+        raise HarnessError(f"{path}: prompt ({prompt_len}) + n ({n}) exceeds the model's "
+                           f"context length {ctx}")
+
+
+def _check_number(path: str, key: str, value: Any, positive: bool) -> None:
+    """A float hyper-parameter must be finite and >= 0 (> 0 when `positive`): a negative
+    RMSNorm epsilon or RoPE base turns every activation into NaN a few ops later."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise HarnessError(f"{path}: {key} is {value!r}, not a number") from None
+    if not np.isfinite(v) or v < 0 or (positive and v == 0):
+        raise HarnessError(f"{path}: {key} is {v:g}; it must be a finite number "
+                           f"{'> 0' if positive else '>= 0'}")
+
+
 @dataclass(frozen=True)
 class Gemma3HParams:
     """One file's Gemma-3 text hyper-parameters (numbers as llama.cpp uses them)."""
@@ -106,6 +136,13 @@ class Gemma3HParams:
         # 1.0f / std::sqrt(float(...)), in float32 as llama.cpp computes it
         scale_dim = np.float32(n_embd // n_head if n_layer == 62 else head_dim)
         scale = np.float32(1) / np.sqrt(scale_dim)
+        eps = need("attention.layer_norm_rms_epsilon")
+        for key, value, lowest in (("attention.layer_norm_rms_epsilon", eps, "a number >= 0"),
+                                   ("rope.freq_base", opt("rope.freq_base", 1.0), "> 0"),
+                                   ("rope.freq_base_swa", opt("rope.freq_base_swa", 1.0), "> 0"),
+                                   ("final_logit_softcapping",
+                                    opt("final_logit_softcapping", 0.0), "a number >= 0")):
+            _check_number(path, f"{ARCH}.{key}", value, positive=lowest == "> 0")
         return cls(
             n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
             n_head_kv=int(opt("attention.head_count_kv", n_head)), head_dim=head_dim,

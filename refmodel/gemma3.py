@@ -19,6 +19,7 @@ table, as llama.cpp's CPU backend does without flash attention.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ import numpy as np
 from harness.errors import HarnessError
 from kernels_ref import gather_rows, matmul_wt
 from kernels_ref.semantics import REGISTRY, Exact
-from oracle import dequantize, unpack
+from oracle import OracleError, dequantize, unpack
 from refmodel import ops
+from refmodel.arch import check_context, context_length
 from refmodel.weights import EMBEDDING, Matrix, Weights
 
 F32 = np.float32
@@ -45,19 +47,85 @@ DumpFn = Callable[[str, np.ndarray], None]
 
 @dataclass
 class DecodeResult:
-    """A greedy decode: generated ids, the logits that chose each, their top-2 margins."""
+    """A greedy decode: generated ids, the logits that chose each, their top-2 margins.
+
+    Timing as `llama-ref` counts it: `generate_seconds` is the wall time of the forward
+    passes whose logits chose a token (one per generated token: the last prompt step and
+    every generated step fed back), `prompt_seconds` that of the other prompt steps."""
 
     prompt: list[int]
     tokens: list[int]
     logits: np.ndarray  # float32 (n, n_vocab)
     margins: list[float]
-    seconds: float
+    seconds: float  # the whole decode
     steps: int = 0  # forward passes (prompt tokens + generated tokens fed)
     extra: dict = field(default_factory=dict)
+    generate_seconds: float = 0.0
+    prompt_seconds: float = 0.0
+
+    @property
+    def prompt_steps(self) -> int:
+        """Forward passes that only fed the prompt (their logits chose nothing)."""
+        return max(0, len(self.prompt) - 1)
 
     @property
     def tok_per_s(self) -> float:
-        return self.steps / self.seconds if self.seconds > 0 else float("inf")
+        """Generated tokens over the wall time of the passes that chose them."""
+        t = self.generate_seconds
+        return len(self.tokens) / t if t > 0 else float("inf")
+
+
+#: progress(steps done, total steps, tokens generated, seconds generating, seconds so far)
+ProgressFn = Callable[[int, int, int, float, float], None]
+
+
+#: the options a semantics takes on the command line (`--lanes`, `--reduction`,
+#: `--rounding`), by semantics name
+SEMANTICS_OPTIONS: dict[str, tuple[str, ...]] = {"skainet_panama": ("lanes", "reduction"),
+                                                 "ggml": ("rounding",)}
+
+
+def host_rounding(machine: str | None = None) -> str:
+    """The Q8 activation quantizer llama.cpp's CPU backend runs on this machine (see
+    kernels_ref.activations.ROUNDINGS): x86 on x86-64, NEON's ties-to-even on AArch64,
+    the reference's roundf elsewhere."""
+    m = (machine or platform.machine()).lower()
+    return {"x86_64": "x86", "amd64": "x86", "aarch64": "even", "arm64": "even"}.get(m, "roundf")
+
+
+def semantics_options(name: str, lanes: int | None = None, reduction: str | None = None,
+                      rounding: str | None = None) -> dict:
+    """The kernels_ref options of semantics `name` from its command-line values, checked
+    (HarnessError naming the option): skainet_panama's lanes and reduction (defaults: the
+    semantics' own, 8 and sequential), ggml's rounding (default: host_rounding(), what
+    llama.cpp does on this CPU). An option given to a semantics without it is refused."""
+    if name not in SEMANTICS_NAMES:
+        raise HarnessError(f"unknown semantics {name!r}: expected one of "
+                           f"{', '.join(SEMANTICS_NAMES)}")
+    given = {k: v for k, v in (("lanes", lanes), ("reduction", reduction),
+                               ("rounding", rounding)) if v is not None}
+    takes = SEMANTICS_OPTIONS.get(name, ())
+    for key in given:
+        if key not in takes:
+            owner = next(s for s, keys in SEMANTICS_OPTIONS.items() if key in keys)
+            raise HarnessError(f"--{key} applies to --semantics {owner}, not {name}")
+    if name == "ggml":
+        given.setdefault("rounding", host_rounding())
+    if name not in REGISTRY:
+        return given
+    cls = REGISTRY[name]
+    opts = {k: given.get(k, cls.params[k]) for k in takes}
+    try:
+        cls(**opts)
+    except OracleError as exc:
+        raise HarnessError(str(exc)) from None
+    return opts
+
+
+def describe_semantics(name: str, options: dict) -> str:
+    """'skainet_panama(lanes=4, reduction=pairwise)', or the bare name without options."""
+    inner = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{name}({inner})" if inner else name
 
 
 def top2_margin(logits: np.ndarray) -> float:
@@ -77,13 +145,36 @@ def fast_rows(fmt: str, raw: np.ndarray) -> np.ndarray:
     return dequantize(fmt, raw)
 
 
+#: per dumped tensor (name without its layer), the weights its op reads, "{}" the layer
+OP_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "inp_scaled": (EMBEDDING,), "attn_norm": ("blk.{}.attn_norm.weight",),
+    "Qcur": ("blk.{}.attn_q.weight",), "Kcur": ("blk.{}.attn_k.weight",),
+    "Vcur": ("blk.{}.attn_v.weight",), "Qcur_normed": ("blk.{}.attn_q_norm.weight",),
+    "Kcur_normed": ("blk.{}.attn_k_norm.weight",),
+    "attn_post_norm": ("blk.{}.attn_output.weight", "blk.{}.post_attention_norm.weight"),
+    "ffn_norm": ("blk.{}.ffn_norm.weight",), "ffn_up": ("blk.{}.ffn_up.weight",),
+    "ffn_gate": ("blk.{}.ffn_gate.weight",), "ffn_out": ("blk.{}.ffn_down.weight",),
+    "ffn_post_norm": ("blk.{}.post_ffw_norm.weight",), "result_norm": ("output_norm.weight",),
+}
+
+
+def op_weights(name: str, w: Weights) -> tuple[str, ...]:
+    """The weight tensors the op producing dump tensor `name` reads (none for RoPE,
+    attention, GELU and the residual adds)."""
+    if name == "result_output":
+        return (w.output().name,)
+    base, _, layer = name.split("#")[0].partition("-")
+    if "#" in name:  # the RoPE'd repeat of Qcur/Kcur
+        return ()
+    return tuple(t.format(layer) for t in OP_WEIGHTS.get(base, ()))
+
+
 class Gemma3Reference:
     """A Gemma-3 GGUF ready to run: `forward` one step, `decode` greedily."""
 
-    def __init__(self, path: str | Path, semantics: str = "exact", load: str = "packed") -> None:
-        if semantics not in SEMANTICS_NAMES:
-            raise HarnessError(f"unknown semantics {semantics!r}: expected one of "
-                               f"{', '.join(SEMANTICS_NAMES)}")
+    def __init__(self, path: str | Path, semantics: str = "exact", load: str = "packed",
+                 options: dict | None = None) -> None:
+        self.options = semantics_options(semantics, **(options or {}))
         self.semantics = semantics
         self.w = Weights(path, load)
         self.hp = self.w.hp
@@ -104,7 +195,8 @@ class Gemma3Reference:
     def matmul(self, x: np.ndarray, m: Matrix) -> np.ndarray:
         """x (1, cols) . W^T in the chosen semantics; float32 (1, rows)."""
         if self.semantics != FAST:
-            return matmul_wt(x, m.data, m.type, m.rows, m.cols, semantics=self.semantics)
+            return matmul_wt(x, m.data, m.type, m.rows, m.cols, semantics=self.semantics,
+                             **self.options)
         y = np.empty((x.shape[0], m.rows), F32)
         step = max(1, FAST_CHUNK_ELEMENTS // m.cols)
         for start in range(0, m.rows, step):
@@ -147,7 +239,7 @@ class Gemma3Reference:
         if pos != self.cache_k[0].shape[0]:
             raise HarnessError(f"position {pos} does not follow the cache "
                                f"({self.cache_k[0].shape[0]} positions held)")
-        cb = dump or (lambda name, a: None)
+        cb = self._checked(dump, pos)
         eps, nh, nkv, hd = hp.rms_eps, hp.n_head, hp.n_head_kv, hp.head_dim
         x = self.embed(token)
         cb("inp_scaled", x)
@@ -214,19 +306,43 @@ class Gemma3Reference:
         cb("result_output", logits)
         return logits[0]
 
+    def _checked(self, dump: DumpFn | None, pos: int) -> DumpFn:
+        """The forward's tensor callback: refuses the first non-finite tensor (naming the
+        weight that made it, see non_finite), then hands the tensor to `dump`."""
+        def cb(name: str, a: np.ndarray) -> None:
+            if not np.isfinite(a).all():
+                raise self.non_finite(name, a, pos)
+            if dump is not None:
+                dump(name, a)
+        return cb
+
+    def non_finite(self, name: str, a: np.ndarray, pos: int) -> HarnessError:
+        """The error for tensor `name` of step `pos` coming out non-finite: names the first
+        weight of its op holding a non-finite value (file, tensor, row, column), or says the
+        activations overflowed when the weights it read are all finite."""
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        what = f"step {pos}: {name} is {a[where]} at index {list(where)}"
+        weights = op_weights(name, self.w)
+        for wname in weights:
+            bad = self.w.first_non_finite(wname)
+            if bad is not None:
+                row, col, value = bad
+                return HarnessError(f"{self.w.path}: tensor {wname} holds {value} at row "
+                                    f"{row}, column {col} ({what})")
+        read = f" (it reads {', '.join(weights)}, all finite)" if weights else ""
+        return HarnessError(f"{self.w.path}: {what}{read}: the activations left float32's "
+                            "range")
+
     def decode(self, tokens: Sequence[int], n: int,
-               dump: Callable[[int], DumpFn] | None = None) -> DecodeResult:
+               dump: Callable[[int], DumpFn] | None = None,
+               progress: ProgressFn | None = None) -> DecodeResult:
         """Greedy decode of `n` tokens after the prompt `tokens`, from an empty cache, one
-        token per step. `dump(step)` returns the callback for that step's tensors."""
+        token per step. `dump(step)` returns the callback for that step's tensors;
+        `progress` is called after every step (ProgressFn)."""
         prompt = [int(t) for t in tokens]
         if not prompt:
             raise HarnessError("the prompt must hold at least one token")
-        if n < 1:
-            raise HarnessError(f"--n must be at least 1, got {n}")
-        ctx = self._context_length()
-        if len(prompt) + n > ctx:
-            raise HarnessError(f"prompt ({len(prompt)}) + n ({n}) exceeds the model's "
-                               f"context length {ctx}")
+        check_context(len(prompt), n, context_length(self.w.reader), self.w.path)
         for t in prompt:
             if not 0 <= t < self.hp.n_vocab:
                 raise HarnessError(f"token id {t} is out of range for a vocabulary of "
@@ -237,8 +353,11 @@ class Gemma3Reference:
         t0 = time.perf_counter()
         feed = list(prompt)
         pos = 0
+        total = len(prompt) + n - 1
+        t_gen = t_prompt = 0.0
         while len(out) < n:
             token = feed[pos]
+            t_step = time.perf_counter()
             logits = self.forward(token, pos, dump(pos) if dump else None)
             pos += 1
             if pos >= len(prompt):
@@ -247,9 +366,11 @@ class Gemma3Reference:
                 rows.append(logits)
                 margins.append(top2_margin(logits))
                 feed.append(nxt)
+                t_gen += time.perf_counter() - t_step
+            else:
+                t_prompt += time.perf_counter() - t_step
+            if progress is not None:
+                progress(pos, total, len(out), t_gen, time.perf_counter() - t0)
         return DecodeResult(prompt, out, np.stack(rows), margins,
-                            time.perf_counter() - t0, steps=pos)
-
-    def _context_length(self) -> int:
-        f = self.w.reader.fields.get("gemma3.context_length")
-        return int(f.contents()) if f is not None else 1 << 20
+                            time.perf_counter() - t0, steps=pos, generate_seconds=t_gen,
+                            prompt_seconds=t_prompt)

@@ -24,6 +24,7 @@ from refmodel.arch import ARCH, Gemma3HParams
 
 LOADS = ("packed", "dequant-fp32")
 EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
+VOCABULARY = "tokenizer.ggml.tokens"
 LAYER_NORMS = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm",
                "post_ffw_norm")
 LAYER_MATS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -99,6 +100,33 @@ def string_array(r: gguf.GGUFReader, key: str) -> list[str] | None:
     return out
 
 
+def array_length(r: gguf.GGUFReader, key: str, path: str = "model") -> int | None:
+    """How many items a metadata array holds (None when the key is absent), without
+    decoding them."""
+    f = r.fields.get(key)
+    if f is None:
+        return None
+    if not f.types or f.types[0] != gguf.GGUFValueType.ARRAY:
+        raise HarnessError(f"{path}: {key} is a "
+                           f"{f.types[0].name if f.types else '?'}, not an array")
+    return int(f.parts[4][0])  # parts: key length, key, value type, item type, item count
+
+
+def check_vocabulary(r: gguf.GGUFReader, rows: int, path: str) -> None:
+    """The tokenizer's vocabulary must have exactly token_embd's `rows`, as llama.cpp's
+    loader demands (it sizes token_embd from the vocabulary and refuses any other shape):
+    a smaller vocabulary would let the decode emit ids no token stands for. HarnessError
+    (exit 2) naming the file, the key and both sizes."""
+    n = array_length(r, VOCABULARY, path)
+    if n is None:
+        raise HarnessError(f"{path}: missing metadata {VOCABULARY} (llama.cpp refuses a "
+                           "model without a tokenizer vocabulary)")
+    if n != rows:
+        raise HarnessError(f"{path}: {VOCABULARY} has {n} tokens but {EMBEDDING} has {rows} "
+                           "rows (llama.cpp refuses a vocabulary that does not match the "
+                           "embedding)")
+
+
 def open_gguf(path: str | Path) -> gguf.GGUFReader:
     """The lean reader over a memory map of `path`, after harness.gguffile has checked every
     count and length in the file against its size (HarnessError, exit 2, on a bad file)."""
@@ -144,6 +172,7 @@ class Weights:
         if EMBEDDING not in self.tensors:
             raise HarnessError(f"{path}: missing tensor {EMBEDDING}")
         emb = self.tensors[EMBEDDING]
+        self._check_vocabulary(emb.rows)
         self.hp = Gemma3HParams.read(self.reader, self.path, emb.rows)
         self._check()
         self.tied = OUTPUT not in self.tensors
@@ -153,6 +182,25 @@ class Weights:
             out = self.output()
             self.fp32[OUTPUT] = self._expand(out)  # tied or not: a second FP32 table
             self.fp32["output.T"] = np.ascontiguousarray(self.fp32[OUTPUT].T)
+
+    def _check_vocabulary(self, rows: int) -> None:
+        check_vocabulary(self.reader, rows, self.path)
+
+    def first_non_finite(self, name: str) -> tuple[int, int, float] | None:
+        """(row, column, value) of the first non-finite weight of tensor `name`
+        (dequantized a bounded chunk of rows at a time), or None when all are finite."""
+        m = self.tensors[name]
+        step = max(1, EXPAND_ROWS * 64 // max(m.cols, 1))
+        for start in range(0, m.rows, step):
+            rows = m.data[start:start + step]
+            with np.errstate(all="ignore"):
+                w = (np.asarray(rows, np.float32).reshape(-1, m.cols) if m.type == "F32"
+                     else dequantize(m.type, rows))
+            bad = np.argwhere(~np.isfinite(w))
+            if len(bad):
+                r, c = (int(v) for v in bad[0])
+                return r + start, c, float(w[r, c])
+        return None
 
     def _check(self) -> None:
         hp = self.hp

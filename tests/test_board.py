@@ -16,6 +16,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from childsignals import default_sigint
 from proctree import cmdline, mentioning
 
 from harness.board.build import FIXTURE_DIR, cross_compile, fixture_program
@@ -256,7 +257,8 @@ def start_cli_run(sim: BoardSim, prog: Path, *extra: str) -> subprocess.Popen:
     have said they sleep (so neither is left to die of a write into a closed channel)."""
     proc = subprocess.Popen(
         cli("run", "--profile", str(sim.profile_path), *extra, str(prog), "--", "60"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        preexec_fn=default_sigint)
     seen = b""
     deadline = time.monotonic() + 60
     while seen.count(b"sleeping") < 2:
@@ -378,7 +380,8 @@ def test_client_killed_mid_push_leaves_no_part_file(sim, tmp_path, sig):
     dest = Path(sim.remote_dir) / "push-kill"
     proc = subprocess.Popen(cli("push", "--profile", str(sim.profile_path), str(big),
                                 f"{dest}/big.bin"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while not any(p.stat().st_size > (4 << 20) for p in dest.glob(".big.bin.part-*")):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()

@@ -31,7 +31,7 @@ from harness.jvm.worker import SENTINEL_BITS, changed_cells, guard_violations, g
 pytestmark = pytest.mark.jvm
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ("Blocks", "VectorBlocks", "Q8_0MatmulKernel", "Q4_0MatmulKernel")
-ONE_SHAPE = ["--shapes", "16x256x2", "--jit", "pinned"]
+ONE_SHAPE = ["--shape", "16x256x2", "--jit", "pinned"]
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +327,7 @@ def test_piped_parity_output_is_one_line_per_case(cp, tmp_path):
     build = subset(cp, tmp_path, "ScalarQ8_0MatmulKernel", "PanamaVectorQ8_0MatmulKernel",
                    "ThrowingQ8_0MatmulKernel")
     r = skoracle("jvm", "parity", "--classpath", str(build), "--lanes", "4", "--jit",
-                 "pinned", "--shapes", "16x256x2,7x512x1+40")
+                 "pinned", "--shape", "16x256x2,7x512x1+40")
     assert r.returncode == 1
     for k in ("ScalarQ8_0MatmulKernel", "PanamaVectorQ8_0MatmulKernel",
               "ThrowingQ8_0MatmulKernel"):

@@ -7,9 +7,9 @@ Semantics of the comparisons (harness/llamacmp.py says why the bounds hold):
 - llama.cpp: AVX2/FMA build, F16 KV cache (its default), no flash attention, no repacking;
   activations quantized to Q8_0/Q8_1/Q8_K by the x86 quantizer (id = 127/amax, ties to
   even), SIMD float order.
-- reference: `ggml` semantics — activations quantized the same way but with ggml's generic
-  rounding (ties away from zero) and generic C float order; K/V and attention operands
-  rounded to fp16; ggml's fp16 GELU table.
+- reference: `ggml` semantics — activations quantized the same way (its default rounding
+  on x86-64 is llama.cpp's x86 quantizer) but summed in the generic C float order; K/V and
+  attention operands rounded to fp16; ggml's fp16 GELU table.
 
 So the two must differ in the float order of every matmul and in the occasional activation
 within an ulp of a rounding boundary (a ~1e-3 jump, carried forward); nothing else.

@@ -266,6 +266,7 @@ def test_diff_compares_only_the_steps_fed_the_same_tokens(tmp_path):
                         str(tmp_path / name)).returncode == 0
     r = skoracle("reference", "diff", str(tmp_path / "a"), str(tmp_path / "b"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "different tokens from step 1 on: compared steps 0..0" in r.stdout
+    assert ("tokens differ: fed the same tokens for steps 0..0, different ones from step 1 on "
+            "(of 2); only steps 0..0 are compared") in r.stdout
     first, rows = diff_dumps(tmp_path / "a", tmp_path / "b")
     assert first is None and {t.step for t in rows} == {0}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from childsignals import default_sigint
 from proctree import SimsStartedBy, cmdline
 
 from harness.cli import main
@@ -142,7 +143,8 @@ def test_ctrl_c_writes_a_partial_report_and_exits_130(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--only",
                              "oracle,kernels,fixtures", "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     seen = ""
     while time.monotonic() < deadline:  # wait until the first leg has finished
@@ -168,7 +170,7 @@ def test_ctrl_c_during_the_board_leg_leaves_nothing_running(tmp_path: Path, dela
     out = tmp_path / "report"
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--only", "board",
                              "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
     sims = SimsStartedBy(proc.pid)
     try:
         deadline = time.monotonic() + 60

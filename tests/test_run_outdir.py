@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from childsignals import default_sigint
 
 from harness.cli import main
 from harness.reportdir import REPORT_FILES, is_report_dir
@@ -159,7 +160,8 @@ def test_ctrl_c_removes_the_scratch_dir(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(system_tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--only",
                              "oracle,fixtures,footprint", "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     seen = ""
     while time.monotonic() < deadline:  # then the fixtures leg writes its set into the scratch

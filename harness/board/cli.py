@@ -188,13 +188,13 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 def cmd_decode_parity(args: argparse.Namespace) -> int:
     if args.expect_from:
-        from harness.reference.cli import expected_ids
+        from harness.reference.cli import expect_options, expected_ids
 
         if not args.tokens:
             raise HarnessError("--expect-from needs --tokens (the prompt ids)")
         expected, ref = expected_ids(args.expect_from, args.tokens, args.expect_n,
-                                     args.expect_semantics)
-        print(f"reference ({args.expect_semantics}): {' '.join(map(str, expected))}; "
+                                     args.expect_semantics, **expect_options(args))
+        print(f"reference ({ref['semantics_described']}): {' '.join(map(str, expected))}; "
               f"smallest top-2 margin {ref['min_margin']:.4g}", file=sys.stderr)
     else:
         expected = read_token_list(args.expect)

@@ -247,13 +247,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "2 bad input or --clear not confirmed (nothing removed)."
         ),
     )
-    p.add_argument("--group", required=True, help="Maven group, e.g. sk.ainet.core (required)")
-    p.add_argument("--artifact", required=True,
+    p.add_argument("--group", metavar="GROUP", required=True,
+                   help="Maven group, e.g. sk.ainet.core (required)")
+    p.add_argument("--artifact", metavar="NAME", required=True,
                    help="exact artifact id, e.g. skainet-backend-native-cpu; its Kotlin "
                         "Multiplatform target variants (-jvm, -linuxarm64, -linuxx64, ...) are "
                         "the same artifact; a glob only when written, e.g. 'skainet-backend*' "
                         "(required)")
-    p.add_argument("--version", required=True, help="version, e.g. 0.40.0 (required)")
+    p.add_argument("--version", metavar="VERSION", required=True,
+                   help="version, e.g. 0.40.0 (required)")
     p.add_argument("--marker", metavar="TEXT",
                    help="text a fresh build contains (default: none, every copy is listed for "
                         "removal)")
@@ -262,12 +264,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--yes", action="store_true",
                    help="with --clear: remove without asking (required when stdin is not a "
                         "terminal)")
-    p.add_argument("--konan-root", help="Kotlin/Native data dir (default $KONAN_DATA_DIR or "
-                                         "~/.konan)")
-    p.add_argument("--m2-root", help="Maven local repository (default $SKORACLE_M2_REPO or "
-                                      "~/.m2/repository)")
-    p.add_argument("--gradle-root", help="Gradle user home (default $GRADLE_USER_HOME or "
-                                          "~/.gradle)")
+    p.add_argument("--konan-root", metavar="DIR",
+                   help="Kotlin/Native data dir (default $KONAN_DATA_DIR or ~/.konan)")
+    p.add_argument("--m2-root", metavar="DIR",
+                   help="Maven local repository (default $SKORACLE_M2_REPO or ~/.m2/repository)")
+    p.add_argument("--gradle-root", metavar="DIR",
+                   help="Gradle user home (default $GRADLE_USER_HOME or ~/.gradle)")
     p.add_argument("--max-unpacked", metavar="SIZE", default=MAX_UNPACKED_TEXT,
                    help="with --marker: stop when the zip members of one cached file "
                         "decompress to more than SIZE (zip bombs; default %(default)s)")

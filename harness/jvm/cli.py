@@ -1,4 +1,9 @@
-"""`skoracle jvm kernels|parity`: SKaiNET's JVM kernels from a classpath, listed or judged."""
+"""`skoracle jvm kernels|parity`: SKaiNET's JVM kernels from a classpath, listed or judged.
+
+    skoracle jvm kernels --classpath CP [--json]
+    skoracle jvm parity  --classpath CP [--formats Q8_0,Q4_K] [--shape 16x256x2 ...]
+                         [--lanes auto,4,8] [--jit pinned,warm] [--json]
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ def _list_arg(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
-    """"OUTxINxBATCH[+OFFSET],..." -> shapes (weightByteOffset defaults to 0)."""
+    """"OUTxINxBATCH[+OFFSET]" (or several, comma-separated) -> shapes (weightByteOffset
+    defaults to 0): the value of one `--shape`."""
     out = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         try:
@@ -44,9 +50,9 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
             o, i, b = (int(v) for v in dims.lower().split("x"))
             shape = (o, i, b, int(off or 0))
         except ValueError:
-            raise HarnessError(f"--shapes: {part!r} is not OUTxINxBATCH[+OFFSET]") from None
+            raise HarnessError(f"--shape: {part!r} is not OUTxINxBATCH[+OFFSET]") from None
         if min(shape[:3]) < 1 or shape[3] < 0 or o * i > 1 << 24:
-            raise HarnessError(f"--shapes: {part!r} out of range (positive dims, "
+            raise HarnessError(f"--shape: {part!r} out of range (positive dims, "
                                "OUT*IN <= 16M)")
         out.append(shape)
     return out
@@ -90,7 +96,8 @@ def parity_cmd(args: argparse.Namespace) -> int:
     formats = _list_arg(args.formats, PACKED_TYPES, "--formats") if args.formats else None
     lanes = parse_lanes(args.lanes)
     jit = _list_arg(args.jit, JIT_MODES, "--jit")
-    shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
+    shapes = ([s for text in args.shape for s in parse_shapes(text)] if args.shape
+              else list(DEFAULT_SHAPES))
     cp = resolve_classpath(args.classpath)
     ks = [k for k in discover(cp) if formats is None or k.fmt in formats]
     if not ks:
@@ -142,29 +149,54 @@ def print_parity(run: ParityRun, out: Console) -> None:
                    f"{run.seconds:.1f}s"))
 
 
+JVM_EXIT_CODES = {
+    "kernels": "exit codes:\n  0  listed\n  2  usage or set-up error (no JDK, a classpath "
+               "entry missing, no kernel found)",
+    "parity": "exit codes:\n  0  every case bit-exact or within its bound\n  1  a case FAILs, "
+              "crashes or times out\n  2  usage or set-up error (no JDK, a classpath entry "
+              "missing, a bad --shape/--formats/--lanes/--jit)",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("jvm", help="SKaiNET's JVM kernels from a classpath: list, parity")
+    p = sub.add_parser("jvm", help="SKaiNET's JVM kernels from a classpath: list, parity",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     jsub = p.add_subparsers(dest="jvm_command", metavar="kernels|parity")
     jsub.required = True
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--classpath", required=True,
+    common.add_argument("--classpath", required=True, metavar="CP",
                         help="SKaiNET build: jars and class directories, ':'-separated")
-    common.add_argument("--jdk", help="JDK home (default: JAVA_HOME, then /usr/lib/jvm/*)")
+    common.add_argument("--jdk", metavar="DIR",
+                        help="JDK home (default: JAVA_HOME, then /usr/lib/jvm/*)")
     common.add_argument("--json", action="store_true", help="JSON on stdout")
-    k = jsub.add_parser("kernels", parents=[common], help="list the kernels on a classpath")
+    k = jsub.add_parser("kernels", parents=[common], help="list the kernels on a classpath",
+                        description="List the packed matmul kernels a SKaiNET classpath "
+                                    "provides (class, format, provider, where found).",
+                        epilog=JVM_EXIT_CODES["kernels"],
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     k.set_defaults(func=kernels_cmd)
     q = jsub.add_parser("parity", parents=[common],
-                        help="kernel x format x shape x lanes x JIT mode against kernels_ref")
-    q.add_argument("--formats", help=f"comma-separated subset of {','.join(PACKED_TYPES)} "
+                        help="kernel x format x shape x lanes x JIT mode against kernels_ref",
+                        description="Run every kernel on the classpath over formats, shapes, "
+                                    "lane counts and JIT modes in a JVM worker and judge each "
+                                    "case against kernels_ref (bit-exact where the order is "
+                                    "modelled, else within the rigorous bound).",
+                        epilog=JVM_EXIT_CODES["parity"],
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--formats", metavar="FORMATS",
+                   help=f"comma-separated subset of {','.join(PACKED_TYPES)} "
                    "(default: every format a kernel on the classpath implements)")
-    q.add_argument("--shapes", help="OUTxINxBATCH[+OFFSET],... (default "
-                   + ",".join(f"{o}x{i}x{b}" + (f"+{w}" if w else "")
+    q.add_argument("--shape", action="append", metavar="OUTxINxBATCH[+OFFSET]",
+                   help="case shape (repeatable; default "
+                   + " ".join(f"{o}x{i}x{b}" + (f"+{w}" if w else "")
                               for o, i, b, w in DEFAULT_SHAPES) + ")")
-    q.add_argument("--lanes", default=DEFAULT_LANES, help=LANES_HELP)
-    q.add_argument("--jit", default="pinned,warm", help="pinned,warm (default %(default)s)")
-    q.add_argument("--timeout", type=float, default=60.0, help="seconds per case "
-                   "(default %(default)s); a hang kills that JVM and the matrix goes on")
-    q.add_argument("--seed", type=int, default=0,
+    q.add_argument("--lanes", default=DEFAULT_LANES, metavar="LANES", help=LANES_HELP)
+    q.add_argument("--jit", default="pinned,warm", metavar="MODES",
+                   help="pinned,warm (default %(default)s)")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds per call (default %(default)s); a hang kills that JVM and "
+                        "the matrix goes on")
+    q.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed for the weights and activations (default %(default)s)")
     q.add_argument("-v", "--verbose", action="store_true", help="print each case as it ends")
     q.set_defaults(func=parity_cmd)
