@@ -1,0 +1,651 @@
+/* Compiled twins of the NumPy oracle's dequantize and of kernels_ref's packed GEMVs.
+ *
+ * Every function here performs exactly the float32/float64 operations, in exactly the
+ * order, that the NumPy definition (oracle/quants.py, kernels_ref/semantics.py) performs;
+ * tests/test_native.py checks that bit for bit on the golden set and on random shapes.
+ * Built by oracle/native.py with -ffp-contract=off and without -ffast-math, so the
+ * compiler neither fuses a*b+c nor reassociates a sum: where a modelled kernel fuses, the
+ * code calls fmaf() explicitly. Loops over the rows of a tile (R at a time) carry
+ * independent accumulators, so the float order of each row stays the modelled one while
+ * the processor overlaps the rows.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+enum { Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K };
+enum { EXACT, FAST, SCALAR, PANAMA, NEON };
+enum { RED_SEQUENTIAL, RED_PAIRWISE, RED_HALVING };
+
+#define R 8      /* output rows per tile */
+#define LANES 16 /* lanes of the exact and fast orders */
+
+static const float *H; /* fp16 -> float32, 65536 entries: the oracle's own table */
+
+void sk_set_fp16_table(const float *table) { H = table; }
+
+static inline float h16(const uint8_t *p) { return H[p[0] | (p[1] << 8)]; }
+
+static const int BLOCK[] = {32, 32, 32, 32, 256, 256, 256};
+static const int NBYTES[] = {18, 22, 24, 34, 144, 176, 210};
+
+/* one block of R rows, element-major, so that each step runs across the rows at once:
+ * views into the buffers holding every block of the R rows */
+typedef struct {
+    float (*q)[R]; /* codes, as oracle.unpack gives them (small integers, exact) */
+    float (*w)[R]; /* dequantized values, as oracle.dequantize gives them */
+    float *d, *m;  /* d; m (Q5_1) or dmin (K-quants) */
+    int32_t (*sc)[R], (*mn)[R];
+} Tile;
+
+static inline void scale_min_k4(int j, const uint8_t *q, int32_t *d, int32_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+static inline uint32_t le32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* ggml's dequantize_row_* of one block, float operations in its order */
+static inline __attribute__((always_inline)) void dequant_block(int fmt, const uint8_t *b, float *y) {
+    switch (fmt) {
+    case Q4_0: {
+        const float d = h16(b);
+        for (int j = 0; j < 16; j++) {
+            y[j] = (float)((b[2 + j] & 0xF) - 8) * d;
+            y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
+        }
+        break;
+    }
+    case Q5_0: {
+        const float d = h16(b);
+        const uint32_t qh = le32(b + 2);
+        for (int j = 0; j < 16; j++) {
+            const int x0 = ((b[6 + j] & 0xF) | (((qh >> j) << 4) & 0x10)) - 16;
+            const int x1 = ((b[6 + j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+            y[j] = (float)x0 * d;
+            y[j + 16] = (float)x1 * d;
+        }
+        break;
+    }
+    case Q5_1: {
+        const float d = h16(b), m = h16(b + 2);
+        const uint32_t qh = le32(b + 4);
+        for (int j = 0; j < 16; j++) {
+            const int x0 = (b[8 + j] & 0xF) | (((qh >> j) << 4) & 0x10);
+            const int x1 = (b[8 + j] >> 4) | ((qh >> (j + 12)) & 0x10);
+            y[j] = (float)x0 * d + m;
+            y[j + 16] = (float)x1 * d + m;
+        }
+        break;
+    }
+    case Q8_0: {
+        const float d = h16(b);
+        for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)b[2 + j] * d;
+        break;
+    }
+    case Q4_K:
+    case Q5_K: {
+        const float d = h16(b), dmin = h16(b + 2);
+        const uint8_t *ql = b + (fmt == Q4_K ? 16 : 48), *qh = b + 16;
+        for (int c = 0; c < 4; c++, ql += 32, y += 64) {
+            int32_t s1, m1i, s2, m2i;
+            scale_min_k4(2 * c, b + 4, &s1, &m1i);
+            scale_min_k4(2 * c + 1, b + 4, &s2, &m2i);
+            const float d1 = d * (float)s1, m1 = dmin * (float)m1i;
+            const float d2 = d * (float)s2, m2 = dmin * (float)m2i;
+            for (int l = 0; l < 32; l++) {
+                int lo = ql[l] & 0xF, hi = ql[l] >> 4;
+                if (fmt == Q5_K) {
+                    lo += (qh[l] & (1u << (2 * c))) ? 16 : 0;
+                    hi += (qh[l] & (2u << (2 * c))) ? 16 : 0;
+                }
+                y[l] = d1 * (float)lo - m1;
+                y[l + 32] = d2 * (float)hi - m2;
+            }
+        }
+        break;
+    }
+    case Q6_K: {
+        const float d = h16(b + 208);
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8, y += 128)
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * (float)sc[is] * (float)q1;
+                y[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                y[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+        break;
+    }
+    }
+}
+
+#define DEQUANT_RUN(F)                                                                    \
+    static void dequant_run_##F(const uint8_t *raw, int64_t nblocks, float *out) {         \
+        for (int64_t i = 0; i < nblocks; i++)                                             \
+            dequant_block(F, raw + i * NBYTES[F], out + i * BLOCK[F]);                    \
+    }
+DEQUANT_RUN(Q4_0)
+DEQUANT_RUN(Q5_0)
+DEQUANT_RUN(Q5_1)
+DEQUANT_RUN(Q8_0)
+DEQUANT_RUN(Q4_K)
+DEQUANT_RUN(Q5_K)
+DEQUANT_RUN(Q6_K)
+
+typedef void (*dequant_fn)(const uint8_t *, int64_t, float *);
+static const dequant_fn DEQUANT[] = {dequant_run_Q4_0, dequant_run_Q5_0, dequant_run_Q5_1,
+                                     dequant_run_Q8_0, dequant_run_Q4_K, dequant_run_Q5_K,
+                                     dequant_run_Q6_K};
+
+/* dequantize `nblocks` packed blocks of `fmt` into out (nblocks * block floats) */
+int sk_dequantize(int fmt, const uint8_t *raw, int64_t nblocks, float *out) {
+    if (fmt < 0 || fmt > Q6_K || !H) return -1;
+    DEQUANT[fmt](raw, nblocks, out);
+    return 0;
+}
+
+
+/* ------------------------------------------------------------------------------------ */
+/* exact and fast: per row, LANES accumulators from -0 (lane l: elements l, l+LANES, ...),  */
+/* then an adjacent-pair tree; exact in float64 (exact products), fast in float32          */
+
+#define LANES_KERNEL(F)                                                                    \
+    static void lanes_##F(int f64, const float *restrict x, int64_t batch, int64_t in_dim,  \
+                          const uint8_t *restrict w, int64_t rows, int64_t row_bytes,       \
+                          float *restrict y, int64_t y_stride) {                            \
+        const int bs = BLOCK[F];                                                           \
+        const int64_t nb = in_dim / bs;                                                    \
+        float wb[256];                                                                     \
+        for (int64_t r = 0; r < rows; r++)                                                 \
+            for (int64_t bi = 0; bi < batch; bi++) {                                       \
+                const float *xr = x + bi * in_dim;                                         \
+                const uint8_t *row = w + r * row_bytes;                                    \
+                if (f64) {                                                                 \
+                    double v[LANES];                                                       \
+                    for (int l = 0; l < LANES; l++) v[l] = -0.0;                           \
+                    for (int64_t b = 0; b < nb; b++) {                                     \
+                        dequant_block(F, row + b * NBYTES[F], wb);                         \
+                        const float *xb = xr + b * bs;                                     \
+                        for (int s = 0; s < bs; s += LANES)                                \
+                            for (int l = 0; l < LANES; l++)                                \
+                                v[l] += (double)xb[s + l] * (double)wb[s + l];             \
+                    }                                                                      \
+                    y[bi * y_stride + r] = (float)tree64(v, LANES);                        \
+                } else {                                                                   \
+                    float v[LANES];                                                        \
+                    for (int l = 0; l < LANES; l++) v[l] = -0.0f;                          \
+                    for (int64_t b = 0; b < nb; b++) {                                     \
+                        dequant_block(F, row + b * NBYTES[F], wb);                         \
+                        const float *xb = xr + b * bs;                                     \
+                        for (int s = 0; s < bs; s += LANES)                                \
+                            for (int l = 0; l < LANES; l++) v[l] += xb[s + l] * wb[s + l]; \
+                    }                                                                      \
+                    y[bi * y_stride + r] = tree32(v, LANES);                               \
+                }                                                                          \
+            }                                                                              \
+    }
+
+static inline double tree64(double *v, int n) {
+    while (n > 1) {
+        for (int i = 0; i < n / 2; i++) v[i] = v[2 * i] + v[2 * i + 1];
+        n /= 2;
+    }
+    return v[0];
+}
+
+static inline float tree32(float *v, int n) {
+    while (n > 1) {
+        for (int i = 0; i < n / 2; i++) v[i] = v[2 * i] + v[2 * i + 1];
+        n /= 2;
+    }
+    return v[0];
+}
+
+LANES_KERNEL(Q4_0)
+LANES_KERNEL(Q5_0)
+LANES_KERNEL(Q5_1)
+LANES_KERNEL(Q8_0)
+LANES_KERNEL(Q4_K)
+LANES_KERNEL(Q5_K)
+LANES_KERNEL(Q6_K)
+
+typedef void (*lanes_fn)(int, const float *, int64_t, int64_t, const uint8_t *, int64_t, int64_t,
+                         float *, int64_t);
+static const lanes_fn LANES_FN[] = {lanes_Q4_0, lanes_Q5_0, lanes_Q5_1, lanes_Q8_0,
+                                    lanes_Q4_K, lanes_Q5_K, lanes_Q6_K};
+
+/* ------------------------------------------------------------------------------------ */
+/* SKaiNET orders: R rows advance in lockstep, each with its own accumulators               */
+
+/* row r of the tile: the block's codes (oracle.unpack convention), scales and, with
+ * need_w, its dequantized values */
+static inline __attribute__((always_inline)) void tile_fill(int fmt, int need_w,
+                                                            const uint8_t *b, const Tile *t,
+                                                            int r) {
+    float (*q)[R] = t->q;
+    switch (fmt) {
+    case Q4_0:
+        t->d[r] = h16(b);
+        for (int j = 0; j < 16; j++) {
+            q[j][r] = (float)((b[2 + j] & 0xF) - 8);
+            q[j + 16][r] = (float)((b[2 + j] >> 4) - 8);
+        }
+        break;
+    case Q5_0:
+    case Q5_1: {
+        const int off = fmt == Q5_0 ? 2 : 4, sub = fmt == Q5_0 ? 16 : 0;
+        t->d[r] = h16(b);
+        if (fmt == Q5_1) t->m[r] = h16(b + 2);
+        const uint32_t qh = le32(b + off);
+        const uint8_t *qs = b + off + 4;
+        for (int j = 0; j < 16; j++) {
+            q[j][r] = (float)((int)((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)) - sub);
+            q[j + 16][r] = (float)((int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - sub);
+        }
+        break;
+    }
+    case Q8_0:
+        t->d[r] = h16(b);
+        for (int j = 0; j < 32; j++) q[j][r] = (float)(int8_t)b[2 + j];
+        break;
+    case Q4_K:
+    case Q5_K: {
+        t->d[r] = h16(b);
+        t->m[r] = h16(b + 2);
+        for (int g = 0; g < 8; g++) scale_min_k4(g, b + 4, &t->sc[g][r], &t->mn[g][r]);
+        const uint8_t *ql = b + (fmt == Q4_K ? 16 : 48), *qh = b + 16;
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                int lo = ql[32 * c + l] & 0xF, hi = ql[32 * c + l] >> 4;
+                if (fmt == Q5_K) {
+                    lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                    hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                }
+                q[64 * c + l][r] = (float)lo;
+                q[64 * c + 32 + l][r] = (float)hi;
+            }
+        break;
+    }
+    case Q6_K: {
+        const uint8_t *ql = b, *qh = b + 128;
+        t->d[r] = h16(b + 208);
+        for (int g = 0; g < 16; g++) t->sc[g][r] = (int8_t)b[192 + g];
+        for (int n = 0; n < 2; n++, ql += 64, qh += 32)
+            for (int l = 0; l < 32; l++) {
+                float (*qn)[R] = q + 128 * n;
+                qn[l][r] = (float)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                qn[l + 32][r] = (float)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                qn[l + 64][r] = (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                qn[l + 96][r] = (float)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+        break;
+    }
+    }
+    if (need_w) {
+        float wb[256];
+        dequant_block(fmt, b, wb);
+        for (int e = 0; e < BLOCK[fmt]; e++) t->w[e][r] = wb[e];
+    }
+}
+
+/* v[l][r] lanes-wide fma accumulators from +0 over n elements, reduced per row into out */
+static inline __attribute__((always_inline)) void reduce_rows(float v[16][R], int lanes, int red,
+                                                              float *out) {
+    if (red == RED_SEQUENTIAL) {
+        for (int r = 0; r < R; r++) out[r] = 0.0f;
+        for (int l = 0; l < lanes; l++)
+            for (int r = 0; r < R; r++) out[r] = out[r] + v[l][r];
+        return;
+    }
+    for (int n = lanes; n > 1; n /= 2) {
+        const int half = n / 2;
+        for (int i = 0; i < half; i++)
+            for (int r = 0; r < R; r++)
+                v[i][r] = red == RED_PAIRWISE ? v[2 * i][r] + v[2 * i + 1][r] : v[i][r] + v[i + half][r];
+    }
+    for (int r = 0; r < R; r++) out[r] = v[0][r];
+}
+
+static inline __attribute__((always_inline)) void fma_codes(const float *x, float (*q)[R], int n,
+                                                            float off, int lanes, int red, float *out) {
+    float v[16][R];
+    for (int l = 0; l < lanes; l++)
+        for (int r = 0; r < R; r++) v[l][r] = 0.0f;
+    for (int s = 0; s < n; s += lanes)
+        for (int l = 0; l < lanes; l++)
+            for (int r = 0; r < R; r++) v[l][r] = fmaf(x[s + l], q[s + l][r] + off, v[l][r]);
+    reduce_rows(v, lanes, red, out);
+}
+
+static inline __attribute__((always_inline)) void fma_values(const float *x, float (*w)[R], int n,
+                                                             int lanes, int red, float *out) {
+    float v[16][R];
+    for (int l = 0; l < lanes; l++)
+        for (int r = 0; r < R; r++) v[l][r] = 0.0f;
+    for (int s = 0; s < n; s += lanes)
+        for (int l = 0; l < lanes; l++)
+            for (int r = 0; r < R; r++) v[l][r] = fmaf(x[s + l], w[s + l][r], v[l][r]);
+    reduce_rows(v, lanes, red, out);
+}
+
+static inline float lane_add_sum(const float *x, int n, int lanes, int red) {
+    float v[16] = {0};
+    for (int s = 0; s < n; s += lanes)
+        for (int l = 0; l < lanes; l++) v[l] = x[s + l] + v[l];
+    if (red == RED_SEQUENTIAL) {
+        float o = 0.0f;
+        for (int l = 0; l < lanes; l++) o = o + v[l];
+        return o;
+    }
+    for (int n2 = lanes; n2 > 1; n2 /= 2)
+        for (int i = 0; i < n2 / 2; i++)
+            v[i] = red == RED_PAIRWISE ? v[2 * i] + v[2 * i + 1] : v[i] + v[i + n2 / 2];
+    return v[0];
+}
+
+static inline float seq_sum(const float *x, int n) {
+    float o = 0.0f;
+    for (int e = 0; e < n; e++) o = o + x[e];
+    return o;
+}
+
+typedef struct {
+    int lanes, red, fused, rm;
+} Opts;
+
+/* SKaiNET's Panama kernels, one block, with `L` (the lane count) a constant */
+static inline __attribute__((always_inline)) void panama_step(int fmt, const int L, int red,
+                                                              const float *restrict x,
+                                                              const Tile *t, float *restrict acc) {
+    const int bs = BLOCK[fmt];
+    float s[R];
+    switch (fmt) {
+    case Q8_0:
+    case Q4_0:
+        fma_codes(x, t->q, 32, 0, L, red, s);
+        for (int r = 0; r < R; r++) acc[r] = acc[r] + s[r] * t->d[r];
+        return;
+    case Q5_0:
+    case Q5_1:
+    case Q6_K:
+        fma_values(x, t->w, bs, L, red, s);
+        for (int r = 0; r < R; r++) acc[r] = acc[r] + s[r];
+        return;
+    case Q4_K:
+    case Q5_K:
+        for (int g = 0; g < 8; g++) {
+            const float is = lane_add_sum(x + 32 * g, 32, L, red);
+            fma_codes(x + 32 * g, t->q + 32 * g, 32, 0, L, red, s);
+            for (int r = 0; r < R; r++) {
+                const float scale = t->d[r] * (float)t->sc[g][r];
+                const float offset = t->m[r] * (float)t->mn[g][r];
+                acc[r] = acc[r] + (s[r] * scale - is * offset);
+            }
+        }
+        return;
+    }
+}
+
+/* one block of a tile for one activation row: acc[r] advances in the modelled order */
+static inline __attribute__((always_inline)) void step(int sem, int fmt, const Opts *o,
+                                                       const float *restrict x, const Tile *t,
+                                                       float *restrict acc, const int8_t *q8,
+                                                       float di) {
+    if (sem == SCALAR) {
+        switch (fmt) {
+        case Q8_0:
+            for (int e = 0; e < 32; e++)
+                for (int r = 0; r < R; r++) acc[r] = acc[r] + (x[e] * t->q[e][r]) * t->d[r];
+            return;
+        case Q4_0:
+            for (int j = 0; j < 16; j++)
+                for (int h = 0; h < 32; h += 16)
+                    for (int r = 0; r < R; r++)
+                        acc[r] = acc[r] + (x[j + h] * t->q[j + h][r]) * t->d[r];
+            return;
+        case Q5_0:
+        case Q5_1:
+            for (int j = 0; j < 16; j++)
+                for (int r = 0; r < R; r++)
+                    acc[r] = acc[r] + (x[j] * t->w[j][r] + x[j + 16] * t->w[j + 16][r]);
+            return;
+        case Q4_K:
+        case Q5_K:
+            for (int g = 0; g < 8; g++) {
+                const float is = seq_sum(x + 32 * g, 32);
+                float cs[R];
+                for (int r = 0; r < R; r++) cs[r] = 0.0f;
+                for (int e = 32 * g; e < 32 * g + 32; e++)
+                    for (int r = 0; r < R; r++) cs[r] = cs[r] + x[e] * t->q[e][r];
+                for (int r = 0; r < R; r++) {
+                    const float scale = t->d[r] * (float)t->sc[g][r];
+                    const float offset = t->m[r] * (float)t->mn[g][r];
+                    acc[r] = acc[r] + (cs[r] * scale - is * offset);
+                }
+            }
+            return;
+        case Q6_K:
+            for (int e = 0; e < 256; e++)
+                for (int r = 0; r < R; r++) acc[r] = acc[r] + x[e] * t->w[e][r];
+            return;
+        }
+    }
+    if (sem == PANAMA) {
+        /* the lane count as a constant, so each width compiles to its own vector code */
+        switch (o->lanes) {
+        case 4: panama_step(fmt, 4, o->red, x, t, acc); return;
+        case 8: panama_step(fmt, 8, o->red, x, t, acc); return;
+        default: panama_step(fmt, 16, o->red, x, t, acc); return;
+        }
+    }
+    /* NEON */
+    const int fused = o->fused;
+    float s[R];
+    switch (fmt) {
+    case Q8_0:
+    case Q4_0:
+        fma_codes(x, t->q, 32, 0, 4, RED_PAIRWISE, s);
+        for (int r = 0; r < R; r++)
+            acc[r] = fused ? fmaf(s[r], t->d[r], acc[r]) : acc[r] + s[r] * t->d[r];
+        return;
+    case Q5_0:
+    case Q5_1: {
+        const float is = fused ? lane_add_sum(x, 32, 4, RED_PAIRWISE) : seq_sum(x, 32);
+        fma_codes(x, t->q, 32, fmt == Q5_0 ? 16.0f : 0.0f, 4, RED_PAIRWISE, s);
+        for (int r = 0; r < R; r++) {
+            const float d = t->d[r], m = t->m[r];
+            if (fmt == Q5_0) {
+                const float tt = s[r] - 16.0f * is;
+                acc[r] = fused ? fmaf(tt, d, acc[r]) : acc[r] + tt * d;
+            } else if (!fused) {
+                acc[r] = acc[r] + (d * s[r] + m * is);
+            } else if (o->rm) {
+                acc[r] = acc[r] + fmaf(d, s[r], m * is);
+            } else {
+                acc[r] = fmaf(m, is, fmaf(d, s[r], acc[r]));
+            }
+        }
+        return;
+    }
+    case Q5_K: {
+        float is[8], cs[8][R], local[R];
+        for (int g = 0; g < 8; g++) {
+            is[g] = lane_add_sum(x + 32 * g, 32, 4, RED_PAIRWISE);
+            fma_codes(x + 32 * g, t->q + 32 * g, 32, 0, 4, RED_PAIRWISE, cs[g]);
+        }
+        for (int r = 0; r < R; r++) local[r] = 0.0f;
+        if (fused) {
+            for (int lo = 0; lo < 8; lo += 2) {
+                const int hi = lo + 1;
+                for (int r = 0; r < R; r++) {
+                    const float d = t->d[r], dmin = t->m[r];
+                    const float sl = (float)t->sc[lo][r], sh = (float)t->sc[hi][r];
+                    const float ml = (float)t->mn[lo][r], mh = (float)t->mn[hi][r];
+                    const float a = fmaf(sl, cs[lo][r], sh * cs[hi][r]);
+                    const float b = fmaf(dmin * is[lo], ml, mh * (dmin * is[hi]));
+                    local[r] = local[r] + fmaf(a, d, -b);
+                }
+            }
+        } else {
+            for (int g = 0; g < 8; g++)
+                for (int r = 0; r < R; r++) {
+                    const float scale = t->d[r] * (float)t->sc[g][r];
+                    const float offset = t->m[r] * (float)t->mn[g][r];
+                    local[r] = local[r] + (cs[g][r] * scale - is[g] * offset);
+                }
+        }
+        for (int r = 0; r < R; r++) acc[r] = acc[r] + local[r];
+        return;
+    }
+    case Q4_K: {
+        int32_t qsum[8];
+        int64_t a[R] = {0}, b[R] = {0};
+        for (int g = 0; g < 8; g++) {
+            int32_t sq = 0, dot[R] = {0};
+            for (int e = 32 * g; e < 32 * g + 32; e++) {
+                sq += q8[e];
+                for (int r = 0; r < R; r++) dot[r] += q8[e] * (int32_t)t->q[e][r];
+            }
+            qsum[g] = sq;
+            for (int r = 0; r < R; r++) {
+                a[r] += (int64_t)dot[r] * t->sc[g][r];
+                b[r] += (int64_t)qsum[g] * t->mn[g][r];
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const float fa = (float)a[r], fb = (float)b[r], d = t->d[r], dmin = t->m[r];
+            if (fused)
+                acc[r] = fmaf(fmaf(fa, d, -(fb * dmin)), di, acc[r]);
+            else
+                acc[r] = acc[r] + di * (d * fa - dmin * fb);
+        }
+        return;
+    }
+    case Q6_K: {
+        int64_t ws[R] = {0};
+        for (int g = 0; g < 16; g++) {
+            int32_t dot[R] = {0};
+            for (int e = 16 * g; e < 16 * g + 16; e++)
+                for (int r = 0; r < R; r++) dot[r] += q8[e] * (int32_t)t->q[e][r];
+            for (int r = 0; r < R; r++) ws[r] += (int64_t)dot[r] * t->sc[g][r];
+        }
+        for (int r = 0; r < R; r++) {
+            const float fw = (float)ws[r], dd = t->d[r] * di;
+            acc[r] = fused ? fmaf(dd, fw, acc[r]) : acc[r] + dd * fw;
+        }
+        return;
+    }
+    }
+}
+
+/* the tile's buffers: every block of R rows, element-major */
+typedef struct {
+    float (*q)[R];
+    float (*w)[R];
+    float *d, *m;
+    int32_t (*sc)[R], (*mn)[R];
+} TileBuf;
+
+static inline Tile tile_at(const TileBuf *tb, int64_t b, int bs) {
+    const Tile t = {tb->q + b * bs, tb->w + b * bs, tb->d + b * R, tb->m + b * R,
+                    tb->sc + b * 16, tb->mn + b * 16};
+    return t;
+}
+
+/* Each tile of R rows is decoded row by row (sequential reads of the packed bytes), then
+ * its blocks are walked in order with all R rows advancing together. */
+#define TILE_KERNEL(SEM, F)                                                                \
+    static void tile_##SEM##_##F(const Opts *o, const float *x, int64_t batch,             \
+                                 int64_t in_dim, const uint8_t *w, int64_t rows,           \
+                                 int64_t row_bytes, float *y, int64_t y_stride,            \
+                                 const int8_t *q8, const float *q8d, const TileBuf *tb,    \
+                                 float *acc) {                                             \
+        const int need_w = (SEM == SCALAR || SEM == PANAMA) &&                             \
+                           (F == Q5_0 || F == Q5_1 || F == Q6_K);                          \
+        const int bs = BLOCK[F];                                                           \
+        const int64_t nb = in_dim / bs;                                                    \
+        for (int64_t r0 = 0; r0 < rows; r0 += R) {                                         \
+            const int nr = rows - r0 < R ? (int)(rows - r0) : R;                           \
+            for (int r = 0; r < nr; r++)                                                   \
+                for (int64_t b = 0; b < nb; b++) {                                         \
+                    const Tile t = tile_at(tb, b, bs);                                     \
+                    tile_fill(F, need_w, w + (r0 + r) * row_bytes + b * NBYTES[F], &t, r); \
+                }                                                                          \
+            for (int64_t i = 0; i < batch * R; i++) acc[i] = 0.0f;                         \
+            for (int64_t b = 0; b < nb; b++) {                                             \
+                const Tile t = tile_at(tb, b, bs);                                         \
+                for (int64_t bi = 0; bi < batch; bi++)                                     \
+                    step(SEM, F, o, x + bi * in_dim + b * bs, &t, acc + bi * R,            \
+                         q8 ? q8 + (bi * nb + b) * 256 : NULL, q8d ? q8d[bi * nb + b] : 0.0f); \
+            }                                                                              \
+            for (int64_t bi = 0; bi < batch; bi++)                                         \
+                for (int r = 0; r < nr; r++) y[bi * y_stride + r0 + r] = acc[bi * R + r];  \
+        }                                                                                  \
+    }
+
+#define TILE_KERNELS(SEM)                                                                  \
+    TILE_KERNEL(SEM, Q4_0)                                                                 \
+    TILE_KERNEL(SEM, Q5_0)                                                                 \
+    TILE_KERNEL(SEM, Q5_1)                                                                 \
+    TILE_KERNEL(SEM, Q8_0)                                                                 \
+    TILE_KERNEL(SEM, Q4_K)                                                                 \
+    TILE_KERNEL(SEM, Q5_K)                                                                 \
+    TILE_KERNEL(SEM, Q6_K)
+TILE_KERNELS(SCALAR)
+TILE_KERNELS(PANAMA)
+TILE_KERNELS(NEON)
+
+typedef void (*tile_fn)(const Opts *, const float *, int64_t, int64_t, const uint8_t *, int64_t,
+                        int64_t, float *, int64_t, const int8_t *, const float *, const TileBuf *,
+                        float *);
+#define ROW(SEM)                                                                           \
+    {tile_##SEM##_Q4_0, tile_##SEM##_Q5_0, tile_##SEM##_Q5_1, tile_##SEM##_Q8_0,             \
+     tile_##SEM##_Q4_K, tile_##SEM##_Q5_K, tile_##SEM##_Q6_K}
+static const tile_fn TILE_FN[3][7] = {ROW(SCALAR), ROW(PANAMA), ROW(NEON)};
+
+/* y[bi*y_stride + r] = row r of W (row-major packed rows, row_bytes apart) . x[bi] in the
+ * float order of `sem`. q8/q8d: the quantized activations (batch, nb, 256) and their
+ * scales (batch, nb) for the NEON K-quant kernels that quantize them, else NULL.
+ * Returns 0, or -1 for an unsupported request (the caller then runs the NumPy model). */
+int sk_gemv(int sem, int fmt, int lanes, int red, int fused, int rm, const float *x,
+            int64_t batch, int64_t in_dim, const uint8_t *w, int64_t rows, int64_t row_bytes,
+            float *y, int64_t y_stride, const int8_t *q8, const float *q8d) {
+    if (fmt < 0 || fmt > Q6_K || sem < EXACT || sem > NEON || !H) return -1;
+    if (in_dim % BLOCK[fmt]) return -1;
+    if (sem == EXACT || sem == FAST) {
+        LANES_FN[fmt](sem == EXACT, x, batch, in_dim, w, rows, row_bytes, y, y_stride);
+        return 0;
+    }
+    if (sem == PANAMA && lanes != 4 && lanes != 8 && lanes != 16) return -1;
+    if (sem == NEON && (fmt == Q4_K || fmt == Q6_K) && (!q8 || !q8d)) return -1;
+    const Opts o = {lanes, red, fused, rm};
+    const int64_t nb = in_dim / BLOCK[fmt];
+    /* zeroed: rows of a last, partial tile compute on zeros and are not stored */
+    TileBuf tb = {calloc(in_dim, sizeof(float) * R), calloc(in_dim, sizeof(float) * R),
+                  calloc(nb, sizeof(float) * R), calloc(nb, sizeof(float) * R),
+                  calloc(nb * 16, sizeof(int32_t) * R), calloc(nb * 16, sizeof(int32_t) * R)};
+    float *acc = malloc(sizeof(float) * batch * R);
+    int rc = -2;
+    if (tb.q && tb.w && tb.d && tb.m && tb.sc && tb.mn && acc) {
+        TILE_FN[sem - SCALAR][fmt](&o, x, batch, in_dim, w, rows, row_bytes, y, y_stride, q8,
+                                   q8d, &tb, acc);
+        rc = 0;
+    }
+    free(tb.q), free(tb.w), free(tb.d), free(tb.m), free(tb.sc), free(tb.mn), free(acc);
+    return rc;
+}
