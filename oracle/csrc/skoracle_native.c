@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 enum { Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K };
 enum { EXACT, FAST, SCALAR, PANAMA, NEON };
@@ -53,84 +56,123 @@ static inline uint32_t le32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-/* ggml's dequantize_row_* of one block, float operations in its order */
-static inline __attribute__((always_inline)) void dequant_block(int fmt, const uint8_t *b, float *y) {
+/* a block's codes as floats (small integers, exact), in element order and in the
+ * convention of oracle.unpack: Q4_0 q-8, Q5_0 q-16, Q8_0 signed, Q6_K q-32, the others
+ * unsigned. Plain loops over contiguous arrays, which the compiler vectorizes. */
+static inline __attribute__((always_inline)) void codes_row(int fmt, const uint8_t *b,
+                                                            float *restrict c) {
     switch (fmt) {
-    case Q4_0: {
-        const float d = h16(b);
+    case Q4_0:
         for (int j = 0; j < 16; j++) {
-            y[j] = (float)((b[2 + j] & 0xF) - 8) * d;
-            y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
+            c[j] = (float)((b[2 + j] & 0xF) - 8);
+            c[j + 16] = (float)((b[2 + j] >> 4) - 8);
         }
-        break;
-    }
-    case Q5_0: {
-        const float d = h16(b);
-        const uint32_t qh = le32(b + 2);
-        for (int j = 0; j < 16; j++) {
-            const int x0 = ((b[6 + j] & 0xF) | (((qh >> j) << 4) & 0x10)) - 16;
-            const int x1 = ((b[6 + j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
-            y[j] = (float)x0 * d;
-            y[j + 16] = (float)x1 * d;
-        }
-        break;
-    }
+        return;
+    case Q5_0:
     case Q5_1: {
-        const float d = h16(b), m = h16(b + 2);
-        const uint32_t qh = le32(b + 4);
+        const int off = fmt == Q5_0 ? 2 : 4, sub = fmt == Q5_0 ? 16 : 0;
+        const uint32_t qh = le32(b + off);
+        const uint8_t *qs = b + off + 4;
         for (int j = 0; j < 16; j++) {
-            const int x0 = (b[8 + j] & 0xF) | (((qh >> j) << 4) & 0x10);
-            const int x1 = (b[8 + j] >> 4) | ((qh >> (j + 12)) & 0x10);
-            y[j] = (float)x0 * d + m;
-            y[j + 16] = (float)x1 * d + m;
+            c[j] = (float)((int32_t)((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)) - sub);
+            c[j + 16] = (float)((int32_t)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - sub);
         }
-        break;
+        return;
     }
-    case Q8_0: {
-        const float d = h16(b);
-        for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)b[2 + j] * d;
-        break;
-    }
+    case Q8_0:
+        for (int j = 0; j < 32; j++) c[j] = (float)(int8_t)b[2 + j];
+        return;
     case Q4_K:
     case Q5_K: {
-        const float d = h16(b), dmin = h16(b + 2);
         const uint8_t *ql = b + (fmt == Q4_K ? 16 : 48), *qh = b + 16;
-        for (int c = 0; c < 4; c++, ql += 32, y += 64) {
-            int32_t s1, m1i, s2, m2i;
-            scale_min_k4(2 * c, b + 4, &s1, &m1i);
-            scale_min_k4(2 * c + 1, b + 4, &s2, &m2i);
-            const float d1 = d * (float)s1, m1 = dmin * (float)m1i;
-            const float d2 = d * (float)s2, m2 = dmin * (float)m2i;
+        for (int k = 0; k < 4; k++)
             for (int l = 0; l < 32; l++) {
-                int lo = ql[l] & 0xF, hi = ql[l] >> 4;
+                int lo = ql[32 * k + l] & 0xF, hi = ql[32 * k + l] >> 4;
                 if (fmt == Q5_K) {
-                    lo += (qh[l] & (1u << (2 * c))) ? 16 : 0;
-                    hi += (qh[l] & (2u << (2 * c))) ? 16 : 0;
+                    lo |= ((qh[l] >> (2 * k)) & 1) << 4;
+                    hi |= ((qh[l] >> (2 * k + 1)) & 1) << 4;
                 }
-                y[l] = d1 * (float)lo - m1;
-                y[l + 32] = d2 * (float)hi - m2;
+                c[64 * k + l] = (float)lo;
+                c[64 * k + 32 + l] = (float)hi;
             }
-        }
-        break;
+        return;
     }
     case Q6_K: {
-        const float d = h16(b + 208);
         const uint8_t *ql = b, *qh = b + 128;
-        const int8_t *sc = (const int8_t *)(b + 192);
-        for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8, y += 128)
+        for (int n = 0; n < 2; n++, ql += 64, qh += 32, c += 128)
             for (int l = 0; l < 32; l++) {
-                const int is = l / 16;
-                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                y[l] = d * (float)sc[is] * (float)q1;
-                y[l + 32] = d * (float)sc[is + 2] * (float)q2;
-                y[l + 64] = d * (float)sc[is + 4] * (float)q3;
-                y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+                c[l] = (float)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                c[l + 32] = (float)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                c[l + 64] = (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                c[l + 96] = (float)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
             }
-        break;
+        return;
     }
+    }
+}
+
+/* a block's scales: d; m (Q5_1) or dmin (K-quants); sc and mn per group (K-quants, Q6_K) */
+typedef struct {
+    float d, m;
+    int32_t sc[16], mn[8];
+} Scales;
+
+static inline __attribute__((always_inline)) void scales_row(int fmt, const uint8_t *b,
+                                                             Scales *k) {
+    switch (fmt) {
+    case Q4_0:
+    case Q5_0:
+    case Q8_0:
+        k->d = h16(b);
+        return;
+    case Q5_1:
+        k->d = h16(b);
+        k->m = h16(b + 2);
+        return;
+    case Q4_K:
+    case Q5_K:
+        k->d = h16(b);
+        k->m = h16(b + 2);
+        for (int g = 0; g < 8; g++) scale_min_k4(g, b + 4, &k->sc[g], &k->mn[g]);
+        return;
+    case Q6_K:
+        k->d = h16(b + 208);
+        for (int g = 0; g < 16; g++) k->sc[g] = (int8_t)b[192 + g];
+        return;
+    }
+}
+
+/* ggml's dequantize_row_* of one block, float operations in its order:
+ * Q4_0/Q5_0/Q8_0 x*d; Q5_1 x*d + m; Q4_K/Q5_K (d*sc)*q - dmin*m per 32-group;
+ * Q6_K (d*sc)*q per 16-group */
+static inline __attribute__((always_inline)) void dequant_block(int fmt, const uint8_t *b,
+                                                                float *restrict y) {
+    float c[256];
+    Scales k;
+    codes_row(fmt, b, c);
+    scales_row(fmt, b, &k);
+    switch (fmt) {
+    case Q4_0:
+    case Q5_0:
+    case Q8_0:
+        for (int j = 0; j < 32; j++) y[j] = c[j] * k.d;
+        return;
+    case Q5_1:
+        for (int j = 0; j < 32; j++) y[j] = c[j] * k.d + k.m;
+        return;
+    case Q4_K:
+    case Q5_K:
+        for (int g = 0; g < 8; g++) {
+            const float d1 = k.d * (float)k.sc[g], m1 = k.m * (float)k.mn[g];
+            for (int l = 0; l < 32; l++) y[32 * g + l] = d1 * c[32 * g + l] - m1;
+        }
+        return;
+    case Q6_K:
+        for (int g = 0; g < 16; g++) {
+            const float ds = k.d * (float)k.sc[g];
+            for (int l = 0; l < 16; l++) y[16 * g + l] = ds * c[16 * g + l];
+        }
+        return;
     }
 }
 
@@ -232,74 +274,62 @@ static const lanes_fn LANES_FN[] = {lanes_Q4_0, lanes_Q5_0, lanes_Q5_1, lanes_Q8
 /* ------------------------------------------------------------------------------------ */
 /* SKaiNET orders: R rows advance in lockstep, each with its own accumulators               */
 
-/* row r of the tile: the block's codes (oracle.unpack convention), scales and, with
- * need_w, its dequantized values */
+/* rows[r][e] -> dst[e][r] for e < n (n a multiple of 8): R = 8 rows */
+static inline __attribute__((always_inline)) void transpose_rows(float rows[R][256], int n,
+                                                                 float (*dst)[R]) {
+#ifdef __AVX__
+    for (int e = 0; e < n; e += 8) {
+        __m256 r0 = _mm256_loadu_ps(rows[0] + e), r1 = _mm256_loadu_ps(rows[1] + e);
+        __m256 r2 = _mm256_loadu_ps(rows[2] + e), r3 = _mm256_loadu_ps(rows[3] + e);
+        __m256 r4 = _mm256_loadu_ps(rows[4] + e), r5 = _mm256_loadu_ps(rows[5] + e);
+        __m256 r6 = _mm256_loadu_ps(rows[6] + e), r7 = _mm256_loadu_ps(rows[7] + e);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        _mm256_storeu_ps(dst[e + 0], _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(dst[e + 1], _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(dst[e + 2], _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(dst[e + 3], _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(dst[e + 4], _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(dst[e + 5], _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(dst[e + 6], _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_storeu_ps(dst[e + 7], _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+#else
+    for (int e = 0; e < n; e++)
+        for (int r = 0; r < R; r++) dst[e][r] = rows[r][e];
+#endif
+}
+
+/* block b of the tile's rows (nr of them, row_bytes apart): codes, scales and, with
+ * need_w, dequantized values, element-major. Rows past nr keep what they held. */
 static inline __attribute__((always_inline)) void tile_fill(int fmt, int need_w,
-                                                            const uint8_t *b, const Tile *t,
-                                                            int r) {
-    float (*q)[R] = t->q;
-    switch (fmt) {
-    case Q4_0:
-        t->d[r] = h16(b);
-        for (int j = 0; j < 16; j++) {
-            q[j][r] = (float)((b[2 + j] & 0xF) - 8);
-            q[j + 16][r] = (float)((b[2 + j] >> 4) - 8);
-        }
-        break;
-    case Q5_0:
-    case Q5_1: {
-        const int off = fmt == Q5_0 ? 2 : 4, sub = fmt == Q5_0 ? 16 : 0;
-        t->d[r] = h16(b);
-        if (fmt == Q5_1) t->m[r] = h16(b + 2);
-        const uint32_t qh = le32(b + off);
-        const uint8_t *qs = b + off + 4;
-        for (int j = 0; j < 16; j++) {
-            q[j][r] = (float)((int)((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)) - sub);
-            q[j + 16][r] = (float)((int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - sub);
-        }
-        break;
+                                                            const uint8_t *blk, int64_t row_bytes,
+                                                            int nr, const Tile *t,
+                                                            float rows[R][256]) {
+    const int bs = BLOCK[fmt];
+    for (int r = 0; r < nr; r++) {
+        Scales k;
+        k.m = 0.0f;
+        __builtin_prefetch(blk + r * row_bytes + 384); /* the row's blocks a few ahead */
+        codes_row(fmt, blk + r * row_bytes, rows[r]);
+        scales_row(fmt, blk + r * row_bytes, &k);
+        t->d[r] = k.d;
+        t->m[r] = k.m;
+        if (fmt == Q4_K || fmt == Q5_K)
+            for (int g = 0; g < 8; g++) t->sc[g][r] = k.sc[g], t->mn[g][r] = k.mn[g];
+        if (fmt == Q6_K)
+            for (int g = 0; g < 16; g++) t->sc[g][r] = k.sc[g];
     }
-    case Q8_0:
-        t->d[r] = h16(b);
-        for (int j = 0; j < 32; j++) q[j][r] = (float)(int8_t)b[2 + j];
-        break;
-    case Q4_K:
-    case Q5_K: {
-        t->d[r] = h16(b);
-        t->m[r] = h16(b + 2);
-        for (int g = 0; g < 8; g++) scale_min_k4(g, b + 4, &t->sc[g][r], &t->mn[g][r]);
-        const uint8_t *ql = b + (fmt == Q4_K ? 16 : 48), *qh = b + 16;
-        for (int c = 0; c < 4; c++)
-            for (int l = 0; l < 32; l++) {
-                int lo = ql[32 * c + l] & 0xF, hi = ql[32 * c + l] >> 4;
-                if (fmt == Q5_K) {
-                    lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-                    hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-                }
-                q[64 * c + l][r] = (float)lo;
-                q[64 * c + 32 + l][r] = (float)hi;
-            }
-        break;
-    }
-    case Q6_K: {
-        const uint8_t *ql = b, *qh = b + 128;
-        t->d[r] = h16(b + 208);
-        for (int g = 0; g < 16; g++) t->sc[g][r] = (int8_t)b[192 + g];
-        for (int n = 0; n < 2; n++, ql += 64, qh += 32)
-            for (int l = 0; l < 32; l++) {
-                float (*qn)[R] = q + 128 * n;
-                qn[l][r] = (float)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
-                qn[l + 32][r] = (float)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
-                qn[l + 64][r] = (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-                qn[l + 96][r] = (float)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-            }
-        break;
-    }
-    }
+    transpose_rows(rows, bs, t->q);
     if (need_w) {
-        float wb[256];
-        dequant_block(fmt, b, wb);
-        for (int e = 0; e < BLOCK[fmt]; e++) t->w[e][r] = wb[e];
+        for (int r = 0; r < nr; r++) dequant_block(fmt, blk + r * row_bytes, rows[r]);
+        transpose_rows(rows, bs, t->w);
     }
 }
 
@@ -559,6 +589,7 @@ typedef struct {
     float (*w)[R];
     float *d, *m;
     int32_t (*sc)[R], (*mn)[R];
+    float (*rows)[256]; /* R rows of one block, row-major, before transposing */
 } TileBuf;
 
 static inline Tile tile_at(const TileBuf *tb, int64_t b, int bs) {
@@ -581,11 +612,11 @@ static inline Tile tile_at(const TileBuf *tb, int64_t b, int bs) {
         const int64_t nb = in_dim / bs;                                                    \
         for (int64_t r0 = 0; r0 < rows; r0 += R) {                                         \
             const int nr = rows - r0 < R ? (int)(rows - r0) : R;                           \
-            for (int r = 0; r < nr; r++)                                                   \
-                for (int64_t b = 0; b < nb; b++) {                                         \
-                    const Tile t = tile_at(tb, b, bs);                                     \
-                    tile_fill(F, need_w, w + (r0 + r) * row_bytes + b * NBYTES[F], &t, r); \
-                }                                                                          \
+            for (int64_t b = 0; b < nb; b++) {                                             \
+                const Tile t = tile_at(tb, b, bs);                                         \
+                tile_fill(F, need_w, w + r0 * row_bytes + b * NBYTES[F], row_bytes, nr, &t, \
+                          tb->rows);                                                       \
+            }                                                                              \
             for (int64_t i = 0; i < batch * R; i++) acc[i] = 0.0f;                         \
             for (int64_t b = 0; b < nb; b++) {                                             \
                 const Tile t = tile_at(tb, b, bs);                                         \
@@ -638,14 +669,16 @@ int sk_gemv(int sem, int fmt, int lanes, int red, int fused, int rm, const float
     /* zeroed: rows of a last, partial tile compute on zeros and are not stored */
     TileBuf tb = {calloc(in_dim, sizeof(float) * R), calloc(in_dim, sizeof(float) * R),
                   calloc(nb, sizeof(float) * R), calloc(nb, sizeof(float) * R),
-                  calloc(nb * 16, sizeof(int32_t) * R), calloc(nb * 16, sizeof(int32_t) * R)};
+                  calloc(nb * 16, sizeof(int32_t) * R), calloc(nb * 16, sizeof(int32_t) * R),
+                  calloc(R, sizeof(float) * 256)};
     float *acc = malloc(sizeof(float) * batch * R);
     int rc = -2;
-    if (tb.q && tb.w && tb.d && tb.m && tb.sc && tb.mn && acc) {
+    if (tb.q && tb.w && tb.d && tb.m && tb.sc && tb.mn && tb.rows && acc) {
         TILE_FN[sem - SCALAR][fmt](&o, x, batch, in_dim, w, rows, row_bytes, y, y_stride, q8,
                                    q8d, &tb, acc);
         rc = 0;
     }
-    free(tb.q), free(tb.w), free(tb.d), free(tb.m), free(tb.sc), free(tb.mn), free(acc);
+    free(tb.q), free(tb.w), free(tb.d), free(tb.m), free(tb.sc), free(tb.mn), free(tb.rows);
+    free(acc);
     return rc;
 }
