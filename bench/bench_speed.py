@@ -203,7 +203,8 @@ def main() -> int:
     print(f"model: {model.name}; {n}-token greedy decode after {prompt}; compiled twin "
           f"{'in use' if native.available() else 'NOT available (NumPy definitions)'}")
     print(f"load average at start: {start} ({os.cpu_count()} cores)")
-    rows = decode_rows(model, n, prompt) + dequant_rows(shapes, repeat) + lm_head_rows(*head, repeat)
+    rows = (decode_rows(model, n, prompt) + dequant_rows(shapes, repeat)
+            + lm_head_rows(*head, repeat))
     print_table(rows)
     missed = [r for r in rows if r.verdict().startswith("MISSED")]
     print(f"load average at end: {load()}; {time.perf_counter() - t0:.0f} s")

@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels_ref import activations
 from kernels_ref.fma import fma32
-from oracle import OracleError, dequantize, unpack
+from oracle import OracleError, dequantize
 from oracle.cfloat import F32
 
 # ----------------------------------------------------------------------------------------

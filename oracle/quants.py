@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from oracle import native
 from oracle.cfloat import (
     F32,
     bf16_to_f32,
@@ -30,7 +31,6 @@ from oracle.cfloat import (
     roundf,
     seqsum,
 )
-from oracle import native
 from oracle.formats import OracleError, QType, qtype
 
 GROUP_MAX_EPS = F32(1e-15)
