@@ -56,6 +56,10 @@ def matmul_wt(x: np.ndarray, w_raw: object, qtype: str, out_dim: int, in_dim: in
     y = np.empty((xb.shape[0], out_dim), F32)
     rows = chunks.rows_per_chunk(in_dim, xb.shape[0], chunk_elements)
     compiled = native_options(sem, qt.name, prep)
+    if compiled is not None and order == ROW_MAJOR:
+        # row-major chunks are views, and the compiled twin's own memory is a tile of rows:
+        # one call for the whole matrix saves the per-call cost
+        rows = out_dim
     for start, stop, raw_rows in chunks.iter_row_chunks(flat, qt, out_dim, in_dim, order, rows):
         got = None
         if compiled is not None:

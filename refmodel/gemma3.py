@@ -91,16 +91,17 @@ def fast_reference(x: np.ndarray, fmt: str, raw: np.ndarray) -> np.ndarray:
 
 
 def fast_matmul(x: np.ndarray, m: Matrix) -> np.ndarray:
-    """x (batch, cols) . W^T in the `fast` order, a bounded chunk of rows at a time:
-    the compiled twin straight from the packed rows, else `fast_reference`."""
+    """x (batch, cols) . W^T in the `fast` order: the compiled twin straight from the
+    packed rows, else `fast_reference` a bounded chunk of rows at a time."""
     x = np.ascontiguousarray(x, dtype=F32)
+    got = native.gemv(FAST, m.type, x, m.data) if m.cols % FAST_LANES == 0 else None
+    if got is not None:  # the twin reads the packed rows in place, a tile at a time
+        return got
     y = np.empty((x.shape[0], m.rows), F32)
     step = max(1, FAST_CHUNK_ELEMENTS // m.cols)
     for start in range(0, m.rows, step):
         stop = min(m.rows, start + step)
-        raw = m.data[start:stop]
-        got = native.gemv(FAST, m.type, x, raw) if m.cols % FAST_LANES == 0 else None
-        y[:, start:stop] = got if got is not None else fast_reference(x, m.type, raw)
+        y[:, start:stop] = fast_reference(x, m.type, m.data[start:stop])
     return y
 
 
