@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#ifdef __AVX__
+#if defined(__AVX__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
 
@@ -274,6 +274,31 @@ static const lanes_fn LANES_FN[] = {lanes_Q4_0, lanes_Q5_0, lanes_Q5_1, lanes_Q8
 /* ------------------------------------------------------------------------------------ */
 /* SKaiNET orders: R rows advance in lockstep, each with its own accumulators               */
 
+/* 8 rows of a tile as one GCC vector: element-wise IEEE float32 operations, each rounded
+ * (the vector extension neither fuses nor reassociates under -ffp-contract=off) */
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f load8(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* a*b + c rounded once, per element (fmaf's semantics) */
+static inline v8f fma8(v8f a, v8f b, v8f c) {
+#ifdef __FMA__
+    return (v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    v8f o;
+    for (int i = 0; i < 8; i++) o[i] = fmaf(a[i], b[i], c[i]);
+    return o;
+#endif
+}
+
+static inline v8f splat8(float f) { return (v8f){f, f, f, f, f, f, f, f}; }
+
 /* rows[r][e] -> dst[e][r] for e < n (n a multiple of 8): R = 8 rows */
 static inline __attribute__((always_inline)) void transpose_rows(float rows[R][256], int n,
                                                                  float (*dst)[R]) {
@@ -333,44 +358,30 @@ static inline __attribute__((always_inline)) void tile_fill(int fmt, int need_w,
     }
 }
 
-/* v[l][r] lanes-wide fma accumulators from +0 over n elements, reduced per row into out */
-static inline __attribute__((always_inline)) void reduce_rows(float v[16][R], int lanes, int red,
-                                                              float *out) {
+/* v[l] (8 rows each) lanes-wide accumulators, reduced per row into out */
+static inline __attribute__((always_inline)) v8f reduce_rows(v8f *v, int lanes, int red) {
     if (red == RED_SEQUENTIAL) {
-        for (int r = 0; r < R; r++) out[r] = 0.0f;
-        for (int l = 0; l < lanes; l++)
-            for (int r = 0; r < R; r++) out[r] = out[r] + v[l][r];
-        return;
+        v8f o = splat8(0.0f);
+        for (int l = 0; l < lanes; l++) o = o + v[l];
+        return o;
     }
     for (int n = lanes; n > 1; n /= 2) {
         const int half = n / 2;
         for (int i = 0; i < half; i++)
-            for (int r = 0; r < R; r++)
-                v[i][r] = red == RED_PAIRWISE ? v[2 * i][r] + v[2 * i + 1][r] : v[i][r] + v[i + half][r];
+            v[i] = red == RED_PAIRWISE ? v[2 * i] + v[2 * i + 1] : v[i] + v[i + half];
     }
-    for (int r = 0; r < R; r++) out[r] = v[0][r];
+    return v[0];
 }
 
-static inline __attribute__((always_inline)) void fma_codes(const float *x, float (*q)[R], int n,
-                                                            float off, int lanes, int red, float *out) {
-    float v[16][R];
-    for (int l = 0; l < lanes; l++)
-        for (int r = 0; r < R; r++) v[l][r] = 0.0f;
+/* lanes-wide fma accumulators from +0 over n elements of x times rows' values w (+ off),
+ * lane l taking elements l, l+lanes, ...; reduced per row */
+static inline __attribute__((always_inline)) v8f fma_rows(const float *x, float (*w)[R], int n,
+                                                          float off, int lanes, int red) {
+    v8f v[16];
+    for (int l = 0; l < lanes; l++) v[l] = splat8(0.0f);
     for (int s = 0; s < n; s += lanes)
-        for (int l = 0; l < lanes; l++)
-            for (int r = 0; r < R; r++) v[l][r] = fmaf(x[s + l], q[s + l][r] + off, v[l][r]);
-    reduce_rows(v, lanes, red, out);
-}
-
-static inline __attribute__((always_inline)) void fma_values(const float *x, float (*w)[R], int n,
-                                                             int lanes, int red, float *out) {
-    float v[16][R];
-    for (int l = 0; l < lanes; l++)
-        for (int r = 0; r < R; r++) v[l][r] = 0.0f;
-    for (int s = 0; s < n; s += lanes)
-        for (int l = 0; l < lanes; l++)
-            for (int r = 0; r < R; r++) v[l][r] = fmaf(x[s + l], w[s + l][r], v[l][r]);
-    reduce_rows(v, lanes, red, out);
+        for (int l = 0; l < lanes; l++) v[l] = fma8(splat8(x[s + l]), load8(w[s + l]) + off, v[l]);
+    return reduce_rows(v, lanes, red);
 }
 
 static inline float lane_add_sum(const float *x, int n, int lanes, int red) {
@@ -402,33 +413,31 @@ typedef struct {
 static inline __attribute__((always_inline)) void panama_step(int fmt, const int L, int red,
                                                               const float *restrict x,
                                                               const Tile *t, float *restrict acc) {
-    const int bs = BLOCK[fmt];
-    float s[R];
+    v8f a = load8(acc);
     switch (fmt) {
     case Q8_0:
     case Q4_0:
-        fma_codes(x, t->q, 32, 0, L, red, s);
-        for (int r = 0; r < R; r++) acc[r] = acc[r] + s[r] * t->d[r];
-        return;
+        a = a + fma_rows(x, t->q, 32, 0.0f, L, red) * load8(t->d);
+        break;
     case Q5_0:
     case Q5_1:
     case Q6_K:
-        fma_values(x, t->w, bs, L, red, s);
-        for (int r = 0; r < R; r++) acc[r] = acc[r] + s[r];
-        return;
+        a = a + fma_rows(x, t->w, BLOCK[fmt], 0.0f, L, red);
+        break;
     case Q4_K:
-    case Q5_K:
+    case Q5_K: {
+        const v8f d = load8(t->d), dmin = load8(t->m);
         for (int g = 0; g < 8; g++) {
             const float is = lane_add_sum(x + 32 * g, 32, L, red);
-            fma_codes(x + 32 * g, t->q + 32 * g, 32, 0, L, red, s);
-            for (int r = 0; r < R; r++) {
-                const float scale = t->d[r] * (float)t->sc[g][r];
-                const float offset = t->m[r] * (float)t->mn[g][r];
-                acc[r] = acc[r] + (s[r] * scale - is * offset);
-            }
+            const v8f cs = fma_rows(x + 32 * g, t->q + 32 * g, 32, 0.0f, L, red);
+            v8f sc, mn;
+            for (int r = 0; r < R; r++) sc[r] = (float)t->sc[g][r], mn[r] = (float)t->mn[g][r];
+            a = a + (cs * (d * sc) - is * (dmin * mn));
         }
-        return;
+        break;
     }
+    }
+    store8(acc, a);
 }
 
 /* one block of a tile for one activation row: acc[r] advances in the modelled order */
@@ -438,10 +447,13 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
                                                        float di) {
     if (sem == SCALAR) {
         switch (fmt) {
-        case Q8_0:
-            for (int e = 0; e < 32; e++)
-                for (int r = 0; r < R; r++) acc[r] = acc[r] + (x[e] * t->q[e][r]) * t->d[r];
+        case Q8_0: {
+            v8f a = load8(acc);
+            const v8f d = load8(t->d);
+            for (int e = 0; e < 32; e++) a = a + (x[e] * load8(t->q[e])) * d;
+            store8(acc, a);
             return;
+        }
         case Q4_0:
             for (int j = 0; j < 16; j++)
                 for (int h = 0; h < 32; h += 16)
@@ -449,11 +461,13 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
                         acc[r] = acc[r] + (x[j + h] * t->q[j + h][r]) * t->d[r];
             return;
         case Q5_0:
-        case Q5_1:
+        case Q5_1: {
+            v8f a = load8(acc);
             for (int j = 0; j < 16; j++)
-                for (int r = 0; r < R; r++)
-                    acc[r] = acc[r] + (x[j] * t->w[j][r] + x[j + 16] * t->w[j + 16][r]);
+                a = a + (x[j] * load8(t->w[j]) + x[j + 16] * load8(t->w[j + 16]));
+            store8(acc, a);
             return;
+        }
         case Q4_K:
         case Q5_K:
             for (int g = 0; g < 8; g++) {
@@ -469,10 +483,12 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
                 }
             }
             return;
-        case Q6_K:
-            for (int e = 0; e < 256; e++)
-                for (int r = 0; r < R; r++) acc[r] = acc[r] + x[e] * t->w[e][r];
+        case Q6_K: {
+            v8f a = load8(acc);
+            for (int e = 0; e < 256; e++) a = a + x[e] * load8(t->w[e]);
+            store8(acc, a);
             return;
+        }
         }
     }
     if (sem == PANAMA) {
@@ -485,61 +501,51 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
     }
     /* NEON */
     const int fused = o->fused;
-    float s[R];
     switch (fmt) {
     case Q8_0:
-    case Q4_0:
-        fma_codes(x, t->q, 32, 0, 4, RED_PAIRWISE, s);
-        for (int r = 0; r < R; r++)
-            acc[r] = fused ? fmaf(s[r], t->d[r], acc[r]) : acc[r] + s[r] * t->d[r];
+    case Q4_0: {
+        const v8f sum = fma_rows(x, t->q, 32, 0.0f, 4, RED_PAIRWISE), d = load8(t->d);
+        const v8f a = load8(acc);
+        store8(acc, fused ? fma8(sum, d, a) : a + sum * d);
         return;
+    }
     case Q5_0:
     case Q5_1: {
         const float is = fused ? lane_add_sum(x, 32, 4, RED_PAIRWISE) : seq_sum(x, 32);
-        fma_codes(x, t->q, 32, fmt == Q5_0 ? 16.0f : 0.0f, 4, RED_PAIRWISE, s);
-        for (int r = 0; r < R; r++) {
-            const float d = t->d[r], m = t->m[r];
-            if (fmt == Q5_0) {
-                const float tt = s[r] - 16.0f * is;
-                acc[r] = fused ? fmaf(tt, d, acc[r]) : acc[r] + tt * d;
-            } else if (!fused) {
-                acc[r] = acc[r] + (d * s[r] + m * is);
-            } else if (o->rm) {
-                acc[r] = acc[r] + fmaf(d, s[r], m * is);
-            } else {
-                acc[r] = fmaf(m, is, fmaf(d, s[r], acc[r]));
-            }
+        const v8f cd = fma_rows(x, t->q, 32, fmt == Q5_0 ? 16.0f : 0.0f, 4, RED_PAIRWISE);
+        const v8f d = load8(t->d), m = load8(t->m), a = load8(acc);
+        if (fmt == Q5_0) {
+            const v8f tt = cd - 16.0f * is;
+            store8(acc, fused ? fma8(tt, d, a) : a + tt * d);
+        } else if (!fused) {
+            store8(acc, a + (d * cd + m * is));
+        } else if (o->rm) {
+            store8(acc, a + fma8(d, cd, m * is));
+        } else {
+            store8(acc, fma8(m, splat8(is), fma8(d, cd, a)));
         }
         return;
     }
     case Q5_K: {
-        float is[8], cs[8][R], local[R];
+        float is[8];
+        v8f cs[8], local = splat8(0.0f), sc[8], mn[8];
+        const v8f d = load8(t->d), dmin = load8(t->m);
         for (int g = 0; g < 8; g++) {
             is[g] = lane_add_sum(x + 32 * g, 32, 4, RED_PAIRWISE);
-            fma_codes(x + 32 * g, t->q + 32 * g, 32, 0, 4, RED_PAIRWISE, cs[g]);
+            cs[g] = fma_rows(x + 32 * g, t->q + 32 * g, 32, 0.0f, 4, RED_PAIRWISE);
+            for (int r = 0; r < R; r++) sc[g][r] = (float)t->sc[g][r], mn[g][r] = (float)t->mn[g][r];
         }
-        for (int r = 0; r < R; r++) local[r] = 0.0f;
         if (fused) {
             for (int lo = 0; lo < 8; lo += 2) {
                 const int hi = lo + 1;
-                for (int r = 0; r < R; r++) {
-                    const float d = t->d[r], dmin = t->m[r];
-                    const float sl = (float)t->sc[lo][r], sh = (float)t->sc[hi][r];
-                    const float ml = (float)t->mn[lo][r], mh = (float)t->mn[hi][r];
-                    const float a = fmaf(sl, cs[lo][r], sh * cs[hi][r]);
-                    const float b = fmaf(dmin * is[lo], ml, mh * (dmin * is[hi]));
-                    local[r] = local[r] + fmaf(a, d, -b);
-                }
+                const v8f a = fma8(sc[lo], cs[lo], sc[hi] * cs[hi]);
+                const v8f b = fma8(dmin * is[lo], mn[lo], mn[hi] * (dmin * is[hi]));
+                local = local + fma8(a, d, -b);
             }
         } else {
-            for (int g = 0; g < 8; g++)
-                for (int r = 0; r < R; r++) {
-                    const float scale = t->d[r] * (float)t->sc[g][r];
-                    const float offset = t->m[r] * (float)t->mn[g][r];
-                    local[r] = local[r] + (cs[g][r] * scale - is[g] * offset);
-                }
+            for (int g = 0; g < 8; g++) local = local + (cs[g] * (d * sc[g]) - is[g] * (dmin * mn[g]));
         }
-        for (int r = 0; r < R; r++) acc[r] = acc[r] + local[r];
+        store8(acc, load8(acc) + local);
         return;
     }
     case Q4_K: {
