@@ -37,7 +37,6 @@ static const int NBYTES[] = {18, 22, 24, 34, 144, 176, 210};
  * views into the buffers holding every block of the R rows */
 typedef struct {
     float (*q)[R]; /* codes, as oracle.unpack gives them (small integers, exact) */
-    float (*w)[R]; /* dequantized values, as oracle.dequantize gives them */
     float *d, *m;  /* d; m (Q5_1) or dmin (K-quants) */
     int32_t (*sc)[R], (*mn)[R];
 } Tile;
@@ -332,8 +331,8 @@ static inline __attribute__((always_inline)) void transpose_rows(float rows[R][2
 }
 
 /* block b of the tile's rows (nr of them, row_bytes apart): codes, scales and, with
- * need_w, dequantized values, element-major. Rows past nr keep what they held. */
-static inline __attribute__((always_inline)) void tile_fill(int fmt, int need_w,
+ * element-major. Rows past nr keep what they held. */
+static inline __attribute__((always_inline)) void tile_fill(int fmt,
                                                             const uint8_t *blk, int64_t row_bytes,
                                                             int nr, const Tile *t,
                                                             float rows[R][256]) {
@@ -352,10 +351,6 @@ static inline __attribute__((always_inline)) void tile_fill(int fmt, int need_w,
             for (int g = 0; g < 16; g++) t->sc[g][r] = k.sc[g];
     }
     transpose_rows(rows, bs, t->q);
-    if (need_w) {
-        for (int r = 0; r < nr; r++) dequant_block(fmt, blk + r * row_bytes, rows[r]);
-        transpose_rows(rows, bs, t->w);
-    }
 }
 
 /* v[l] (8 rows each) lanes-wide accumulators, reduced per row into out */
@@ -381,6 +376,38 @@ static inline __attribute__((always_inline)) v8f fma_rows(const float *x, float 
     for (int l = 0; l < lanes; l++) v[l] = splat8(0.0f);
     for (int s = 0; s < n; s += lanes)
         for (int l = 0; l < lanes; l++) v[l] = fma8(splat8(x[s + l]), load8(w[s + l]) + off, v[l]);
+    return reduce_rows(v, lanes, red);
+}
+
+/* the rows' dequantized value of element e, from the tile's codes and scales in exactly
+ * dequant_block's operations: Q5_0 q*d, Q5_1 q*d + m, Q6_K (d*sc)*q (ds[g] = d*sc) */
+static inline __attribute__((always_inline)) v8f wvec(int fmt, const Tile *t, int e, v8f d, v8f m,
+                                                      const v8f *ds) {
+    if (fmt == Q6_K) return ds[e / 16] * load8(t->q[e]);
+    const v8f w = load8(t->q[e]) * d;
+    return fmt == Q5_1 ? w + m : w;
+}
+
+/* per-16-group d*sc of Q6_K rows (d times the float of each int8 scale) */
+static inline __attribute__((always_inline)) void q6k_scales(const Tile *t, v8f *ds) {
+    const v8f d = load8(t->d);
+    for (int g = 0; g < 16; g++) {
+        v8f sc;
+        for (int r = 0; r < R; r++) sc[r] = (float)t->sc[g][r];
+        ds[g] = d * sc;
+    }
+}
+
+/* fma_rows over the rows' dequantized values (wvec) */
+static inline __attribute__((always_inline)) v8f fma_rows_w(const float *x, int fmt, const Tile *t,
+                                                            int n, int lanes, int red) {
+    v8f v[16], ds[16];
+    const v8f d = load8(t->d), m = load8(t->m);
+    if (fmt == Q6_K) q6k_scales(t, ds);
+    for (int l = 0; l < lanes; l++) v[l] = splat8(0.0f);
+    for (int s = 0; s < n; s += lanes)
+        for (int l = 0; l < lanes; l++)
+            v[l] = fma8(splat8(x[s + l]), wvec(fmt, t, s + l, d, m, ds), v[l]);
     return reduce_rows(v, lanes, red);
 }
 
@@ -422,7 +449,7 @@ static inline __attribute__((always_inline)) void panama_step(int fmt, const int
     case Q5_0:
     case Q5_1:
     case Q6_K:
-        a = a + fma_rows(x, t->w, BLOCK[fmt], 0.0f, L, red);
+        a = a + fma_rows_w(x, fmt, t, BLOCK[fmt], L, red);
         break;
     case Q4_K:
     case Q5_K: {
@@ -463,8 +490,9 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
         case Q5_0:
         case Q5_1: {
             v8f a = load8(acc);
+            const v8f d = load8(t->d), m = load8(t->m);
             for (int j = 0; j < 16; j++)
-                a = a + (x[j] * load8(t->w[j]) + x[j + 16] * load8(t->w[j + 16]));
+                a = a + (x[j] * wvec(fmt, t, j, d, m, NULL) + x[j + 16] * wvec(fmt, t, j + 16, d, m, NULL));
             store8(acc, a);
             return;
         }
@@ -484,8 +512,9 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
             }
             return;
         case Q6_K: {
-            v8f a = load8(acc);
-            for (int e = 0; e < 256; e++) a = a + x[e] * load8(t->w[e]);
+            v8f a = load8(acc), ds[16];
+            q6k_scales(t, ds);
+            for (int e = 0; e < 256; e++) a = a + x[e] * (ds[e / 16] * load8(t->q[e]));
             store8(acc, a);
             return;
         }
@@ -592,15 +621,14 @@ static inline __attribute__((always_inline)) void step(int sem, int fmt, const O
 /* the tile's buffers: every block of R rows, element-major */
 typedef struct {
     float (*q)[R];
-    float (*w)[R];
     float *d, *m;
     int32_t (*sc)[R], (*mn)[R];
     float (*rows)[256]; /* R rows of one block, row-major, before transposing */
 } TileBuf;
 
 static inline Tile tile_at(const TileBuf *tb, int64_t b, int bs) {
-    const Tile t = {tb->q + b * bs, tb->w + b * bs, tb->d + b * R, tb->m + b * R,
-                    tb->sc + b * 16, tb->mn + b * 16};
+    const Tile t = {tb->q + b * bs, tb->d + b * R, tb->m + b * R, tb->sc + b * 16,
+                    tb->mn + b * 16};
     return t;
 }
 
@@ -612,15 +640,13 @@ static inline Tile tile_at(const TileBuf *tb, int64_t b, int bs) {
                                  int64_t row_bytes, float *y, int64_t y_stride,            \
                                  const int8_t *q8, const float *q8d, const TileBuf *tb,    \
                                  float *acc) {                                             \
-        const int need_w = (SEM == SCALAR || SEM == PANAMA) &&                             \
-                           (F == Q5_0 || F == Q5_1 || F == Q6_K);                          \
         const int bs = BLOCK[F];                                                           \
         const int64_t nb = in_dim / bs;                                                    \
         for (int64_t r0 = 0; r0 < rows; r0 += R) {                                         \
             const int nr = rows - r0 < R ? (int)(rows - r0) : R;                           \
             for (int64_t b = 0; b < nb; b++) {                                             \
                 const Tile t = tile_at(tb, b, bs);                                         \
-                tile_fill(F, need_w, w + r0 * row_bytes + b * NBYTES[F], row_bytes, nr, &t, \
+                tile_fill(F, w + r0 * row_bytes + b * NBYTES[F], row_bytes, nr, &t,        \
                           tb->rows);                                                       \
             }                                                                              \
             for (int64_t i = 0; i < batch * R; i++) acc[i] = 0.0f;                         \
@@ -673,18 +699,18 @@ int sk_gemv(int sem, int fmt, int lanes, int red, int fused, int rm, const float
     const Opts o = {lanes, red, fused, rm};
     const int64_t nb = in_dim / BLOCK[fmt];
     /* zeroed: rows of a last, partial tile compute on zeros and are not stored */
-    TileBuf tb = {calloc(in_dim, sizeof(float) * R), calloc(in_dim, sizeof(float) * R),
+    TileBuf tb = {calloc(in_dim, sizeof(float) * R),
                   calloc(nb, sizeof(float) * R), calloc(nb, sizeof(float) * R),
                   calloc(nb * 16, sizeof(int32_t) * R), calloc(nb * 16, sizeof(int32_t) * R),
                   calloc(R, sizeof(float) * 256)};
     float *acc = malloc(sizeof(float) * batch * R);
     int rc = -2;
-    if (tb.q && tb.w && tb.d && tb.m && tb.sc && tb.mn && tb.rows && acc) {
+    if (tb.q && tb.d && tb.m && tb.sc && tb.mn && tb.rows && acc) {
         TILE_FN[sem - SCALAR][fmt](&o, x, batch, in_dim, w, rows, row_bytes, y, y_stride, q8,
                                    q8d, &tb, acc);
         rc = 0;
     }
-    free(tb.q), free(tb.w), free(tb.d), free(tb.m), free(tb.sc), free(tb.mn), free(tb.rows);
+    free(tb.q), free(tb.d), free(tb.m), free(tb.sc), free(tb.mn), free(tb.rows);
     free(acc);
     return rc;
 }
