@@ -117,10 +117,12 @@ def reference(model: Path, n: int, semantics: str, prompt: list[int]) -> dict:
     return json.loads(r.stdout)
 
 
-def c_dequantize(cref: object, fmt: str, raw: np.ndarray, out: np.ndarray) -> None:
-    """ggml's dequantize_row_<fmt> over every row at once (the rows are contiguous)."""
-    fn = cref._row_fns(qtype(fmt))[1]
-    fn(raw.ctypes.data, out.ctypes.data, out.size)
+def c_dequantize(cref: object, fmt: str, raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """ggml's dequantize_row_<fmt> over every row at once (the rows are contiguous), into a
+    new array as the oracle and gguf-py return one (so all three pay the allocation)."""
+    out = np.empty(shape, np.float32)
+    cref._row_fns(qtype(fmt))[1](raw.ctypes.data, out.ctypes.data, out.size)
+    return out
 
 
 def dequant_rows(shapes: tuple[tuple[int, int], ...], repeat: int) -> list[Row]:
@@ -149,8 +151,7 @@ def dequant_rows(shapes: tuple[tuple[int, int], ...], repeat: int) -> list[Row]:
             if cref is None:
                 rows.append(Row(label, "", "ggml C: not built", None, DEQUANT_VS_C))
                 continue
-            out = np.empty(shape, np.float32)
-            t_c = best_of(lambda f=fmt, r=raw, o=out: c_dequantize(cref, f, r, o), repeat)
+            t_c = best_of(lambda f=fmt, r=raw, s=shape: c_dequantize(cref, f, r, s), repeat)
             rows.append(Row(label, "", "ggml C dequantize_row", t_c / t_or, DEQUANT_VS_C))
     return rows
 
