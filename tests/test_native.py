@@ -154,3 +154,18 @@ def test_disabled_by_environment(monkeypatch):
     assert native.lib() is None
     monkeypatch.delenv("SKORACLE_NATIVE")
     assert native.lib() is not None
+
+
+def test_without_a_compiler_the_numpy_definitions_run(monkeypatch, tmp_path):
+    """No build possible (no compiler, empty cache): same results from the NumPy, no
+    half-written library left behind."""
+    rng = np.random.default_rng(11)
+    w = packed("Q8_0", 9, 64, rng, False)
+    x = activations(1, 64, rng)
+    want = matmul_wt(x, w, "Q8_0", 9, 64, semantics="skainet_neon")
+    monkeypatch.setenv("SKORACLE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(native, "_LIB", None)
+    assert native.lib() is None and not native.available()
+    assert same_bits(matmul_wt(x, w, "Q8_0", 9, 64, semantics="skainet_neon"), want)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
