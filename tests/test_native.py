@@ -169,3 +169,22 @@ def test_without_a_compiler_the_numpy_definitions_run(monkeypatch, tmp_path):
     assert native.lib() is None and not native.available()
     assert same_bits(matmul_wt(x, w, "Q8_0", 9, 64, semantics="skainet_neon"), want)
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_the_portable_build_gives_the_same_bits(monkeypatch):
+    """Built without -mavx2 -mfma (plain loops, libm fmaf), as on a CPU without them."""
+    rng = np.random.default_rng(5)
+    cases = []
+    for fmt in ("Q5_0", "Q8_0", "Q5_K", "Q6_K"):
+        block = FORMATS[fmt].qt.block
+        w, x = packed(fmt, 11, 2 * block, rng, True), activations(2, 2 * block, rng)
+        for name, opts in VARIANTS[:2] + VARIANTS[5:6] + VARIANTS[-4:]:
+            cases.append((fmt, w, x, name, opts,
+                          matmul_wt(x, w, fmt, 11, 2 * block, semantics=name, **opts)))
+    monkeypatch.setattr(native, "cpu_flags", lambda: ())
+    monkeypatch.setattr(native, "_LIB", None)
+    assert native.available()
+    for fmt, w, x, name, opts, want in cases:
+        got = matmul_wt(x, w, fmt, 11, w.shape[1] // FORMATS[fmt].qt.nbytes
+                        * FORMATS[fmt].qt.block, semantics=name, **opts)
+        assert same_bits(got, want), (fmt, name, opts)
