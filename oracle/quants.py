@@ -16,7 +16,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from oracle import native
 from oracle.cfloat import (
     F32,
     bf16_to_f32,
@@ -798,6 +797,8 @@ def dequantize(qtype_name: str, raw: np.ndarray) -> np.ndarray:
     fmt = _format(qtype_name)
     qt = fmt.qt
     blocks = _as_blocks(qt, raw)
+    from oracle import native  # here, so that `python3 -m oracle.native` imports it once
+
     out = native.dequantize_blocks(qt.name, blocks, qt.block) if blocks.size else None
     if out is None:  # no compiled twin (or disabled): the NumPy definition itself
         out = fmt.dequantize_blocks(blocks) if blocks.size else np.zeros((0, qt.block), F32)

@@ -40,7 +40,7 @@ if ! "$PY" -c "import oracle, harness, kernels_ref, refmodel, sentencepiece, goo
 fi
 
 # --- the oracle's compiled twin (oracle/csrc, checked bit for bit against the NumPy) ------
-"$PY" -c "import sys; from oracle.native import main; sys.exit(main(['build']))"
+"$PY" -m oracle.native build
 
 # --- ggml's C reference (quantize_row_*_ref, dequantize_row_*, CPU vec_dot) -----------------
 "$PY" -m harness.cref build
