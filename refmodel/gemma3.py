@@ -37,7 +37,7 @@ from refmodel.weights import EMBEDDING, Matrix, Weights
 
 F32 = np.float32
 FAST = "fast"
-#: semantics names the forward accepts: kernels_ref's plus the BLAS-backed `fast`
+#: semantics names the forward accepts: kernels_ref's plus `fast` (`fast_reference`)
 SEMANTICS_NAMES: tuple[str, ...] = (*REGISTRY, FAST)
 #: weight elements one `fast` chunk covers (the NumPy definition expands them to float32)
 FAST_CHUNK_ELEMENTS = 1 << 20
