@@ -1,5 +1,7 @@
 """Decode speed of the real llama.cpp on the FunctionGemma-shaped GGUF, the reference's `fast`
-semantics beside it, same model, same run. Prints tok/s of each and their ratio.
+semantics beside it, same model, same run. Prints tok/s of each and their ratio, and whether
+their greedy tokens agree. (The speed goals of every semantics are judged by
+bench/bench_speed.py; this one is for the token agreement and `--compare`.)
 
     python3 bench/bench_llamaref.py [--n 32] [--threads 1] [--model PATH] [--compare]
 

@@ -1,4 +1,6 @@
-"""Benchmark: the whole-model reference decode on a FunctionGemma-shaped GGUF.
+"""Benchmark: the whole-model reference decode on a FunctionGemma-shaped GGUF, memory first
+(packed against SKaiNET 0.30.0's dequant-fp32 loading; the speed goals are judged by
+bench/bench_speed.py).
 
 The model (FunctionGemma-270M's shapes, metadata and Q5_K_M quant mix, deterministic
 random weights, ~258 MB) is generated once into the cache (harness.golden.tinygemma

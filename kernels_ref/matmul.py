@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kernels_ref import chunks, semantics
-from oracle import ROW_MAJOR, OracleError, dequantize, unpack
+from oracle import ROW_MAJOR, OracleError, dequantize, native, unpack
 from oracle.cfloat import F32
 
 
@@ -55,11 +55,60 @@ def matmul_wt(x: np.ndarray, w_raw: object, qtype: str, out_dim: int, in_dim: in
     prep = sem.prepare(qt.name, xb)
     y = np.empty((xb.shape[0], out_dim), F32)
     rows = chunks.rows_per_chunk(in_dim, xb.shape[0], chunk_elements)
+    compiled = native_options(sem, qt.name, prep)
+    if compiled is not None and order == ROW_MAJOR:
+        # row-major chunks are views, and the compiled twin's own memory is a tile of rows:
+        # one call for the whole matrix saves the per-call cost
+        rows = out_dim
     for start, stop, raw_rows in chunks.iter_row_chunks(flat, qt, out_dim, in_dim, order, rows):
-        parts = unpack(qt.name, raw_rows) if sem.needs_parts else None
-        sem.window = (start, out_dim)
-        y[:, start:stop] = sem.run(qt.name, xb, raw_rows, parts, prep)
+        got = None
+        if compiled is not None:
+            got = _native_chunk(sem, qt.name, xb, raw_rows, prep, compiled, start, out_dim)
+        if got is None:
+            got = _model_chunk(sem, qt.name, xb, raw_rows, prep, start, out_dim)
+        y[:, start:stop] = got
     return y[0] if was_1d else y
+
+
+def _model_chunk(sem: semantics.Semantics, fmt: str, xb: np.ndarray, raw_rows: np.ndarray,
+                 prep: Any, start: int, out_dim: int) -> np.ndarray:
+    """The NumPy definition of `sem` on one chunk of rows (the first is row `start`)."""
+    parts = unpack(fmt, raw_rows) if sem.needs_parts else None
+    sem.window = (start, out_dim)
+    return sem.run(fmt, xb, raw_rows, parts, prep)
+
+
+def native_options(sem: semantics.Semantics, fmt: str, prep: Any) -> dict | None:
+    """The compiled twin's arguments for `sem` on `fmt`, or None where only the NumPy
+    definition runs (ggml's order, a library that is not built, a disabled twin)."""
+    if not native.available() or fmt not in native.FORMAT_IDS:
+        return None
+    kind = type(sem)
+    if kind in (semantics.Exact, semantics.SkainetScalar):
+        return {}
+    if kind is semantics.SkainetPanama:
+        return {"lanes": sem.opts["lanes"], "reduction": sem.opts["reduction"]}
+    if kind is semantics.SkainetNeon:
+        q8 = prep if fmt in sem.quantizes_activations else None
+        return {"fused": sem.fused, "row_major": sem.opts["kernel_order"] == "rm", "q8": q8}
+    return None
+
+
+def _native_chunk(sem: semantics.Semantics, fmt: str, xb: np.ndarray, raw_rows: np.ndarray,
+                  prep: Any, opts: dict, start: int, out_dim: int) -> np.ndarray | None:
+    """One chunk through the compiled twin. SKaiNET's 4-lane Panama K-quant kernel treats
+    the last row of the whole matrix differently (`SkainetPanama._array_end_terms`): that
+    one row runs through the NumPy definition."""
+    last = out_dim - 1 - start
+    special = (type(sem) is semantics.SkainetPanama and fmt in ("Q4_K", "Q5_K")
+               and sem._byte_load() > sem.opts["lanes"] and last < raw_rows.shape[0])
+    body = raw_rows[:last] if special else raw_rows
+    y = native.gemv(sem.name, fmt, xb, body, **opts) if body.shape[0] else \
+        np.empty((xb.shape[0], 0), np.float32)
+    if y is None or not special:
+        return y
+    tail = _model_chunk(sem, fmt, xb, raw_rows[last:], prep, out_dim - 1, out_dim)
+    return np.concatenate([y, tail], axis=1)
 
 
 def semantics_obj(name: str, **opts: Any) -> semantics.Semantics:

@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels_ref import activations
 from kernels_ref.fma import fma32
-from oracle import OracleError, dequantize, unpack
+from oracle import OracleError, dequantize
 from oracle.cfloat import F32
 
 # ----------------------------------------------------------------------------------------
@@ -220,11 +220,16 @@ def make(name: str, **opts: Any) -> Semantics:
 class Exact(Semantics):
     """The yardstick: float64 sum of x times the dequantized float32 weights (oracle's
     `dequantize`, i.e. ggml's dequantize_row_*), rounded to float32 once at the end.
-    Each float32 x float32 product is exact in float64."""
+    Each float32 x float32 product is exact in float64. The order of the float64 sum is
+    fixed (so a compiled twin can match it bit for bit): LANES accumulators from -0, lane l
+    adding the products of elements l, l+LANES, ... in order, then the lanes added as an
+    adjacent-pair tree (`lane_tree_sum`)."""
 
     name = "exact"
     description = "float64 accumulation of the dequantized weights, rounded once to float32"
     needs_parts = False
+    #: float64 accumulators of the sum (lane l: elements l, l+LANES, l+2*LANES, ...)
+    LANES: ClassVar[int] = 16
 
     def check_format(self, fmt: str) -> None:
         pass
@@ -233,23 +238,32 @@ class Exact(Semantics):
     SCALED_CODES: ClassVar[tuple[str, ...]] = ("Q8_0", "Q4_0", "Q5_0")
 
     def run(self, fmt, x, raw_rows, parts, prep):
-        if fmt in self.SCALED_CODES:
-            p = unpack(fmt, raw_rows)
-            d = p["d"]
-            if np.isfinite(d).all():
-                # sum_b d_b * (sum_j x_j q_j): the same real sum as over x*w (w = q*d exactly),
-                # without materializing w; float64 throughout.
-                nb = d.shape[-1]
-                xb = prep.reshape(prep.shape[0], nb, -1)
-                inner = np.einsum("bnk,rnk->brn", xb, p["qs"].astype(F32), dtype=np.float64)
-                return np.einsum("brn,rn->br", inner, d.astype(np.float64)).astype(F32)
-        w = dequantize(fmt, raw_rows)
+        w = dequantize(fmt, raw_rows).astype(np.float64)  # (rows, in), exact
         with np.errstate(all="ignore"):
-            # einsum casts w to float64 before multiplying: every product is exact
-            return np.einsum("bk,rk->br", prep, w, dtype=np.float64).astype(F32)
+            # every product exact in float64; the sums in the fixed lane order
+            return lane_tree_sum(prep[:, None, :] * w[None], self.LANES).astype(F32)
 
     def prepare(self, fmt, x):
         return x.astype(np.float64)
+
+
+def lane_tree_sum(products: np.ndarray, lanes: int) -> np.ndarray:
+    """Sum over the last axis in a fixed order, in the products' own dtype: `lanes`
+    accumulators starting at -0 (the identity of IEEE addition), lane l adding elements l,
+    l+lanes, ... in order (a cumsum, strictly sequential), then the lanes added as an
+    adjacent-pair tree, (l0+l1)+(l2+l3) for 4. The last axis is padded with -0 to a whole
+    number of lane steps."""
+    n = products.shape[-1]
+    pad = -n % lanes
+    if pad:
+        fill = np.full(products.shape[:-1] + (pad,), -0.0, products.dtype)
+        products = np.concatenate([products, fill], axis=-1)
+    steps = products.reshape(products.shape[:-1] + (-1, lanes))
+    with np.errstate(all="ignore"):
+        v = np.cumsum(steps, axis=-2, dtype=products.dtype)[..., -1, :]
+        while v.shape[-1] > 1:
+            v = v[..., 0::2] + v[..., 1::2]
+    return v[..., 0]
 
 
 # ----------------------------------------------------------------------------------------

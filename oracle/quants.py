@@ -791,11 +791,17 @@ def _as_blocks(qt: QType, raw: np.ndarray) -> np.ndarray:
 def dequantize(qtype_name: str, raw: np.ndarray) -> np.ndarray:
     """packed uint8 (..., nblocks*nbytes) -> float32 (..., nblocks*block), bit-identical to
     ggml's dequantize_row_<type>. A block whose fp16 scale is Inf or NaN yields Inf/NaN
-    values exactly as ggml's float arithmetic propagates them (no error is raised)."""
+    values exactly as ggml's float arithmetic propagates them (no error is raised).
+    Runs the compiled twin (oracle.native) when built; `dequantize_blocks` of each format
+    class is the NumPy definition it is tested against bit for bit."""
     fmt = _format(qtype_name)
     qt = fmt.qt
     blocks = _as_blocks(qt, raw)
-    out = fmt.dequantize_blocks(blocks) if blocks.size else np.zeros((0, qt.block), F32)
+    from oracle import native  # here, so that `python3 -m oracle.native` imports it once
+
+    out = native.dequantize_blocks(qt.name, blocks, qt.block) if blocks.size else None
+    if out is None:  # no compiled twin (or disabled): the NumPy definition itself
+        out = fmt.dequantize_blocks(blocks) if blocks.size else np.zeros((0, qt.block), F32)
     raw = np.asarray(raw)
     return out.astype(F32, copy=False).reshape(
         raw.shape[:-1] + (raw.shape[-1] // qt.nbytes * qt.block,)

@@ -10,8 +10,10 @@ gelu_tanh(gate) * up, ffn_down, post-FFN norm, residual; final norm and the tied
 straight from the packed token_embd bytes (optional final soft-capping).
 
 Every matmul runs through kernels_ref.matmul_wt with the chosen `semantics` (`exact`,
-`skainet_scalar`, `skainet_panama`, `skainet_neon`, `ggml`), or `fast`: each weight's rows
-dequantized a bounded chunk at a time and multiplied by BLAS in float32. The other ops are
+`skainet_scalar`, `skainet_panama`, `skainet_neon`, `ggml`), or `fast` (`fast_matmul`): the
+dequantized weights times x in float32, summed in 16 lanes then a pair tree
+(`fast_reference`, the definition, which the compiled twin in oracle.native matches bit for
+bit and runs straight from the packed bytes). The other ops are
 float32 in ggml's order (refmodel.ops says which are followed exactly); `ggml` semantics
 also rounds the K/V cache and the attention operands to fp16 and uses ggml's fp16 GELU
 table, as llama.cpp's CPU backend does without flash attention.
@@ -29,18 +31,20 @@ import numpy as np
 
 from harness.errors import HarnessError
 from kernels_ref import gather_rows, matmul_wt
-from kernels_ref.semantics import REGISTRY, Exact
-from oracle import OracleError, dequantize, unpack
+from kernels_ref.semantics import REGISTRY, Exact, lane_tree_sum
+from oracle import OracleError, dequantize, native, unpack
 from refmodel import ops
 from refmodel.arch import check_context, context_length
 from refmodel.weights import EMBEDDING, Matrix, Weights
 
 F32 = np.float32
 FAST = "fast"
-#: semantics names the forward accepts: kernels_ref's plus the BLAS-backed `fast`
+#: semantics names the forward accepts: kernels_ref's plus `fast` (`fast_reference`)
 SEMANTICS_NAMES: tuple[str, ...] = (*REGISTRY, FAST)
-#: weight elements one `fast` chunk expands to float32 (16 MB)
-FAST_CHUNK_ELEMENTS = 1 << 22
+#: weight elements one `fast` chunk covers (the NumPy definition expands them to float32)
+FAST_CHUNK_ELEMENTS = 1 << 20
+#: float32 accumulators of the `fast` order (lane l: elements l, l+FAST_LANES, ...)
+FAST_LANES = 16
 
 DumpFn = Callable[[str, np.ndarray], None]
 
@@ -169,6 +173,30 @@ def op_weights(name: str, w: Weights) -> tuple[str, ...]:
     return tuple(t.format(layer) for t in OP_WEIGHTS.get(base, ()))
 
 
+def fast_reference(x: np.ndarray, fmt: str, raw: np.ndarray) -> np.ndarray:
+    """The `fast` order, defined: float32 (batch, rows) = x (batch, in) times the rows'
+    dequantized weights, each product rounded to float32, summed in float32 by
+    `lane_tree_sum` with FAST_LANES lanes."""
+    w = dequantize(fmt, raw)
+    with np.errstate(all="ignore"):
+        return lane_tree_sum(x[:, None, :] * w[None], FAST_LANES)
+
+
+def fast_matmul(x: np.ndarray, m: Matrix) -> np.ndarray:
+    """x (batch, cols) . W^T in the `fast` order: the compiled twin straight from the
+    packed rows, else `fast_reference` a bounded chunk of rows at a time."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    got = native.gemv(FAST, m.type, x, m.data) if m.cols % FAST_LANES == 0 else None
+    if got is not None:  # the twin reads the packed rows in place, a tile at a time
+        return got
+    y = np.empty((x.shape[0], m.rows), F32)
+    step = max(1, FAST_CHUNK_ELEMENTS // m.cols)
+    for start in range(0, m.rows, step):
+        stop = min(m.rows, start + step)
+        y[:, start:stop] = fast_reference(x, m.type, m.data[start:stop])
+    return y
+
+
 class Gemma3Reference:
     """A Gemma-3 GGUF ready to run: `forward` one step, `decode` greedily."""
 
@@ -197,12 +225,7 @@ class Gemma3Reference:
         if self.semantics != FAST:
             return matmul_wt(x, m.data, m.type, m.rows, m.cols, semantics=self.semantics,
                              **self.options)
-        y = np.empty((x.shape[0], m.rows), F32)
-        step = max(1, FAST_CHUNK_ELEMENTS // m.cols)
-        for start in range(0, m.rows, step):
-            stop = min(m.rows, start + step)
-            y[:, start:stop] = np.einsum("bk,rk->br", x, fast_rows(m.type, m.data[start:stop]))
-        return y
+        return fast_matmul(x, m)
 
     def lm_head(self, x: np.ndarray) -> np.ndarray:
         """Logits: the packed output (tied token_embd) or, under dequant-fp32, SKaiNET

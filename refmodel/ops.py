@@ -23,6 +23,8 @@ vendored in llama-cpp-python 0.3.36) whose order it follows:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 F32 = np.float32
@@ -39,9 +41,10 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: np.float32) -> np.ndarray:
     return ((x * scale[..., None]).astype(F32) * w).astype(F32)
 
 
+@functools.lru_cache(maxsize=8)
 def rope_cache(pos: int, n_rot: int, base: np.float32) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin (n_rot/2,) float32 for one position: ggml_rope_cache_init, freq_scale 1,
-    ext_factor 0, attn_factor 1."""
+    ext_factor 0, attn_factor 1. Cached (read-only): every layer of a step asks again."""
     theta_scale = F32(np.float64(base) ** np.float64(F32(-2.0) / F32(n_rot)))
     thetas = np.empty(n_rot // 2, F32)
     theta = F32(pos)
@@ -49,7 +52,10 @@ def rope_cache(pos: int, n_rot: int, base: np.float32) -> tuple[np.ndarray, np.n
         thetas[i] = theta
         theta = F32(theta * theta_scale)
     t64 = thetas.astype(np.float64)
-    return np.cos(t64).astype(F32), np.sin(t64).astype(F32)
+    c, s = np.cos(t64).astype(F32), np.sin(t64).astype(F32)
+    c.setflags(write=False)
+    s.setflags(write=False)
+    return c, s
 
 
 def rope_neox(x: np.ndarray, pos: int, n_rot: int, base: np.float32) -> np.ndarray:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All set-up for a fresh machine, idempotent: Debian packages, the Python package and its
-# test extras, and ggml's C reference library built from the llama-cpp-python sdist (cached).
+# test extras, the oracle's compiled twin, and ggml's C reference library built from the
+# llama-cpp-python sdist (cached).
 # Every step skips itself when already done, so running it before each command costs seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,9 @@ if ! "$PY" -c "import oracle, harness, kernels_ref, refmodel, sentencepiece, goo
   echo "setup: installing the Python package and test extras"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 fi
+
+# --- the oracle's compiled twin (oracle/csrc, checked bit for bit against the NumPy) ------
+"$PY" -m oracle.native build
 
 # --- ggml's C reference (quantize_row_*_ref, dequantize_row_*, CPU vec_dot) -----------------
 "$PY" -m harness.cref build
