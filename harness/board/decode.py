@@ -136,7 +136,7 @@ def end_token_ids(model: Path | str) -> dict[int, str]:
     end-of-turn pieces of its vocabulary, as llama.cpp finds Gemma's 106 `<end_of_turn>`)."""
     from harness.gguffile import open_gguf
 
-    reader = open_gguf(model)
+    reader, _ = open_gguf(model)
     out: dict[int, str] = {}
     for key in END_KEYS:
         f = reader.fields.get(key)
@@ -289,7 +289,9 @@ def decode_timing(scan: DecodeScanner, started: float | None) -> DecodeTiming:
     elif scan.tps and scan.tps[-1] > 0:
         t.ms_per_token, t.speed_source = 1000.0 / scan.tps[-1], "tok/s line"
     elif t.step_ms:
-        decode_steps = t.step_ms[1:] or t.step_ms  # the first step also digests the prompt
+        # a [perf] step 0 also digests the prompt; arrival gaps start after the first token
+        perf = t.step_source == "[perf] lines"
+        decode_steps = (t.step_ms[1:] if perf else t.step_ms) or t.step_ms
         t.ms_per_token = sum(decode_steps) / len(decode_steps)
         t.speed_source = f"mean of {len(decode_steps)} step times ({t.step_source})"
     return t

@@ -820,6 +820,8 @@ class BoardSession:
             names = ", ".join(f"{pid} ({comm})" for pid, comm in report.strays)
             result.notes.append(f"{len(report.strays)} process(es) outlived the run (left its "
                                 f"process group/session) and were killed: {names}")
+        if report.pid is None:
+            report.pid = result.pid
         victims = report.oom_victims()
         if report.kernel_log_error is not None:
             result.notes.append("kernel log not readable "
