@@ -453,7 +453,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fetch)
 
     p = action("unlock", "remove the board lock (after a run that died)",
-               "Remove the board lock whoever holds it, ending its run's processes.")
+               "Remove the board lock whoever holds it, ending its run's processes (for a "
+               "lock left behind by a client that died).")
     p.set_defaults(func=cmd_unlock)
 
     p = action("decode-parity", "compare a decode run's token ids, timing and speed",
@@ -514,7 +515,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", action="append", type=_shapes, metavar="OUTxIN[xBATCH][,...]",
                    help="case shapes: repeat the option or separate shapes with commas "
                         "(default: the built-in set of shapes)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=int, default=0, metavar="SEED",
                    help="seed for the weights and activations (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the cases and summary as JSON")
     p.set_defaults(func=cmd_kernel_parity)
