@@ -111,6 +111,7 @@ def test_voicecc_format_with_perf_lines(sim, progs, tokfile):
         pytest.approx(1000)
     assert t["ttft_s"] >= 0.4 and t["load_s"] >= 0.35  # --load-ms 400 before the first step
     assert p["target_tps"] == 9.7 and p["emulated"] and data["run"]["ok"]
+    assert p["target_verdict"] is None  # under emulation the speed is not judged
 
 
 def test_voicecc_text_report_prints_both_figures_and_the_target(sim, progs, tokfile):
@@ -120,7 +121,9 @@ def test_voicecc_text_report_prints_both_figures_and_the_target(sim, progs, tokf
     assert "token ids: all 4 match the reference" in out
     assert " tok/s = " in out and " ms/token (from ms/token line)" in out
     assert "9.7 tok/s target (llama.cpp on the SL2610's 2-core Cortex-A55, same GGUF)" in out
-    assert "qemu-user emulation" in out and "says nothing about the board's speed" in out
+    assert "target (llama.cpp on the SL2610's 2-core Cortex-A55, same GGUF): not judged: " \
+        "measured under qemu-user emulation" in out
+    assert "says nothing about the board's speed" in out and "meets" not in out
     assert "timing: load " in out and "steps from [perf] lines" in out
 
 
@@ -353,3 +356,17 @@ def test_every_board_action_has_a_description_exit_codes_and_word_metavars(actio
         assert "--timeout SECONDS" in text and "--env NAME=VALUE" in text
     if action == "run":
         assert "--outdir DIR" in text
+
+
+def test_run_report_plots_per_step_time(tmp_path):
+    from harness.cli import main
+
+    out = tmp_path / "report"
+    assert main(["run", "--only", "board", "--out", str(out)]) == 0
+    leg = json.loads((out / "report.json").read_text())["legs"][0]
+    steps = leg["data"]["decode_steps"]
+    assert steps["source"] == "[perf] lines" and len(steps["step_ms"]) == 8
+    assert all(ms > 0 for ms in steps["step_ms"])
+    assert "id='decode_step_times'" in (out / "report.html").read_text()
+    row = next(r for r in leg["rows"] if r["case"].startswith("decode parity"))
+    assert row["verdict"] == "pass" and "not judged: measured under qemu-user" in row["detail"]

@@ -266,7 +266,7 @@ def cmd_decode_parity(args: argparse.Namespace) -> int:
     else:
         expected = decode.parse_expect(args.expect)
     if args.end_ids is not None:
-        end_ids = {i: "--end-ids" for i in decode.parse_expect(args.end_ids)}
+        end_ids = {i: "--end-ids" for i in decode.parse_expect(args.end_ids, "--end-ids")}
     live_out = _live(sys.stdout) if args.verbose and not args.json else None
     live_err = _live(sys.stderr) if args.verbose and not args.json else None
 
