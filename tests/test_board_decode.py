@@ -333,3 +333,67 @@ def test_refused_port_says_refused():
     with pytest.raises(HarnessError, match=r"cannot connect: connection refused"):
         BoardSession(BoardProfile(host="127.0.0.1", port=port, known_hosts=None,
                                   connect_timeout=2.0)).connect()
+
+
+def run_script_locally(tmp_path: Path, dmesg_body: str, argv: tuple[str, ...] = ()):
+    """The run script executed by BusyBox sh on this machine (no SSH), its kernel log read
+    from a script whose output is `dmesg_body` (it sees the run's PID as $P from the lock's
+    procs file and its call count as $N)."""
+    argv = argv or ("/bin/sh", "-c", f"echo $$ > {tmp_path}/pid; echo hi")
+    busybox = shutil.which("busybox")
+    assert busybox
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "setsid", "grep", "awk", "tail", "head", "usleep", "sleep", "cat",
+                 "rm", "mkdir", "tr", "wc", "kill"):
+        (bin_dir / tool).symlink_to(busybox)
+    dmesg = bin_dir / "dmesg"
+    dmesg.write_text(f"#!{busybox} sh\nN=$(cat {tmp_path}/n 2>/dev/null || echo 0); "
+                     f"N=$((N + 1)); echo $N > {tmp_path}/n\nP=; read -r P < "
+                     f"{tmp_path}/pid 2>/dev/null\n{dmesg_body}\n")
+    dmesg.chmod(0o755)
+    (tmp_path / "lock").mkdir()
+    spec = RunSpec(tag="@@t-", run_token="feedbeef", run_dir=str(tmp_path / "run"),
+                   argv=argv, lock_dir=str(tmp_path / "lock"), sample_interval=0.02,
+                   kernel_log_cmd=str(dmesg))
+    proc = subprocess.run([busybox, "sh", "-c", run_script(spec)], capture_output=True,
+                          env={"PATH": str(bin_dir)}, timeout=60)
+    lines = [ln[4:].split(" ", 1) for ln in proc.stderr.decode().splitlines()
+             if ln.startswith("@@t-")]
+    return proc, read_report([(k, v) for k, v in lines])
+
+
+def test_run_script_reads_only_kernel_log_lines_written_during_the_run(tmp_path):
+    old = 'echo "[1.0] Out of memory: Killed process $P (old)"; echo "[2.0] before"'
+    body = f'{old}\n[ "$N" -gt 1 ] && echo "[3.0] Out of memory: Killed process $P (app)"'
+    proc, rep = run_script_locally(tmp_path, body)
+    assert proc.returncode == 0 and proc.stdout == b"hi\n"
+    assert rep.kernel_log == [f"[3.0] Out of memory: Killed process {rep.pid} (app)"]
+    assert rep.oom_victims() == [(rep.pid, rep.peaks.get(rep.pid, (0, "?"))[1])]
+    assert rep.kernel_log_error is None
+
+
+def test_run_script_reads_the_whole_log_when_the_last_line_rotated_out(tmp_path):
+    body = ('if [ "$N" = 1 ]; then echo "[1.0] gone later"; else '
+            'echo "[5.0] oom-kill:constraint=CONSTRAINT_NONE,task=app,pid=$P,uid=0"; fi')
+    _, rep = run_script_locally(tmp_path, body)
+    assert len(rep.kernel_log) == 1 and rep.oom_victims()
+
+
+def test_run_script_says_when_the_kernel_log_cannot_be_read(tmp_path):
+    _, rep = run_script_locally(tmp_path, 'echo "dmesg: klogctl: Operation not permitted" >&2;'
+                                          ' exit 1')
+    assert rep.kernel_log == [] and rep.kernel_log_error == \
+        "dmesg: klogctl: Operation not permitted"
+
+
+def test_run_script_kills_and_names_a_double_forked_daemon(tmp_path):
+    """A shell daemon in its own session, ignoring HUP and TERM: found by the run tag in its
+    environment once the program has exited, SIGKILLed and named."""
+    daemon = ("trap '' HUP TERM; setsid sh -c \"trap '' HUP TERM; echo up; "
+              "exec sleep 300\" </dev/null >/dev/null 2>&1 & sleep 0.3; echo started")
+    proc, rep = run_script_locally(tmp_path, "true", argv=("/bin/sh", "-c", daemon))
+    assert proc.stdout == b"started\n"
+    assert [comm for _, comm in rep.strays] == ["sleep"]
+    pid = rep.strays[0][0]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

@@ -460,7 +460,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = action("decode-parity", "compare a decode run's token ids, timing and speed",
                "Run a decode program on the board and compare the token ids it prints with a "
                "reference (--expect ids or @FILE, or --expect-from MODEL.gguf: the reference "
-               "decode, stopped at the GGUF's end tokens); both sides are compared up to "
+               "decode, cut after the GGUF's first end token); both sides are compared up to "
                "their first end token. Reports load time, time to first token, per-step "
                "times (from [perf] step lines, else from when token lines arrived), ms/token "
                "and tok/s against --target-tps. Output formats: "

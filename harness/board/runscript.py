@@ -51,6 +51,7 @@ class RunSpec:
     kill_grace: float = 2.0
     sample_interval: float = 0.1
     has_setsid: bool = True
+    kernel_log_cmd: str = "dmesg"  # prints the kernel log (BusyBox's applet on the board)
 
 
 def _nap(sec: float) -> str:
@@ -126,7 +127,7 @@ def run_script(spec: RunSpec) -> str:
     return (
         f"mkdir -p {q(spec.run_dir)} && cd {q(spec.run_dir)}{cd} || exit 125\n{exports}"
         f"L={q(spec.lock_dir)}\n"
-        "n0=$(dmesg 2>/dev/null | wc -l)\n"
+        f"d0=$({spec.kernel_log_cmd} 2>/dev/null | tail -n 1)\n"
         f"{run_env} {setsid}sh -c {inner} sh {words} </dev/null &\n"
         "p=$!\n"
         + record % ("p", "p", kind, ">")
@@ -148,8 +149,11 @@ def run_script(spec: RunSpec) -> str:
            f"rm -f {wdf}; fi\n" if watchdog else "")
         + "kill $s 2>/dev/null; wait $s 2>/dev/null\n"
         f'while read -r a b c d; do echo "{tag}$a $b $c $d" >&2; done < {rss}; rm -f {rss}\n'
-        "if dm=$(dmesg 2>&1); then\n"
-        ' printf "%s\\n" "$dm" | tail -n +$((${n0:-0} + 1)) | '
+        f"if dm=$({spec.kernel_log_cmd} 2>&1); then\n"
+        # the lines after the last one seen before the run (all, if it rotated out)
+        ' { if [ -n "$d0" ] && printf "%s\\n" "$dm" | grep -qxF -- "$d0"; then '
+        'printf "%s\\n" "$dm" | awk -v l="$d0" \'f{print} $0==l{f=1}\'; '
+        'else printf "%s\\n" "$dm"; fi; } | '
         "grep -E 'Out of memory|oom-kill|oom_reaper' | tail -n 40 | "
         f'while read -r x; do echo "{tag}oomlog $x" >&2; done\n'
         f'else echo "{tag}nodmesg $(printf "%s" "$dm" | head -n 1)" >&2; fi\n'
