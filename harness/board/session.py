@@ -5,9 +5,10 @@ and POSIX shell: files are streamed into `cat` under a temporary name, checked w
 board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place (a transfer that
 ends short removes its temporary on the board); a run is started in its own session/process
 group (`setsid`) and reports its PID first thing; a board-side watchdog keeps the clock and
-kills the whole group (TERM, then KILL) when time is up, client or no client; peak memory is
-the process's VmHWM, sampled from /proc/PID/status by a board-side loop every
-sample_interval (a lower bound if the peak comes in the last interval before exit); a lock
+kills the whole group (TERM, then KILL) when time is up, client or no client; the script that
+does it, samples every process of the run from /proc, kills what outlives the program (found
+by a run tag in its environment) and reads the kernel log's OOM lines is built by a pure
+function, `harness.board.runscript.run_script`; a lock
 directory created with `mkdir` (atomic) keeps two runs from sharing the board's memory, and
 its keeper process (one channel open as long as the lock is held) ends the run's processes
 and frees the lock as soon as the client goes away, however it goes.
