@@ -370,3 +370,16 @@ def test_run_report_plots_per_step_time(tmp_path):
     assert "id='decode_step_times'" in (out / "report.html").read_text()
     row = next(r for r in leg["rows"] if r["case"].startswith("decode parity"))
     assert row["verdict"] == "pass" and "not judged: measured under qemu-user" in row["detail"]
+
+
+def test_push_fetch_unlock_json(sim, tmp_path):
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"abc" * 1000)
+    remote = f"{sim.remote_dir}/json/f.bin"
+    first = json.loads(board_cli("push", *prof(sim), "--json", str(src), remote).stdout)
+    again = json.loads(board_cli("push", *prof(sim), "--json", str(src), remote).stdout)
+    assert (first["skipped"], first["bytes"], again["skipped"]) == (False, 3000, True)
+    got = json.loads(board_cli("fetch", *prof(sim), "--json", remote, str(tmp_path)).stdout)
+    assert got == {"remote": remote, "local": str(tmp_path / "f.bin"), "bytes": 3000}
+    free = json.loads(board_cli("unlock", *prof(sim), "--json").stdout)
+    assert free == {"held_by": None, "process_groups_ended": 0}

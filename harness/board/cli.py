@@ -159,7 +159,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     check_outdir(outdir)
     _check_program(args)
-    outdir.mkdir(parents=True, exist_ok=True)
     with _session(args) as sess:
         result = _run_program(args, sess, quiet=args.json, spill_dir=outdir)
     _write_outputs(result, outdir)
@@ -199,7 +198,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise HarnessError(f"push: {args.local}: no such file")
     with _session(args) as sess:
         res = sess.push(Path(args.local), args.remote, mode=args.mode)
-    if res["skipped"]:
+    if args.json:
+        print(json.dumps({"local": args.local, "remote": args.remote, **res}, indent=1))
+    elif res["skipped"]:
         print(f"{args.remote}: already up to date (hash matches), skipped")
     else:
         secs = float(res["seconds"])  # type: ignore[arg-type]
@@ -217,14 +218,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         write_atomic(dst, data)
     except OSError as exc:
         raise HarnessError(f"fetch: cannot write {dst}: {exc.strerror or exc}") from None
-    print(f"{args.remote} -> {dst}: {len(data)} bytes, verified")
+    if args.json:
+        print(json.dumps({"remote": args.remote, "local": str(dst), "bytes": len(data)}))
+    else:
+        print(f"{args.remote} -> {dst}: {len(data)} bytes, verified")
     return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     with _session(args) as sess:
         holder, ended = sess.unlock()
-    if holder:
+    if args.json:
+        print(json.dumps({"held_by": holder, "process_groups_ended": ended}))
+    elif holder:
         print(f"lock removed (was held by {holder}); ended {ended} process group(s) of its run")
     else:
         print("lock was free")
@@ -442,6 +448,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("remote", metavar="REMOTE_PATH", help="absolute path on the board")
     p.add_argument("--mode", type=file_mode, default="644", metavar="MODE",
                    help="octal file mode (default 644)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_push)
 
     p = action("fetch", "copy a file back from the board (verified)",
@@ -450,11 +457,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "then renamed.")
     p.add_argument("remote", metavar="REMOTE_PATH", help="absolute path on the board")
     p.add_argument("local", metavar="LOCAL", help="local file or directory to write into")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_fetch)
 
     p = action("unlock", "remove the board lock (after a run that died)",
                "Remove the board lock whoever holds it, ending its run's processes (for a "
                "lock left behind by a client that died).")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_unlock)
 
     p = action("decode-parity", "compare a decode run's token ids, timing and speed",

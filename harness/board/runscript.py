@@ -74,13 +74,15 @@ def tagged_sh(token: str) -> str:
 
 def _sampler(usec: int) -> str:
     """The /proc walk: `hwm PID KB COMM` when a member's VmHWM grows, `total KB` when the
-    members' summed VmRSS reaches a new high."""
+    members' summed VmRSS reaches a new high. The program itself is read first in each
+    round (a walk of a busy /proc can take tens of milliseconds)."""
     return (
         '( known=" $p "; mt=0\n'
         "while [ -d /proc/$p ]; do\n"
-        " tot=0\n"
-        " for d in /proc/[0-9]*; do\n"
+        " tot=0; first=1\n"
+        " for d in /proc/$p /proc/[0-9]*; do\n"  # the program first: it may be short-lived
         "  i=${d#/proc/}; l=\n"
+        '  if [ "$i" = "$p" ]; then [ -n "$first" ] || continue; first=; fi\n'
         "  { read -r l < $d/stat; } 2>/dev/null || continue\n"
         '  set -- ${l##*") "}\n'
         '  case "$known" in *" $i "*) ;; *)\n'

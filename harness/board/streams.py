@@ -34,6 +34,8 @@ class SpillBuffer:
             self._held += len(data)
             return
         if self._fh is None:
+            if self.spill_dir is not None:
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f"skoracle-{self.name}-", suffix=".log",
                                         dir=self.spill_dir)
             self._fh = os.fdopen(fd, "wb")
