@@ -383,3 +383,23 @@ def test_push_fetch_unlock_json(sim, tmp_path):
     assert got == {"remote": remote, "local": str(tmp_path / "f.bin"), "bytes": 3000}
     free = json.loads(board_cli("unlock", *prof(sim), "--json").stdout)
     assert free == {"held_by": None, "process_groups_ended": 0}
+
+
+def test_board_sim_json(tmp_path):
+    d = tmp_path / "sim"
+    base = [sys.executable, "-m", "harness", "board-sim"]
+    up = subprocess.run([*base, "start", "--dir", str(d), "--json"], capture_output=True,
+                        text=True, cwd=ROOT, timeout=120)
+    assert up.returncode == 0, up.stderr
+    started = json.loads(up.stdout)
+    try:
+        assert started["profile"] == str(d / "board.toml") and started["memory_mb"] == 1946
+        st = json.loads(subprocess.run([*base, "status", "--dir", str(d), "--json"],
+                                       capture_output=True, text=True, timeout=60).stdout)
+        assert st["up"] and st["port"] == started["port"] and st["processes"] >= 1
+    finally:
+        down = subprocess.run([*base, "stop", "--dir", str(d), "--json"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=60)
+    assert down.returncode == 0 and json.loads(down.stdout)["processes_ended"] >= 1
+    help_ = subprocess.run([*base, "status", "--help"], capture_output=True, text=True)
+    assert "Exit codes: 0 up; 1 down" in " ".join(help_.stdout.split())
