@@ -9,9 +9,11 @@
   and the same with a timeout, i.e. with the board-side deadline watchdog;
 - how long a run's processes outlive a client killed with SIGKILL (`board run` of a
   sleeping program in a client process, killed; until no process, lock or run directory
-  of it is left on the board-in-a-box), against the program's own 60 s.
+  of it is left on the board-in-a-box), against the program's own 60 s;
+- the client's peak RSS for `board run` of a program printing --flood-mib MiB (the stream
+  spills to a file past 64 MiB), against the size of the output.
 
-    python3 bench/bench_board.py [--mb 64] [--runs 20]
+    python3 bench/bench_board.py [--mb 64] [--runs 20] [--flood-mib 1024]
 """
 
 from __future__ import annotations
@@ -70,6 +72,23 @@ def kill_to_gone_s(sim: BoardSim, prog: Path) -> float:
     return time.perf_counter() - t0
 
 
+def client_rss_for_output(sim: BoardSim, mib: int) -> tuple[int, float]:
+    """(peak RSS in kB, seconds) of a `board run` client whose program prints `mib` MiB."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="skoracle-bench-") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "board", "run", "--profile",
+             str(sim.profile_path), "--outdir", out, str(fixture_program("flood")), "--",
+             str(mib)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, "board run of flood failed"
+        return usage.ru_maxrss, time.perf_counter() - t0
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -81,6 +100,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=64, help="push size in MB (default 64)")
     ap.add_argument("--runs", type=int, default=20, help="runs per target (default 20)")
+    ap.add_argument("--flood-mib", type=int, default=1024,
+                    help="output size of the streaming run in MiB (default 1024, 0 = skip)")
     args = ap.parse_args()
 
     prog = fixture_program("roundtrip")
@@ -128,6 +149,7 @@ def main() -> int:
         btt = statistics.median(b_timed)
         sleeper = fixture_program("sleeper")
         gone = statistics.median(kill_to_gone_s(sim, sleeper) for _ in range(5))
+        flood = client_rss_for_output(sim, args.flood_mib) if args.flood_mib else None
 
     print(f"board-in-a-box (dropbear on loopback, qemu-aarch64), {args.mb} MB push, "
           f"{args.runs} runs each")
@@ -144,6 +166,11 @@ def main() -> int:
           f"-> {(btt - bt) * 1e3:+.1f} ms vs no timeout")
     print(f"client SIGKILL  : run's processes, lock and run dir gone {gone * 1e3:.0f} ms after "
           "(median of 5; the program would have slept 60 s)")
+    if flood:
+        rss_kb, secs = flood
+        print(f"1 run printing   : {args.flood_mib} MiB -> client peak RSS {rss_kb / 1024:.0f} MiB "
+              f"= {rss_kb / 1024 / args.flood_mib:.3f}x the output, {args.flood_mib / secs:.1f} "
+              "MiB/s (stream spilled to a file past 64 MiB)")
     return 0
 
 

@@ -233,7 +233,27 @@ def plots(rep: Report) -> dict[str, str]:
     if matrix:
         out["verdict_heatmap"] = _heatmap(matrix, VERDICTS, "unavailable", "verdict matrix")
     out.update(jvm_plot(rep))
+    out.update(decode_steps_plot(rep))
     return out
+
+
+def decode_steps_plot(rep: Report) -> dict[str, str]:
+    """Per-step decode time of the board leg's decode run (only where it recorded some)."""
+    steps = next((leg.data["decode_steps"] for leg in rep.legs if "decode_steps" in leg.data),
+                 None)
+    if not steps or not steps.get("step_ms"):
+        return {}
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    ms = steps["step_ms"]
+    ax.plot(range(len(ms)), ms, marker="o", markersize=3)
+    ax.set_xlabel("decode step")
+    ax.set_ylabel("ms")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Per-step time ({steps.get('source', '')}): {steps.get('title', '')}",
+                 fontsize=9)
+    return {"decode_step_times": _png(fig)}
 
 
 #: JVM matrix verdicts, best to worst (the colour scale of the JVM heat map).

@@ -293,7 +293,7 @@ def gate_leg(ctx: RunContext, out: Leg) -> None:
                 "unavailable", detail="not served by this machine's Maven Central; pass "
                 "--klib PATH to gate a klib, jar, .a or .kexe")
     # what the board leg pushes: it must pass before any board cycle
-    for name, march, expect_findings in (("tokens", BOARD_MARCH, False),
+    for name, march, expect_findings in (("voicecc", BOARD_MARCH, False),
                                          ("i8mm", "armv8.2-a+i8mm", True)):
         ctx.step(f"gate: building and scanning fixtures/board/{name}.c (-march={march})")
         prog = fixture_program(name, march=march)
@@ -316,7 +316,8 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
     import hashlib
 
     from harness.board.build import fixture_program
-    from harness.board.parity import compare_decode, kernel_parity
+    from harness.board.decode import voicecc_decode_parity
+    from harness.board.parity import kernel_parity
     from harness.board.profile import resolve_profile
     from harness.board.session import BoardSession
     from harness.board.sim import BoardSim
@@ -354,17 +355,18 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
                 "pass" if res.reason == ILLEGAL_INSTRUCTION else "FAIL", None,
                 res.timings.get("total"), res.reason)
 
-        ctx.step("board: decode parity (stand-in decoder fed the reference decode's ids)")
+        ctx.step("board: decode parity (voicecc-format stand-in fed the reference's ids)")
         from harness.reference.cli import board_reference_ids
         ids, ref_note = board_reference_ids(ctx.work)
-        res = board.run(fixture_program("tokens"), args=["toks.txt", "-1", "20"],
-                        inputs={"toks.txt": ",".join(map(str, ids)).encode()}, timeout=120)
-        dp = compare_decode(res.stdout.decode(errors="replace"), ids,
-                            stderr=res.stderr.decode(errors="replace"))
-        out.add("decode parity pipeline (stand-in decoder)", "pass" if dp.ids_match and res.ok
-                else "FAIL", None, res.timings.get("total"),
-                dp.report().replace("\n", "; ") + "; " + ref_note + (
-                    "" if real else " (speed under emulation is not the board's)"))
+        dp, res = voicecc_decode_parity(board, fixture_program("voicecc"), ids, emulated=not real)
+        out.add("decode parity pipeline (voicecc-format stand-in)",
+                "pass" if dp.ids_match and res.ok else "FAIL", None, res.timings.get("total"),
+                dp.report().replace("\n", "; ") + "; " + ref_note)
+        if dp.timing.step_ms:
+            out.data["decode_steps"] = {"step_ms": dp.timing.step_ms,
+                                        "source": dp.timing.step_source,
+                                        "title": "fixtures/board/voicecc.c (stand-in) on "
+                                                 + where}
 
         if args.kernels_archive:
             ctx.step("board: kernel parity against the real SKaiNET kernels")

@@ -35,7 +35,8 @@ from harness.board.profile import (
     resolve_profile,
     write_profile,
 )
-from harness.board.session import MarkerFilter, oom_victim
+from harness.board.runscript import oom_victim
+from harness.board.session import MarkerFilter
 from harness.board.target import ILLEGAL_INSTRUCTION, exit_reason
 from harness.errors import HarnessError
 from kernels_ref import ulp_distance

@@ -4,8 +4,6 @@ SKaiNET native kernels, linked into our driver, against kernels_ref's `skainet_n
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,114 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from harness.board.build import FIXTURE_DIR, archive_symbols, cross_compile
+from harness.board.decode import (  # decode parity lives there; re-exported for callers
+    DEFAULT_TARGET_TPS,
+    DEFAULT_TOKEN_PATTERN,
+    DEFAULT_TPS_PATTERN,
+    DecodeParity,
+    compare_decode,
+    read_token_list,
+)
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
 from harness.report import plural
 from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, ulp_distance
 
-# -- decode parity -------------------------------------------------------------------------
-
-#: Default patterns: group 1 is a token id / a tokens-per-second figure.
-DEFAULT_TOKEN_PATTERN = r"\btoken(?:\[\d+\]|\s+\d+)?\s*[=:]\s*(-?\d+)"
-DEFAULT_TPS_PATTERN = r"(\d+(?:\.\d+)?)\s*(?:tok(?:ens)?/s|tokens per second)"
-#: llama.cpp's decode speed for FunctionGemma 270M on the SL2610.
-DEFAULT_TARGET_TPS = 9.7
-
-
-def read_token_list(path: Path | str) -> list[int]:
-    """Reference token ids: a JSON array, or integers separated by whitespace/commas
-    (`#` starts a comment)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"token list {path}: cannot read it: {exc}") from None
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise HarnessError(f"token list {path}: bad JSON: {exc}") from None
-        if not isinstance(data, list) or not all(isinstance(v, int) for v in data):
-            raise HarnessError(f"token list {path}: JSON must be an array of integers")
-        return list(data)
-    ids: list[int] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        for tok in re.split(r"[\s,]+", line.split("#", 1)[0].strip()):
-            if not tok:
-                continue
-            try:
-                ids.append(int(tok))
-            except ValueError:
-                raise HarnessError(
-                    f"token list {path}:{lineno}: {tok!r} is not an integer token id"
-                ) from None
-    return ids
-
-
-def _compile(pattern: str, what: str) -> re.Pattern[str]:
-    try:
-        rx = re.compile(pattern, re.MULTILINE)
-    except re.error as exc:
-        raise HarnessError(f"{what} {pattern!r}: bad regular expression: {exc}") from None
-    if rx.groups < 1:
-        raise HarnessError(f"{what} {pattern!r}: needs a capture group around the number")
-    return rx
-
-
-@dataclass
-class DecodeParity:
-    """Token ids and speed of one decode run against a reference list."""
-
-    expected: list[int]
-    got: list[int]
-    tok_per_s: float | None
-    target_tps: float
-    first_divergence: int | None  # index of the first differing id (or where one list ends)
-
-    @property
-    def ids_match(self) -> bool:
-        return self.first_divergence is None
-
-    def report(self) -> str:
-        lines = []
-        if self.ids_match:
-            lines.append(f"token ids: all {len(self.expected)} match the reference")
-        else:
-            i = self.first_divergence
-            assert i is not None
-            exp = self.expected[i] if i < len(self.expected) else "(end)"
-            got = self.got[i] if i < len(self.got) else "(end)"
-            lines.append(f"token ids: FIRST DIVERGENCE at index {i}: expected {exp}, got {got} "
-                         f"({i} of {len(self.expected)} matched before it; program printed "
-                         f"{len(self.got)})")
-        if self.tok_per_s is None:
-            lines.append("speed: no tok/s figure found in the output")
-        else:
-            ratio = self.tok_per_s / self.target_tps
-            verdict = "meets" if ratio >= 1 else "below"
-            lines.append(f"speed: {self.tok_per_s:.2f} tok/s = {ratio:.2f}x the "
-                         f"{self.target_tps:g} tok/s target ({verdict})")
-        return "\n".join(lines)
-
-
-def compare_decode(output: str, expected: Sequence[int], token_pattern: str = DEFAULT_TOKEN_PATTERN,
-                   tps_pattern: str = DEFAULT_TPS_PATTERN,
-                   target_tps: float = DEFAULT_TARGET_TPS, stderr: str = "") -> DecodeParity:
-    """Parse ids (every match of token_pattern) and tok/s (the last match) from the
-    program's stdout; stderr is searched when stdout has none (llama.cpp-style tools print
-    their timings there)."""
-    tok_rx = _compile(token_pattern, "--token-pattern")
-    tps_rx = _compile(tps_pattern, "--tps-pattern")
-    got = [int(m.group(1)) for m in tok_rx.finditer(output)] or \
-        [int(m.group(1)) for m in tok_rx.finditer(stderr)]
-    speeds = [float(m.group(1)) for m in tps_rx.finditer(output)] or \
-        [float(m.group(1)) for m in tps_rx.finditer(stderr)]
-    first = None
-    for i in range(max(len(got), len(expected))):
-        if i >= len(got) or i >= len(expected) or got[i] != expected[i]:
-            first = i
-            break
-    return DecodeParity(list(expected), got, speeds[-1] if speeds else None, target_tps, first)
+__all__ = ["DEFAULT_TARGET_TPS", "DEFAULT_TOKEN_PATTERN", "DEFAULT_TPS_PATTERN", "DecodeParity",
+           "compare_decode", "read_token_list"]
 
 
 # -- kernel parity -------------------------------------------------------------------------
@@ -436,6 +341,23 @@ class KernelParity:
     def notes(self) -> list[str]:
         """Everything not in a case row: the inventory and the skipped shapes."""
         return [*self.inventory.lines(), *self.skipped]
+
+    def to_dict(self) -> dict[str, object]:
+        """The run as JSON-ready data: every case with its verdict and measures."""
+        inv = self.inventory
+        return {
+            "ok": self.ok, "fixture": self.fixture, "summary": self.summary(),
+            "rule": VERDICT_RULE, "archive": str(inv.archive),
+            "inventory": {"run": [k.symbol for k in inv.run], "deselected": inv.deselected,
+                          "not_modelled": inv.not_modelled, "absent": inv.absent},
+            "skipped": self.skipped,
+            "cases": [{"symbol": c.symbol, "qtype": c.qtype, "shape": list(c.shape),
+                       "verdict": c.verdict, "reference": c.reference,
+                       "mismatches": c.mismatches, "max_ulp": c.max_ulp,
+                       "scale_ulps": c.scale_ulps, "bound_used": c.bound_used,
+                       "tightness": c.tightness, "detail": c.measure()}
+                      for c in self.cases],
+        }
 
 
 def kernel_parity(

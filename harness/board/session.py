@@ -5,9 +5,10 @@ and POSIX shell: files are streamed into `cat` under a temporary name, checked w
 board's `sha256sum` (or `md5sum`), then `chmod`ed and `mv`ed into place (a transfer that
 ends short removes its temporary on the board); a run is started in its own session/process
 group (`setsid`) and reports its PID first thing; a board-side watchdog keeps the clock and
-kills the whole group (TERM, then KILL) when time is up, client or no client; peak memory is
-the process's VmHWM, sampled from /proc/PID/status by a board-side loop every
-sample_interval (a lower bound if the peak comes in the last interval before exit); a lock
+kills the whole group (TERM, then KILL) when time is up, client or no client; the script that
+does it, samples every process of the run from /proc, kills what outlives the program (found
+by a run tag in its environment) and reads the kernel log's OOM lines is built by a pure
+function, `harness.board.runscript.run_script`; a lock
 directory created with `mkdir` (atomic) keeps two runs from sharing the board's memory, and
 its keeper process (one channel open as long as the lock is held) ends the run's processes
 and frees the lock as soon as the client goes away, however it goes.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import math
 import os
 import re
 import secrets
@@ -47,7 +47,16 @@ from harness.board.hostkeys import (
     load_known_hosts,
 )
 from harness.board.profile import BoardProfile
-from harness.board.target import InputFiles, RunResult, StreamCallback, exit_reason
+from harness.board.runscript import (
+    RunReport,
+    RunSpec,
+    read_report,
+    run_script,
+    tagged_sh,
+)
+from harness.board.streams import DEFAULT_MEMORY_CAP, SpillBuffer
+from harness.board.target import InputFiles, RunResult, StreamCallback, exit_reason, oom_line
+from harness.board.validate import connect_failure
 from harness.errors import HarnessError
 
 q = shlex.quote
@@ -61,6 +70,7 @@ class MarkerFilter:
         self.tag = tag
         self.buf = b""
         self.found: dict[str, str] = {}
+        self.lines: list[tuple[str, str]] = []  # every report line, in order
 
     def feed(self, data: bytes) -> bytes:
         self.buf += data
@@ -79,7 +89,9 @@ class MarkerFilter:
                 self.buf = self.buf[i:]
                 return out
             key, _, value = self.buf[i + len(self.tag):j].partition(b" ")
-            self.found[key.decode("ascii", "replace")] = value.decode("ascii", "replace")
+            k, v = key.decode("ascii", "replace"), value.decode("utf-8", "replace")
+            self.found[k] = v
+            self.lines.append((k, v))
             self.buf = self.buf[j + 1:]
 
     def finish(self) -> bytes:
@@ -124,13 +136,6 @@ def _close_quietly(chan: paramiko.Channel) -> None:
         chan.close()
     except (paramiko.SSHException, OSError, EOFError):
         pass
-
-
-def oom_victim(kernel_log: bytes, pid: int) -> bool:
-    """Does the kernel log name `pid` as killed by the OOM killer?"""
-    pat = re.compile(rb"(Out of memory: Killed process %d\b|oom-kill:.*\bpid=%d\b)"
-                     % (pid, pid))
-    return bool(pat.search(kernel_log))
 
 
 class BoardSession:
@@ -203,13 +208,17 @@ class BoardSession:
         except TimeoutError:
             client.close()
             raise HarnessError(
-                f"{self.where}: no answer within {p.connect_timeout:g}s (connect_timeout)"
+                f"{self.where}: cannot connect: timeout (no answer within "
+                f"{p.connect_timeout:g}s, connect_timeout: host down, wrong address, or "
+                "packets dropped)"
             ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
-            if "timed out" in str(exc) or "timeout" in str(exc).lower():
+            if isinstance(exc, paramiko.SSHException | EOFError) and (
+                    "timed out" in str(exc) or "timeout" in str(exc).lower()):
                 raise self._handshake_timeout() from None
-            raise HarnessError(f"{self.where}: cannot connect: {exc}") from None
+            raise HarnessError(f"{self.where}: cannot connect: {connect_failure(exc)}") \
+                from None
         self.trusted_new_key = policy.added
         transport = client.get_transport()
         assert transport is not None
@@ -322,12 +331,17 @@ class BoardSession:
             "echo \"arch $(uname -m)\"; "
             "while read k v u; do [ \"$k\" = MemTotal: ] && echo \"memkb $v\"; done "
             "< /proc/meminfo; "
+            "echo \"vlimit $(ulimit -v)\"; "
+            "while IFS=: read -r n c g; do case $c in memory|'') for f in "
+            "/sys/fs/cgroup$g/memory.max /sys/fs/cgroup/memory$g/memory.limit_in_bytes; do "
+            "[ -r $f ] && read -r v < $f && echo \"cgmem $v\" && break 2; done;; esac; "
+            "done < /proc/self/cgroup 2>/dev/null; "
             f"mkdir -p {rd}/bin {rd}/lib {rd}/runs && echo ready",
             "probing the board",
         ).decode("utf-8", "replace")
         tools = {ln.split()[1] for ln in out.splitlines() if ln.startswith("tool ")}
         for ln in out.splitlines():
-            if ln.startswith(("arch ", "memkb ")):
+            if ln.startswith(("arch ", "memkb ", "vlimit ", "cgmem ")):
                 k, _, v = ln.partition(" ")
                 self.facts[k] = v
         self.facts["tools"] = " ".join(sorted(tools))
@@ -531,7 +545,9 @@ class BoardSession:
             'pst() { l=; { read -r l < /proc/$1/stat; } 2>/dev/null; '
             'set -- ${l##*") "}; echo "${20}"; }\n'
             'endrun() { [ -f "$L/procs" ] || return 0; while read -r _i _t _k; do '
-            '[ -n "$_i" ] || continue; _c=$(pst $_i); '
+            '[ -n "$_i" ] || continue; if [ "$_k" = e ]; then '
+            f'for _x in $({tagged_sh("$_i")}); do kill -KILL $_x 2>/dev/null; done; continue; '
+            'fi; _c=$(pst $_i); '
             'if [ -z "$_c" ] || [ "$_c" = "$_t" ]; then '
             'if [ "$_k" = g ]; then kill -KILL -$_i; else kill -KILL $_i; fi 2>/dev/null '
             '&& echo "ENDED $_i"; fi; done < "$L/procs"; }\n'
@@ -710,13 +726,6 @@ class BoardSession:
         except HarnessError:
             pass
 
-    def _kernel_oom(self, pid: int) -> bool:
-        try:
-            _, out, _ = self.exec("dmesg 2>/dev/null | tail -n 400", timeout=10.0)
-        except HarnessError:
-            return False
-        return oom_victim(out, pid)
-
     def run(
         self,
         program: Path | str,
@@ -728,8 +737,18 @@ class BoardSession:
         on_stderr: StreamCallback | None = None,
         env: dict[str, str] | None = None,
         keep: bool = False,
+        cwd: str | None = None,
+        stage: Sequence[tuple[Path | str, str]] = (),
+        spill_dir: Path | str | None = None,
+        memory_cap: int = DEFAULT_MEMORY_CAP,
     ) -> RunResult:
-        """Push `program` and `inputs`, run it under the board lock, fetch `outputs`."""
+        """Push `program` and `inputs`, run it under the board lock, fetch `outputs`.
+
+        `stage` files (local, remote path) are pushed where they persist across runs,
+        skipped when the board already has the same bytes; `cwd` is the board directory the
+        program starts in (default: the run directory, where inputs and outputs are); each
+        of stdout/stderr is held in memory up to `memory_cap` bytes, then spilled whole to a
+        file in `spill_dir` (default: the system temp dir)."""
         program = Path(program)
         if not program.is_file():
             raise HarnessError(f"program not found: {program}")
@@ -746,6 +765,10 @@ class BoardSession:
                 self._register_cleanup(run_dir)
             remote_prog = f"{rd}/bin/{program.name}"
             self.push(program, remote_prog, mode=0o755)
+            for local, remote in stage:
+                res = self.push(Path(local), remote)
+                result.staged.append({"local": str(local), "remote": remote,
+                                      "skipped": bool(res["skipped"]), "bytes": res["bytes"]})
             for name, src in (inputs or {}).items():
                 self.push(src if isinstance(src, bytes) else Path(src), f"{run_dir}/{name}")
             env = dict(env or {})
@@ -756,15 +779,23 @@ class BoardSession:
                 prev = env.get("LD_LIBRARY_PATH")
                 env["LD_LIBRARY_PATH"] = f"{libdir}:{prev}" if prev else libdir
             result.timings["push"] = time.perf_counter() - t0
-            argv = [*self.profile.exec_prefix_argv, remote_prog, *args]
+            spec = RunSpec(
+                tag=f"@@skoracle-{secrets.token_hex(4)}-", run_token=secrets.token_hex(8),
+                run_dir=run_dir, argv=(*self.profile.exec_prefix_argv, remote_prog, *args),
+                lock_dir=self.lock_dir, env=tuple(env.items()), cwd=cwd, timeout=timeout,
+                kill_grace=self.profile.kill_grace,
+                sample_interval=self.profile.sample_interval, has_setsid=self.has_setsid)
             t_run = time.perf_counter()
-            self._run_remote(result, run_dir, argv, env, timeout, on_stdout, on_stderr)
+            streams = [SpillBuffer(f"{program.name}-{n}", memory_cap, spill_dir)
+                       for n in ("stdout", "stderr")]
+            try:
+                report = self._run_remote(result, spec, streams, on_stdout, on_stderr)
+            except BaseException:
+                for sb in streams:
+                    sb.discard()
+                raise
             result.timings["run"] = time.perf_counter() - t_run
-            kernel_oom = (result.exit_status == 128 + 9 and not result.timed_out
-                          and result.pid is not None and self._kernel_oom(result.pid))
-            if not result.timed_out:
-                result.reason = exit_reason(result.exit_status, result.stderr,
-                                            kernel_oom=kernel_oom)
+            self._judge_run(result, report)
             t_fetch = time.perf_counter()
             for name in outputs:
                 try:
@@ -777,80 +808,66 @@ class BoardSession:
         result.timings["total"] = time.perf_counter() - t0
         return result
 
-    def _run_remote(self, result: RunResult, run_dir: str, argv: list[str],
-                    env: dict[str, str], timeout: float | None,
-                    on_stdout: StreamCallback | None, on_stderr: StreamCallback | None) -> None:
-        """Start argv in its own session, stream its output; the board enforces the timeout.
+    @staticmethod
+    def _judge_run(result: RunResult, report: RunReport) -> None:
+        """Reason, memory and what had to be killed, from the board's report: an OOM kill of
+        any process of the run (kernel log), or an allocation failure on stderr, is "out of
+        memory" whatever the program's exit status."""
+        result.processes = [{"pid": pid, "comm": comm, "peak_rss_kb": kb}
+                            for pid, (kb, comm) in sorted(report.peaks.items())]
+        result.peak_rss_kb = report.peak_kb
+        result.killed_after = [{"pid": pid, "comm": comm} for pid, comm in report.strays]
+        if report.strays:
+            names = ", ".join(f"{pid} ({comm})" for pid, comm in report.strays)
+            result.notes.append(f"{len(report.strays)} process(es) outlived the run (left its "
+                                f"process group/session) and were killed: {names}")
+        if report.pid is None:
+            report.pid = result.pid
+        victims = report.oom_victims()
+        if report.kernel_log_error is not None:
+            result.notes.append("kernel log not readable "
+                                f"({report.kernel_log_error}): an OOM kill of the run's "
+                                "processes could not be checked there (stderr only)")
+        if result.timed_out:
+            return
+        if victims:
+            result.out_of_memory = True
+            who = ", ".join(f"pid {pid} ({comm})" for pid, comm in victims)
+            main = result.pid in {pid for pid, _ in victims}
+            result.reason = ("out of memory: killed by the kernel OOM killer (SIGKILL)" if main
+                             else f"out of memory: the kernel OOM killer killed {who} of the "
+                             f"run (the program exited {result.exit_status})")
+            return
+        result.reason = exit_reason(result.exit_status, result.stderr)
+        if result.exit_status == 0:
+            line = oom_line(result.stderr)
+            if line is not None:
+                result.out_of_memory = True
+                result.reason = (f"out of memory: a process of the run failed to allocate "
+                                 f"({line!r} on stderr), though the program exited 0")
+        elif result.exit_status == 128 + 9 and report.kernel_log_error is not None:
+            result.reason = "killed (SIGKILL; the kernel log could not be read for an OOM trace)"
 
-        One exec channel: the board-side shell starts the program with `setsid` (its PID,
-        which is also its process group, is the first line it writes) and records that group
-        in the lock (`procs`), so the lock's keeper ends it if the client goes away. It
-        samples the program's VmHWM from /proc in the background and, with a timeout, starts
-        a watchdog in a session of its own that sleeps until the deadline, then TERMs the
-        group and KILLs it `kill_grace` later, whether or not the client is still there. It
-        waits, kills any group member still alive, and reports the peak and the watchdog's
-        action after the program is done, so no report line can interleave with the
-        program's own output. The client only steps in if the board's watchdog has not
-        acted well past the deadline.
-        """
-        tag = f"@@skoracle-{secrets.token_hex(4)}-"
-        exports = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
-        inner = q(f'echo "{tag}pid $$" >&2; exec "$@"')
-        words = " ".join(q(a) for a in argv)
-        usec = max(10_000, int(self.profile.sample_interval * 1e6))
-        rss = ".skoracle-rss-$p"
-        wdf = ".skoracle-wd-$p"
-        grace = self.profile.kill_grace
-        setsid, grp = ("setsid ", "-") if self.has_setsid else ("", "")
-        kind = "g" if self.has_setsid else "p"
-        record = ('{ read -r l < /proc/$%s/stat; } 2>/dev/null; set -- ${l##*") "}; '
-                  'echo "$%s ${20} %s" %s "$L/procs"\n')
-        watchdog = ""
-        if timeout is not None:
-            def nap(sec: float) -> str:
-                return f"usleep {int(sec * 1e6)} 2>/dev/null || sleep {math.ceil(sec)}"
-            dog = (f"{nap(timeout)}; echo TERM > {wdf}; kill -TERM {grp}$p 2>/dev/null; "
-                   f"{nap(grace)}; echo KILL > {wdf}; kill -KILL {grp}$p 2>/dev/null")
-            dog = "p=$1; " + dog  # its own shell: the program's PID comes as an argument
-            watchdog = (f"{setsid}sh -c {q(dog)} sh $p </dev/null >/dev/null 2>&1 &\n"
-                        "w=$!\n" + record % ("w", "w", kind, ">>"))
-        cmd = (
-            f"mkdir -p {q(run_dir)} && cd {q(run_dir)} || exit 125\n{exports}"
-            f"L={q(self.lock_dir)}\n"
-            f"{setsid}sh -c {inner} sh {words} </dev/null &\n"
-            "p=$!\n"
-            + record % ("p", "p", kind, ">")
-            + watchdog
-            + "( while [ -d /proc/$p ]; do while read k v u; do [ \"$k\" = VmHWM: ] && "
-            "echo \"$v\"; done < /proc/$p/status; "
-            f"usleep {usec} 2>/dev/null || sleep 1; done ) >{rss} 2>/dev/null </dev/null &\n"
-            "s=$!\n"
-            "wait $p\nst=$?\n"
-            + (f"kill -KILL {grp}$w 2>/dev/null; wait $w 2>/dev/null\n" if watchdog else "")
-            + (f"if kill -0 -$p 2>/dev/null; then kill -KILL -$p 2>/dev/null; "
-               f"echo '{tag}leftover killed' >&2; fi\n" if self.has_setsid else "")
-            + 'rm -f "$L/procs"\n'
-            + (f"if [ -f {wdf} ]; then read r < {wdf}; echo \"{tag}timeout $r\" >&2; "
-               f"rm -f {wdf}; fi\n" if watchdog else "")
-            + "kill $s 2>/dev/null; wait $s 2>/dev/null\n"
-            "m=; while read v; do { [ -z \"$m\" ] || [ \"$v\" -gt \"$m\" ]; } 2>/dev/null "
-            f"&& m=$v; done < {rss}; rm -f {rss}\n"
-            f"echo \"{tag}peak_rss_kb ${{m:-none}}\" >&2\n"
-            "exit $st\n"
-        )
-        chan = self._open(cmd)
-        markers = MarkerFilter(tag.encode())
-        out: list[bytes] = []
-        err: list[bytes] = []
+    def _run_remote(self, result: RunResult, spec: RunSpec, streams: list[SpillBuffer],
+                    on_stdout: StreamCallback | None, on_stderr: StreamCallback | None
+                    ) -> RunReport:
+        """Run `spec`'s script on one exec channel and stream its output (see
+        harness.board.runscript); the board enforces the timeout. The client only steps in
+        if the board's watchdog has not acted well past the deadline."""
+        timeout, grace = spec.timeout, spec.kill_grace
+        chan = self._open(run_script(spec))
+        markers = MarkerFilter(spec.tag.encode())
+        out, err = streams
         pid: int | None = None
         started = time.monotonic()
         kill_at: float | None = None
         sent_kill = False
+        name = spec.argv[-1] if spec.argv else "program"
 
         def take_stderr(data: bytes) -> None:
             data = markers.feed(data)
             if data:
-                err.append(data)
+                err.write(data)
                 if on_stderr:
                     on_stderr(data)
 
@@ -858,7 +875,7 @@ class BoardSession:
             """Take whatever stdout/stderr the channel holds now, streaming it live."""
             while chan.recv_ready():
                 data = chan.recv(65536)
-                out.append(data)
+                out.write(data)
                 if on_stdout:
                     on_stdout(data)
             while chan.recv_stderr_ready():
@@ -870,12 +887,13 @@ class BoardSession:
                 drain()
                 if pid is None and "pid" in markers.found:
                     pid = int(markers.found["pid"])
+                    result.started_at = time.perf_counter()
                 if chan.eof_received or chan.closed or chan.exit_status_ready():
                     break
                 now = time.monotonic()
                 if pid is None and timeout is not None and now - started > timeout + 30.0:
-                    raise HarnessError(f"{self.where}: {argv[-1] if argv else 'program'} did "
-                                       f"not start within {timeout + 30.0:g}s")
+                    raise HarnessError(f"{self.where}: {name} did not start within "
+                                       f"{timeout + 30.0:g}s")
                 if timeout is not None and pid is not None:  # the board did not act
                     if not result.timed_out and now - started > timeout + grace + 5.0:
                         result.timed_out = True
@@ -899,26 +917,29 @@ class BoardSession:
             _close_quietly(chan)
         tail = markers.finish()
         if tail:
-            err.append(tail)
+            err.write(tail)
             if on_stderr:
                 on_stderr(tail)
+        for sb in streams:
+            sb.close()
         if status == -1:
-            raise self._lost(f"running {argv[-1] if argv else ''}")
-        found = markers.found
-        if pid is None and "pid" in found:
-            pid = int(found["pid"])
-        if found.get("timeout") in ("TERM", "KILL"):
+            raise self._lost(f"running {name}")
+        report = read_report(markers.lines)
+        if pid is None:
+            pid = report.pid
+        if report.timeout in ("TERM", "KILL"):
             result.timed_out = True
-            how = found["timeout"]
+            how = report.timeout
             result.reason = (f"timed out after {timeout:g}s: process group {pid} killed with "
                              f"SIG{how}" + (f" (still there {grace:g}s after SIGTERM)"
                                             if how == "KILL" else ""))
-        if "leftover" in found:
+        if report.leftover:
             result.notes.append(f"processes of group {pid} outlived the run; killed")
-        peak = found.get("peak_rss_kb", "none")
-        result.peak_rss_kb = int(peak) if peak.isdigit() else None
         result.exit_status = status
         result.pid = pid
-        result.stdout = b"".join(out)
-        result.stderr = b"".join(err)
-
+        result.stdout, result.stderr = out.head, err.head
+        for key, sb in zip(("stdout", "stderr"), streams, strict=True):
+            if sb.path is not None:
+                result.spilled[key] = str(sb.path)
+                result.notes.append(sb.note() or "")
+        return report

@@ -56,12 +56,24 @@ class RunResult:
     stderr: bytes = b""
     outputs: dict[str, bytes] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: push, run, fetch, total
-    peak_rss_kb: int | None = None
+    peak_rss_kb: int | None = None  # the whole run's peak (every process of it)
     notes: list[str] = field(default_factory=list)
+    #: each process of the run seen by the sampler: {"pid", "comm", "peak_rss_kb"}
+    processes: list[dict] = field(default_factory=list)
+    #: an OOM kill of any process of the run, or an allocation failure it reported
+    out_of_memory: bool = False
+    #: processes that outlived the run and were killed: {"pid", "comm"}
+    killed_after: list[dict] = field(default_factory=list)
+    #: staged files: {"local", "remote", "skipped", "bytes"}
+    staged: list[dict] = field(default_factory=list)
+    #: stream name -> file holding all of a stream too big for memory
+    spilled: dict[str, str] = field(default_factory=dict)
+    #: the client's time.perf_counter() when the program started (its first report line)
+    started_at: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.exit_status == 0 and not self.timed_out
+        return self.exit_status == 0 and not self.timed_out and not self.out_of_memory
 
     @property
     def signal(self) -> int | None:
@@ -81,8 +93,21 @@ class RunResult:
             if key in self.timings:
                 parts.append(f"{key} {self.timings[key]:.3f}s")
         if self.peak_rss_kb is not None:
-            parts.append(f"peak RSS {self.peak_rss_kb / 1024:.1f} MiB")
+            n = len(self.processes)
+            parts.append(f"peak RSS {self.peak_rss_kb / 1024:.1f} MiB"
+                         + (f" (whole run, {n} processes)" if n > 1 else ""))
         return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        """The result as JSON-ready data (outputs as their sizes)."""
+        return {
+            "program": self.program, "exit_status": self.exit_status, "reason": self.reason,
+            "ok": self.ok, "timed_out": self.timed_out, "out_of_memory": self.out_of_memory,
+            "pid": self.pid, "timings": self.timings, "peak_rss_kb": self.peak_rss_kb,
+            "processes": self.processes, "killed_after": self.killed_after,
+            "staged": self.staged, "spilled": self.spilled, "notes": self.notes,
+            "outputs": {k: len(v) for k, v in self.outputs.items()},
+        }
 
 
 @runtime_checkable
@@ -108,6 +133,14 @@ def signal_name(signo: int) -> str:
         return signal.Signals(signo).name
     except ValueError:
         return f"signal {signo}"
+
+
+def oom_line(stderr: bytes) -> str | None:
+    """The first stderr line that says an allocation failed (OOM_PATTERNS), if any."""
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if any(re.search(p, line, re.IGNORECASE) for p in OOM_PATTERNS):
+            return line.strip()[:160]
+    return None
 
 
 def exit_reason(
