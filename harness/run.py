@@ -650,7 +650,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classpath", metavar="CP",
                    help="a local SKaiNET build for the JVM leg, entries separated by "
                         f"'{os.pathsep}' (default: none)")
-    p.add_argument("--lanes", default=DEFAULT_LANES, help="the JVM leg's " + LANES_HELP)
+    p.add_argument("--lanes", default=DEFAULT_LANES, metavar="LANES",
+                   help="the JVM leg's " + LANES_HELP)
     p.add_argument("--jdk", metavar="HOME",
                    help="JDK for the JVM leg (default: JAVA_HOME, then /usr/lib/jvm/*)")
     p.set_defaults(func=run)

@@ -218,13 +218,33 @@ def _client_gone(fd: int) -> bool:
 
 
 def _end_all(cleanup: list[str]) -> None:
-    """The client has gone: remove its temp files, SIGKILL this process's descendants and
-    its whole process group, this process included."""
+    """The client has gone: SIGKILL this process's descendants and its whole process group,
+    this process included, and remove the client's temp files. This process's own threads
+    may still be writing into them until it dies, so a cleaner outside the group removes
+    them again once this process is dead."""
+    me = os.getpid()
+    cleaner = _spawn_cleaner(me, cleanup) if cleanup else None
+    _kill(p for p in descendants_and_group(me) if p not in (me, cleaner))
     _remove(cleanup)
-    _kill(descendants_and_group(os.getpid()))
     os.killpg(0, signal.SIGKILL)
     time.sleep(1)
     os._exit(137)
+
+
+def _spawn_cleaner(worker: int, cleanup: list[str]) -> int:
+    """Fork a process in a session of its own that waits (at most 10 s) until `worker` is
+    dead, removes `cleanup`, and exits."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        os.setsid()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_stat(worker) or ("Z",))[0] != "Z":
+            time.sleep(0.01)
+        _remove(cleanup)
+    finally:
+        os._exit(0)
 
 
 def bootstrap(argv: list[str]) -> int:

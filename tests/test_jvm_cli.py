@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from childsignals import default_sigint
 from proctree import cmdline, descendants
 
 from harness.cli import main
@@ -205,7 +206,7 @@ def _start_parity(build: Path, *extra: str) -> subprocess.Popen[str]:
          "--lanes", "4", "--timeout", "300", "-v", *ONE_SHAPE, *extra],
         cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=default_sigint)
 
 
 def _until_hanging(client: subprocess.Popen[str], before: str = "DropsLastBlockMatmulKernel"
@@ -282,7 +283,7 @@ def test_ctrl_c_during_a_hanging_kernel_ends_run_with_130_and_a_partial_report(c
          "--lanes", "4", "--out", str(out)], cwd=ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # both JIT modes' workers are up

@@ -74,7 +74,7 @@ def test_kill_9_of_the_client_ends_the_worker_its_daemons_and_its_temp_files(tmp
         client.send_signal(signal.SIGKILL)
         client.wait(10)
         assert _wait_for(lambda: not _ours(tree), 5), f"left running: {_ours(tree)}"
-        assert not scratch.exists()
+        assert _wait_for(lambda: not scratch.exists(), 5)  # removed within seconds
     finally:
         if client.poll() is None:
             client.kill()
