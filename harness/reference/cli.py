@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     import gguf
 
 DEFAULT_N = 32
+#: reference_decode's `stop_ids` for the GGUF's own end tokens (eos/eot/eom ids and
+#: end-of-turn pieces, harness.board.decode.end_token_ids)
+MODEL_END_TOKENS = "model"
 
 
 def parse_tokens(text: str) -> list[int]:
@@ -61,15 +64,16 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
                      prompt: str | None = None, n: int = DEFAULT_N, semantics: str = "exact",
                      load: str = "packed", dump: str | Path | None = None,
                      options: dict | None = None, progress: bool = False,
-                     stop_ids: Mapping[int, str] | Iterable[int] | None = None,
+                     stop_ids: Mapping[int, str] | Iterable[int] | str | None = None,
                      ignore_eos: bool = False) -> dict:
     """Run the reference decode and return the report dict the CLI prints (and the board
     and run legs reuse): prompt and generated ids, margins, tok/s, peak RSS, why it stopped.
     `options` are the semantics' (refmodel.semantics_options); `progress` draws it on
-    stderr; `stop_ids` (the model's end tokens: id -> where it comes from, as
-    harness.board.decode.end_token_ids gives them, or bare ids) end the decode at the first
-    of them it generates, unless `ignore_eos` (then all `n` are decoded and the report
-    names the first end token passed)."""
+    stderr; `stop_ids` (end tokens: id -> where it comes from, as
+    harness.board.decode.end_token_ids gives them, bare ids, or MODEL_END_TOKENS for the
+    GGUF's own, read once the model has passed its checks) end the decode at the first of
+    them it generates, unless `ignore_eos` (then all `n` are decoded and the report names
+    the first end token passed)."""
     from harness.progress import DecodeProgress
     from refmodel import Gemma3Reference, describe_semantics, semantics_options
     from refmodel.arch import check_context, context_length
@@ -84,6 +88,10 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
         check_context(len(tokens), n, context_length(open_gguf(model)), str(model))
     m = Gemma3Reference(model, semantics=semantics, load=load, options=opts)
     ids = tokens if tokens is not None else encode(m.w.reader, prompt, str(model))
+    if stop_ids == MODEL_END_TOKENS:
+        from harness.board.decode import end_token_ids
+
+        stop_ids = end_token_ids(model)
     stops = (dict(stop_ids) if isinstance(stop_ids, Mapping)
              else dict.fromkeys((int(t) for t in stop_ids or ()), "stop id"))
     halt = () if ignore_eos else stops
@@ -163,12 +171,10 @@ def cmd_reference(args: argparse.Namespace) -> int:
     if args.paths:
         raise HarnessError(f"unexpected arguments {' '.join(args.paths)} (did you mean "
                            "`skoracle reference diff A B`?)")
-    from harness.board.decode import end_token_ids
-
     tokens = parse_tokens(args.tokens) if args.tokens is not None else None
     rep = reference_decode(args.model, tokens, args.prompt, args.n, args.semantics, args.load,
                            args.dump, semantics_args(args), progress=True,
-                           stop_ids=end_token_ids(args.model), ignore_eos=args.ignore_eos)
+                           stop_ids=MODEL_END_TOKENS, ignore_eos=args.ignore_eos)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
