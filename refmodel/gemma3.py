@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +55,9 @@ class DecodeResult:
 
     Timing as `llama-ref` counts it: `generate_seconds` is the wall time of the forward
     passes whose logits chose a token (one per generated token: the last prompt step and
-    every generated step fed back), `prompt_seconds` that of the other prompt steps."""
+    every generated step fed back), `prompt_seconds` that of the other prompt steps.
+    `end_token`: the stop id that ended the decode before `n` (the last of `tokens`), None
+    when all `n` were generated."""
 
     prompt: list[int]
     tokens: list[int]
@@ -66,6 +68,7 @@ class DecodeResult:
     extra: dict = field(default_factory=dict)
     generate_seconds: float = 0.0
     prompt_seconds: float = 0.0
+    end_token: int | None = None
 
     @property
     def prompt_steps(self) -> int:
@@ -358,10 +361,13 @@ class Gemma3Reference:
 
     def decode(self, tokens: Sequence[int], n: int,
                dump: Callable[[int], DumpFn] | None = None,
-               progress: ProgressFn | None = None) -> DecodeResult:
+               progress: ProgressFn | None = None,
+               stop_ids: Collection[int] | None = None) -> DecodeResult:
         """Greedy decode of `n` tokens after the prompt `tokens`, from an empty cache, one
         token per step. `dump(step)` returns the callback for that step's tensors;
-        `progress` is called after every step (ProgressFn)."""
+        `progress` is called after every step (ProgressFn). With `stop_ids` (a model's end
+        tokens) the decode ends at the first generated token among them, kept as the last
+        token: no forward pass is spent after it."""
         prompt = [int(t) for t in tokens]
         if not prompt:
             raise HarnessError("the prompt must hold at least one token")
@@ -378,7 +384,9 @@ class Gemma3Reference:
         pos = 0
         total = len(prompt) + n - 1
         t_gen = t_prompt = 0.0
-        while len(out) < n:
+        stops = frozenset(int(t) for t in stop_ids or ())
+        end_token = None
+        while len(out) < n and end_token is None:
             token = feed[pos]
             t_step = time.perf_counter()
             logits = self.forward(token, pos, dump(pos) if dump else None)
@@ -390,10 +398,12 @@ class Gemma3Reference:
                 margins.append(top2_margin(logits))
                 feed.append(nxt)
                 t_gen += time.perf_counter() - t_step
+                if nxt in stops:
+                    end_token = nxt
             else:
                 t_prompt += time.perf_counter() - t_step
             if progress is not None:
                 progress(pos, total, len(out), t_gen, time.perf_counter() - t0)
         return DecodeResult(prompt, out, np.stack(rows), margins,
                             time.perf_counter() - t0, steps=pos, generate_seconds=t_gen,
-                            prompt_seconds=t_prompt)
+                            prompt_seconds=t_prompt, end_token=end_token)

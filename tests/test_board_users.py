@@ -176,7 +176,8 @@ def test_expect_ids_and_at_file(sim, progs, tokfile, tmp_path):
 
 def test_expect_from_stops_at_the_ggufs_end_token(sim, progs, tmp_path, monkeypatch):
     """A correct run that stops at the model's end-of-turn id passes: the reference decode
-    (a fixed --expect-n) is cut at the GGUF's first end token, the program's output too."""
+    stops at the GGUF's first end token (not decoding the rest of --expect-n), and the
+    program's output is cut after its own."""
     from harness.golden import tinygemma
     from harness.reference.cli import expected_ids
 
@@ -204,7 +205,11 @@ def test_expect_from_stops_at_the_ggufs_end_token(sim, progs, tmp_path, monkeypa
     p = json.loads(run.stdout)["parity"]
     assert p["ids_match"] and p["expected"] == [end] and p["got"] == [end]
     assert p["end_tokens"][str(end)] == "eot_token_id" and p["expected_end"] == 0
-    assert f"stops at end token {end} (index 0)" in run.stderr
+    assert f"stops at end token {end} (index 0), 1 of --expect-n 6 steps" in run.stderr
+    # the reference itself stopped there: 2 prompt-only passes and the one that chose `end`
+    ref = json.loads(run.stdout)["reference"]
+    assert ref["tokens"] == [end] and ref["steps"] == 3 and ref["n"] == 6
+    assert ref["stop_reason"].startswith(f"end token {end} ") and ref["end_token"]["stopped"]
     # without the end token in the GGUF the same run is a divergence at index 1
     run = board_cli(*args, "--expect-from", str(plain), str(progs["voicecc"]), "--", "t.txt",
                     "--end", str(end))

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -179,6 +180,87 @@ def test_decode_parity_expects_with_the_same_options():
     assert rep["semantics_described"] == "skainet_panama(lanes=4, reduction=halving)"
     assert ids == Gemma3Reference(TINY, "skainet_panama", options=expect_options(args)
                                   ).decode([2, 105], 2).tokens
+
+
+# ---------------------------------------------------------------------------------------
+# end tokens: the decode stops at the GGUF's first one
+
+PROMPT = [2, 105, 300]
+#: a seed whose tiny-gemma3 decodes PROMPT as 300 300 300 203 ...: a token that first
+#: appears mid-run (the default seed repeats its first token)
+TURNING_SEED = 8
+
+
+@dataclass
+class EndModel:
+    """A GGUF whose eos id is a token its greedy decode of PROMPT first makes at step `step`
+    (counted from 1), and its `full` decode of 8 tokens with no stop."""
+
+    path: Path
+    full: list[int]
+    step: int
+    end: int
+    piece: str
+
+
+@pytest.fixture(scope="module")
+def end_model(tmp_path_factory) -> EndModel:
+    path = tmp_path_factory.mktemp("eos") / "eos-mid-run.gguf"
+    tinygemma.write(path, seed=TURNING_SEED)
+    full = Gemma3Reference(path, "exact").decode(PROMPT, 8).tokens
+    k = next(i for i in range(1, len(full)) if full[i] not in full[:i])
+    assert k >= 2, full  # mid-run, not at the first step
+    reader = gguf.GGUFReader(path, "r+")  # a uint32 in place: the weights stay as they are
+    eos = reader.fields["tokenizer.ggml.eos_token_id"]
+    eos.parts[eos.data[0]][0] = full[k]
+    reader.data.flush()
+    del reader
+    return EndModel(path, full, k + 1, full[k], tinygemma.vocabulary(512)[0][full[k]])
+
+
+def test_reference_stops_at_the_ggufs_end_token(end_model):
+    e = end_model
+    args = ("reference", str(e.path), "--tokens", ",".join(map(str, PROMPT)), "--n", "8")
+    rep = json.loads(skoracle(*args, "--json").stdout)
+    assert rep["tokens"] == e.full[:e.step] and rep["tokens"][-1] == e.end
+    assert rep["stop_reason"] == f"end token {e.end} {e.piece} at step {e.step}"
+    assert rep["end_token"] == {"id": e.end, "piece": e.piece, "source": "eos_token_id",
+                                "step": e.step, "stopped": True}
+    # forward passes: the prompt's, then one per generated token up to the end token's
+    assert rep["steps"] == len(PROMPT) - 1 + e.step and len(rep["margins"]) == e.step
+    assert rep["end_tokens"] == {str(e.end): "eos_token_id", "6": "<end_of_turn>"}
+    text = skoracle(*args)
+    assert text.returncode == 0, text.stderr
+    assert f"\nstopped: end token {e.end} {e.piece} at step {e.step}\n" in text.stdout
+    assert f"{e.step} tokens generated" in text.stdout
+
+
+def test_ignore_eos_decodes_the_full_n(end_model):
+    e = end_model
+    r = skoracle("reference", str(e.path), "--tokens", ",".join(map(str, PROMPT)), "--n", "8",
+                 "--ignore-eos", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["tokens"] == e.full and rep["steps"] == len(PROMPT) - 1 + 8
+    assert rep["stop_reason"] == (f"--n reached (--ignore-eos; first end token {e.end} "
+                                  f"{e.piece} at step {e.step})")
+    assert rep["ignore_eos"] and rep["end_token"]["stopped"] is False
+    # no end token generated: --n reached, whether or not end tokens are ignored
+    text = skoracle("reference", str(TINY), "--tokens", "2,105", "--n", "2")
+    assert "\nstopped: --n reached\n" in text.stdout, text.stdout + text.stderr
+
+
+def test_expected_ids_stop_at_the_given_end_tokens(end_model):
+    """A 48-token expected run that ends at step `e.step` costs that many generated steps."""
+    from harness.board.decode import end_token_ids
+    from harness.reference.cli import expected_ids
+
+    e = end_model
+    ids, rep = expected_ids(e.path, PROMPT, 48, "exact", stop_ids=end_token_ids(e.path))
+    assert ids == e.full[:e.step] and rep["steps"] == len(PROMPT) - 1 + e.step
+    assert rep["stop_reason"] == f"end token {e.end} {e.piece} at step {e.step}"
+    ids, rep = expected_ids(e.path, PROMPT, 8, "exact")  # without stop ids: all n, as before
+    assert ids == e.full and rep["stop_reason"] == "--n reached"
 
 
 # ---------------------------------------------------------------------------------------

@@ -270,3 +270,39 @@ def test_diff_compares_only_the_steps_fed_the_same_tokens(tmp_path):
             "(of 2); only steps 0..0 are compared") in r.stdout
     first, rows = diff_dumps(tmp_path / "a", tmp_path / "b")
     assert first is None and {t.step for t in rows} == {0}
+
+
+#: a seed whose tiny-gemma3 decodes PROMPT as 300 300 300 203 ...: a token that first
+#: appears mid-run (the default seed repeats its first token), so a stop there is mid-decode
+TURNING_SEED = 8
+
+
+def first_new_token(tokens: list[int]) -> int | None:
+    """Index of the first generated token that did not come before it (None: none does)."""
+    return next((i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i]), None)
+
+
+def test_decode_stops_at_a_stop_id_and_spends_no_pass_after_it(tmp_path):
+    model = tmp_path / "turning.gguf"
+    tinygemma.write(model, seed=TURNING_SEED)
+    m = Gemma3Reference(model, "fast")
+    full = m.decode(PROMPT, 8)
+    k = first_new_token(full.tokens)
+    assert k is not None and k >= 2, full.tokens  # the end token comes mid-run
+    end = full.tokens[k]
+    never_made = [t for t in range(512) if t not in full.tokens]
+    passes = []
+    forward = m.forward
+    m.forward = lambda token, pos, dump=None: passes.append(pos) or forward(token, pos, dump)
+    r = m.decode(PROMPT, 8, stop_ids={end, *never_made[:3]})
+    assert r.tokens == full.tokens[:k + 1] and r.end_token == end
+    # prompt-only passes, then one pass per generated token up to and including the end token
+    assert len(passes) == r.steps == r.prompt_steps + k + 1 == len(PROMPT) + k
+    assert passes == list(range(r.steps))
+    assert np.array_equal(r.logits.view(np.uint32), full.logits[:k + 1].view(np.uint32))
+    assert r.margins == full.margins[:k + 1] and full.end_token is None
+    # stop ids never generated, or none: all n tokens
+    passes.clear()
+    never = m.decode(PROMPT, 8, stop_ids=never_made)
+    assert never.tokens == full.tokens and never.end_token is None
+    assert len(passes) == never.steps == len(PROMPT) + 7

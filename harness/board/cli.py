@@ -256,23 +256,28 @@ def cmd_decode_parity(args: argparse.Namespace) -> int:
     out_scan, err_scan = decode.scanners(token_rx, tps_rx, ms_rx)  # exit 2 if bad
     _check_program(args)
     end_ids: dict[int, str] = {}
+    if args.end_ids is not None:
+        end_ids = {i: "--end-ids" for i in decode.parse_expect(args.end_ids, "--end-ids")}
+    ref: dict | None = None
     if args.expect_from:
         from harness.reference.cli import expect_options, expected_ids
 
         if not args.tokens:
             raise HarnessError("--expect-from needs --tokens (the prompt ids)")
-        end_ids = decode.end_token_ids(args.expect_from)
+        if args.end_ids is None:
+            end_ids = decode.end_token_ids(args.expect_from)
+        # the reference stops at the first end token: an early answer costs its own steps
         expected, ref = expected_ids(args.expect_from, args.tokens, args.expect_n,
-                                     args.expect_semantics, **expect_options(args))
+                                     args.expect_semantics, stop_ids=end_ids,
+                                     **expect_options(args))
         cut, at = decode.cut_at_end(expected, end_ids)
-        stop = (f"; stops at end token {cut[-1]} (index {at})" if at is not None
+        stop = (f"; stops at end token {cut[-1]} (index {at}), {len(expected)} of "
+                f"--expect-n {args.expect_n} steps decoded" if at is not None
                 else "; no end token within --expect-n")
         print(f"reference ({ref['semantics_described']}): {' '.join(map(str, cut))}{stop}; "
               f"smallest top-2 margin {ref['min_margin']:.4g}", file=sys.stderr)
     else:
         expected = decode.parse_expect(args.expect)
-    if args.end_ids is not None:
-        end_ids = {i: "--end-ids" for i in decode.parse_expect(args.end_ids, "--end-ids")}
     live_out = _live(sys.stdout) if args.verbose and not args.json else None
     live_err = _live(sys.stderr) if args.verbose and not args.json else None
 
@@ -292,8 +297,12 @@ def cmd_decode_parity(args: argparse.Namespace) -> int:
         emulated=emulated_arch(sess.profile) is not None)
     code = 0 if parity.ids_match and result.ok else 1
     if args.json:
-        print(json.dumps({"ok": code == 0, "parity": parity.to_dict(),
-                          "run": result.to_dict()}, indent=1))
+        out = {"ok": code == 0, "parity": parity.to_dict(), "run": result.to_dict()}
+        if ref is not None:
+            out["reference"] = {k: ref[k] for k in (
+                "semantics_described", "prompt_tokens", "tokens", "n", "stop_reason",
+                "end_token", "min_margin", "steps")}
+        print(json.dumps(out, indent=1))
         return code
     if not result.ok:
         print(f"board: {result.summary()}", file=sys.stderr)
@@ -483,9 +492,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from harness.reference.cli import add_expect_from
     add_expect_from(p, expect)
     p.add_argument("--end-ids", metavar="IDS",
-                   help="end tokens: both sides are compared up to the first of them "
-                        "(default: the GGUF's eos/eot ids and end-of-turn pieces with "
-                        "--expect-from, else none)")
+                   help="end tokens: both sides are compared up to the first of them, "
+                        "and the --expect-from reference stops there (default: the GGUF's "
+                        "eos/eot/eom ids and end-of-turn pieces with --expect-from, else none)")
     p.add_argument("--format", choices=sorted(decode.FORMATS), default=decode.DEFAULT_FORMAT,
                    help="named output format, sets the patterns below (default %(default)s)")
     p.add_argument("--token-pattern", metavar="REGEX",

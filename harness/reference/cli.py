@@ -1,11 +1,14 @@
 """`skoracle reference`: the Gemma-3 reference decode from a GGUF, and dump diffs.
 
-    skoracle reference MODEL.gguf --tokens 2,105,... | --prompt "..." [--n 32]
+    skoracle reference MODEL.gguf --tokens 2,105,... | --prompt "..." [--n 32] [--ignore-eos]
                        [--semantics S [--lanes L --reduction R | --rounding Q]]
                        [--load packed|dequant-fp32] [--dump DIR] [--json]
     skoracle reference diff DUMP_A DUMP_B [--json]     (`reference diff --help`)
 
-Prints the greedy token ids, every step's top-2 logit margin, tok/s (generated tokens
+Prints the greedy token ids and why the decode stopped (at the GGUF's first end token,
+`tokenizer.ggml.eos_token_id`/`eot_token_id`/`eom_token_id` or an `<end_of_turn>`-style
+piece, as llama.cpp stops; or --n reached, always with --ignore-eos), every step's top-2
+logit margin, tok/s (generated tokens
 over the wall time of the passes that chose them; the prompt steps are reported apart)
 and the process's peak RSS; a long decode shows its progress on stderr. `--dump DIR`
 writes every layer's and op's activations (refmodel.dump describes the format); `diff`
@@ -21,13 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.footprint import human, read_footprint
 from harness.procmem import peak_rss_bytes
 
+if TYPE_CHECKING:
+    import gguf
+
 DEFAULT_N = 32
+#: reference_decode's `stop_ids` for the GGUF's own end tokens (eos/eot/eom ids and
+#: end-of-turn pieces, harness.board.decode.end_token_ids)
+MODEL_END_TOKENS = "model"
 
 
 def parse_tokens(text: str) -> list[int]:
@@ -52,10 +63,17 @@ def parse_tokens(text: str) -> list[int]:
 def reference_decode(model: str | Path, tokens: list[int] | None = None,
                      prompt: str | None = None, n: int = DEFAULT_N, semantics: str = "exact",
                      load: str = "packed", dump: str | Path | None = None,
-                     options: dict | None = None, progress: bool = False) -> dict:
+                     options: dict | None = None, progress: bool = False,
+                     stop_ids: Mapping[int, str] | Iterable[int] | str | None = None,
+                     ignore_eos: bool = False) -> dict:
     """Run the reference decode and return the report dict the CLI prints (and the board
-    and run legs reuse): prompt and generated ids, margins, tok/s, peak RSS. `options` are
-    the semantics' (refmodel.semantics_options); `progress` draws it on stderr."""
+    and run legs reuse): prompt and generated ids, margins, tok/s, peak RSS, why it stopped.
+    `options` are the semantics' (refmodel.semantics_options); `progress` draws it on
+    stderr; `stop_ids` (end tokens: id -> where it comes from, as
+    harness.board.decode.end_token_ids gives them, bare ids, or MODEL_END_TOKENS for the
+    GGUF's own, read once the model has passed its checks) end the decode at the first of
+    them it generates, unless `ignore_eos` (then all `n` are decoded and the report names
+    the first end token passed)."""
     from harness.progress import DecodeProgress
     from refmodel import Gemma3Reference, describe_semantics, semantics_options
     from refmodel.arch import check_context, context_length
@@ -70,6 +88,13 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
         check_context(len(tokens), n, context_length(open_gguf(model)), str(model))
     m = Gemma3Reference(model, semantics=semantics, load=load, options=opts)
     ids = tokens if tokens is not None else encode(m.w.reader, prompt, str(model))
+    if stop_ids == MODEL_END_TOKENS:
+        from harness.board.decode import end_token_ids
+
+        stop_ids = end_token_ids(model)
+    stops = (dict(stop_ids) if isinstance(stop_ids, Mapping)
+             else dict.fromkeys((int(t) for t in stop_ids or ()), "stop id"))
+    halt = () if ignore_eos else stops
     writer = None
     if dump is not None:
         hp = m.hp
@@ -80,9 +105,10 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
     try:
         if progress:
             with DecodeProgress("reference") as show:
-                r = m.decode(ids, n, dump=writer.step if writer else None, progress=show)
+                r = m.decode(ids, n, dump=writer.step if writer else None, progress=show,
+                             stop_ids=halt)
         else:
-            r = m.decode(ids, n, dump=writer.step if writer else None)
+            r = m.decode(ids, n, dump=writer.step if writer else None, stop_ids=halt)
         if writer:
             writer.finish(tokens=r.prompt + r.tokens[:-1])
     except BaseException:
@@ -101,7 +127,35 @@ def reference_decode(model: str | Path, tokens: list[int] | None = None,
         "prompt_seconds": r.prompt_seconds, "peak_rss_bytes": peak,
         "footprint_peak_bytes": read_footprint(model).peak(load),
         "dump": str(dump) if dump is not None else None,
+        "n": n, "end_tokens": {str(k): v for k, v in sorted(stops.items())},
+        "ignore_eos": ignore_eos, **stop_report(r.tokens, stops, ignore_eos, m.w.reader),
     }
+
+
+def stop_report(tokens: list[int], stops: Mapping[int, str], ignored: bool,
+                reader: gguf.GGUFReader) -> dict:
+    """Why a decode stopped: `stop_reason`, "end token 106 <end_of_turn> at step 5" (steps
+    count generated tokens from 1) or "--n reached" (with "(--ignore-eos ...)" naming the
+    first end token passed), and `end_token`: the first end token generated (id, piece,
+    source, step, whether it stopped the decode), or None."""
+    at = next((i for i, t in enumerate(tokens) if t in stops), None)
+    if at is None:
+        return {"stop_reason": "--n reached" + (" (--ignore-eos)" if ignored else ""),
+                "end_token": None}
+    t, piece = tokens[at], token_piece(reader, tokens[at])
+    what = f"end token {t} {piece} at step {at + 1}"
+    end = {"id": t, "piece": piece, "source": stops[t], "step": at + 1, "stopped": not ignored}
+    if ignored:
+        return {"stop_reason": f"--n reached (--ignore-eos; first {what})", "end_token": end}
+    return {"stop_reason": what, "end_token": end}
+
+
+def token_piece(reader: gguf.GGUFReader, token: int) -> str:
+    """The vocabulary's piece for `token` (`<id N>` when the GGUF has no such entry)."""
+    from refmodel.weights import string_array
+
+    pieces = string_array(reader, "tokenizer.ggml.tokens") or []
+    return pieces[token] if 0 <= token < len(pieces) else f"<id {token}>"
 
 
 def semantics_args(args: argparse.Namespace, prefix: str = "") -> dict:
@@ -119,12 +173,14 @@ def cmd_reference(args: argparse.Namespace) -> int:
                            "`skoracle reference diff A B`?)")
     tokens = parse_tokens(args.tokens) if args.tokens is not None else None
     rep = reference_decode(args.model, tokens, args.prompt, args.n, args.semantics, args.load,
-                           args.dump, semantics_args(args), progress=True)
+                           args.dump, semantics_args(args), progress=True,
+                           stop_ids=MODEL_END_TOKENS, ignore_eos=args.ignore_eos)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
     print(f"prompt ids: {' '.join(map(str, rep['prompt_tokens']))}")
     print(f"greedy ids: {' '.join(map(str, rep['tokens']))}")
+    print(f"stopped: {rep['stop_reason']}")
     print("top-2 margins: " + " ".join(f"{v:.4g}" for v in rep["margins"]))
     print(f"{len(rep['tokens'])} tokens generated in {rep['generate_seconds']:.2f} s = "
           f"{rep['tok_per_s']:.2f} tok/s; prompt: {rep['prompt_steps']} step"
@@ -257,7 +313,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--prompt", metavar="TEXT", help="prompt text, tokenized with the "
                      "GGUF's own vocabulary (SentencePiece; default: none, give it or --tokens)")
     p.add_argument("--n", type=int, default=DEFAULT_N, metavar="N",
-                   help="tokens to generate (default 32)")
+                   help="tokens to generate at most (default 32): the decode stops earlier "
+                        "at the GGUF's first end token (eos/eot/eom ids, <end_of_turn>)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="decode all --n tokens, through end tokens (default: stop at one)")
     p.add_argument("--semantics", default="exact", choices=SEMANTICS_NAMES, metavar="SEMANTICS",
                    help=f"float order of every matmul, one of {', '.join(SEMANTICS_NAMES)} "
                         "(default exact; fast = float32 in 16 lanes then a pair tree)")
@@ -276,12 +335,17 @@ BOARD_SEMANTICS = "skainet_neon"
 
 
 def expected_ids(model: str | Path, tokens: str | list[int], n: int = DEFAULT_N,
-                 semantics: str = BOARD_SEMANTICS, **options: object) -> tuple[list[int], dict]:
+                 semantics: str = BOARD_SEMANTICS, *,
+                 stop_ids: Mapping[int, str] | Iterable[int] | None = None,
+                 **options: object) -> tuple[list[int], dict]:
     """The reference's greedy ids for a board decode parity run, and the full report
     (margins included, so a mismatch at a small margin can be told from a real one).
+    `stop_ids`: end tokens (harness.board.decode.end_token_ids) at which the decode stops,
+    so an answer that ends early costs only its own steps (default: decode all `n`).
     `options`: the semantics' (lanes, reduction, rounding; refmodel.semantics_options)."""
     ids = parse_tokens(tokens) if isinstance(tokens, str) else list(tokens)
-    rep = reference_decode(model, ids, None, n, semantics, options=dict(options))
+    rep = reference_decode(model, ids, None, n, semantics, options=dict(options),
+                           stop_ids=stop_ids)
     return rep["tokens"], rep
 
 
@@ -300,7 +364,8 @@ def add_expect_from(p: argparse.ArgumentParser, group: argparse._MutuallyExclusi
     p.add_argument("--tokens", metavar="IDS",
                    help="prompt ids for --expect-from (default: none; required with it)")
     p.add_argument("--expect-n", type=int, default=DEFAULT_N, metavar="COUNT",
-                   help="tokens the reference generates (default 32)")
+                   help="tokens the reference generates at most (default 32); it stops at "
+                        "the first end token (the GGUF's, or --end-ids)")
     p.add_argument("--expect-semantics", default=BOARD_SEMANTICS, choices=SEMANTICS_NAMES,
                    metavar="SEMANTICS", help="float order of the reference's matmuls, one of "
                    f"{', '.join(SEMANTICS_NAMES)} (default skainet_neon)")
