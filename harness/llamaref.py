@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import llamacpp
-from harness.errors import HarnessError
+from harness.errors import INPUT_ERRORS, HarnessError
 from harness.report import plural
 from harness.workerproc import WorkerProcess
 from refmodel.arch import check_context, context_length
@@ -143,7 +143,7 @@ def _precheck(model: Path) -> int | None:
 
     try:
         reader = open_gguf(model)
-    except HarnessError:
+    except INPUT_ERRORS:
         return None
     emb = next((t for t in reader.tensors if t.name == EMBEDDING), None)
     # no vocabulary at all is llama.cpp's to judge (tokenizer model "none" allows it)
@@ -654,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
 def _worker_main(argv: list[str]) -> int:
     try:
         return _worker(json.loads(argv[1]))
-    except HarnessError as exc:
+    except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
