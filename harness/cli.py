@@ -19,7 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.run",
     "harness.selfcheck",
     "harness.golden.cli",
-    "harness.llamaref",
+    "harness.ggml.llamaref",
     "harness.gate.cli",
     "harness.gate.stale",
     "harness.board.cli",

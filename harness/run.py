@@ -71,7 +71,7 @@ def leg(name: str, title: str) -> Callable[[LegFn], LegFn]:
 
 @leg("oracle", "Oracle vs ggml's C reference (quantize bytes, dequantize bits)")
 def oracle_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.cref import CRef
+    from harness.ggml.cref import CRef
     from harness.selfcheck import check_format, sample_cases
     from oracle import PACKED_TYPES
 
@@ -93,7 +93,7 @@ def oracle_leg(ctx: RunContext, out: Leg) -> None:
      "semantics vs the exact result and its rigorous bound")
 def kernels_leg(ctx: RunContext, out: Leg) -> None:
     from harness.board.parity import fixture_neon_outputs
-    from harness.cref import CRef
+    from harness.ggml.cref import CRef
     from harness.golden.compute import variants
     from kernels_ref import error_bound, matmul_wt, ulp_distance
     from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, sign_blind
