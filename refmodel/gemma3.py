@@ -133,8 +133,8 @@ def describe_semantics(name: str, options: dict) -> str:
 
 
 def top2_margin(logits: np.ndarray) -> float:
-    """Largest minus second-largest logit (0 for a tie)."""
-    two = np.partition(logits.astype(np.float64), -2)[-2:]
+    """Largest minus second-largest logit (0 for a tie); llama-ref's margins too."""
+    two = np.partition(np.asarray(logits, dtype=np.float64), -2)[-2:]
     return float(two[1] - two[0])
 
 

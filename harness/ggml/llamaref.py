@@ -66,7 +66,7 @@ from harness.ggml import llamacpp
 from harness.report import plural
 from harness.workerproc import WorkerProcess
 from refmodel.arch import check_context, context_length
-from refmodel.gemma3 import host_rounding
+from refmodel.gemma3 import host_rounding, top2_margin
 
 DUMP_FORMAT = "skoracle-refdump-1"
 SEMANTICS = "llama.cpp"
@@ -110,12 +110,6 @@ class LlamaDecode:
                 "prompt_seconds": round(self.prompt_seconds, 4),
                 "threads": self.threads, "non_finite": self.non_finite,
                 "dump": str(self.dump_dir) if self.dump_dir else None}
-
-
-def top2_margin(logits: np.ndarray) -> float:
-    """Largest minus second-largest logit (0 on a tie)."""
-    two = np.partition(np.asarray(logits, dtype=np.float64), -2)[-2:]
-    return float(two[1] - two[0])
 
 
 # ----------------------------------------------------------------------------------------
