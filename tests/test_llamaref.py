@@ -261,7 +261,7 @@ def test_activations_per_tensor_and_layer(built, small_window, which, tmp_path, 
 
 
 def test_cached_build_renames_into_place_and_cleans_up_on_failure(tmp_path):
-    from harness.ggml import cref
+    from harness.ggml import build as cref  # the build API cref and llamacpp share
 
     final = tmp_path / "lib-1"
     stamp = {"flags": ["-DX=ON"]}

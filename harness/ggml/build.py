@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -157,6 +158,34 @@ def soname(lib: Path) -> str | None:
     proc = subprocess.run(["objdump", "-p", str(lib)], capture_output=True, text=True)
     m = re.search(r"^\s*SONAME\s+(\S+)", proc.stdout, re.MULTILINE)
     return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class LibraryBuild:
+    """One cached library build of the sdist: its directory under the cache root and the
+    stamp that must match (version, cmake flags, targets) for the cache to count."""
+
+    name: str  # the directory is <name>-<version>
+    cmake_flags: tuple[str, ...]
+    targets: tuple[str, ...]
+    libraries: tuple[str, ...]
+
+    def dir(self) -> Path:
+        """The finished build for the pinned version: holds lib/ and stamp.json."""
+        return cache_root() / f"{self.name}-{LCP_VERSION}"
+
+    def stamp(self) -> dict:
+        return {"llama_cpp_python": LCP_VERSION, "cmake_flags": list(self.cmake_flags),
+                "targets": list(self.targets)}
+
+    def is_built(self) -> bool:
+        """True if a complete build with exactly the current version and flags is cached."""
+        return stamp_matches(self.dir(), self.stamp(), self.libraries)
+
+    def build(self, make: Callable[[Path], None], label: str, force: bool,
+              log: Callable[[str], None]) -> Path:
+        """`cached_build` of this library; returns the directory of the .so files."""
+        return cached_build(self.dir(), self.is_built, make, self.stamp(), label, force, log)
 
 
 def library_main(argv: list[str] | None, name: str, what: str,

@@ -31,14 +31,12 @@ from harness.errors import HarnessError
 from harness.ggml.build import (
     LCP_VERSION,
     SDIST_PREFIX,
-    cache_root,
-    cached_build,
+    LibraryBuild,
     collect_libraries,
     extract_part,
     fetch_sdist,
     library_main,
     run_step,
-    stamp_matches,
 )
 from harness.ggml.build import (
     SDIST_NAME as SDIST_NAME,  # the cached sdist's name, read by tests
@@ -108,19 +106,17 @@ def _say(msg: str) -> None:
 # Build
 # ----------------------------------------------------------------------------------------
 
+BUILD = LibraryBuild("ggml", CMAKE_FLAGS, BUILD_TARGETS, LIBRARIES)
+
+
 def build_dir() -> Path:
     """The finished build for the pinned version: holds lib/ and stamp.json."""
-    return cache_root() / f"ggml-{LCP_VERSION}"
-
-
-def _stamp() -> dict:
-    return {"llama_cpp_python": LCP_VERSION, "cmake_flags": list(CMAKE_FLAGS),
-            "targets": list(BUILD_TARGETS)}
+    return BUILD.dir()
 
 
 def is_built() -> bool:
     """True if a complete build with exactly the current version and flags is cached."""
-    return stamp_matches(build_dir(), _stamp(), LIBRARIES)
+    return BUILD.is_built()
 
 
 def extract_ggml(sdist: Path, dest: Path) -> Path:
@@ -157,8 +153,7 @@ def check_no_vector_code(lib: Path) -> None:
 
 def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
     """Build ggml-base and ggml-cpu (cached, idempotent); return the directory of the .so files."""
-    return cached_build(build_dir(), is_built, lambda work: _make(work, log), _stamp(),
-                        f"ggml {LCP_VERSION}", force, log)
+    return BUILD.build(lambda work: _make(work, log), f"ggml {LCP_VERSION}", force, log)
 
 
 def _make(work: Path, log: Callable[[str], None]) -> None:

@@ -31,14 +31,12 @@ from harness.errors import HarnessError
 from harness.ggml.build import (
     LCP_VERSION,
     SDIST_PREFIX,
-    cache_root,
-    cached_build,
+    LibraryBuild,
     collect_libraries,
     extract_part,
     fetch_sdist,
     library_main,
     run_step,
-    stamp_matches,
 )
 
 LLAMA_PREFIX = SDIST_PREFIX
@@ -83,19 +81,17 @@ def _say(msg: str) -> None:
 # Build
 # ----------------------------------------------------------------------------------------
 
+BUILD = LibraryBuild("llama", CMAKE_FLAGS, BUILD_TARGETS, LIBRARIES)
+
+
 def build_dir() -> Path:
     """The finished build for the pinned version: holds lib/ and stamp.json."""
-    return cache_root() / f"llama-{LCP_VERSION}"
-
-
-def _stamp() -> dict:
-    return {"llama_cpp_python": LCP_VERSION, "cmake_flags": list(CMAKE_FLAGS),
-            "targets": list(BUILD_TARGETS)}
+    return BUILD.dir()
 
 
 def is_built() -> bool:
     """True if a complete build with exactly the current version and flags is cached."""
-    return stamp_matches(build_dir(), _stamp(), LIBRARIES)
+    return BUILD.is_built()
 
 
 def extract_llama(sdist: Path, dest: Path) -> Path:
@@ -106,8 +102,7 @@ def extract_llama(sdist: Path, dest: Path) -> Path:
 
 def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
     """Build libllama and its ggml (cached, idempotent); return the directory of the .so files."""
-    return cached_build(build_dir(), is_built, lambda work: _make(work, log), _stamp(),
-                        f"llama.cpp {LCP_VERSION}", force, log)
+    return BUILD.build(lambda work: _make(work, log), f"llama.cpp {LCP_VERSION}", force, log)
 
 
 def _make(work: Path, log: Callable[[str], None]) -> None:
