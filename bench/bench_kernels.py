@@ -5,7 +5,7 @@ Measured in one run, on the same random weight and token:
   - the obvious NumPy route: gguf-py dequantize of the whole matrix, then W @ x
     (targets: exact >= 1.5x faster, <= 1/10 of its memory);
   - ggml's C Q8_0 path (quantize x, vec_dot per row) through a ggml_mul_mat graph on the
-    library harness/cref.py builds (target: exact within 10x of it);
+    library harness/ggml/cref.py builds (target: exact within 10x of it);
   - the kernel-faithful semantics (skainet_scalar, skainet_neon, skainet_panama, ggml).
 
     python3 bench/bench_kernels.py [--rows 262144] [--threads 1] [--skip-faithful]
@@ -69,7 +69,7 @@ class GgmlMatmul:
     """One ggml_mul_mat(W, x) graph on ggml's CPU backend (the cref build: generic C code)."""
 
     def __init__(self, raw: np.ndarray, x: np.ndarray, threads: int) -> None:
-        from harness.cref import CRef
+        from harness.ggml.cref import CRef
 
         cref = CRef.load()
         b, c = cref.base, cref.cpu
@@ -143,7 +143,7 @@ def main() -> None:
     try:
         g = GgmlMatmul(raw, x, args.threads)
     except Exception as exc:  # the bench reports, it does not hide a missing peer
-        print(f"ggml C Q8_0 path     : unavailable ({exc}); run python3 -m harness.cref build")
+        print(f"ggml C Q8_0 path     : unavailable ({exc}); run python3 -m harness.ggml.cref build")
     else:
         t_c, y_c = timed(g)
         y_sem = matmul_wt(x, raw, "Q8_0", args.rows, N_EMBD, semantics="ggml")

@@ -12,7 +12,7 @@ passes that chose them (llama-ref's LlamaDecode.tok_per_s, the reference's
 DecodeResult.tok_per_s); the prompt steps before them are not in either.
 
 `--compare` also teacher-forces the reference (`fast`) with llama.cpp's tokens and prints
-every step's margin, the derived logit bound and the tokens (harness.llamacmp.token_steps).
+every step's margin, the derived logit bound and the tokens (harness.ggml.llamacmp.token_steps).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import llamacmp, llamaref
+from harness.ggml import llamacmp, llamaref
 
 PROMPT = [2, 105, 2364, 107]
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from timing import best_of  # bench/timing.py (scripts run from bench/)
 
-from harness.cref import CRef
+from harness.ggml.cref import CRef
 from oracle import PACKED_TYPES, quantize
 
 KQUANT_QUANT_TARGET = 0.25  # oracle / C, K-quants

@@ -80,7 +80,7 @@ def decode_rows(model: Path, n: int, prompt: list[int]) -> list[Row]:
     """One reference decode per semantics, each in its own process, with a llama.cpp decode
     before each and one after: the yardstick is the fastest llama.cpp run, so a busy
     moment slows the peer no more than the oracle (the ratios err against the oracle)."""
-    from harness import llamacpp, llamaref
+    from harness.ggml import llamacpp, llamaref
 
     built = llamacpp.is_built()
     llama_runs: list[float] = []
@@ -97,7 +97,7 @@ def decode_rows(model: Path, n: int, prompt: list[int]) -> list[Row]:
     best = max(llama_runs) if llama_runs else None
     rows = [Row("llama.cpp, 1 thread", f"{best:.2f} tok/s" if best else "not built",
                 f"best of {len(llama_runs)} runs" if best else
-                "python3 -m harness.llamacpp build", None, None)]
+                "python3 -m harness.ggml.llamacpp build", None, None)]
     for sem, goal in DECODE_GOALS.items():
         rate, rss = reps[sem]["tok_per_s"], reps[sem]["peak_rss_bytes"]
         rows.append(Row(f"reference `{sem}`", f"{rate:.2f} steps/s", "llama.cpp",
@@ -129,7 +129,7 @@ def dequant_rows(shapes: tuple[tuple[int, int], ...], repeat: int) -> list[Row]:
     from gguf import GGMLQuantizationType
     from gguf import quants as gq
 
-    from harness.cref import CRef
+    from harness.ggml.cref import CRef
 
     try:
         cref = CRef.load(build_if_missing=False)

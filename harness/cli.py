@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from harness.errors import HarnessError
+from harness.errors import INPUT_ERRORS, exit_code_of
 from oracle.formats import OracleError
 
 #: Modules that contribute subcommands, in the order `--help` lists them.
@@ -19,7 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.run",
     "harness.selfcheck",
     "harness.golden.cli",
-    "harness.llamaref",
+    "harness.ggml.llamaref",
     "harness.gate.cli",
     "harness.gate.stale",
     "harness.board.cli",
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (HarnessError, OracleError) as exc:
+    except (*INPUT_ERRORS, OracleError) as exc:
         print(f"skoracle {args.command}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        return exit_code_of(exc)
     except KeyboardInterrupt:
         print(f"skoracle {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -54,8 +54,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.fixture(scope="session")
 def cref():
-    """ggml's C reference library through ctypes (`harness.cref.CRef`)."""
-    from harness.cref import CRef
+    """ggml's C reference library through ctypes (`harness.ggml.cref.CRef`)."""
+    from harness.ggml.cref import CRef
 
     return CRef.load()
 

@@ -31,7 +31,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.text import Text
 
 from harness.console import ResultTable, escape_control, make_console
-from harness.errors import HarnessError
+from harness.errors import INPUT_ERRORS, HarnessError, exit_code_of
 from harness.footprint import add_budget_options, parse_budget
 from harness.jvm.parity import DEFAULT_LANES, LANES_HELP, parse_lanes
 from harness.report import Leg, Report, leg_columns, plural, write_report
@@ -71,7 +71,7 @@ def leg(name: str, title: str) -> Callable[[LegFn], LegFn]:
 
 @leg("oracle", "Oracle vs ggml's C reference (quantize bytes, dequantize bits)")
 def oracle_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.cref import CRef
+    from harness.ggml.cref import CRef
     from harness.selfcheck import check_format, sample_cases
     from oracle import PACKED_TYPES
 
@@ -93,7 +93,7 @@ def oracle_leg(ctx: RunContext, out: Leg) -> None:
      "semantics vs the exact result and its rigorous bound")
 def kernels_leg(ctx: RunContext, out: Leg) -> None:
     from harness.board.parity import fixture_neon_outputs
-    from harness.cref import CRef
+    from harness.ggml.cref import CRef
     from harness.golden.compute import variants
     from kernels_ref import error_bound, matmul_wt, ulp_distance
     from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, sign_blind
@@ -561,11 +561,11 @@ def _run_legs(args: argparse.Namespace, stop: _Interrupt, console: Console, name
                 lg.status = "interrupted"
                 lg.summary = "interrupted by the user"
                 interrupted = True
-            except HarnessError as exc:
+            except INPUT_ERRORS as exc:
                 if lg.status != "unavailable":
                     lg.status = "error"
                 lg.summary = str(exc)
-                setup_error = setup_error or exc.exit_code == 2
+                setup_error = setup_error or exit_code_of(exc) == 2
             lg.elapsed_s = time.perf_counter() - t0
             lg.settle()
             name_failures(lg)

@@ -68,10 +68,10 @@ def check_format(qtype: str, cases: dict[str, np.ndarray], cref=None) -> FormatC
 
 def load_cref(required: bool):
     """The C library, or None (with the reason printed) when it is not built here."""
-    from harness.cref import CRef, is_built
+    from harness.ggml.cref import CRef, is_built
 
     if not is_built() and not required:
-        return None, "ggml C library not built (run `python3 -m harness.cref build`)"
+        return None, "ggml C library not built (run `python3 -m harness.ggml.cref build`)"
     try:
         return CRef.load(build_if_missing=required), ""
     except HarnessError as exc:

@@ -2,7 +2,7 @@
 
 `WorkerProcess(target, args)` starts `python -P -m harness.workerproc WATCH_FD CLEANUP
 TARGET ARGS...`; the bootstrap below then calls `TARGET` (`module:function`) with ARGS.
-The JVM worker (harness/jvm/worker.py) and llama-ref's decode worker (harness/llamaref.py)
+The JVM worker (harness/jvm/worker.py) and llama-ref's decode worker (harness/ggml/llamaref.py)
 both start this way. What the bootstrap sets up, and why:
 
 - the worker gets its own session and process group, so a Ctrl-C at the terminal goes to the

@@ -46,7 +46,7 @@ _DISABLED = False
 
 
 def cache_root() -> Path:
-    """$SKORACLE_CACHE or ~/.cache/skainet-oracle (the same root harness.cref uses)."""
+    """$SKORACLE_CACHE or ~/.cache/skainet-oracle (the C builds share it)."""
     env = os.environ.get("SKORACLE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "skainet-oracle"
 

@@ -721,39 +721,37 @@ _SMALL_WORK_BYTES = 64 << 20
 
 
 def available_memory() -> int | None:
-    """Bytes the system can still hand out (Linux MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    """Bytes of physical memory free now, or None where the platform does not say: the
+    portable estimate (POSIX sysconf) `quantize` checks against unless given a budget. It
+    leaves out memory the system could reclaim (Linux's page cache); a caller who knows
+    better (the harness reads MemAvailable: harness.procmem) passes `memory_budget`."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def _check_memory(qt: QType, x: np.ndarray) -> None:
+def _check_memory(qt: QType, x: np.ndarray, budget: int | None) -> None:
     """Refuse up front an input whose quantization cannot fit in memory (rather than a
     MemoryError, or the system swapping, deep inside)."""
     n = int(x.size)
     need = n * 4 * WORK_PER_ELEMENT_F32[qt.name]
     if x.dtype != F32:
         need += n * 4  # the float32 copy of the input
-    if need < _SMALL_WORK_BYTES:  # not worth reading /proc on every small call
+    if need < _SMALL_WORK_BYTES:  # not worth asking the system on every small call
         return
-    avail = available_memory()
+    avail = available_memory() if budget is None else budget
     if avail is not None and need > avail:
         raise OracleError(f"{qt.name}: quantize of {n} elements (shape {x.shape}) needs about "
                           f"{need / 2**30:.1f} GiB of working memory, {avail / 2**30:.1f} GiB "
                           "is available: quantize it in parts along the leading axes")
 
 
-def quantize(qtype_name: str, x: np.ndarray) -> np.ndarray:
+def quantize(qtype_name: str, x: np.ndarray, memory_budget: int | None = None) -> np.ndarray:
     """float32 (..., n) -> packed uint8 (..., n/block*nbytes), byte-identical to ggml's
-    quantize_row_<type>_ref (the no-importance-matrix path). Non-finite input is refused."""
+    quantize_row_<type>_ref (the no-importance-matrix path). Non-finite input is refused,
+    and so is an input whose working memory exceeds `memory_budget` bytes (default: the
+    free physical memory, `available_memory`)."""
     fmt = _format(qtype_name)
     qt = fmt.qt
     x = np.asarray(x)
@@ -761,7 +759,7 @@ def quantize(qtype_name: str, x: np.ndarray) -> np.ndarray:
         raise OracleError(f"{qt.name}: quantize needs an array of shape (..., n), got a scalar")
     if not np.issubdtype(x.dtype, np.floating):
         raise OracleError(f"{qt.name}: quantize needs float input, got dtype {x.dtype}")
-    _check_memory(qt, x)
+    _check_memory(qt, x, memory_budget)
     x = x.astype(F32, copy=False)
     nblk = qt.blocks_in(x.shape[-1])
     bad = ~np.isfinite(x)

@@ -8,13 +8,14 @@ See refmodel.gemma3 (the graph), refmodel.ops (float orders), refmodel.arch (con
 refmodel.dump (the activation dump format).
 """
 
-from refmodel.gemma3 import (
-    SEMANTICS_NAMES,
-    DecodeResult,
-    Gemma3Reference,
-    describe_semantics,
-    semantics_options,
-)
-
 __all__ = ["SEMANTICS_NAMES", "DecodeResult", "Gemma3Reference", "describe_semantics",
            "semantics_options"]
+
+
+def __getattr__(name: str) -> object:
+    """The model's names, imported on first use: `refmodel.errors` alone stays light."""
+    if name in __all__:
+        from refmodel import gemma3
+
+        return getattr(gemma3, name)
+    raise AttributeError(f"module 'refmodel' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from harness.errors import HarnessError
+from refmodel.errors import RefmodelError
 
 ARCH = "gemma3"
 
@@ -57,12 +57,12 @@ def context_length(r: gguf.GGUFReader) -> int | None:
 
 
 def check_context(prompt_len: int, n: int, ctx: int | None, path: str) -> None:
-    """Refuse (HarnessError, exit 2) a decode of `n` tokens after `prompt_len` that does not
+    """Refuse (RefmodelError, exit 2) a decode of `n` tokens after `prompt_len` that does not
     fit the model's context, before any work: the rule of `reference` and `llama-ref`."""
     if n < 1:
-        raise HarnessError(f"--n must be at least 1, got {n}")
+        raise RefmodelError(f"--n must be at least 1, got {n}")
     if ctx is not None and prompt_len + n > ctx:
-        raise HarnessError(f"{path}: prompt ({prompt_len}) + n ({n}) exceeds the model's "
+        raise RefmodelError(f"{path}: prompt ({prompt_len}) + n ({n}) exceeds the model's "
                            f"context length {ctx}")
 
 
@@ -72,9 +72,9 @@ def _check_number(path: str, key: str, value: Any, positive: bool) -> None:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise HarnessError(f"{path}: {key} is {value!r}, not a number") from None
+        raise RefmodelError(f"{path}: {key} is {value!r}, not a number") from None
     if not np.isfinite(v) or v < 0 or (positive and v == 0):
-        raise HarnessError(f"{path}: {key} is {v:g}; it must be a finite number "
+        raise RefmodelError(f"{path}: {key} is {v:g}; it must be a finite number "
                            f"{'> 0' if positive else '>= 0'}")
 
 
@@ -100,16 +100,16 @@ class Gemma3HParams:
 
     @classmethod
     def read(cls, r: gguf.GGUFReader, path: str, n_vocab: int) -> Gemma3HParams:
-        """From the GGUF's metadata; HarnessError (exit 2) naming the missing/bad field."""
+        """From the GGUF's metadata; RefmodelError (exit 2) naming the missing/bad field."""
         arch = _key(r, "general.architecture")
         if arch != ARCH:
-            raise HarnessError(f"{path}: general.architecture is {arch!r}, the reference "
+            raise RefmodelError(f"{path}: general.architecture is {arch!r}, the reference "
                                f"forward models {ARCH!r}")
 
         def need(key: str) -> Any:
             v = _key(r, f"{ARCH}.{key}")
             if v is None:
-                raise HarnessError(f"{path}: missing metadata {ARCH}.{key}")
+                raise RefmodelError(f"{path}: missing metadata {ARCH}.{key}")
             return v
 
         def opt(key: str, default: Any) -> Any:
@@ -118,12 +118,12 @@ class Gemma3HParams:
 
         scaling = opt("rope.scaling.type", "none")
         if scaling not in ("none", None):
-            raise HarnessError(f"{path}: {ARCH}.rope.scaling.type {scaling!r} is not modelled")
+            raise RefmodelError(f"{path}: {ARCH}.rope.scaling.type {scaling!r} is not modelled")
         n_layer, n_embd, n_head = int(need("block_count")), int(need("embedding_length")), \
             int(need("attention.head_count"))
         head_dim = int(opt("attention.key_length", n_embd // n_head))
         if int(opt("attention.value_length", head_dim)) != head_dim:
-            raise HarnessError(f"{path}: key_length != value_length is not modelled")
+            raise RefmodelError(f"{path}: key_length != value_length is not modelled")
         n_swa = int(opt("attention.sliding_window", 0))
         pattern = opt("attention.sliding_window_pattern", LLAMA_GEMMA3["swa_pattern"][0])
         if isinstance(pattern, list):  # an explicit per-layer array (load_swa_pattern)

@@ -49,9 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import HarnessError
 from kernels_ref import activations
 from kernels_ref.bounds import gamma
+from refmodel.errors import RefmodelError
 
 FORMAT = "skoracle-refdump-1"
 #: the `semantics` a llama-ref dump's meta.json carries
@@ -75,14 +75,14 @@ class DumpWriter:
     def __init__(self, directory: str | Path, meta: dict) -> None:
         self.final = Path(directory)
         if self.final.exists():
-            raise HarnessError(f"{self.final}: already exists; --dump writes a new directory")
+            raise RefmodelError(f"{self.final}: already exists; --dump writes a new directory")
         parent = self.final.parent
         if not parent.is_dir():
-            raise HarnessError(f"{parent}: no such directory for --dump")
+            raise RefmodelError(f"{parent}: no such directory for --dump")
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=parent))
         except OSError as exc:
-            raise HarnessError(f"--dump {self.final}: cannot write in {parent}: "
+            raise RefmodelError(f"--dump {self.final}: cannot write in {parent}: "
                                f"{exc.strerror or exc}") from None
         self.meta = {"format": FORMAT, **meta}
         self.steps = 0
@@ -103,7 +103,7 @@ class DumpWriter:
             try:
                 np.savez(self.tmp / step_file(self._index), **cur)
             except OSError as exc:
-                raise HarnessError(f"--dump {self.final}: cannot write step {self._index}: "
+                raise RefmodelError(f"--dump {self.final}: cannot write step {self._index}: "
                                    f"{exc.strerror or exc}") from None
             self.steps = self._index + 1
             self._current = {}
@@ -115,7 +115,7 @@ class DumpWriter:
             (self.tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
             os.replace(self.tmp, self.final)
         except OSError as exc:
-            raise HarnessError(f"--dump {self.final}: cannot finish the dump: "
+            raise RefmodelError(f"--dump {self.final}: cannot finish the dump: "
                                f"{exc.strerror or exc}") from None
         return self.final
 
@@ -128,11 +128,11 @@ def read_meta(directory: str | Path) -> dict:
     try:
         meta = json.loads((d / META).read_text())
     except FileNotFoundError:
-        raise HarnessError(f"{d}: not a reference dump (no {META})") from None
+        raise RefmodelError(f"{d}: not a reference dump (no {META})") from None
     except (OSError, ValueError) as exc:
-        raise HarnessError(f"{d / META}: unreadable ({exc})") from None
+        raise RefmodelError(f"{d / META}: unreadable ({exc})") from None
     if meta.get("format") != FORMAT:
-        raise HarnessError(f"{d / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise RefmodelError(f"{d / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -145,9 +145,9 @@ def iter_tensors(directory: str | Path, n_steps: int) -> Iterator[tuple[int, str
             with np.load(path, allow_pickle=False) as z:
                 arrays = [(name, z[name]) for name in z.files]
         except FileNotFoundError:
-            raise HarnessError(f"{path}: missing (meta.json says {n_steps} steps)") from None
+            raise RefmodelError(f"{path}: missing (meta.json says {n_steps} steps)") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise HarnessError(f"{path}: unreadable, truncated or not an .npz "
+            raise RefmodelError(f"{path}: unreadable, truncated or not an .npz "
                                f"({type(exc).__name__}: {exc})") from None
         for name, a in arrays:
             yield step, name, a
@@ -348,7 +348,7 @@ def diff_dumps(a: str | Path, b: str | Path) -> tuple[TensorDiff | None, list[Te
     ma, mb = read_meta(a), read_meta(b)
     n = common_steps(ma, mb)
     if n == 0:
-        raise HarnessError(f"{a} and {b} were fed different first tokens: "
+        raise RefmodelError(f"{a} and {b} were fed different first tokens: "
                            f"{ma.get('tokens')} vs {mb.get('tokens')}")
     ga, gb = _ggml_like(ma), _ggml_like(mb)
     flips = ga is not None and gb is not None and by_design(ma, mb) is None
@@ -361,9 +361,9 @@ def diff_dumps(a: str | Path, b: str | Path) -> tuple[TensorDiff | None, list[Te
     for step, name, xa in iter_tensors(a, n):
         sb, nb, xb = next(it_b, (None, None, None))
         if (sb, nb) != (step, name):
-            raise HarnessError(f"{b}: step {step} has {nb!r} where {a} has {name!r}")
+            raise RefmodelError(f"{b}: step {step} has {nb!r} where {a} has {name!r}")
         if xa.shape != xb.shape:
-            raise HarnessError(f"step {step} {name}: shapes {xa.shape} and {xb.shape} differ")
+            raise RefmodelError(f"step {step} {name}: shapes {xa.shape} and {xb.shape} differ")
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.abs(xa.astype(np.float64) - xb.astype(np.float64))
         d = np.where(np.isnan(xa) & np.isnan(xb), 0.0, np.where(np.isnan(d), np.inf, d))

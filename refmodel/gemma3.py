@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import HarnessError
 from kernels_ref import gather_rows, matmul_wt
 from kernels_ref.semantics import REGISTRY, Exact, lane_tree_sum
 from oracle import OracleError, dequantize, native, unpack
 from refmodel import ops
 from refmodel.arch import check_context, context_length
+from refmodel.errors import RefmodelError
 from refmodel.weights import EMBEDDING, Matrix, Weights
 
 F32 = np.float32
@@ -103,11 +103,11 @@ def host_rounding(machine: str | None = None) -> str:
 def semantics_options(name: str, lanes: int | None = None, reduction: str | None = None,
                       rounding: str | None = None) -> dict:
     """The kernels_ref options of semantics `name` from its command-line values, checked
-    (HarnessError naming the option): skainet_panama's lanes and reduction (defaults: the
+    (RefmodelError naming the option): skainet_panama's lanes and reduction (defaults: the
     semantics' own, 8 and sequential), ggml's rounding (default: host_rounding(), what
     llama.cpp does on this CPU). An option given to a semantics without it is refused."""
     if name not in SEMANTICS_NAMES:
-        raise HarnessError(f"unknown semantics {name!r}: expected one of "
+        raise RefmodelError(f"unknown semantics {name!r}: expected one of "
                            f"{', '.join(SEMANTICS_NAMES)}")
     given = {k: v for k, v in (("lanes", lanes), ("reduction", reduction),
                                ("rounding", rounding)) if v is not None}
@@ -115,7 +115,7 @@ def semantics_options(name: str, lanes: int | None = None, reduction: str | None
     for key in given:
         if key not in takes:
             owner = next(s for s, keys in SEMANTICS_OPTIONS.items() if key in keys)
-            raise HarnessError(f"--{key} applies to --semantics {owner}, not {name}")
+            raise RefmodelError(f"--{key} applies to --semantics {owner}, not {name}")
     if name == "ggml":
         given.setdefault("rounding", host_rounding())
     if name not in REGISTRY:
@@ -125,7 +125,7 @@ def semantics_options(name: str, lanes: int | None = None, reduction: str | None
     try:
         cls(**opts)
     except OracleError as exc:
-        raise HarnessError(str(exc)) from None
+        raise RefmodelError(str(exc)) from None
     return opts
 
 
@@ -136,8 +136,8 @@ def describe_semantics(name: str, options: dict) -> str:
 
 
 def top2_margin(logits: np.ndarray) -> float:
-    """Largest minus second-largest logit (0 for a tie)."""
-    two = np.partition(logits.astype(np.float64), -2)[-2:]
+    """Largest minus second-largest logit (0 for a tie); llama-ref's margins too."""
+    two = np.partition(np.asarray(logits, dtype=np.float64), -2)[-2:]
     return float(two[1] - two[0])
 
 
@@ -260,10 +260,10 @@ class Gemma3Reference:
         the logits float32 (n_vocab,). `dump(name, array)` receives every named tensor."""
         hp, w = self.hp, self.w
         if not 0 <= token < hp.n_vocab:
-            raise HarnessError(f"token id {token} is out of range for a vocabulary of "
+            raise RefmodelError(f"token id {token} is out of range for a vocabulary of "
                                f"{hp.n_vocab}")
         if pos != self.cache_k[0].shape[0]:
-            raise HarnessError(f"position {pos} does not follow the cache "
+            raise RefmodelError(f"position {pos} does not follow the cache "
                                f"({self.cache_k[0].shape[0]} positions held)")
         cb = self._checked(dump, pos)
         eps, nh, nkv, hd = hp.rms_eps, hp.n_head, hp.n_head_kv, hp.head_dim
@@ -342,7 +342,7 @@ class Gemma3Reference:
                 dump(name, a)
         return cb
 
-    def non_finite(self, name: str, a: np.ndarray, pos: int) -> HarnessError:
+    def non_finite(self, name: str, a: np.ndarray, pos: int) -> RefmodelError:
         """The error for tensor `name` of step `pos` coming out non-finite: names the first
         weight of its op holding a non-finite value (file, tensor, row, column), or says the
         activations overflowed when the weights it read are all finite."""
@@ -353,10 +353,10 @@ class Gemma3Reference:
             bad = self.w.first_non_finite(wname)
             if bad is not None:
                 row, col, value = bad
-                return HarnessError(f"{self.w.path}: tensor {wname} holds {value} at row "
+                return RefmodelError(f"{self.w.path}: tensor {wname} holds {value} at row "
                                     f"{row}, column {col} ({what})")
         read = f" (it reads {', '.join(weights)}, all finite)" if weights else ""
-        return HarnessError(f"{self.w.path}: {what}{read}: the activations left float32's "
+        return RefmodelError(f"{self.w.path}: {what}{read}: the activations left float32's "
                             "range")
 
     def decode(self, tokens: Sequence[int], n: int,
@@ -370,11 +370,11 @@ class Gemma3Reference:
         token: no forward pass is spent after it."""
         prompt = [int(t) for t in tokens]
         if not prompt:
-            raise HarnessError("the prompt must hold at least one token")
+            raise RefmodelError("the prompt must hold at least one token")
         check_context(len(prompt), n, context_length(self.w.reader), self.w.path)
         for t in prompt:
             if not 0 <= t < self.hp.n_vocab:
-                raise HarnessError(f"token id {t} is out of range for a vocabulary of "
+                raise RefmodelError(f"token id {t} is out of range for a vocabulary of "
                                    f"{self.hp.n_vocab}")
         self.reset()
         out: list[int] = []

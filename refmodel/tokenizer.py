@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gguf
 
-from harness.errors import HarnessError
+from refmodel.errors import RefmodelError
 from refmodel.weights import string_array
 
 
@@ -27,18 +27,18 @@ def encode(r: gguf.GGUFReader, text: str, path: str = "model") -> list[int]:
         import sentencepiece as spm
         from sentencepiece import sentencepiece_model_pb2 as pb
     except ImportError:
-        raise HarnessError("--prompt needs the sentencepiece package (pip install "
+        raise RefmodelError("--prompt needs the sentencepiece package (pip install "
                            "sentencepiece protobuf; scripts/setup.sh installs it)") from None
     model = _field(r, "tokenizer.ggml.model")
     if model != "llama":
-        raise HarnessError(f"{path}: tokenizer.ggml.model is {model!r}; --prompt handles "
+        raise RefmodelError(f"{path}: tokenizer.ggml.model is {model!r}; --prompt handles "
                            "SentencePiece ('llama') vocabularies; pass --tokens instead")
     tokens = string_array(r, "tokenizer.ggml.tokens")
     scores = _field(r, "tokenizer.ggml.scores")
     types = _field(r, "tokenizer.ggml.token_type")
     if not tokens or scores is None or types is None or not (
             len(tokens) == len(scores) == len(types)):
-        raise HarnessError(f"{path}: tokenizer.ggml.tokens/scores/token_type missing or of "
+        raise RefmodelError(f"{path}: tokenizer.ggml.tokens/scores/token_type missing or of "
                            "different lengths")
     proto = pb.ModelProto()
     proto.trainer_spec.model_type = pb.TrainerSpec.BPE
@@ -64,7 +64,7 @@ def encode(r: gguf.GGUFReader, text: str, path: str = "model") -> list[int]:
     try:
         sp.LoadFromSerializedProto(proto.SerializeToString())
     except Exception as exc:
-        raise HarnessError(f"{path}: sentencepiece rejects the vocabulary ({exc})") from None
+        raise RefmodelError(f"{path}: sentencepiece rejects the vocabulary ({exc})") from None
     ids = list(sp.EncodeAsIds(text))
     if _field(r, "tokenizer.ggml.add_bos_token", True):
         ids = [int(_field(r, "tokenizer.ggml.bos_token_id", 2))] + ids

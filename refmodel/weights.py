@@ -17,10 +17,10 @@ from typing import Any
 import gguf
 import numpy as np
 
-from harness.errors import HarnessError
-from harness.gguffile import open_gguf as checked_open
+from ggufio.checked import open_gguf as checked_open
 from oracle import dequantize, qtype
 from refmodel.arch import ARCH, Gemma3HParams
+from refmodel.errors import RefmodelError
 
 LOADS = ("packed", "dequant-fp32")
 EMBEDDING, OUTPUT = "token_embd.weight", "output.weight"
@@ -107,7 +107,7 @@ def array_length(r: gguf.GGUFReader, key: str, path: str = "model") -> int | Non
     if f is None:
         return None
     if not f.types or f.types[0] != gguf.GGUFValueType.ARRAY:
-        raise HarnessError(f"{path}: {key} is a "
+        raise RefmodelError(f"{path}: {key} is a "
                            f"{f.types[0].name if f.types else '?'}, not an array")
     return int(f.parts[4][0])  # parts: key length, key, value type, item type, item count
 
@@ -115,24 +115,24 @@ def array_length(r: gguf.GGUFReader, key: str, path: str = "model") -> int | Non
 def check_vocabulary(r: gguf.GGUFReader, rows: int, path: str) -> None:
     """The tokenizer's vocabulary must have exactly token_embd's `rows`, as llama.cpp's
     loader demands (it sizes token_embd from the vocabulary and refuses any other shape):
-    a smaller vocabulary would let the decode emit ids no token stands for. HarnessError
+    a smaller vocabulary would let the decode emit ids no token stands for. RefmodelError
     (exit 2) naming the file, the key and both sizes."""
     n = array_length(r, VOCABULARY, path)
     if n is None:
-        raise HarnessError(f"{path}: missing metadata {VOCABULARY} (llama.cpp refuses a "
+        raise RefmodelError(f"{path}: missing metadata {VOCABULARY} (llama.cpp refuses a "
                            "model without a tokenizer vocabulary)")
     if n != rows:
-        raise HarnessError(f"{path}: {VOCABULARY} has {n} tokens but {EMBEDDING} has {rows} "
+        raise RefmodelError(f"{path}: {VOCABULARY} has {n} tokens but {EMBEDDING} has {rows} "
                            "rows (llama.cpp refuses a vocabulary that does not match the "
                            "embedding)")
 
 
 def open_gguf(path: str | Path) -> gguf.GGUFReader:
-    """The lean reader over a memory map of `path`, after harness.gguffile has checked every
-    count and length in the file against its size (HarnessError, exit 2, on a bad file)."""
+    """The lean reader over a memory map of `path`, after ggufio.checked has checked every
+    count and length in the file against its size (RefmodelError, exit 2, on a bad file)."""
     p = Path(path)
     if not p.is_file():
-        raise HarnessError(f"{p}: no such file")
+        raise RefmodelError(f"{p}: no such file")
     return checked_open(p, reader=LeanGGUFReader)[0]
 
 
@@ -144,7 +144,7 @@ def _matrix(path: str, t: gguf.ReaderTensor) -> Matrix:
         try:
             qt = qtype(tname)
         except Exception:
-            raise HarnessError(f"{path}: tensor {t.name}: type {tname} is not modelled") \
+            raise RefmodelError(f"{path}: tensor {t.name}: type {tname} is not modelled") \
                 from None
         data = data.reshape(rows, qt.row_bytes(cols))
     return Matrix(t.name, tname, rows, cols, data)
@@ -155,22 +155,22 @@ class Weights:
 
     def __init__(self, path: str | Path, load: str = "packed") -> None:
         if load not in LOADS:
-            raise HarnessError(f"--load must be one of {', '.join(LOADS)}, got {load!r}")
+            raise RefmodelError(f"--load must be one of {', '.join(LOADS)}, got {load!r}")
         self.path, self.load = str(path), load
         self.reader = open_gguf(path)
         size = Path(path).stat().st_size
         self.tensors: dict[str, Matrix] = {}
         for t in self.reader.tensors:
             if int(t.data_offset) + int(t.n_bytes) > size:
-                raise HarnessError(f"{path}: truncated: tensor {t.name!r} runs past the end")
+                raise RefmodelError(f"{path}: truncated: tensor {t.name!r} runs past the end")
             self.tensors[t.name] = _matrix(self.path, t)
         arch = self.reader.fields.get("general.architecture")
         if arch is None or arch.contents() != ARCH:
-            raise HarnessError(f"{path}: general.architecture is "
+            raise RefmodelError(f"{path}: general.architecture is "
                                f"{None if arch is None else arch.contents()!r}, the reference "
                                f"forward models {ARCH!r}")
         if EMBEDDING not in self.tensors:
-            raise HarnessError(f"{path}: missing tensor {EMBEDDING}")
+            raise RefmodelError(f"{path}: missing tensor {EMBEDDING}")
         emb = self.tensors[EMBEDDING]
         self._check_vocabulary(emb.rows)
         self.hp = Gemma3HParams.read(self.reader, self.path, emb.rows)
@@ -224,12 +224,12 @@ class Weights:
         for name, shape in want.items():
             m = self.tensors.get(name)
             if m is None:
-                raise HarnessError(f"{self.path}: missing tensor {name}")
+                raise RefmodelError(f"{self.path}: missing tensor {name}")
             if (m.rows, m.cols) != shape:
-                raise HarnessError(f"{self.path}: tensor {name} is [{m.rows}, {m.cols}], the "
+                raise RefmodelError(f"{self.path}: tensor {name} is [{m.rows}, {m.cols}], the "
                                    f"gemma3 metadata gives [{shape[0]}, {shape[1]}]")
             if shape[0] == 1 and m.type != "F32":
-                raise HarnessError(f"{self.path}: norm {name} is {m.type}, expected F32")
+                raise RefmodelError(f"{self.path}: norm {name} is {m.type}, expected F32")
 
     @staticmethod
     def _expand(m: Matrix) -> np.ndarray:

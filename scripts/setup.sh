@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # --- Debian packages -------------------------------------------------------------------
 APT_PACKAGES=(
   cmake                        # ggml C reference build
-  g++                          # llama.cpp build (harness/llamacpp.py)
+  g++                          # llama.cpp build (harness/ggml/llamacpp.py)
   qemu-user                    # aarch64 programs under qemu-aarch64 -cpu cortex-a76
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
   dropbear-bin openssh-client  # board-in-a-box SSH server, ssh-keygen
@@ -43,7 +43,7 @@ fi
 "$PY" -m oracle.native build
 
 # --- ggml's C reference (quantize_row_*_ref, dequantize_row_*, CPU vec_dot) -----------------
-"$PY" -m harness.cref build
+"$PY" -m harness.ggml.cref build
 
 # --- llama.cpp (libllama + ggml, AVX2 build) for the llama-ref decode and its tests ---------
-"$PY" -m harness.llamacpp build
+"$PY" -m harness.ggml.llamacpp build

@@ -57,3 +57,10 @@ def test_quantize_too_large_for_memory_is_refused_up_front(qt: str, dtype: type)
 
 def test_every_format_has_a_working_memory_estimate() -> None:
     assert set(Q.WORK_PER_ELEMENT_F32) == set(QTYPES)  # bench/bench_quantize_memory.py checks
+
+
+def test_quantize_checks_against_the_budget_it_is_given() -> None:
+    n = (64 << 20) // 4 // 256 * 256  # 64 MiB of float32: over the size worth checking
+    x = np.broadcast_to(np.float32(1), (n,))
+    with pytest.raises(OracleError, match=r"Q8_0: quantize of .* 0\.0 GiB is available"):
+        quantize("Q8_0", x, memory_budget=1 << 20)

@@ -17,8 +17,8 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf import quants as gq
 
-from harness import cref as cref_mod
 from harness.errors import HarnessError
+from harness.ggml import cref as cref_mod
 from oracle.formats import PACKED_TYPES, OracleError, qtype
 
 pytestmark = pytest.mark.cref
@@ -272,7 +272,7 @@ def test_vector_code_check_catches_fma(tmp_path):
 
 def test_build_is_cached_and_stamped(cref):
     assert cref_mod.is_built()
-    proc = subprocess.run([sys.executable, "-m", "harness.cref", "build"],
+    proc = subprocess.run([sys.executable, "-m", "harness.ggml.cref", "build"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "already built" in proc.stdout
@@ -285,7 +285,7 @@ def test_build_failure_is_one_line_exit_2(tmp_path):
     (cache / "sdist" / cref_mod.SDIST_NAME).write_bytes(b"not a tarball")
     env = {"SKORACLE_CACHE": str(cache), "PATH": "/usr/bin:/bin",
            "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "1"}
-    proc = subprocess.run([sys.executable, "-m", "harness.cref", "build"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "harness.ggml.cref", "build"], capture_output=True,
                           text=True, env=env, timeout=120, cwd=str(Path(__file__).parents[1]))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

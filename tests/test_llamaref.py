@@ -2,7 +2,7 @@
 build, its greedy decode, its eval-callback dumps, the CLI's handling of bad input — and the
 reference forward (refmodel) held to it.
 
-Semantics of the comparisons (harness/llamacmp.py says why the bounds hold):
+Semantics of the comparisons (harness/ggml/llamacmp.py says why the bounds hold):
 
 - llama.cpp: AVX2/FMA build, F16 KV cache (its default), no flash attention, no repacking;
   activations quantized to Q8_0/Q8_1/Q8_K by the x86 quantizer (id = 127/amax, ties to
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import llamacmp, llamacpp, llamaref
 from harness.errors import HarnessError
+from harness.ggml import llamacmp, llamacpp, llamaref
 from harness.golden import tinygemma as tg
 
 pytestmark = pytest.mark.llamacpp
@@ -158,6 +158,29 @@ def test_bad_input_is_one_message_and_exit_2(built, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
+def test_decode_names_its_parameters_and_the_cli_its_options(built, tmp_path):
+    """The library speaks of `decode`'s parameters; `skoracle llama-ref` of its options, for
+    a refusal made before the worker starts and one the worker makes (the vocabulary)."""
+    for kwargs, param, words in [
+        ({"tokens": [2], "n": 0}, "n", "need a positive number of tokens, got 0"),
+        ({"tokens": [2], "kv": "q4"}, "kv", "one of "),
+        ({"tokens": [2, 99999], "n": 1}, "tokens", "id 99999 is outside the vocabulary"),
+    ]:
+        with pytest.raises(llamaref.DecodeArgumentError) as err:
+            llamaref.decode(TINY, **kwargs)
+        assert err.value.param == param and str(err.value).startswith(f"{param}: {words}")
+        assert "--" not in str(err.value)
+    exists = tmp_path / "d"
+    exists.mkdir()
+    with pytest.raises(llamaref.DecodeArgumentError, match=rf"^dump {exists}: already exists"):
+        llamaref.decode(TINY, [2], 1, dump=exists)
+    out = skoracle("llama-ref", str(TINY), "--tokens", "2,99999", "--n", "1")
+    assert out.returncode == 2
+    assert "llama-ref: error: --tokens: id 99999 is outside the vocabulary" in out.stderr
+    out = skoracle("llama-ref", str(TINY), "--tokens", "2", "--n", "0")
+    assert out.returncode == 2 and "error: --n: need a positive number of tokens" in out.stderr
+
+
 def test_existing_dump_dir_is_left_alone(built, tmp_path):
     d = tmp_path / "mine"
     d.mkdir()
@@ -238,7 +261,7 @@ def test_activations_per_tensor_and_layer(built, small_window, which, tmp_path, 
 
 
 def test_cached_build_renames_into_place_and_cleans_up_on_failure(tmp_path):
-    from harness import cref
+    from harness.ggml import build as cref  # the build API cref and llamacpp share
 
     final = tmp_path / "lib-1"
     stamp = {"flags": ["-DX=ON"]}

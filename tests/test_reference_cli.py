@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 import pytest
 
-from harness import llamacpp
+from harness.ggml import llamacpp
 from harness.golden import tinygemma
 from harness.progress import DecodeProgress, progress_text
 from kernels_ref import activations
@@ -424,7 +424,7 @@ def test_llama_ref_checks_the_context_first(built, bad_models):
 
 @pytest.mark.llamacpp
 def test_llama_ref_counts_tok_per_s_as_reference_does(built):
-    from harness import llamaref
+    from harness.ggml import llamaref
 
     lr = llamaref.decode(TINY, [2, 105, 300], 4)
     assert lr.tok_per_s == 4 / lr.seconds and lr.summary()["prompt_steps"] == 2
@@ -437,7 +437,7 @@ def test_llama_ref_counts_tok_per_s_as_reference_does(built):
 
 
 def test_llama_ref_draws_the_progress_its_worker_writes(tmp_path, capsys):
-    from harness import llamaref
+    from harness.ggml import llamaref
 
     with llamaref._ProgressFile(tmp_path / llamaref.PROGRESS_FILE, enabled=True):
         llamaref._write_progress(tmp_path, 9, 20, 8, 2.0, 3.0)

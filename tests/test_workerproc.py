@@ -82,7 +82,7 @@ def test_kill_9_of_the_client_ends_the_worker_its_daemons_and_its_temp_files(tmp
 
 @pytest.mark.llamacpp
 def test_kill_9_of_llama_ref_leaves_no_worker_and_no_temp_dir(tmp_path):
-    from harness import llamacpp
+    from harness.ggml import llamacpp
     from harness.golden import tinygemma as tg
 
     llamacpp.build(log=lambda m: None)
@@ -94,7 +94,7 @@ def test_kill_9_of_llama_ref_leaves_no_worker_and_no_temp_dir(tmp_path):
     try:
         def worker() -> int | None:
             return next((p for p in descendants(client.pid)
-                         if "harness.llamaref:_worker_main" in cmdline(p)), None)
+                         if "harness.ggml.llamaref:_worker_main" in cmdline(p)), None)
 
         assert _wait_for(lambda: worker() is not None, 60)
         time.sleep(3)  # decoding now

@@ -284,7 +284,7 @@ def cached_model(cfg: TinyGemmaConfig, name: str, seed: int = S.DEFAULT_SEED) ->
     import os
     import tempfile
 
-    from harness.cref import cache_root
+    from harness.ggml.build import cache_root
 
     key = hashlib.sha256(repr((S.GENERATOR_VERSION, seed, cfg)).encode()).hexdigest()[:12]
     root = cache_root()

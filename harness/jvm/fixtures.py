@@ -10,8 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness.cref import cache_root
 from harness.errors import HarnessError
+from harness.ggml.build import cache_root
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
 
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "jvm"

@@ -95,6 +95,45 @@ class CallResult:
     seconds: float = 0.0
 
 
+# ------------------------------------------------------- messages between parent and child
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """Parent to child: run `cls.INSTANCE.matmul` on every row of x, `calls` times or
+    "warm" (within `budget` seconds of warm-up)."""
+
+    cls: str
+    x: np.ndarray
+    w: np.ndarray
+    w_offset: int
+    in_dim: int
+    out_dim: int
+    calls: int | str
+    budget: float
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Parent to child: stop the JVM and exit."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """Child to parent, once: the JVM is up (start seconds, Vector API lanes, VM name)."""
+
+    start_s: float
+    lanes: int | None
+    vm: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Child to parent: one more whole call of the kernel returned (`calls` so far)."""
+
+    calls: int
+
+
 # --------------------------------------------------------------------------- child side
 
 def _osr_ids(log: Path, pos: int, method: str, ids: set[str]) -> int:
@@ -141,9 +180,9 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
         v.fma(v, v).reduceLanes(jpype.JClass("jdk.incubator.vector.VectorOperators").ADD)
         bv.fromArray(bv.SPECIES_64, jpype.JArray(jpype.JByte)(64), 0).castShape(species, 0)
     runtime = jpype.JClass("java.lang.System")
-    conn.send({"start_s": time.perf_counter() - t0, "lanes": lanes,
-               "vm": f"{runtime.getProperty('java.vm.name')} "
-                     f"{runtime.getProperty('java.runtime.version')}"})
+    conn.send(Started(start_s=time.perf_counter() - t0, lanes=lanes,
+                      vm=f"{runtime.getProperty('java.vm.name')} "
+                         f"{runtime.getProperty('java.runtime.version')}"))
     instances: dict[str, Any] = {}
     osr: set[str] = set()
     logpos = 0
@@ -160,9 +199,11 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             msg = conn.recv()
         except EOFError:
             return
-        if msg is None:
+        if isinstance(msg, Shutdown):
             return
-        cls, x, w, w_off, in_dim, out_dim, calls, budget = msg
+        req: CallRequest = msg
+        cls, x, w, w_off = req.cls, req.x, req.w, req.w_offset
+        in_dim, out_dim, calls, budget = req.in_dim, req.out_dim, req.calls, req.budget
         t0 = time.perf_counter()
         batch = x.shape[0]
         try:
@@ -183,7 +224,7 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
                 full = np.array(jy, dtype=np.float32)
                 y = np.stack([full[o:o + out_dim] for o in offsets])
                 done += 1
-                conn.send(("beat", done))  # alive: the parent's hang clock restarts
+                conn.send(Heartbeat(done))  # alive: the parent's hang clock restarts
                 if first is None:
                     first = y
                 elif y.tobytes() != first.tobytes():
@@ -202,17 +243,17 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             violations = guard_violations(full, offsets, out_dim)
             violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
             violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
-            conn.send({"status": "ok", "y": y, "first": first, "calls": done,
-                       "drifted": drifted, "seconds": time.perf_counter() - t0,
-                       "compiled": seen_at is not None if calls == "warm" else None,
-                       "warmup_calls": seen_at, "violations": violations})
+            conn.send(CallResult("ok", y=y, first=first, calls=done, drifted=drifted,
+                                 seconds=time.perf_counter() - t0,
+                                 compiled=seen_at is not None if calls == "warm" else None,
+                                 warmup_calls=seen_at, violations=violations))
         except jpype.JException as exc:
-            conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
-                       "error": _java_error(exc)})
+            conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
+                                 error=_java_error(exc)))
         except Exception as exc:  # JPype's own refusals, e.g. "Class X is not found"
-            conn.send({"status": "crash", "seconds": time.perf_counter() - t0,
-                       "error": {"class": type(exc).__name__, "message": str(exc),
-                                 "frames": [], "causes": []}})
+            conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
+                                 error={"class": type(exc).__name__, "message": str(exc),
+                                        "frames": [], "causes": []}))
 
 
 def _java_error(exc: Any) -> dict[str, Any]:
@@ -341,12 +382,12 @@ class Worker:
                 raise HarnessError(f"JVM ({self.config.label}) did not start within "
                                    f"{self.start_timeout:.0f}s{tail}")
         try:
-            self.info = parent.recv()
+            started: Started = parent.recv()
         except EOFError:
             tail = self._log_tail()
             self.close()
             raise HarnessError(f"JVM ({self.config.label}) failed to start{tail}") from None
-        self.info["wall_start_s"] = time.perf_counter() - t0
+        self.info = {**asdict(started), "wall_start_s": time.perf_counter() - t0}
         return self.info
 
     def _log_tail(self) -> str:
@@ -371,8 +412,8 @@ class Worker:
         x = np.ascontiguousarray(x, np.float32)
         w = np.ascontiguousarray(w, np.uint8).reshape(-1)
         limit = self.timeout if timeout is None else timeout
-        self._conn.send((cls, x, w, int(w_offset), int(in_dim), int(out_dim), calls,
-                         WARM_MAX_SECONDS))
+        self._conn.send(CallRequest(cls, x, w, int(w_offset), int(in_dim), int(out_dim),
+                                    calls, WARM_MAX_SECONDS))
         deadline = time.perf_counter() + limit  # for each call of the kernel, not the case
         while True:
             if self._conn.poll(min(0.2, max(0.0, deadline - time.perf_counter()))):
@@ -380,10 +421,11 @@ class Worker:
                     msg = self._conn.recv()
                 except EOFError:
                     return self._died(t0)
-                if isinstance(msg, tuple):  # a heartbeat: one more call returned
+                if isinstance(msg, Heartbeat):  # one more call returned
                     deadline = time.perf_counter() + limit
                     continue
-                return CallResult(**msg)
+                result: CallResult = msg
+                return result
             if self._stopped():
                 self.close()
                 return CallResult("interrupted", seconds=time.perf_counter() - t0,
@@ -409,7 +451,7 @@ class Worker:
         wp, conn = self._wp, self._conn
         self._wp = self._conn = None
         if wp is not None:
-            polite = (lambda: conn.send(None)) if conn is not None else None
+            polite = (lambda: conn.send(Shutdown())) if conn is not None else None
             self.killed += wp.stop(None if self._stopped() else polite, grace=2.0)
         if conn is not None:
             conn.close()

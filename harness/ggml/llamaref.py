@@ -1,6 +1,6 @@
 """`skoracle llama-ref MODEL.gguf`: greedy "llama-ref" tokens and activation dumps from llama.cpp.
 
-Runs the real llama.cpp (harness/llamacpp.py) on a GGUF: the prompt is fed one token per
+Runs the real llama.cpp (harness/ggml/llamacpp.py) on a GGUF: the prompt is fed one token per
 `llama_decode` (positions 0, 1, ...), then N tokens are decoded greedily (argmax of the
 logits, ties to the lowest id, as `np.argmax`). Each decode runs in its own process, so a
 crash inside llama.cpp is an error message, and the libraries never meet the scalar C
@@ -61,12 +61,12 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import llamacpp
-from harness.errors import HarnessError
+from harness.errors import INPUT_ERRORS, HarnessError
+from harness.ggml import llamacpp
 from harness.report import plural
 from harness.workerproc import WorkerProcess
 from refmodel.arch import check_context, context_length
-from refmodel.gemma3 import host_rounding
+from refmodel.gemma3 import host_rounding, top2_margin
 
 DUMP_FORMAT = "skoracle-refdump-1"
 SEMANTICS = "llama.cpp"
@@ -112,12 +112,6 @@ class LlamaDecode:
                 "dump": str(self.dump_dir) if self.dump_dir else None}
 
 
-def top2_margin(logits: np.ndarray) -> float:
-    """Largest minus second-largest logit (0 on a tie)."""
-    two = np.partition(np.asarray(logits, dtype=np.float64), -2)[-2:]
-    return float(two[1] - two[0])
-
-
 # ----------------------------------------------------------------------------------------
 # The parent side: check the input, run one worker process, collect its files
 # ----------------------------------------------------------------------------------------
@@ -143,13 +137,36 @@ def _precheck(model: Path) -> int | None:
 
     try:
         reader = open_gguf(model)
-    except HarnessError:
+    except INPUT_ERRORS:
         return None
     emb = next((t for t in reader.tensors if t.name == EMBEDDING), None)
     # no vocabulary at all is llama.cpp's to judge (tokenizer model "none" allows it)
     if emb is not None and len(emb.shape) > 1 and VOCABULARY in reader.fields:
         check_vocabulary(reader, int(emb.shape[1]), str(model))
     return context_length(reader)
+
+
+#: decode's parameters and the `skoracle llama-ref` options that set them.
+OPTIONS = {"tokens": "--tokens", "prompt": "--prompt", "n": "--n", "threads": "--threads",
+           "kv": "--kv", "dump": "--dump"}
+#: Where the worker leaves an argument it refused, for the parent to raise it again.
+ARGUMENT_ERROR_FILE = "argument-error.json"
+
+
+class DecodeArgumentError(HarnessError):
+    """An argument `decode` refuses, naming its parameter ("tokens: ..."); a front end words
+    it as its own option with `worded` (`skoracle llama-ref`: "--tokens: ...")."""
+
+    def __init__(self, param: str, detail: str, value: str | None = None) -> None:
+        self.param, self.detail, self.value = param, detail, value
+        super().__init__(self.worded(param))
+
+    def worded(self, name: str) -> str:
+        """The message with the parameter called `name`."""
+        return f"{name}{'' if self.value is None else ' ' + self.value}: {self.detail}"
+
+    def fields(self) -> dict[str, str | None]:
+        return {"param": self.param, "detail": self.detail, "value": self.value}
 
 
 def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
@@ -164,28 +181,32 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     """
     model = _check_model(model)
     if (tokens is None) == (prompt is None):
-        raise HarnessError("give exactly one of --tokens and --prompt")
+        raise HarnessError("give exactly one of tokens and prompt")
     if tokens is not None:
         if not tokens or not all(isinstance(t, int | np.integer) and t >= 0 for t in tokens):
-            raise HarnessError(f"--tokens: need one or more non-negative ids, got {tokens!r}")
+            raise DecodeArgumentError("tokens", "need one or more non-negative ids, got "
+                                      f"{tokens!r}")
         tokens = [int(t) for t in tokens]
     if not isinstance(n, int) or n < 1:
-        raise HarnessError(f"--n: need a positive number of tokens, got {n!r}")
+        raise DecodeArgumentError("n", f"need a positive number of tokens, got {n!r}")
     if threads not in (1, 2):
-        raise HarnessError(f"--threads: 1 or 2, got {threads!r}")
+        raise DecodeArgumentError("threads", f"1 or 2, got {threads!r}")
     if kv not in KV_TYPES:
-        raise HarnessError(f"--kv: one of {', '.join(KV_TYPES)}, got {kv!r}")
+        raise DecodeArgumentError("kv", f"one of {', '.join(KV_TYPES)}, got {kv!r}")
     ctx = _precheck(model)
-    if tokens is not None:  # --prompt: the worker checks once llama.cpp has tokenized it
+    if tokens is not None:  # a prompt: the worker checks once llama.cpp has tokenized it
         check_context(len(tokens), n, ctx, str(model))
     dump_dir = Path(dump) if dump is not None else None
     if dump_dir is not None:
         if dump_dir.exists():
-            raise HarnessError(f"--dump {dump_dir}: already exists (will not overwrite)")
+            raise DecodeArgumentError("dump", "already exists (will not overwrite)",
+                                      str(dump_dir))
         if not dump_dir.parent.is_dir():
-            raise HarnessError(f"--dump {dump_dir}: parent directory does not exist")
+            raise DecodeArgumentError("dump", "parent directory does not exist",
+                                      str(dump_dir))
         if not os.access(dump_dir.parent, os.W_OK | os.X_OK):
-            raise HarnessError(f"--dump {dump_dir}: cannot write in {dump_dir.parent}")
+            raise DecodeArgumentError("dump", f"cannot write in {dump_dir.parent}",
+                                      str(dump_dir))
     if not llamacpp.is_built():  # once on a fresh machine; progress on stderr
         llamacpp.build(log=lambda m: print(f"llamacpp: {m}", file=sys.stderr, flush=True))
     parent = dump_dir.parent if dump_dir is not None else None
@@ -255,7 +276,7 @@ def _write_progress(out: Path, *values: float) -> None:
 def _run_worker(spec: dict, timeout: float) -> None:
     """Decode in a worker process (harness.workerproc) that dies with this process, however
     it ends, and removes the scratch directory `spec["out"]` then."""
-    wp = WorkerProcess("harness.llamaref:_worker_main", ["--worker", json.dumps(spec)],
+    wp = WorkerProcess("harness.ggml.llamaref:_worker_main", ["--worker", json.dumps(spec)],
                        cleanup=[spec["out"]], stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -270,7 +291,11 @@ def _run_worker(spec: dict, timeout: float) -> None:
     if wp.proc.returncode < 0:
         name = signal.Signals(-wp.proc.returncode).name
         raise HarnessError(f"llama.cpp crashed ({name}) decoding {spec['model']}: {msg}")
-    raise HarnessError(msg.removeprefix("error: "))
+    try:
+        refused = json.loads((Path(spec["out"]) / ARGUMENT_ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        raise HarnessError(msg.removeprefix("error: ")) from None
+    raise DecodeArgumentError(**refused)
 
 
 def _read_result(work: Path, threads: int) -> LlamaDecode:
@@ -474,8 +499,8 @@ def _worker(spec: dict) -> int:
                                                                              spec["prompt"])
         bad = [t for t in prompt if t >= n_vocab]
         if bad:
-            raise HarnessError(f"--tokens: id {bad[0]} is outside the vocabulary "
-                               f"({n_vocab} tokens)")
+            raise DecodeArgumentError("tokens", f"id {bad[0]} is outside the vocabulary "
+                                      f"({n_vocab} tokens)")
         n = spec["n"]
         trained = lc.meta(model, f"{lc.meta(model, 'general.architecture')}.context_length")
         check_context(len(prompt), n, int(trained) if trained and trained.isdigit() else None,
@@ -576,9 +601,9 @@ def _tokenize(lc, vocab: int, text: str) -> list[int]:
     buf = np.zeros(cap, dtype=np.int32)
     k = lc.llama.llama_tokenize(vocab, data, len(data), buf.ctypes.data, cap, True, False)
     if k < 0:
-        raise HarnessError(f"--prompt: llama.cpp needs {-k} tokens, more than {cap}")
+        raise DecodeArgumentError("prompt", f"llama.cpp needs {-k} tokens, more than {cap}")
     if k == 0:
-        raise HarnessError("--prompt: tokenizes to nothing")
+        raise DecodeArgumentError("prompt", "tokenizes to nothing")
     return [int(t) for t in buf[:k]]
 
 
@@ -629,8 +654,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    r = decode(args.model, args.tokens, args.n, prompt=args.prompt, threads=args.threads,
-               kv=args.kv, dump=args.dump, progress=True)
+    try:
+        r = decode(args.model, args.tokens, args.n, prompt=args.prompt, threads=args.threads,
+                   kv=args.kv, dump=args.dump, progress=True)
+    except DecodeArgumentError as exc:  # the library names parameters, the CLI its options
+        raise HarnessError(exc.worded(OPTIONS[exc.param]), exc.exit_code) from None
     if args.json:
         print(json.dumps(r.summary(), indent=1))
         return 1 if r.non_finite else 0
@@ -652,9 +680,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker_main(argv: list[str]) -> int:
+    spec = json.loads(argv[1])
     try:
-        return _worker(json.loads(argv[1]))
-    except HarnessError as exc:
+        return _worker(spec)
+    except DecodeArgumentError as exc:  # raised again as such by the parent (_run_worker)
+        (Path(spec["out"]) / ARGUMENT_ERROR_FILE).write_text(json.dumps(exc.fields()))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,40 +5,45 @@ every x86 SIMD option off (no FMA, no AVX), so ggml's reference quantizers run a
 sequential IEEE float32 — the same arithmetic the NumPy oracle models — and the build is
 checked for leaked vector instructions before it is accepted.
 
-    python3 -m harness.cref build     # idempotent; cached under $SKORACLE_CACHE
-    python3 -m harness.cref info      # where the library is and what it was built with
+    python3 -m harness.ggml.cref build     # idempotent; cached under $SKORACLE_CACHE
+    python3 -m harness.ggml.cref info      # where the library is and what it was built with
 
 The build is cached in ``$SKORACLE_CACHE`` (default ``~/.cache/skainet-oracle``) as
 ``ggml-<version>/`` with a ``stamp.json`` recording version and flags; it is written to a
-temporary directory and renamed into place, so an interrupted build leaves no half cache.
+temporary directory and renamed into place, so an interrupted build leaves no half cache
+(harness.ggml.build, shared with llama.cpp's build).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import fcntl
 import functools
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
-import tarfile
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.ggml.build import (
+    LCP_VERSION,
+    SDIST_PREFIX,
+    LibraryBuild,
+    collect_libraries,
+    extract_part,
+    fetch_sdist,
+    library_main,
+    run_step,
+)
+from harness.ggml.build import (
+    SDIST_NAME as SDIST_NAME,  # the cached sdist's name, read by tests
+)
 from oracle.formats import QTYPES, OracleError, QType, qtype
 
-LCP_VERSION = "0.3.36"
-SDIST_NAME = f"llama_cpp_python-{LCP_VERSION}.tar.gz"
-GGML_PREFIX = f"llama_cpp_python-{LCP_VERSION}/vendor/llama.cpp/ggml/"
+GGML_PREFIX = f"{SDIST_PREFIX}ggml/"
 
 #: Every x86 instruction-set option of ggml/CMakeLists.txt (0.3.36). With GGML_NATIVE=OFF
 #: the SSE42/AVX/AVX2/BMI2/FMA/F16C ones default to ON, so each is switched off explicitly.
@@ -101,90 +106,22 @@ def _say(msg: str) -> None:
 # Build
 # ----------------------------------------------------------------------------------------
 
-def cache_root() -> Path:
-    """Where downloads and builds are cached: $SKORACLE_CACHE or ~/.cache/skainet-oracle."""
-    env = os.environ.get("SKORACLE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "skainet-oracle"
+BUILD = LibraryBuild("ggml", CMAKE_FLAGS, BUILD_TARGETS, LIBRARIES)
 
 
 def build_dir() -> Path:
     """The finished build for the pinned version: holds lib/ and stamp.json."""
-    return cache_root() / f"ggml-{LCP_VERSION}"
-
-
-def _stamp() -> dict:
-    return {"llama_cpp_python": LCP_VERSION, "cmake_flags": list(CMAKE_FLAGS),
-            "targets": list(BUILD_TARGETS)}
+    return BUILD.dir()
 
 
 def is_built() -> bool:
     """True if a complete build with exactly the current version and flags is cached."""
-    return stamp_matches(build_dir(), _stamp(), LIBRARIES)
-
-
-def stamp_matches(d: Path, stamp: dict, libraries: tuple[str, ...]) -> bool:
-    """True if d holds a finished build recorded with exactly `stamp` and all `libraries`."""
-    try:
-        got = json.loads((d / "stamp.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return got.get("build") == stamp and all((d / "lib" / n).is_file() for n in libraries)
-
-
-def fetch_sdist(log: Callable[[str], None] = _say) -> Path:
-    """The llama-cpp-python sdist, downloaded with pip into the cache when absent."""
-    dest = cache_root() / "sdist"
-    path = dest / SDIST_NAME
-    if path.is_file() and tarfile.is_tarfile(path):
-        return path
-    dest.mkdir(parents=True, exist_ok=True)
-    log(f"downloading llama-cpp-python=={LCP_VERSION} sdist with pip")
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", f"llama-cpp-python=={LCP_VERSION}", "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / SDIST_NAME
-        if proc.returncode != 0 or not got.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise HarnessError(f"pip download of llama-cpp-python=={LCP_VERSION} failed: {tail[0]}")
-        os.replace(got, path)
-    return path
+    return BUILD.is_built()
 
 
 def extract_ggml(sdist: Path, dest: Path) -> Path:
     """Extract only vendor/llama.cpp/ggml of the sdist into dest/ggml (safe extraction)."""
     return extract_part(sdist, dest / "ggml", GGML_PREFIX, lambda name: True)
-
-
-def extract_part(sdist: Path, out: Path, prefix: str, keep: Callable[[str], bool]) -> Path:
-    """Extract the members under `prefix` whose stripped name `keep` accepts into out."""
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            members = []
-            for m in tar.getmembers():
-                if not m.name.startswith(prefix):
-                    continue
-                m.name = m.name[len(prefix):]
-                if m.islnk() and m.linkname.startswith(prefix):
-                    m.linkname = m.linkname[len(prefix):]
-                if m.name and keep(m.name):
-                    members.append(m)
-            if not members:
-                raise HarnessError(f"{sdist}: no {prefix} in the sdist")
-            tar.extractall(out, members=members, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise HarnessError(f"{sdist}: cannot extract {prefix}: {exc}") from None
-    return out
-
-
-def _run(cmd: list[str], cwd: Path, what: str) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = (proc.stdout + "\n" + proc.stderr).splitlines()
-        errors = ([ln for ln in lines if "CMake Error" in ln or "error:" in ln]
-                  or [ln for ln in lines if "error" in ln.lower()] or lines[-1:])
-        detail = errors[0].strip() if errors else f"exit {proc.returncode}"
-        raise HarnessError(f"{what} failed (exit {proc.returncode}): {detail}")
 
 
 def check_no_vector_code(lib: Path) -> None:
@@ -214,59 +151,9 @@ def check_no_vector_code(lib: Path) -> None:
                            f"reference build, e.g. {bad[0]!r}")
 
 
-def cached_build(final: Path, is_done: Callable[[], bool], make: Callable[[Path], None],
-                 stamp: dict, label: str, force: bool = False,
-                 log: Callable[[str], None] = _say) -> Path:
-    """Build once into `final` (cached, idempotent); return final/lib.
-
-    `make(work)` fills work/lib in a fresh temporary directory beside `final`; the stamp
-    is written and the directory renamed into place, so an interrupted build leaves no
-    half cache. Concurrent callers (parallel test workers) serialise on a lock file.
-    """
-    if not force and is_done():
-        log(f"{label} already built in {final}")
-        return final / "lib"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and is_done():
-            log(f"{label} built meanwhile in {final}")
-            return final / "lib"
-        t0 = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-        try:
-            make(work)
-            done = {"build": stamp, "seconds": round(time.monotonic() - t0, 1)}
-            (work / "stamp.json").write_text(json.dumps(done, indent=1) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            work.chmod(0o755)
-            os.replace(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    log(f"built {label} in {time.monotonic() - t0:.0f} s -> {final / 'lib'}")
-    return final / "lib"
-
-
-def collect_libraries(bdir: Path, lib: Path, names: tuple[str, ...]) -> None:
-    """Copy each built library (and a copy under its SONAME) from bdir's tree into lib."""
-    lib.mkdir()
-    for name in names:
-        found = sorted(bdir.rglob(name))
-        if not found:
-            raise HarnessError(f"cmake build produced no {name}")
-        real = found[0].resolve()
-        shutil.copy2(real, lib / name)
-        soname = _soname(real)
-        if soname and soname != name:
-            shutil.copy2(real, lib / soname)
-
-
 def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
     """Build ggml-base and ggml-cpu (cached, idempotent); return the directory of the .so files."""
-    return cached_build(build_dir(), is_built, lambda work: _make(work, log), _stamp(),
-                        f"ggml {LCP_VERSION}", force, log)
+    return BUILD.build(lambda work: _make(work, log), f"ggml {LCP_VERSION}", force, log)
 
 
 def _make(work: Path, log: Callable[[str], None]) -> None:
@@ -281,10 +168,10 @@ def _make(work: Path, log: Callable[[str], None]) -> None:
     # ggml.pc.in that the sdist does not ship.
     (work / "CMakeLists.txt").write_text(WRAPPER_CMAKELISTS)
     log("configuring (Release, shared, GGML_NATIVE=OFF, every x86 SIMD option OFF)")
-    _run(["cmake", "-S", str(work), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
+    run_step(["cmake", "-S", str(work), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
     jobs = str(min(2, os.cpu_count() or 1))
     log(f"compiling {' '.join(BUILD_TARGETS)} with -j{jobs}")
-    _run(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
+    run_step(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
          work, "cmake build")
     collect_libraries(bdir, work / "lib", LIBRARIES)
     log("checking the libraries for AVX/FMA instructions (objdump -d)")
@@ -293,12 +180,6 @@ def _make(work: Path, log: Callable[[str], None]) -> None:
     shutil.rmtree(bdir)
     shutil.rmtree(src)
     (work / "CMakeLists.txt").unlink()
-
-
-def _soname(lib: Path) -> str | None:
-    proc = subprocess.run(["objdump", "-p", str(lib)], capture_output=True, text=True)
-    m = re.search(r"^\s*SONAME\s+(\S+)", proc.stdout, re.MULTILINE)
-    return m.group(1) if m else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -526,7 +407,7 @@ def _load_cached(build_if_missing: bool) -> CRef:
     if not is_built():
         if not build_if_missing:
             raise HarnessError(f"ggml {LCP_VERSION} is not built: "
-                               "run python3 -m harness.cref build")
+                               "run python3 -m harness.ggml.cref build")
         build()
     return CRef(build_dir() / "lib")
 
@@ -575,7 +456,7 @@ def _raw_1d(q: QType, raw: np.ndarray, n: int, what: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# python3 -m harness.cref
+# python3 -m harness.ggml.cref
 # ----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -585,38 +466,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return library_main(argv, "cref", "ggml's C reference library", build, build_dir,
                         is_built, check)
-
-
-def library_main(argv: list[str] | None, name: str, what: str,
-                 build_fn: Callable[..., Path], dir_fn: Callable[[], Path],
-                 built_fn: Callable[[], bool], check: Callable[[], None] | None = None) -> int:
-    """`python3 -m harness.<name> build [--force] | info` for a cached library build."""
-    parser = argparse.ArgumentParser(prog=f"python3 -m harness.{name}",
-                                     description=f"Build/inspect {what}.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help=f"build (cached) and verify {what}")
-    p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    sub.add_parser("info", help="print where the library is and how it was built")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            build_fn(force=args.force)
-            if check:
-                check()
-        else:
-            try:
-                stamp = json.loads((dir_fn() / "stamp.json").read_text())
-            except (OSError, ValueError):
-                stamp = None
-            print(json.dumps({"dir": str(dir_fn()), "built": built_fn(), "stamp": stamp},
-                             indent=1))
-    except (HarnessError, OracleError) as exc:
-        print(f"{name} {args.command}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
-    except KeyboardInterrupt:
-        print(f"{name} {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

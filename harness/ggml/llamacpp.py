@@ -1,18 +1,18 @@
 """Real llama.cpp (libllama + ggml), built from the llama-cpp-python sdist, bound through ctypes.
 
 This is the decode the whole-model reference is held to. It is built from the same sdist
-as the C reference (harness/cref.py) but as users run it on x86: ``GGML_NATIVE=OFF`` with
-SSE4.2/AVX/AVX2/BMI2/FMA/F16C on and AVX-512/AMX off (a native build segfaults in decode
+as the C reference (harness/ggml/cref.py) but as users run it on x86: ``GGML_NATIVE=OFF``
+with SSE4.2/AVX/AVX2/BMI2/FMA/F16C on and AVX-512/AMX off (a native build segfaults in decode
 on these machines through its AMX path). Only the ``llama`` target is compiled.
 
-    python3 -m harness.llamacpp build    # idempotent; cached under $SKORACLE_CACHE
-    python3 -m harness.llamacpp info
+    python3 -m harness.ggml.llamacpp build    # idempotent; cached under $SKORACLE_CACHE
+    python3 -m harness.ggml.llamacpp info
 
 The build is cached as ``llama-<version>/`` beside the C reference, with a ``stamp.json``
 of version and flags; it is written to a temporary directory and renamed into place under
-a lock, so an interrupted or concurrent build leaves no half cache.
+a lock, so an interrupted or concurrent build leaves no half cache (harness.ggml.build).
 
-The binding (`LlamaCpp`) is only ever loaded in a dedicated process (harness/llamaref.py
+The binding (`LlamaCpp`) is only ever loaded in a dedicated process (harness/ggml/llamaref.py
 runs one per decode): the libraries share sonames with the scalar C reference, and the
 dynamic linker would otherwise bind libllama to whichever ggml was loaded first.
 """
@@ -27,10 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import cref
 from harness.errors import HarnessError
+from harness.ggml.build import (
+    LCP_VERSION,
+    SDIST_PREFIX,
+    LibraryBuild,
+    collect_libraries,
+    extract_part,
+    fetch_sdist,
+    library_main,
+    run_step,
+)
 
-LLAMA_PREFIX = f"llama_cpp_python-{cref.LCP_VERSION}/vendor/llama.cpp/"
+LLAMA_PREFIX = SDIST_PREFIX
 #: What of vendor/llama.cpp the library build reads (no tools, tests, examples, models).
 SOURCE_PARTS: frozenset[str] = frozenset(
     {"CMakeLists.txt", "LICENSE", "cmake", "ggml", "include", "src", "vendor", "licenses"})
@@ -72,48 +81,45 @@ def _say(msg: str) -> None:
 # Build
 # ----------------------------------------------------------------------------------------
 
+BUILD = LibraryBuild("llama", CMAKE_FLAGS, BUILD_TARGETS, LIBRARIES)
+
+
 def build_dir() -> Path:
     """The finished build for the pinned version: holds lib/ and stamp.json."""
-    return cref.cache_root() / f"llama-{cref.LCP_VERSION}"
-
-
-def _stamp() -> dict:
-    return {"llama_cpp_python": cref.LCP_VERSION, "cmake_flags": list(CMAKE_FLAGS),
-            "targets": list(BUILD_TARGETS)}
+    return BUILD.dir()
 
 
 def is_built() -> bool:
     """True if a complete build with exactly the current version and flags is cached."""
-    return cref.stamp_matches(build_dir(), _stamp(), LIBRARIES)
+    return BUILD.is_built()
 
 
 def extract_llama(sdist: Path, dest: Path) -> Path:
     """Extract the parts of vendor/llama.cpp the library needs into dest/llama.cpp."""
-    return cref.extract_part(sdist, dest / "llama.cpp", LLAMA_PREFIX,
-                             lambda name: name.split("/", 1)[0] in SOURCE_PARTS)
+    return extract_part(sdist, dest / "llama.cpp", LLAMA_PREFIX,
+                        lambda name: name.split("/", 1)[0] in SOURCE_PARTS)
 
 
 def build(force: bool = False, log: Callable[[str], None] = _say) -> Path:
     """Build libllama and its ggml (cached, idempotent); return the directory of the .so files."""
-    return cref.cached_build(build_dir(), is_built, lambda work: _make(work, log), _stamp(),
-                             f"llama.cpp {cref.LCP_VERSION}", force, log)
+    return BUILD.build(lambda work: _make(work, log), f"llama.cpp {LCP_VERSION}", force, log)
 
 
 def _make(work: Path, log: Callable[[str], None]) -> None:
     for tool in ("cmake", "cc", "c++"):
         if shutil.which(tool) is None:
             raise HarnessError(f"{tool} not found: run scripts/setup.sh (installs cmake, g++)")
-    sdist = cref.fetch_sdist(log)
+    sdist = fetch_sdist(log)
     log(f"extracting vendor/llama.cpp from {sdist.name}")
     src = extract_llama(sdist, work)
     bdir = work / "build"
     log("configuring (Release, shared, GGML_NATIVE=OFF, AVX2/FMA/F16C on, AMX off)")
-    cref._run(["cmake", "-S", str(src), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
+    run_step(["cmake", "-S", str(src), "-B", str(bdir), *CMAKE_FLAGS], work, "cmake configure")
     jobs = str(min(2, os.cpu_count() or 1))
     log(f"compiling {' '.join(BUILD_TARGETS)} with -j{jobs} (several minutes on 2 cores)")
-    cref._run(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
-              work, "cmake build")
-    cref.collect_libraries(bdir, work / "lib", LIBRARIES)
+    run_step(["cmake", "--build", str(bdir), "--target", *BUILD_TARGETS, "-j", jobs],
+             work, "cmake build")
+    collect_libraries(bdir, work / "lib", LIBRARIES)
     shutil.rmtree(bdir)
     shutil.rmtree(src)
 
@@ -282,19 +288,19 @@ def load(build_if_missing: bool = True) -> LlamaCpp:
     """The libraries of the pinned version, building them first if they are not cached."""
     if not is_built():
         if not build_if_missing:
-            raise HarnessError(f"llama.cpp {cref.LCP_VERSION} is not built: "
-                               "run python3 -m harness.llamacpp build")
+            raise HarnessError(f"llama.cpp {LCP_VERSION} is not built: "
+                               "run python3 -m harness.ggml.llamacpp build")
         build()
     return LlamaCpp(build_dir() / "lib")
 
 
 # ----------------------------------------------------------------------------------------
-# python3 -m harness.llamacpp
+# python3 -m harness.ggml.llamacpp
 # ----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    return cref.library_main(argv, "llamacpp", "llama.cpp (libllama + ggml) from the sdist",
-                             build, build_dir, is_built)
+    return library_main(argv, "llamacpp", "llama.cpp (libllama + ggml) from the sdist",
+                        build, build_dir, is_built)
 
 
 if __name__ == "__main__":
