@@ -20,8 +20,10 @@ Exit codes: 0 ok; 1 the program failed / parity differs; 2 usage, input or conne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.atomic import write_atomic
@@ -30,6 +32,7 @@ from harness.board import profile as board_profile
 from harness.board.parity import DEFAULT_SHAPES, kernel_parity
 from harness.board.profile import resolve_profile
 from harness.board.session import BoardSession
+from harness.board.source import BoardSpec, open_session
 from harness.board.target import RunResult
 from harness.board.validate import (
     check_outdir,
@@ -64,25 +67,35 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the lock (default: the profile's lock_wait, else 60)")
 
 
-def _session(args: argparse.Namespace) -> BoardSession:
-    prof = resolve_profile(
-        args.profile, args.board, identity_file=args.identity, known_hosts=args.known_hosts,
+def _spec(args: argparse.Namespace, in_a_box_when_unset: bool = False) -> BoardSpec:
+    return BoardSpec(args.profile, args.board, dict(
+        identity_file=args.identity, known_hosts=args.known_hosts,
         exec_prefix=args.exec_prefix, lock_wait=args.lock_wait,
-    )
-    sess = BoardSession(prof, trust_new=args.trust_new,
-                        log=lambda m: print(f"board: {m}", file=sys.stderr))
-    sess.connect()
-    if sess.trusted_new_key:
-        print(f"board: trusted new host key {sess.trusted_new_key} (added to "
-              f"{prof.known_hosts})", file=sys.stderr)
-    return sess
+    ), in_a_box_when_unset=in_a_box_when_unset)
+
+
+def _in_a_box_note() -> None:
+    print("board: no --board/--profile: starting the board-in-a-box (qemu-aarch64 "
+          "-cpu cortex-a76)", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _session(args: argparse.Namespace,
+             in_a_box_when_unset: bool = False) -> Iterator[BoardSession]:
+    """The connected session every `board` subcommand works on (see harness.board.source);
+    says so when a new host key was trusted."""
+    with open_session(_spec(args, in_a_box_when_unset), on_start=_in_a_box_note,
+                      trust_new=args.trust_new,
+                      log=lambda m: print(f"board: {m}", file=sys.stderr)) as sess:
+        if sess.trusted_new_key:
+            print(f"board: trusted new host key {sess.trusted_new_key} (added to "
+                  f"{sess.profile.known_hosts})", file=sys.stderr)
+        yield sess
 
 
 def _profile(args: argparse.Namespace) -> board_profile.BoardProfile:
-    return resolve_profile(
-        args.profile, args.board, identity_file=args.identity, known_hosts=args.known_hosts,
-        exec_prefix=args.exec_prefix, lock_wait=args.lock_wait,
-    )
+    spec = _spec(args)
+    return resolve_profile(spec.profile_file, spec.board, **spec.overrides)
 
 
 def _inputs(specs: list[str]) -> dict[str, Path]:
@@ -324,8 +337,6 @@ def _shapes(spec: str) -> list[tuple[int, int, int]]:
 
 
 def cmd_kernel_parity(args: argparse.Namespace) -> int:
-    import contextlib
-
     from harness.board.build import fixture_kernel_archive
     from harness.board.parity import FIXTURE_LABEL, build_kernel_driver
 
@@ -338,16 +349,7 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
         say(f"kernel parity on {archive}: {FIXTURE_LABEL}")
     build_kernel_driver(archive, formats=args.formats)  # fail fast, exit 2
     shapes = [s for group in (args.shape or []) for s in group] or list(DEFAULT_SHAPES)
-    with contextlib.ExitStack() as stack:
-        if args.profile or args.board:
-            sess = stack.enter_context(_session(args))
-        else:
-            from harness.board.sim import BoardSim
-
-            print("board: no --board/--profile: starting the board-in-a-box (qemu-aarch64 "
-                  "-cpu cortex-a76)", file=sys.stderr)
-            sim = stack.enter_context(BoardSim())
-            sess = stack.enter_context(BoardSession(sim.profile))
+    with _session(args, in_a_box_when_unset=True) as sess:
         result = kernel_parity(sess, archive, formats=args.formats, shapes=shapes,
                                seed=args.seed, progress=say, fixture=args.fixture or None)
     if args.json:
