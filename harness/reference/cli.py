@@ -299,10 +299,10 @@ def add_expect_from(p: argparse.ArgumentParser, group: argparse._MutuallyExclusi
                             "(default: none, give it or --expect)")
     p.add_argument("--tokens", metavar="IDS",
                    help="prompt ids for --expect-from (default: none; required with it)")
-    p.add_argument("--expect-n", type=int, default=DEFAULT_N, metavar="N",
+    p.add_argument("--expect-n", type=int, default=DEFAULT_N, metavar="COUNT",
                    help="tokens the reference generates (default 32)")
     p.add_argument("--expect-semantics", default=BOARD_SEMANTICS, choices=SEMANTICS_NAMES,
-                   metavar="S", help="float order of the reference's matmuls, one of "
+                   metavar="SEMANTICS", help="float order of the reference's matmuls, one of "
                    f"{', '.join(SEMANTICS_NAMES)} (default skainet_neon)")
     add_semantics_options(p, prefix="expect-")
 
