@@ -36,7 +36,7 @@ from harness.board.target import LocalTarget  # noqa: E402
 
 
 def raw_channel_mbps(sess: BoardSession, data: bytes) -> float:
-    chan = sess._open("cat > /dev/null")
+    chan = sess.open_channel("cat > /dev/null")
     t0 = time.perf_counter()
     for i in range(0, len(data), 1 << 20):
         chan.sendall(data[i:i + (1 << 20)])

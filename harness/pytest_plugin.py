@@ -63,17 +63,11 @@ def cref():
 @pytest.fixture(scope="session")
 def board(request: pytest.FixtureRequest):
     """A connected BoardSession for the whole test session (see the module docstring)."""
-    from harness.board.profile import resolve_profile
-    from harness.board.session import BoardSession
-    from harness.board.sim import BoardSim
+    from harness.board.source import BoardSpec, open_session
 
-    spec = request.config.getoption("--board")
-    prof_file = request.config.getoption("--board-profile")
-    if spec or prof_file:
-        with BoardSession(resolve_profile(prof_file, spec)) as session:
-            yield session
-        return
-    with BoardSim() as sim, BoardSession(sim.profile) as session:
+    spec = BoardSpec(request.config.getoption("--board-profile"),
+                     request.config.getoption("--board"))
+    with open_session(spec) as session:
         yield session
 
 

@@ -318,21 +318,17 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
     from harness.board.build import fixture_program
     from harness.board.decode import voicecc_decode_parity
     from harness.board.parity import kernel_parity
-    from harness.board.profile import resolve_profile
     from harness.board.session import BoardSession
-    from harness.board.sim import BoardSim
+    from harness.board.source import BoardSpec, open_board
     from harness.board.target import ILLEGAL_INSTRUCTION
 
     args = ctx.args
-    real = bool(args.board or args.board_profile)
+    spec = BoardSpec(args.board_profile, args.board)
+    real = spec.real
     with contextlib.ExitStack() as stack:
-        if real:
-            prof = resolve_profile(args.board_profile, args.board)
-            where = f"board {prof.host}"
-        else:
-            ctx.step("board: starting the board-in-a-box (dropbear + busybox + qemu)")
-            sim = stack.enter_context(BoardSim())
-            prof, where = sim.profile, "board-in-a-box (qemu-aarch64 -cpu cortex-a76)"
+        prof = stack.enter_context(open_board(spec, on_start=lambda: ctx.step(
+            "board: starting the board-in-a-box (dropbear + busybox + qemu)")))
+        where = spec.where(prof)
         ctx.step(f"board: connecting to {where}")
         t0 = time.perf_counter()
         board = stack.enter_context(BoardSession(prof))

@@ -20,8 +20,10 @@ Exit codes: 0 ok; 1 the program failed / parity differs; 2 usage, input or conne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.atomic import write_atomic
@@ -30,6 +32,7 @@ from harness.board import profile as board_profile
 from harness.board.parity import DEFAULT_SHAPES, kernel_parity
 from harness.board.profile import resolve_profile
 from harness.board.session import BoardSession
+from harness.board.source import BoardSpec, open_session
 from harness.board.target import RunResult
 from harness.board.validate import (
     check_outdir,
@@ -64,25 +67,35 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the lock (default: the profile's lock_wait, else 60)")
 
 
-def _session(args: argparse.Namespace) -> BoardSession:
-    prof = resolve_profile(
-        args.profile, args.board, identity_file=args.identity, known_hosts=args.known_hosts,
+def _spec(args: argparse.Namespace, in_a_box_when_unset: bool = False) -> BoardSpec:
+    return BoardSpec(args.profile, args.board, dict(
+        identity_file=args.identity, known_hosts=args.known_hosts,
         exec_prefix=args.exec_prefix, lock_wait=args.lock_wait,
-    )
-    sess = BoardSession(prof, trust_new=args.trust_new,
-                        log=lambda m: print(f"board: {m}", file=sys.stderr))
-    sess.connect()
-    if sess.trusted_new_key:
-        print(f"board: trusted new host key {sess.trusted_new_key} (added to "
-              f"{prof.known_hosts})", file=sys.stderr)
-    return sess
+    ), in_a_box_when_unset=in_a_box_when_unset)
+
+
+def _in_a_box_note() -> None:
+    print("board: no --board/--profile: starting the board-in-a-box (qemu-aarch64 "
+          "-cpu cortex-a76)", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _session(args: argparse.Namespace,
+             in_a_box_when_unset: bool = False) -> Iterator[BoardSession]:
+    """The connected session every `board` subcommand works on (see harness.board.source);
+    says so when a new host key was trusted."""
+    with open_session(_spec(args, in_a_box_when_unset), on_start=_in_a_box_note,
+                      trust_new=args.trust_new,
+                      log=lambda m: print(f"board: {m}", file=sys.stderr)) as sess:
+        if sess.trusted_new_key:
+            print(f"board: trusted new host key {sess.trusted_new_key} (added to "
+                  f"{sess.profile.known_hosts})", file=sys.stderr)
+        yield sess
 
 
 def _profile(args: argparse.Namespace) -> board_profile.BoardProfile:
-    return resolve_profile(
-        args.profile, args.board, identity_file=args.identity, known_hosts=args.known_hosts,
-        exec_prefix=args.exec_prefix, lock_wait=args.lock_wait,
-    )
+    spec = _spec(args)
+    return resolve_profile(spec.profile_file, spec.board, **spec.overrides)
 
 
 def _inputs(specs: list[str]) -> dict[str, Path]:
@@ -333,8 +346,6 @@ def _shapes(spec: str) -> list[tuple[int, int, int]]:
 
 
 def cmd_kernel_parity(args: argparse.Namespace) -> int:
-    import contextlib
-
     from harness.board.build import fixture_kernel_archive
     from harness.board.parity import FIXTURE_LABEL, build_kernel_driver
 
@@ -347,16 +358,7 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
         say(f"kernel parity on {archive}: {FIXTURE_LABEL}")
     build_kernel_driver(archive, formats=args.formats)  # fail fast, exit 2
     shapes = [s for group in (args.shape or []) for s in group] or list(DEFAULT_SHAPES)
-    with contextlib.ExitStack() as stack:
-        if args.profile or args.board:
-            sess = stack.enter_context(_session(args))
-        else:
-            from harness.board.sim import BoardSim
-
-            print("board: no --board/--profile: starting the board-in-a-box (qemu-aarch64 "
-                  "-cpu cortex-a76)", file=sys.stderr)
-            sim = stack.enter_context(BoardSim())
-            sess = stack.enter_context(BoardSession(sim.profile))
+    with _session(args, in_a_box_when_unset=True) as sess:
         result = kernel_parity(sess, archive, formats=args.formats, shapes=shapes,
                                seed=args.seed, progress=say, fixture=args.fixture or None)
     if args.json:
@@ -386,6 +388,91 @@ EXITS = {
 }
 
 
+def _add_program(p: argparse.ArgumentParser) -> None:
+    """PROGRAM, its ARGS and the options of a program run (run, decode-parity)."""
+    p.add_argument("program", metavar="PROGRAM", help="local program file to push and run "
+                   "(an ELF file must be built for the board's architecture)")
+    p.add_argument("args", nargs="*", metavar="ARGS", help="its arguments (after --)")
+    p.add_argument("--input", action="append", metavar="LOCAL[=NAME]",
+                   help="file to push into the run directory (repeatable; default: none)")
+    p.add_argument("--output", action="append", metavar="NAME",
+                   help="file to fetch back from the run directory (repeatable; default: "
+                        "none)")
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                   help="kill the program's process group after SECONDS (default: no "
+                        "limit)")
+    p.add_argument("--env", action="append", type=env_pair, metavar="NAME=VALUE",
+                   help="environment variable for the program (repeatable; default: "
+                        "none), e.g. --env VOICECC_PROFILE=1 --env LD_LIBRARY_PATH=/home/"
+                        "root/voicecc-kt")
+    p.add_argument("--cwd", metavar="DIR", help="board directory the program starts in "
+                   "(absolute, or relative to the run directory; default: the run "
+                   "directory, where --input files are)")
+    p.add_argument("--stage", action="append", type=stage_pair,
+                   metavar="LOCAL=REMOTE_DIR/",
+                   help="file pushed to a board path that persists across runs, skipped "
+                        "when the board has the same bytes (hash), recorded in the "
+                        "result; REMOTE ending in / keeps the file's name, a relative "
+                        "REMOTE is under the profile's remote_dir (repeatable; default: "
+                        "none)")
+    p.add_argument("--keep", action="store_true", help="keep the remote run directory")
+
+
+
+def _add_decode_options(p: argparse.ArgumentParser) -> None:
+    """The reference, patterns and speed target of `board decode-parity`."""
+    expect = p.add_mutually_exclusive_group(required=True)
+    expect.add_argument("--expect", metavar="IDS|@FILE",
+                        help="reference token ids: '2387,2387', '[1, 2]', or @FILE holding "
+                             "them (JSON array or whitespace/comma separated; default: none, "
+                             "give it or --expect-from)")
+    from harness.reference.cli import add_expect_from
+    add_expect_from(p, expect)
+    p.add_argument("--end-ids", metavar="IDS",
+                   help="end tokens: both sides are compared up to the first of them, "
+                        "and the --expect-from reference stops there (default: the GGUF's "
+                        "eos/eot/eom ids and end-of-turn pieces with --expect-from, else none)")
+    p.add_argument("--format", choices=sorted(decode.FORMATS), default=decode.DEFAULT_FORMAT,
+                   help="named output format, sets the patterns below (default %(default)s)")
+    p.add_argument("--token-pattern", metavar="REGEX",
+                   help="regex with exactly one group = a token id; lines where it is empty "
+                        "are skipped (default: the --format's)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--tps-pattern", metavar="REGEX",
+                       help="regex, its one group = a RATE in tokens per second (default: the "
+                            "--format's)")
+    speed.add_argument("--ms-per-token-pattern", metavar="REGEX",
+                       help="regex, its one group = a PERIOD in milliseconds per token "
+                            "(default: the --format's)")
+    p.add_argument("--target-tps", type=float, default=decode.DEFAULT_TARGET_TPS,
+                   metavar="TOK_PER_S", help="speed target (default %(default)s tok/s: "
+                   f"{decode.DEFAULT_TARGET_LABEL})")
+    p.add_argument("--target-label", metavar="TEXT", default=decode.DEFAULT_TARGET_LABEL,
+                   help="what the target is, printed with it (default: %(default)s)")
+    p.add_argument("--verbose", action="store_true", help="stream the program's output")
+    p.add_argument("--json", action="store_true",
+                   help="print the comparison and the run as JSON")
+
+
+def _add_kernel_options(p: argparse.ArgumentParser) -> None:
+    """The archive, formats, shapes and seed of `board kernel-parity`."""
+    p.add_argument("--kernels-archive", metavar="ARCHIVE",
+                   help="the aarch64 static archive libskainet_kernels.a from the linuxarm64 "
+                        "klib (default: none; give it or --fixture)")
+    p.add_argument("--fixture", action="store_true",
+                   help="run the project's own test archive (fixtures/board/kernels, built "
+                        "with SKaiNET's flags) instead: checks the harness, not SKaiNET")
+    p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f], metavar="LIST",
+                   help="comma-separated formats, e.g. Q8_0,Q4_K (default: all the archive "
+                        "exports)")
+    p.add_argument("--shape", action="append", type=_shapes, metavar="OUTxIN[xBATCH][,...]",
+                   help="case shapes: repeat the option or separate shapes with commas "
+                        "(default: the built-in set of shapes)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED",
+                   help="seed for the weights and activations (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the cases and summary as JSON")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     board = subparsers.add_parser(
         "board", help="run programs on the board over SSH; decode and kernel parity",
@@ -408,34 +495,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
     p.set_defaults(func=cmd_check)
 
-    def add_program(p: argparse.ArgumentParser) -> None:
-        p.add_argument("program", metavar="PROGRAM", help="local program file to push and run "
-                       "(an ELF file must be built for the board's architecture)")
-        p.add_argument("args", nargs="*", metavar="ARGS", help="its arguments (after --)")
-        p.add_argument("--input", action="append", metavar="LOCAL[=NAME]",
-                       help="file to push into the run directory (repeatable; default: none)")
-        p.add_argument("--output", action="append", metavar="NAME",
-                       help="file to fetch back from the run directory (repeatable; default: "
-                            "none)")
-        p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
-                       help="kill the program's process group after SECONDS (default: no "
-                            "limit)")
-        p.add_argument("--env", action="append", type=env_pair, metavar="NAME=VALUE",
-                       help="environment variable for the program (repeatable; default: "
-                            "none), e.g. --env VOICECC_PROFILE=1 --env LD_LIBRARY_PATH=/home/"
-                            "root/voicecc-kt")
-        p.add_argument("--cwd", metavar="DIR", help="board directory the program starts in "
-                       "(absolute, or relative to the run directory; default: the run "
-                       "directory, where --input files are)")
-        p.add_argument("--stage", action="append", type=stage_pair,
-                       metavar="LOCAL=REMOTE_DIR/",
-                       help="file pushed to a board path that persists across runs, skipped "
-                            "when the board has the same bytes (hash), recorded in the "
-                            "result; REMOTE ending in / keeps the file's name, a relative "
-                            "REMOTE is under the profile's remote_dir (repeatable; default: "
-                            "none)")
-        p.add_argument("--keep", action="store_true", help="keep the remote run directory")
-
     p = action("run", "push a program and inputs, run it, fetch outputs",
                "Push PROGRAM (and --input/--stage files), run it on the board under the "
                "board lock in a session of its own, stream its output, fetch --output files. "
@@ -443,7 +502,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "sampled from /proc, and their sum), an OOM kill of any process of the run as "
                "'out of memory', and the processes that outlived the program and had to be "
                "killed. Output past 64 MiB per stream spills to a file in --outdir.")
-    add_program(p)
+    _add_program(p)
     p.add_argument("--outdir", default=".", metavar="DIR",
                    help="where fetched outputs (and spilled output) go (default .)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -483,57 +542,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "times (from [perf] step lines, else from when token lines arrived), ms/token "
                "and tok/s against --target-tps. Output formats: "
                + decode.formats_help() + ".")
-    add_program(p)
-    expect = p.add_mutually_exclusive_group(required=True)
-    expect.add_argument("--expect", metavar="IDS|@FILE",
-                        help="reference token ids: '2387,2387', '[1, 2]', or @FILE holding "
-                             "them (JSON array or whitespace/comma separated; default: none, "
-                             "give it or --expect-from)")
-    from harness.reference.cli import add_expect_from
-    add_expect_from(p, expect)
-    p.add_argument("--end-ids", metavar="IDS",
-                   help="end tokens: both sides are compared up to the first of them, "
-                        "and the --expect-from reference stops there (default: the GGUF's "
-                        "eos/eot/eom ids and end-of-turn pieces with --expect-from, else none)")
-    p.add_argument("--format", choices=sorted(decode.FORMATS), default=decode.DEFAULT_FORMAT,
-                   help="named output format, sets the patterns below (default %(default)s)")
-    p.add_argument("--token-pattern", metavar="REGEX",
-                   help="regex with exactly one group = a token id; lines where it is empty "
-                        "are skipped (default: the --format's)")
-    speed = p.add_mutually_exclusive_group()
-    speed.add_argument("--tps-pattern", metavar="REGEX",
-                       help="regex, its one group = a RATE in tokens per second (default: the "
-                            "--format's)")
-    speed.add_argument("--ms-per-token-pattern", metavar="REGEX",
-                       help="regex, its one group = a PERIOD in milliseconds per token "
-                            "(default: the --format's)")
-    p.add_argument("--target-tps", type=float, default=decode.DEFAULT_TARGET_TPS,
-                   metavar="TOK_PER_S", help="speed target (default %(default)s tok/s: "
-                   f"{decode.DEFAULT_TARGET_LABEL})")
-    p.add_argument("--target-label", metavar="TEXT", default=decode.DEFAULT_TARGET_LABEL,
-                   help="what the target is, printed with it (default: %(default)s)")
-    p.add_argument("--verbose", action="store_true", help="stream the program's output")
-    p.add_argument("--json", action="store_true",
-                   help="print the comparison and the run as JSON")
+    _add_program(p)
+    _add_decode_options(p)
     p.set_defaults(func=cmd_decode_parity)
 
     p = action("kernel-parity", "real SKaiNET native kernels vs kernels_ref skainet_neon",
                "Link the project's C driver against a libskainet_kernels.a, run every "
                "exported packed matmul kernel on the board (the board-in-a-box when no "
                "--board/--profile is given) and judge each output with the one verdict rule.")
-    p.add_argument("--kernels-archive", metavar="ARCHIVE",
-                   help="the aarch64 static archive libskainet_kernels.a from the linuxarm64 "
-                        "klib (default: none; give it or --fixture)")
-    p.add_argument("--fixture", action="store_true",
-                   help="run the project's own test archive (fixtures/board/kernels, built "
-                        "with SKaiNET's flags) instead: checks the harness, not SKaiNET")
-    p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f], metavar="LIST",
-                   help="comma-separated formats, e.g. Q8_0,Q4_K (default: all the archive "
-                        "exports)")
-    p.add_argument("--shape", action="append", type=_shapes, metavar="OUTxIN[xBATCH][,...]",
-                   help="case shapes: repeat the option or separate shapes with commas "
-                        "(default: the built-in set of shapes)")
-    p.add_argument("--seed", type=int, default=0, metavar="SEED",
-                   help="seed for the weights and activations (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the cases and summary as JSON")
+    _add_kernel_options(p)
     p.set_defaults(func=cmd_kernel_parity)

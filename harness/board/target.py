@@ -177,25 +177,66 @@ def exit_reason(
             f"{signal_name(status - 128)}" if status > 128 else f"exit status {status}"
         )
         return f"out of memory: allocation failed ({how})"
-    if status == 128 + signal.SIGILL:
-        return ILLEGAL_INSTRUCTION
-    if status == 128 + signal.SIGSEGV:
-        return "segmentation fault (SIGSEGV)"
-    if status == 128 + signal.SIGBUS:
-        return "bus error (SIGBUS)"
-    if status == 128 + signal.SIGFPE:
-        return "arithmetic exception (SIGFPE)"
-    if status == 128 + signal.SIGABRT:
-        return "aborted (SIGABRT)"
-    if status == 128 + signal.SIGTERM:
-        return "terminated (SIGTERM)"
-    if status == 126:
-        return "cannot execute (status 126: wrong architecture or not executable?)"
-    if status == 127:
-        return "command not found (status 127)"
+    return _status_words(status)
+
+
+# What a death by these signals (status 128+N) or these statuses says, in words.
+_SIGNAL_WORDS = {
+    signal.SIGILL: ILLEGAL_INSTRUCTION,
+    signal.SIGSEGV: "segmentation fault (SIGSEGV)",
+    signal.SIGBUS: "bus error (SIGBUS)",
+    signal.SIGFPE: "arithmetic exception (SIGFPE)",
+    signal.SIGABRT: "aborted (SIGABRT)",
+    signal.SIGTERM: "terminated (SIGTERM)",
+}
+_STATUS_WORDS = {
+    126: "cannot execute (status 126: wrong architecture or not executable?)",
+    127: "command not found (status 127)",
+}
+
+
+def _status_words(status: int) -> str:
+    """A nonzero exit status (not an OOM) in words."""
+    if status > 128 and status - 128 in _SIGNAL_WORDS:
+        return _SIGNAL_WORDS[signal.Signals(status - 128)]
+    if status in _STATUS_WORDS:
+        return _STATUS_WORDS[status]
     if 128 < status < 128 + 65:
         return f"killed by {signal_name(status - 128)}"
     return f"exited with status {status}"
+
+
+def _pump_thread(stream, into: list[bytes], cb: StreamCallback | None) -> threading.Thread:
+    """A started thread copying `stream` into `into` (and `cb`) until it ends."""
+    def pump() -> None:
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            into.append(chunk)
+            if cb:
+                cb(chunk)
+
+    th = threading.Thread(target=pump, daemon=True)
+    th.start()
+    return th
+
+
+def _watch(proc: subprocess.Popen, timeout: float | None,
+           t_run: float) -> tuple[int | None, bool]:
+    """Wait for `proc`, sampling its peak RSS, killing its group past `timeout`:
+    (peak RSS in kB or None, timed out)."""
+    peak = None
+    while proc.poll() is None:
+        hwm = peak_rss_bytes(proc.pid)
+        rss = None if hwm is None else hwm // 1024
+        peak = rss if peak is None or (rss or 0) > peak else peak
+        if timeout is not None and time.perf_counter() - t_run > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return peak, True
+        try:
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
+    return peak, False
 
 
 class LocalTarget:
@@ -235,34 +276,9 @@ class LocalTarget:
                 stderr=subprocess.PIPE, start_new_session=True,
             )
             chunks: dict[str, list[bytes]] = {"out": [], "err": []}
-
-            def pump(stream, key: str, cb: StreamCallback | None) -> None:
-                for chunk in iter(lambda: stream.read1(65536), b""):
-                    chunks[key].append(chunk)
-                    if cb:
-                        cb(chunk)
-
-            pumps = [
-                threading.Thread(target=pump, args=(proc.stdout, "out", on_stdout), daemon=True),
-                threading.Thread(target=pump, args=(proc.stderr, "err", on_stderr), daemon=True),
-            ]
-            for th in pumps:
-                th.start()
-            peak = None
-            timed_out = False
-            while proc.poll() is None:
-                hwm = peak_rss_bytes(proc.pid)
-                rss = None if hwm is None else hwm // 1024
-                peak = rss if peak is None or (rss or 0) > peak else peak
-                if timeout is not None and time.perf_counter() - t_run > timeout:
-                    timed_out = True
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    break
-                try:
-                    proc.wait(timeout=0.02)
-                except subprocess.TimeoutExpired:
-                    pass
+            pumps = [_pump_thread(proc.stdout, chunks["out"], on_stdout),
+                     _pump_thread(proc.stderr, chunks["err"], on_stderr)]
+            peak, timed_out = _watch(proc, timeout, t_run)
             for th in pumps:
                 th.join()
             run_s = time.perf_counter() - t_run
