@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.parity.verdict import CASE_VERDICTS, REPORT_FAILING, REPORT_VERDICTS
+
 SCHEMA = "skoracle-report/1"
 
 #: Row verdicts, best first. A leg's status is derived from its rows' verdicts.
@@ -25,9 +27,8 @@ SCHEMA = "skoracle-report/1"
 #: judged instead), e.g. an error bound too wide to tell a sign flip from a pass.
 #: "error": the input could not be checked (e.g. nothing to check inside an artifact): the
 #: leg's status is "error" and `run` exits 2, the rule `elf-check` follows.
-VERDICTS = ("bit-exact", "pass", "within-bound", "not-judged", "known-failure", "unavailable",
-            "FAIL", "error")
-FAILING = ("FAIL", "error")
+VERDICTS = REPORT_VERDICTS
+FAILING = REPORT_FAILING
 #: The heat maps' cell colour per verdict (green = held to a model, grey = no verdict).
 VERDICT_COLOURS = {"bit-exact": "#1a7f37", "pass": "#4caf50", "within-bound": "#b5e08c",
                    "not-judged": "#d0d0d0", "known-failure": "#ffe08a", "unavailable": "#fdbf6f",
@@ -257,8 +258,7 @@ def decode_steps_plot(rep: Report) -> dict[str, str]:
 
 
 #: JVM matrix verdicts, best to worst (the colour scale of the JVM heat map).
-JVM_VERDICTS = ("bit-exact", "within-bound", "skipped", "not-runnable", "FAIL", "crash",
-                "timeout")
+JVM_VERDICTS = CASE_VERDICTS
 
 
 def jvm_plot(rep: Report) -> dict[str, str]:
