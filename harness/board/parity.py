@@ -23,6 +23,7 @@ from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
 from harness.parity.judge import FAILED, OK, Expectation, Outcome, verdict_rule
 from harness.parity.judge import judge as judge_outcome
+from harness.parity.runner import BoardRunner, KernelCall
 from harness.parity.verdict import CASE_PASSING, Verdict
 from harness.report import plural
 
@@ -375,7 +376,8 @@ def kernel_parity(
     progress: Callable[[str], None] | None = None,
     fixture: bool | None = None,
 ) -> KernelParity:
-    """Run every exported packed kernel on the target and judge it with `kernel_verdict`.
+    """Run every exported packed kernel on the target (`BoardRunner`) and judge it with the
+    one judge (`kernel_verdict` its rule).
     `fixture` labels the project's own test archive (default: by its file name)."""
     from oracle.formats import qtype as qtype_of
     from oracle.quants import quantize
@@ -384,6 +386,7 @@ def kernel_parity(
     if fixture is None:
         fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
     result = KernelParity(inv, fixture=fixture)
+    runner = BoardRunner(target, driver, timeout)
     rng = np.random.default_rng(seed)
     for k in inv.run:
         block = qtype_of(k.qtype).block
@@ -398,12 +401,12 @@ def kernel_parity(
             x = rng.standard_normal((batch, in_dim)).astype(np.float32)
             packed = packed_for(k, quantize(k.qtype, w))
             case = KernelCase(k.symbol, k.qtype, shape)
-            y, res = run_kernel(target, driver, k, x, packed, out_dim, timeout)
-            if y is None:
+            outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
+            if outcome.status != OK:
                 case.failed_run = True
-                case.detail = f"driver failed: {res.reason}"
+                case.detail = outcome.error
             else:
-                judge(case, y, reference_outputs(x, packed, k, out_dim, in_dim))
+                judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
             result.cases.append(case)
             if progress:
                 progress(case.row())

@@ -30,6 +30,7 @@ from harness.jvm.jdk import VECTOR_MODULE, Jdk
 from harness.jvm.worker import JIT_MODES, PLATFORM_PACKAGES, CallResult, JvmConfig, Worker
 from harness.parity.judge import Expectation, Judgement, Outcome
 from harness.parity.judge import judge as judge_outcome
+from harness.parity.runner import JvmRunner, KernelCall
 from harness.parity.verdict import CASE_FAILING, Verdict
 from kernels_ref import error_bound, matmul_wt
 from kernels_ref.semantics import PANAMA_REDUCTIONS
@@ -341,6 +342,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
     calls: int | str = "warm" if jit == "warm" else 2
     with Worker(config, timeout=timeout) as wk:
         wk.stop = stop
+        runner = JvmRunner(wk, calls)
         try:
             run.info = dict(wk.start())
         except KeyboardInterrupt:
@@ -381,8 +383,8 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                     case.verdict, case.detail = "interrupted", "not run: interrupted"
                     continue
                 x, _, arr = case_data(k.fmt, tuple(shape), seed)
-                res = wk.call(k.cls, x, arr, shape[1], shape[0], w_offset=shape[3],
-                              calls=calls)
+                res = runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
+                                            shape[3])).extras["result"]
                 hung = res.status == "timeout"
                 order = None
                 if k.provider == PANAMA and res.status == "ok":

@@ -1,15 +1,17 @@
 """The one judge: a case's outputs against what kernels_ref says they must be.
 
 The rule (`verdict_rule`), shared by the JVM matrix, the board's kernel parity and `run`:
-- a crash or a timeout is that verdict (failing), a call the user interrupted is
-  "interrupted" (no verdict); any other failed run is FAIL;
+- a crash or a timeout is that verdict (failing); a call the user interrupted is
+  "interrupted" and one that cannot run here "unavailable" (no verdict); any other failed
+  run is FAIL;
 - a guard cell or an overwrite outside the output is FAIL, whatever the numbers;
 - equal bits with an order model is "bit-exact";
 - a binding order model (the target's order is known, e.g. skainet_neon on the board) that is
   not matched bit for bit is FAIL, however small the error;
 - otherwise (no model, or models that are only candidates for an order the kernel may not
   use) the output must lie inside the rigorous error bound, finite, for "within-bound";
-  anything else is FAIL.
+  anything else is FAIL; where the bound is too wide to tell a sign flip from a pass
+  (`Expectation.blind`), inside it is "not-judged", never a pass.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ OK, FAILED = "ok", "failed"
 class Outcome:
     """What a case runner gives back for one case: outputs, status, timings and extras."""
 
-    status: str = OK  # ok | crash | timeout | interrupted | failed
+    status: str = OK  # ok | crash | timeout | interrupted | unavailable | failed
     y: np.ndarray | None = None
     error: Any = None  # the failure as the target reports it (text, or a JVM error dict)
     violations: Sequence[str] = ()  # guard cells / writes outside the output range
@@ -52,6 +54,8 @@ class Expectation:
     #: other orders compared bit for bit for the detail only, never a pass (e.g.
     #: fused_final=False: a native build without -ffast-math)
     alternatives: Sequence[tuple[str, np.ndarray]] = ()
+    #: the bound reaches 2|exact| (quantized activations): inside it judges nothing
+    blind: bool = False
 
     @property
     def modelled(self) -> bool:
@@ -76,9 +80,10 @@ class Judgement:
 
 
 def verdict_rule(status: str = OK, *, violations: bool = False, matched: bool = False,
-                 modelled: bool = False, within_bound: bool | None = None) -> Verdict:
+                 modelled: bool = False, within_bound: bool | None = None,
+                 blind: bool = False) -> Verdict:
     """THE verdict rule (module docstring), on the facts a judgement found."""
-    if status in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INTERRUPTED):
+    if status in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INTERRUPTED, Verdict.UNAVAILABLE):
         return Verdict(status)
     if status != OK or violations:
         return Verdict.FAIL
@@ -86,7 +91,9 @@ def verdict_rule(status: str = OK, *, violations: bool = False, matched: bool = 
         return Verdict.BIT_EXACT
     if modelled:
         return Verdict.FAIL
-    return Verdict.WITHIN_BOUND if within_bound else Verdict.FAIL
+    if not within_bound:
+        return Verdict.FAIL
+    return Verdict.NOT_JUDGED if blind else Verdict.WITHIN_BOUND
 
 
 def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -134,7 +141,7 @@ def judge(out: Outcome, exp: Expectation) -> Judgement:
             and exp.bound is not None:
         within = _within(j, y, exp.exact, exp.bound)
     j.verdict = verdict_rule(matched=j.matched is not None, modelled=exp.modelled,
-                             within_bound=within)
+                             within_bound=within, blind=exp.blind)
     return j
 
 
