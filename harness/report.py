@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.parity.verdict import CASE_VERDICTS, REPORT_FAILING, REPORT_VERDICTS
+from harness.parity.verdict import Verdict as V
 
 SCHEMA = "skoracle-report/1"
 
@@ -30,12 +31,12 @@ SCHEMA = "skoracle-report/1"
 VERDICTS = REPORT_VERDICTS
 FAILING = REPORT_FAILING
 #: The heat maps' cell colour per verdict (green = held to a model, grey = no verdict).
-VERDICT_COLOURS = {"bit-exact": "#1a7f37", "pass": "#4caf50", "within-bound": "#b5e08c",
-                   "not-judged": "#d0d0d0", "known-failure": "#ffe08a", "unavailable": "#fdbf6f",
-                   "FAIL": "#d73027", "error": "#7f0000",
+VERDICT_COLOURS = {V.BIT_EXACT: "#1a7f37", V.PASS: "#4caf50", V.WITHIN_BOUND: "#b5e08c",
+                   V.NOT_JUDGED: "#d0d0d0", V.KNOWN_FAILURE: "#ffe08a",
+                   V.UNAVAILABLE: "#fdbf6f", V.FAIL: "#d73027", V.ERROR: "#7f0000",
                    # the JVM matrix's own verdicts
-                   "skipped": "#d0d0d0", "not-runnable": "#fdbf6f", "crash": "#7f0000",
-                   "timeout": "#a50026"}
+                   V.SKIPPED: "#d0d0d0", V.NOT_RUNNABLE: "#fdbf6f", V.CRASH: "#7f0000",
+                   V.TIMEOUT: "#a50026"}
 
 
 def plural(n: int, word: str) -> str:

@@ -34,6 +34,7 @@ from harness.console import ResultTable, escape_control, make_console
 from harness.errors import HarnessError
 from harness.footprint import add_budget_options, parse_budget
 from harness.jvm.parity import DEFAULT_LANES, LANES_HELP, parse_lanes
+from harness.parity.verdict import Verdict
 from harness.report import Leg, Report, leg_columns, plural, write_report
 from harness.reportdir import check_report_dir
 
@@ -346,9 +347,10 @@ def selected_legs(only: str | None) -> list[str]:
     return [n for n in names if n in wanted]
 
 
-VERDICT_COLOUR = {"bit-exact": "green", "pass": "green", "within-bound": "yellow",
-                  "not-judged": "dim", "known-failure": "yellow", "unavailable": "yellow",
-                  "FAIL": "red", "error": "red"}
+VERDICT_COLOUR = {Verdict.BIT_EXACT: "green", Verdict.PASS: "green",
+                  Verdict.WITHIN_BOUND: "yellow", Verdict.NOT_JUDGED: "dim",
+                  Verdict.KNOWN_FAILURE: "yellow", Verdict.UNAVAILABLE: "yellow",
+                  Verdict.FAIL: "red", Verdict.ERROR: "red"}
 
 
 def summary_tables(rep: Report) -> list[ResultTable]:

@@ -18,7 +18,7 @@ from harness.jvm.parity import (
     parse_lanes,
     run_matrix,
 )
-from harness.parity.verdict import CASE_PASSING, report_verdict, worse
+from harness.parity.verdict import CASE_PASSING, Verdict, report_verdict, worse
 
 
 def _orders(run: ParityRun) -> str:
@@ -61,7 +61,7 @@ def run_leg(ctx: Any, out: Any) -> None:
         label = f"{c.kernel}{tag} {c.fmt or '?'} {'x'.join(map(str, c.shape[:3]))} " \
                 f"lanes={c.actual_lanes or c.lanes} {c.jit}"
         out.add(label, report_verdict(c.verdict), c.max_ulp, c.seconds,
-                f"{c.verdict}: {c.detail}" if c.verdict != "bit-exact" else c.detail)
+                f"{c.verdict}: {c.detail}" if c.verdict != Verdict.BIT_EXACT else c.detail)
         key = f"{c.kernel}{' (fixture)' if tag else ''}|lanes={c.actual_lanes or c.lanes} {c.jit}"
         cells[key] = worse(cells[key], c.verdict) if key in cells else c.verdict
     rows = sorted({k.split("|")[0] for k in cells})

@@ -328,6 +328,30 @@ def missing_class_message(name: str, kernel: str) -> str:
 
 # ------------------------------------------------------------------------------ matrix
 
+def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, int],
+             lanes: str, actual: int | None, hung: bool,
+             stop: threading.Event | None) -> tuple[Verdict, str] | None:
+    """(verdict, why) of a case that is not run in this configuration, None to run it."""
+    skip = Verdict.SKIPPED
+    if run.error:
+        return skip, f"JVM did not start: {run.error}"
+    if k.fmt is None:
+        return skip, "format not recognised from the class or interface names"
+    if shape[1] % qtype(k.fmt).block:
+        return skip, f"in_dim {shape[1]} is not a whole number of blocks"
+    if k.provider == PANAMA and not jdk.has_vector:
+        return (Verdict.NOT_RUNNABLE,
+                f"{jdk.describe()}: the Panama kernels need {VECTOR_MODULE}")
+    if k.provider == PANAMA and lanes != "auto" and actual != int(lanes):
+        return skip, (f"{lanes} lanes not available on this CPU "
+                      f"(-XX:MaxVectorSize={4 * int(lanes)} gives {actual})")
+    if hung:
+        return skip, "not run: the kernel hung on an earlier case in this JVM"
+    if stop is not None and stop.is_set():
+        return Verdict.INTERRUPTED, "not run: interrupted"
+    return None
+
+
 def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, jit: str,
                shapes: Sequence[tuple[int, int, int, int]], seed: int, timeout: float,
                progress: Callable[[str], None] | None = None,
@@ -359,28 +383,9 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                 case = Case(k.short, k.fmt, k.provider, tuple(shape), lanes, jit, "skipped",
                             actual_lanes=actual)
                 run.cases.append(case)
-                if run.error:
-                    case.detail = f"JVM did not start: {run.error}"
-                    continue
-                if k.fmt is None:
-                    case.detail = "format not recognised from the class or interface names"
-                    continue
-                if shape[1] % qtype(k.fmt).block:
-                    case.detail = f"in_dim {shape[1]} is not a whole number of blocks"
-                    continue
-                if k.provider == PANAMA and not jdk.has_vector:
-                    case.verdict = "not-runnable"
-                    case.detail = f"{jdk.describe()}: the Panama kernels need {VECTOR_MODULE}"
-                    continue
-                if k.provider == PANAMA and lanes != "auto" and actual != int(lanes):
-                    case.detail = (f"{lanes} lanes not available on this CPU "
-                                   f"(-XX:MaxVectorSize={4 * int(lanes)} gives {actual})")
-                    continue
-                if hung:
-                    case.detail = "not run: the kernel hung on an earlier case in this JVM"
-                    continue
-                if stop is not None and stop.is_set():
-                    case.verdict, case.detail = "interrupted", "not run: interrupted"
+                not_run = _not_run(run, jdk, k, shape, lanes, actual, hung, stop)
+                if not_run:
+                    case.verdict, case.detail = not_run
                     continue
                 x, _, arr = case_data(k.fmt, tuple(shape), seed)
                 res = runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
