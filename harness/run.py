@@ -390,8 +390,26 @@ class _Interrupt:
     def __call__(self, signum: int, frame: object) -> None:
         self.requested = True
         if self.in_leg:
+            if _inside_import(frame):
+                # an import interrupted midway can leave the import lock held, and the
+                # report's plotting import then waits for ever: ask again just after it
+                threading.Timer(0.05, self._again, (signum,)).start()
+                return
             self.in_leg = False
             raise KeyboardInterrupt
+
+    def _again(self, signum: int) -> None:
+        if self.in_leg:  # still inside the leg: deliver the interrupt there
+            os.kill(os.getpid(), signum)
+
+
+def _inside_import(frame: object) -> bool:
+    """Whether the interrupted code is inside Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def check_path_options(args: argparse.Namespace) -> None:
