@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.parity.verdict import CASE_VERDICTS, REPORT_FAILING, REPORT_VERDICTS
+from harness.parity.verdict import Verdict as V
+
 SCHEMA = "skoracle-report/1"
 
 #: Row verdicts, best first. A leg's status is derived from its rows' verdicts.
@@ -25,16 +28,15 @@ SCHEMA = "skoracle-report/1"
 #: judged instead), e.g. an error bound too wide to tell a sign flip from a pass.
 #: "error": the input could not be checked (e.g. nothing to check inside an artifact): the
 #: leg's status is "error" and `run` exits 2, the rule `elf-check` follows.
-VERDICTS = ("bit-exact", "pass", "within-bound", "not-judged", "known-failure", "unavailable",
-            "FAIL", "error")
-FAILING = ("FAIL", "error")
+VERDICTS = REPORT_VERDICTS
+FAILING = REPORT_FAILING
 #: The heat maps' cell colour per verdict (green = held to a model, grey = no verdict).
-VERDICT_COLOURS = {"bit-exact": "#1a7f37", "pass": "#4caf50", "within-bound": "#b5e08c",
-                   "not-judged": "#d0d0d0", "known-failure": "#ffe08a", "unavailable": "#fdbf6f",
-                   "FAIL": "#d73027", "error": "#7f0000",
+VERDICT_COLOURS = {V.BIT_EXACT: "#1a7f37", V.PASS: "#4caf50", V.WITHIN_BOUND: "#b5e08c",
+                   V.NOT_JUDGED: "#d0d0d0", V.KNOWN_FAILURE: "#ffe08a",
+                   V.UNAVAILABLE: "#fdbf6f", V.FAIL: "#d73027", V.ERROR: "#7f0000",
                    # the JVM matrix's own verdicts
-                   "skipped": "#d0d0d0", "not-runnable": "#fdbf6f", "crash": "#7f0000",
-                   "timeout": "#a50026"}
+                   V.SKIPPED: "#d0d0d0", V.NOT_RUNNABLE: "#fdbf6f", V.CRASH: "#7f0000",
+                   V.TIMEOUT: "#a50026"}
 
 
 def plural(n: int, word: str) -> str:
@@ -257,8 +259,7 @@ def decode_steps_plot(rep: Report) -> dict[str, str]:
 
 
 #: JVM matrix verdicts, best to worst (the colour scale of the JVM heat map).
-JVM_VERDICTS = ("bit-exact", "within-bound", "skipped", "not-runnable", "FAIL", "crash",
-                "timeout")
+JVM_VERDICTS = CASE_VERDICTS
 
 
 def jvm_plot(rep: Report) -> dict[str, str]:

@@ -34,6 +34,7 @@ from harness.console import ResultTable, escape_control, make_console
 from harness.errors import INPUT_ERRORS, HarnessError, exit_code_of
 from harness.footprint import add_budget_options, parse_budget
 from harness.jvm.parity import DEFAULT_LANES, LANES_HELP, parse_lanes
+from harness.parity.verdict import Verdict
 from harness.report import Leg, Report, leg_columns, plural, write_report
 from harness.reportdir import check_report_dir
 
@@ -92,86 +93,19 @@ def oracle_leg(ctx: RunContext, out: Leg) -> None:
 @leg("kernels", "Reference kernels: ggml semantics vs ggml's C dot products; SKaiNET "
      "semantics vs the exact result and its rigorous bound")
 def kernels_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.board.parity import fixture_neon_outputs
-    from harness.ggml.cref import CRef
     from harness.golden.compute import variants
-    from kernels_ref import error_bound, matmul_wt, ulp_distance
-    from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, sign_blind
-    from kernels_ref.matmul import semantics_obj
-    from oracle import PACKED_TYPES, OracleError, qtype, quantize
+    from harness.parity.local import check_kernels
+    from oracle import PACKED_TYPES
 
-    cref = CRef.load()
-    rng = np.random.default_rng(ctx.args.seed)
-    out_dim, batch = 96, 2
-    samples: dict[str, list[int]] = {}
-    cells: dict[str, str] = {}
+    check = check_kernels(ctx.args.seed, ctx.step)
+    for r in check.rows:
+        out.add(r.case, r.verdict, r.max_ulp, r.seconds, r.detail)
     rows = [v.id for v in variants() if v.id != "exact"]
-    for qt in PACKED_TYPES:
-        in_dim = 2 * qtype(qt).block if qtype(qt).kquant else 640  # 640: FunctionGemma n_embd
-        w = quantize(qt, rng.standard_normal((out_dim, in_dim)).astype(np.float32))
-        x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-        ctx.step(f"kernels: {qt} [{out_dim} x {in_dim}], batch {batch}")
-        t0 = time.perf_counter()
-        exact = matmul_wt(x, w, qt, out_dim, in_dim, semantics="exact")
-        c = np.stack([cref.matvec(qt, w, xi) for xi in x])
-        ours = matmul_wt(x, w, qt, out_dim, in_dim, semantics="ggml", rounding="roundf")
-        ulp = ulp_distance(ours, c)
-        out.add(f"{qt} ggml (roundf) vs ggml C mul_mat", "bit-exact" if not ulp.any() else "FAIL",
-                int(ulp.max()), time.perf_counter() - t0,
-                "" if not ulp.any() else f"{plural(int((ulp > 0).sum()), 'output')} differ")
-        cells[f"ggml.roundf vs C|{qt}"] = "bit-exact" if not ulp.any() else "FAIL"
-        t0 = time.perf_counter()
-        try:  # the NEON order against a compiled C kernel written in it (project fixture)
-            neon_c = fixture_neon_outputs(x, w, qt, out_dim)
-        except HarnessError as exc:
-            out.add(f"{qt} skainet_neon.fused vs fixture C kernel", "unavailable",
-                    detail=str(exc))
-        else:
-            neon = matmul_wt(x, w, qt, out_dim, in_dim, semantics="skainet_neon")
-            nu = ulp_distance(neon, neon_c)
-            out.add(f"{qt} skainet_neon.fused vs fixture C kernel", "FAIL" if nu.any() else
-                    "bit-exact", int(nu.max()), time.perf_counter() - t0,
-                    (f"{plural(int((nu > 0).sum()), 'output')} differ; " if nu.any() else "")
-                    + "fixtures/board/kernels, SKaiNET's flags, under qemu-aarch64 (the "
-                    "project's kernel, not SKaiNET's)")
-            cells[f"skainet_neon.fused vs C|{qt}"] = "FAIL" if nu.any() else "bit-exact"
-        for v in variants():
-            if v.id == "exact":
-                continue
-            t0 = time.perf_counter()
-            try:
-                y = matmul_wt(x, w, qt, out_dim, in_dim, semantics=v.semantics, **dict(v.opts))
-            except OracleError:
-                cells[f"{v.id}|{qt}"] = "unavailable"
-                continue
-            bound = error_bound(x, w, qt, out_dim, in_dim, semantics=v.semantics, **dict(v.opts))
-            used, tight = bound_usage(y, exact, bound), bound_tightness(bound, exact)
-            u = ulp_distance(y, exact)
-            samples.setdefault(v.semantics, []).extend(int(a) for a in u.ravel())
-            sizes = (f"{error_at_scale(y, exact):.3g} ulp at max|y|; error/bound {used:.3g}; "
-                     f"bound/max|y| {tight:.3g}")
-            verdict, why = "within-bound" if used <= 1 else "FAIL", "inside error_bound"
-            if used > 1:
-                why = "OUTSIDE the rigorous error bound"
-            elif qt in semantics_obj(v.semantics, **dict(v.opts)).quantizes_activations:
-                # quantized activations widen the bound past many outputs (a sign flip would
-                # pass there): the bound is no verdict for these modelled orders
-                verdict, why = "not-judged", (
-                    f"bound >= 2|y| on {sign_blind(bound, exact)} of {y.size} outputs, so "
-                    "'within bound' would pass a sign flip; this order is modelled: judged "
-                    "bit-exactly against C kernels instead (the 'vs C' rows; SKaiNET's own: "
-                    "`board kernel-parity`)")
-            cells[f"{v.id}|{qt}"] = verdict
-            if v.semantics in ("skainet_neon", "skainet_scalar") or verdict == "FAIL":
-                # a not-judged row's ulp distance to exact is no measure of anything
-                out.add(f"{qt} {v.id} vs exact", verdict,
-                        None if verdict == "not-judged" else int(u.max()),
-                        time.perf_counter() - t0, f"{why}; {sizes}")
-    out.data["ulp_samples"] = samples
+    out.data["ulp_samples"] = check.samples
     out.data["matrix"] = {"title": "kernels_ref semantics x format (vs exact / vs ggml C)",
                           "rows": ["ggml.roundf vs C", "skainet_neon.fused vs C", *rows],
                           "cols": list(PACKED_TYPES),
-                          "cells": cells}
+                          "cells": check.cells}
     out.summary = (f"{len(PACKED_TYPES)} formats: ggml semantics against the C library, "
                    f"{len(rows)} kernel variants against exact and error_bound")
 
@@ -409,9 +343,10 @@ def selected_legs(only: str | None) -> list[str]:
     return [n for n in names if n in wanted]
 
 
-VERDICT_COLOUR = {"bit-exact": "green", "pass": "green", "within-bound": "yellow",
-                  "not-judged": "dim", "known-failure": "yellow", "unavailable": "yellow",
-                  "FAIL": "red", "error": "red"}
+VERDICT_COLOUR = {Verdict.BIT_EXACT: "green", Verdict.PASS: "green",
+                  Verdict.WITHIN_BOUND: "yellow", Verdict.NOT_JUDGED: "dim",
+                  Verdict.KNOWN_FAILURE: "yellow", Verdict.UNAVAILABLE: "yellow",
+                  Verdict.FAIL: "red", Verdict.ERROR: "red"}
 
 
 def summary_tables(rep: Report) -> list[ResultTable]:
@@ -451,8 +386,26 @@ class _Interrupt:
     def __call__(self, signum: int, frame: object) -> None:
         self.requested = True
         if self.in_leg:
+            if _inside_import(frame):
+                # an import interrupted midway can leave the import lock held, and the
+                # report's plotting import then waits for ever: ask again just after it
+                threading.Timer(0.05, self._again, (signum,)).start()
+                return
             self.in_leg = False
             raise KeyboardInterrupt
+
+    def _again(self, signum: int) -> None:
+        if self.in_leg:  # still inside the leg: deliver the interrupt there
+            os.kill(os.getpid(), signum)
+
+
+def _inside_import(frame: object) -> bool:
+    """Whether the interrupted code is inside Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def check_path_options(args: argparse.Namespace) -> None:

@@ -21,8 +21,11 @@ from harness.board.decode import (  # decode parity lives there; re-exported for
 )
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
+from harness.parity.judge import FAILED, OK, Expectation, Outcome, verdict_rule
+from harness.parity.judge import judge as judge_outcome
+from harness.parity.runner import BoardRunner, KernelCall
+from harness.parity.verdict import CASE_PASSING, Verdict
 from harness.report import plural
-from kernels_ref.compare import bound_tightness, bound_usage, error_at_scale, ulp_distance
 
 __all__ = ["DEFAULT_TARGET_TPS", "DEFAULT_TOKEN_PATTERN", "DEFAULT_TPS_PATTERN", "DecodeParity",
            "compare_decode", "read_token_list"]
@@ -103,7 +106,7 @@ class KernelCase:
 
     @property
     def passed(self) -> bool:
-        return self.verdict in ("bit-exact", "within-bound")
+        return self.verdict in CASE_PASSING
 
     def row(self) -> str:
         o, i, b = self.shape
@@ -128,13 +131,12 @@ class KernelCase:
 
 
 def kernel_verdict(case: KernelCase) -> str:
-    """THE rule (CLI, `run`'s board leg and the tests all call this): "bit-exact" or "FAIL"
-    for a modelled kernel; "within-bound" or "FAIL" for one without a model."""
-    if case.failed_run:
-        return "FAIL"
-    if case.reference == "skainet_neon":
-        return "bit-exact" if case.bit_exact else "FAIL"
-    return "within-bound" if case.within_bound else "FAIL"
+    """THE rule (harness.parity.judge.verdict_rule, which the CLI, `run`'s board leg and the
+    tests all reach through here): "bit-exact" or "FAIL" for a modelled kernel;
+    "within-bound" or "FAIL" for one without a model."""
+    modelled = case.reference == "skainet_neon"
+    return verdict_rule(FAILED if case.failed_run else OK, modelled=modelled,
+                        matched=modelled and case.bit_exact, within_bound=case.within_bound)
 
 
 def reference_outputs(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_dim: int,
@@ -159,28 +161,32 @@ def reference_outputs(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_di
                 "bound": error_bound(*args, order=k.order)}
 
 
-def judge(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> KernelCase:
-    """Fill in the measurements for outputs `y` against `reference_outputs`."""
+def expectation(ref: dict[str, np.ndarray]) -> Expectation:
+    """`reference_outputs` as the one judge's expectation: skainet_neon(fused_final=True) a
+    binding model (fused_final=False checked for the detail only), else exact and bound."""
     if "fused" in ref:
-        for fused in (True, False):
-            d = ulp_distance(y, ref["fused" if fused else "unfused"])
-            case.fused_final_matches[fused] = bool((d == 0).all())
-            if fused:
-                case.max_ulp, case.mismatches = int(d.max()), int((d != 0).sum())
-                case.scale_ulps = error_at_scale(y, ref["fused"])
+        return Expectation([("fused", ref["fused"])], binding=True,
+                           alternatives=[("unfused", ref["unfused"])])
+    return Expectation(exact=ref["exact"], bound=ref["bound"])
+
+
+def judge(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> KernelCase:
+    """Fill in the measurements for outputs `y` against `reference_outputs`, by the one
+    judge (harness.parity.judge)."""
+    j = judge_outcome(Outcome(y=y), expectation(ref))
+    case.max_ulp, case.mismatches, case.scale_ulps = j.max_ulp, j.mismatches, j.scale_ulps
+    if "fused" in ref:
+        case.fused_final_matches = {True: j.model_matches["fused"],
+                                    False: j.model_matches["unfused"]}
         case.bit_exact = case.fused_final_matches[True]
         if not case.bit_exact and case.fused_final_matches[False]:
             case.detail = ("bit-exact with fused_final=False instead: built without "
                            "-ffast-math?")
     else:
         case.reference = "bound"
-        d = ulp_distance(y, ref["exact"])
-        case.max_ulp, case.mismatches = int(d.max()), int((d != 0).sum())
-        case.scale_ulps = error_at_scale(y, ref["exact"])
         case.bit_exact = not case.mismatches
-        case.bound_used = bound_usage(y, ref["exact"], ref["bound"])
-        case.tightness = bound_tightness(ref["bound"], ref["exact"])
-        case.within_bound = case.bound_used <= 1.0
+        case.bound_used, case.tightness = j.bound_used, j.tightness
+        case.within_bound = j.verdict == Verdict.WITHIN_BOUND
     return case
 
 
@@ -370,7 +376,8 @@ def kernel_parity(
     progress: Callable[[str], None] | None = None,
     fixture: bool | None = None,
 ) -> KernelParity:
-    """Run every exported packed kernel on the target and judge it with `kernel_verdict`.
+    """Run every exported packed kernel on the target (`BoardRunner`) and judge it with the
+    one judge (`kernel_verdict` its rule).
     `fixture` labels the project's own test archive (default: by its file name)."""
     from oracle.formats import qtype as qtype_of
     from oracle.quants import quantize
@@ -379,6 +386,7 @@ def kernel_parity(
     if fixture is None:
         fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
     result = KernelParity(inv, fixture=fixture)
+    runner = BoardRunner(target, driver, timeout)
     rng = np.random.default_rng(seed)
     for k in inv.run:
         block = qtype_of(k.qtype).block
@@ -393,12 +401,12 @@ def kernel_parity(
             x = rng.standard_normal((batch, in_dim)).astype(np.float32)
             packed = packed_for(k, quantize(k.qtype, w))
             case = KernelCase(k.symbol, k.qtype, shape)
-            y, res = run_kernel(target, driver, k, x, packed, out_dim, timeout)
-            if y is None:
+            outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
+            if outcome.status != OK:
                 case.failed_run = True
-                case.detail = f"driver failed: {res.reason}"
+                case.detail = outcome.error
             else:
-                judge(case, y, reference_outputs(x, packed, k, out_dim, in_dim))
+                judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
             result.cases.append(case)
             if progress:
                 progress(case.row())

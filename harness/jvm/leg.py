@@ -18,11 +18,7 @@ from harness.jvm.parity import (
     parse_lanes,
     run_matrix,
 )
-
-#: report verdicts for the matrix verdicts (the report's vocabulary)
-REPORT_VERDICT = {"bit-exact": "bit-exact", "within-bound": "within-bound", "FAIL": "FAIL",
-                  "crash": "FAIL", "timeout": "FAIL", "not-runnable": "unavailable",
-                  "skipped": "unavailable", "interrupted": "unavailable"}
+from harness.parity.verdict import CASE_PASSING, Verdict, report_verdict, worse
 
 
 def _orders(run: ParityRun) -> str:
@@ -60,17 +56,14 @@ def run_leg(ctx: Any, out: Any) -> None:
                      seed=args.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
     fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
     cells: dict[str, str] = {}
-    rank = ["bit-exact", "within-bound", "skipped", "interrupted", "not-runnable", "FAIL",
-            "crash", "timeout"]
     for c in run.cases:
         tag = f" [{FIXTURE_LABEL}]" if c.kernel in fixtures else ""
         label = f"{c.kernel}{tag} {c.fmt or '?'} {'x'.join(map(str, c.shape[:3]))} " \
                 f"lanes={c.actual_lanes or c.lanes} {c.jit}"
-        out.add(label, REPORT_VERDICT[c.verdict], c.max_ulp, c.seconds,
-                f"{c.verdict}: {c.detail}" if c.verdict != "bit-exact" else c.detail)
+        out.add(label, report_verdict(c.verdict), c.max_ulp, c.seconds,
+                f"{c.verdict}: {c.detail}" if c.verdict != Verdict.BIT_EXACT else c.detail)
         key = f"{c.kernel}{' (fixture)' if tag else ''}|lanes={c.actual_lanes or c.lanes} {c.jit}"
-        if key not in cells or rank.index(c.verdict) > rank.index(cells[key]):
-            cells[key] = c.verdict
+        cells[key] = worse(cells[key], c.verdict) if key in cells else c.verdict
     rows = sorted({k.split("|")[0] for k in cells})
     cols = sorted({k.split("|")[1] for k in cells})
     out.data["jvm_matrix"] = {"title": "JVM kernel x lanes/JIT mode (worst case verdict)",
@@ -81,7 +74,7 @@ def run_leg(ctx: Any, out: Any) -> None:
     out.data["jvm"] = {"jdk": run.jdk, "classpath": cp, "widths": run.widths,
                        "probes": probes, "drift": drift, "killed": killed,
                        "starts": {f"{cr.lanes} {cr.jit}": cr.info for cr in run.configs}}
-    judged = [c for c in run.cases if c.verdict in ("bit-exact", "within-bound", *FAILING)]
+    judged = [c for c in run.cases if c.verdict in (*CASE_PASSING, *FAILING)]
     head = failure_summary(run) or (
         f"every judged case bit-exact or within bound ({len(judged)} of {len(run.cases)})")
     out.summary = "; ".join(p for p in (

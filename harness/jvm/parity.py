@@ -28,7 +28,11 @@ from harness.errors import HarnessError
 from harness.jvm.discovery import FFM, PANAMA, SCALAR, Kernel
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
 from harness.jvm.worker import JIT_MODES, PLATFORM_PACKAGES, CallResult, JvmConfig, Worker
-from kernels_ref import error_bound, matmul_wt, ulp_distance
+from harness.parity.judge import Expectation, Judgement, Outcome
+from harness.parity.judge import judge as judge_outcome
+from harness.parity.runner import JvmRunner, KernelCall
+from harness.parity.verdict import CASE_FAILING, Verdict
+from kernels_ref import error_bound, matmul_wt
 from kernels_ref.semantics import PANAMA_REDUCTIONS
 from oracle import qtype, quantize, to_input_block_major
 
@@ -178,69 +182,76 @@ def probe_order(worker: Worker, k: Kernel, shape: tuple[int, int, int, int], lan
 
 # ------------------------------------------------------------------------------- judge
 
-def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return np.array_equal(np.asarray(a, np.float32).view(np.uint32),
-                          np.asarray(b, np.float32).view(np.uint32))
-
-
-def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
-          order: str | None) -> None:
-    """Fill in the case's verdict from the worker's result."""
-    case.calls, case.drifted, case.seconds = res.calls, res.drifted, res.seconds
-    if res.status != "ok":
-        case.verdict = res.status
-        case.detail, case.frame = error_detail(res.error)
-        return
-    if res.violations:
-        case.verdict, case.reference = "FAIL", "guard cells"
-        case.detail = "; ".join(res.violations)
-        return
-    fmt, shape = k.fmt, case.shape
-    y = res.y
-    exact = reference(fmt, shape, seed, "exact")
-    candidates: list[tuple[str, np.ndarray]] = []
+def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: int | None,
+                order: str | None) -> Expectation:
+    """kernels_ref's outputs for the kernel's provider: skainet_scalar, or skainet_panama at
+    the real lane count in every reduction order (the probed one first); candidates, not a
+    binding model (the kernel may use an order none models: then the bound judges)."""
+    fmt = k.fmt
+    models: list[tuple[str, np.ndarray]] = []
     if k.provider == SCALAR:
-        candidates = [("skainet_scalar", reference(fmt, shape, seed, "skainet_scalar"))]
+        models = [("skainet_scalar", reference(fmt, shape, seed, "skainet_scalar"))]
     elif k.provider == PANAMA and lanes:
         names = list(PANAMA_REDUCTIONS)
         if order in names:  # the probed order first
             names.remove(order)
             names.insert(0, order)
-        candidates = [(f"skainet_panama(lanes={lanes}, {n})",
-                       reference(fmt, shape, seed, "skainet_panama",
-                                 (("lanes", lanes), ("reduction", n)))) for n in names]
+        models = [(f"skainet_panama(lanes={lanes}, {n})",
+                   reference(fmt, shape, seed, "skainet_panama",
+                             (("lanes", lanes), ("reduction", n)))) for n in names]
+    x, raw, _ = case_data(fmt, shape, seed)
+    return Expectation(models, binding=False, exact=reference(fmt, shape, seed, "exact"),
+                       bound=error_bound(x, raw, fmt, shape[0], shape[1]))
+
+
+def _notes(res: CallResult) -> tuple[str, str]:
+    """(drift, warm-up) clauses of a case's detail."""
     drift = (f"; output changed within the process in {res.drifted} of {res.calls - 1} "
              "repeats" if res.drifted else "")
     warm = "" if res.compiled is None else \
         (f"; C2 code installed after {res.warmup_calls} calls, judged at call {res.calls}"
          if res.compiled else
          f"; NOT seen compiled after {res.calls} calls")
-    for name, ref in candidates:
-        if _bits_equal(y, ref):
-            case.verdict, case.reference, case.max_ulp = "bit-exact", name, 0
-            probe_note = (f" (probe said {order})" if order and order in PANAMA_REDUCTIONS
-                          and order not in name else "")
-            case.detail = f"vs {name}{probe_note}{drift}{warm}"
-            return
-    x, raw, _ = case_data(fmt, shape, seed)
-    bound = error_bound(x, raw, fmt, shape[0], shape[1])
-    inside = bool((np.abs(y.astype(np.float64) - exact) <= bound).all()) and \
-        bool(np.isfinite(y).all())
-    ulp = ulp_distance(y, candidates[0][1] if candidates else exact)
-    case.max_ulp = int(ulp.max())
-    case.reference = candidates[0][0] if candidates else "exact"
-    if inside:
-        case.verdict = "within-bound"
-        case.detail = (f"matches no modelled order ({', '.join(n for n, _ in candidates)});"
-                       if candidates else "order not modelled;") + \
-            f" inside error_bound{drift}{warm}"
-    else:
-        case.verdict = "FAIL"
-        bad = np.argwhere(np.abs(y.astype(np.float64) - exact) > bound)
-        case.detail = (f"OUTSIDE error_bound at {len(bad)} outputs, first (row {bad[0][0]}, "
-                       f"out {bad[0][1]}): got {y[tuple(bad[0])]!r}, exact "
-                       f"{exact[tuple(bad[0])]!r}{drift}{warm}" if len(bad) else
-                       f"non-finite output{drift}")
+    return drift, warm
+
+
+def _detail(j: Judgement, exp: Expectation, res: CallResult, order: str | None) -> str:
+    """The case's detail for a judgement of numbers (not a crash or guard-cell failure)."""
+    drift, warm = _notes(res)
+    if j.verdict == Verdict.BIT_EXACT:
+        probe_note = (f" (probe said {order})" if order and order in PANAMA_REDUCTIONS
+                      and order not in j.reference else "")
+        return f"vs {j.reference}{probe_note}{drift}{warm}"
+    if j.verdict == Verdict.WITHIN_BOUND:
+        return (f"matches no modelled order ({', '.join(n for n, _ in exp.models)});"
+                if exp.models else "order not modelled;") + f" inside error_bound{drift}{warm}"
+    y, bad = res.y, j.outside
+    if bad is None or not len(bad):
+        return f"non-finite output{drift}"
+    return (f"OUTSIDE error_bound at {len(bad)} outputs, first (row {bad[0][0]}, "
+            f"out {bad[0][1]}): got {y[tuple(bad[0])]!r}, exact "
+            f"{exp.exact[tuple(bad[0])]!r}{drift}{warm}")
+
+
+def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
+          order: str | None) -> None:
+    """Fill in the case's verdict from the worker's result, by the one judge
+    (harness.parity.judge)."""
+    case.calls, case.drifted, case.seconds = res.calls, res.drifted, res.seconds
+    outcome = Outcome(res.status, res.y, res.error, res.violations, res.seconds)
+    if res.status != "ok":
+        case.verdict = judge_outcome(outcome, Expectation()).verdict
+        case.detail, case.frame = error_detail(res.error)
+        return
+    if res.violations:
+        j = judge_outcome(outcome, Expectation())
+        case.verdict, case.reference, case.detail = j.verdict, j.reference, \
+            "; ".join(res.violations)
+        return
+    exp = expectation(k, case.shape, seed, lanes, order)
+    j = judge_outcome(outcome, exp)
+    case.verdict, case.reference, case.max_ulp = j.verdict, j.reference, j.max_ulp
+    case.detail = _detail(j, exp, res, order)
 
 
 # ------------------------------------------------------------------------------ errors
@@ -317,6 +328,30 @@ def missing_class_message(name: str, kernel: str) -> str:
 
 # ------------------------------------------------------------------------------ matrix
 
+def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, int],
+             lanes: str, actual: int | None, hung: bool,
+             stop: threading.Event | None) -> tuple[Verdict, str] | None:
+    """(verdict, why) of a case that is not run in this configuration, None to run it."""
+    skip = Verdict.SKIPPED
+    if run.error:
+        return skip, f"JVM did not start: {run.error}"
+    if k.fmt is None:
+        return skip, "format not recognised from the class or interface names"
+    if shape[1] % qtype(k.fmt).block:
+        return skip, f"in_dim {shape[1]} is not a whole number of blocks"
+    if k.provider == PANAMA and not jdk.has_vector:
+        return (Verdict.NOT_RUNNABLE,
+                f"{jdk.describe()}: the Panama kernels need {VECTOR_MODULE}")
+    if k.provider == PANAMA and lanes != "auto" and actual != int(lanes):
+        return skip, (f"{lanes} lanes not available on this CPU "
+                      f"(-XX:MaxVectorSize={4 * int(lanes)} gives {actual})")
+    if hung:
+        return skip, "not run: the kernel hung on an earlier case in this JVM"
+    if stop is not None and stop.is_set():
+        return Verdict.INTERRUPTED, "not run: interrupted"
+    return None
+
+
 def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, jit: str,
                shapes: Sequence[tuple[int, int, int, int]], seed: int, timeout: float,
                progress: Callable[[str], None] | None = None,
@@ -331,6 +366,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
     calls: int | str = "warm" if jit == "warm" else 2
     with Worker(config, timeout=timeout) as wk:
         wk.stop = stop
+        runner = JvmRunner(wk, calls)
         try:
             run.info = dict(wk.start())
         except KeyboardInterrupt:
@@ -347,32 +383,13 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                 case = Case(k.short, k.fmt, k.provider, tuple(shape), lanes, jit, "skipped",
                             actual_lanes=actual)
                 run.cases.append(case)
-                if run.error:
-                    case.detail = f"JVM did not start: {run.error}"
-                    continue
-                if k.fmt is None:
-                    case.detail = "format not recognised from the class or interface names"
-                    continue
-                if shape[1] % qtype(k.fmt).block:
-                    case.detail = f"in_dim {shape[1]} is not a whole number of blocks"
-                    continue
-                if k.provider == PANAMA and not jdk.has_vector:
-                    case.verdict = "not-runnable"
-                    case.detail = f"{jdk.describe()}: the Panama kernels need {VECTOR_MODULE}"
-                    continue
-                if k.provider == PANAMA and lanes != "auto" and actual != int(lanes):
-                    case.detail = (f"{lanes} lanes not available on this CPU "
-                                   f"(-XX:MaxVectorSize={4 * int(lanes)} gives {actual})")
-                    continue
-                if hung:
-                    case.detail = "not run: the kernel hung on an earlier case in this JVM"
-                    continue
-                if stop is not None and stop.is_set():
-                    case.verdict, case.detail = "interrupted", "not run: interrupted"
+                not_run = _not_run(run, jdk, k, shape, lanes, actual, hung, stop)
+                if not_run:
+                    case.verdict, case.detail = not_run
                     continue
                 x, _, arr = case_data(k.fmt, tuple(shape), seed)
-                res = wk.call(k.cls, x, arr, shape[1], shape[0], w_offset=shape[3],
-                              calls=calls)
+                res = runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
+                                            shape[3])).extras["result"]
                 hung = res.status == "timeout"
                 order = None
                 if k.provider == PANAMA and res.status == "ok":
@@ -433,7 +450,7 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
     return ParityRun(jdk.describe(), classpath, runs, time.perf_counter() - t0, interrupted)
 
 
-FAILING = ("FAIL", "crash", "timeout")
+FAILING = CASE_FAILING
 
 
 def parse_lanes(text: str) -> list[str]:
