@@ -84,14 +84,9 @@ def _say(msg: str) -> None:
 BUILD = LibraryBuild("llama", CMAKE_FLAGS, BUILD_TARGETS, LIBRARIES)
 
 
-def build_dir() -> Path:
-    """The finished build for the pinned version: holds lib/ and stamp.json."""
-    return BUILD.dir()
-
-
-def is_built() -> bool:
-    """True if a complete build with exactly the current version and flags is cached."""
-    return BUILD.is_built()
+#: The finished build for the pinned version (holds lib/ and stamp.json), and whether a
+#: complete one with exactly the current version and flags is cached.
+build_dir, is_built = BUILD.dir, BUILD.is_built
 
 
 def extract_llama(sdist: Path, dest: Path) -> Path:
