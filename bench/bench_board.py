@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -96,68 +97,89 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=int, default=64, help="push size in MB (default 64)")
-    ap.add_argument("--runs", type=int, default=20, help="runs per target (default 20)")
-    ap.add_argument("--flood-mib", type=int, default=1024,
-                    help="output size of the streaming run in MiB (default 1024, 0 = skip)")
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class TransferFigures:
+    """Push and fetch throughput against the raw channel, and a hash-skipped push."""
 
-    prog = fixture_program("roundtrip")
-    payload = bytes(range(256)) * (args.mb * 1_000_000 // 256)
-    with BoardSim() as sim, BoardSession(sim.profile) as board:
-        target = f"{sim.remote_dir}/bench/payload.bin"
-        raw = statistics.median(raw_channel_mbps(board, payload) for _ in range(3))
-        push_times = []
-        for _ in range(3):
-            board.exec(f"rm -f {target}")
-            res = board.push(payload, target)
-            push_times.append(float(res["seconds"]))  # type: ignore[arg-type]
+    raw_mbps: float
+    push_mbps: float
+    skip_s: float
+    fetch_mbps: float
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """Median seconds per run: through the board (total, program phase, with a timeout)
+    and locally under the same qemu."""
+
+    board_total_s: float
+    board_run_s: float
+    local_total_s: float
+    board_timed_s: float
+
+
+def measure_transfers(board: BoardSession, payload: bytes, target: str) -> TransferFigures:
+    """Medians of 3 raw-channel sends, 3 verified pushes and 3 verified fetches, and one
+    push of a file already there."""
+    raw = statistics.median(raw_channel_mbps(board, payload) for _ in range(3))
+    push_times = []
+    for _ in range(3):
+        board.exec(f"rm -f {target}")
+        res = board.push(payload, target)
+        push_times.append(float(res["seconds"]))  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    skipped = board.push(payload, target)
+    skip_s = time.perf_counter() - t0
+    assert skipped["skipped"]
+    push_mbps = len(payload) / 1e6 / statistics.median(push_times)
+    fetch_times = []
+    for _ in range(3):
         t0 = time.perf_counter()
-        skipped = board.push(payload, target)
-        skip_s = time.perf_counter() - t0
-        assert skipped["skipped"]
-        push_mbps = len(payload) / 1e6 / statistics.median(push_times)
-        fetch_times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            assert board.fetch(target) == payload
-            fetch_times.append(time.perf_counter() - t0)
-        fetch_mbps = len(payload) / 1e6 / statistics.median(fetch_times)
+        assert board.fetch(target) == payload
+        fetch_times.append(time.perf_counter() - t0)
+    fetch_mbps = len(payload) / 1e6 / statistics.median(fetch_times)
+    return TransferFigures(raw, push_mbps, skip_s, fetch_mbps)
 
-        small = {"in.bin": b"x" * 4096}
-        argv = ["in.bin", "out.bin"]
-        board.run(prog, args=argv, inputs=small, outputs=["out.bin"])  # warm: program pushed
-        local = LocalTarget(sim.profile.exec_prefix_argv)
-        b_tot, b_run, l_tot = [], [], []
-        for _ in range(args.runs):
-            r = board.run(prog, args=argv, inputs=small, outputs=["out.bin"])
-            assert r.ok, r.summary()
-            b_tot.append(r.timings["total"])
-            b_run.append(r.timings["run"])
-            t0 = time.perf_counter()
-            lr = local.run(prog, args=argv, inputs=small, outputs=["out.bin"])
-            l_tot.append(time.perf_counter() - t0)
-            assert lr.ok and lr.outputs == r.outputs
-        bt, br, lt = (statistics.median(v) for v in (b_tot, b_run, l_tot))
-        b_timed = []
-        for _ in range(args.runs):
-            r = board.run(prog, args=argv, inputs=small, outputs=["out.bin"], timeout=60)
-            assert r.ok, r.summary()
-            b_timed.append(r.timings["total"])
-        btt = statistics.median(b_timed)
-        sleeper = fixture_program("sleeper")
-        gone = statistics.median(kill_to_gone_s(sim, sleeper) for _ in range(5))
-        flood = client_rss_for_output(sim, args.flood_mib) if args.flood_mib else None
 
+def measure_runs(board: BoardSession, sim: BoardSim, prog: Path, runs: int) -> RunFigures:
+    """`runs` board runs against as many local runs of the same program (outputs must
+    match), then `runs` board runs with a timeout."""
+    small = {"in.bin": b"x" * 4096}
+    argv = ["in.bin", "out.bin"]
+    board.run(prog, args=argv, inputs=small, outputs=["out.bin"])  # warm: program pushed
+    local = LocalTarget(sim.profile.exec_prefix_argv)
+    b_tot, b_run, l_tot = [], [], []
+    for _ in range(runs):
+        r = board.run(prog, args=argv, inputs=small, outputs=["out.bin"])
+        assert r.ok, r.summary()
+        b_tot.append(r.timings["total"])
+        b_run.append(r.timings["run"])
+        t0 = time.perf_counter()
+        lr = local.run(prog, args=argv, inputs=small, outputs=["out.bin"])
+        l_tot.append(time.perf_counter() - t0)
+        assert lr.ok and lr.outputs == r.outputs
+    bt, br, lt = (statistics.median(v) for v in (b_tot, b_run, l_tot))
+    b_timed = []
+    for _ in range(runs):
+        r = board.run(prog, args=argv, inputs=small, outputs=["out.bin"], timeout=60)
+        assert r.ok, r.summary()
+        b_timed.append(r.timings["total"])
+    return RunFigures(bt, br, lt, statistics.median(b_timed))
+
+
+def print_figures(args: argparse.Namespace, xfer: TransferFigures, runs: RunFigures,
+                  gone: float, flood: tuple[int, float] | None) -> None:
+    """The figures, each with its peer and ratio."""
+    bt, br, lt, btt = (runs.board_total_s, runs.board_run_s, runs.local_total_s,
+                       runs.board_timed_s)
     print(f"board-in-a-box (dropbear on loopback, qemu-aarch64), {args.mb} MB push, "
           f"{args.runs} runs each")
-    print(f"push throughput : {push_mbps:8.1f} MB/s verified push (cat + sha256sum + mv)")
-    print(f"  peer          : {raw:8.1f} MB/s raw channel into cat > /dev/null "
-          f"-> {push_mbps / raw:.2f}x of raw")
-    print(f"  skip (same hash): {skip_s * 1e3:6.1f} ms for {args.mb} MB already on the board")
-    print(f"fetch throughput: {fetch_mbps:8.1f} MB/s verified fetch (sha256sum + cat)")
+    print(f"push throughput : {xfer.push_mbps:8.1f} MB/s verified push (cat + sha256sum + mv)")
+    print(f"  peer          : {xfer.raw_mbps:8.1f} MB/s raw channel into cat > /dev/null "
+          f"-> {xfer.push_mbps / xfer.raw_mbps:.2f}x of raw")
+    print(f"  skip (same hash): {xfer.skip_s * 1e3:6.1f} ms for {args.mb} MB already on the "
+          "board")
+    print(f"fetch throughput: {xfer.fetch_mbps:8.1f} MB/s verified fetch (sha256sum + cat)")
     print(f"per-run         : board {bt * 1e3:7.1f} ms median (of which program phase "
           f"{br * 1e3:.1f} ms)")
     print(f"  peer          : local {lt * 1e3:7.1f} ms median (same program, same qemu)")
@@ -171,6 +193,25 @@ def main() -> int:
         print(f"1 run printing   : {args.flood_mib} MiB -> client peak RSS {rss_kb / 1024:.0f} MiB "
               f"= {rss_kb / 1024 / args.flood_mib:.3f}x the output, {args.flood_mib / secs:.1f} "
               "MiB/s (stream spilled to a file past 64 MiB)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=64, help="push size in MB (default 64)")
+    ap.add_argument("--runs", type=int, default=20, help="runs per target (default 20)")
+    ap.add_argument("--flood-mib", type=int, default=1024,
+                    help="output size of the streaming run in MiB (default 1024, 0 = skip)")
+    args = ap.parse_args()
+
+    prog = fixture_program("roundtrip")
+    payload = bytes(range(256)) * (args.mb * 1_000_000 // 256)
+    with BoardSim() as sim, BoardSession(sim.profile) as board:
+        xfer = measure_transfers(board, payload, f"{sim.remote_dir}/bench/payload.bin")
+        runs = measure_runs(board, sim, prog, args.runs)
+        sleeper = fixture_program("sleeper")
+        gone = statistics.median(kill_to_gone_s(sim, sleeper) for _ in range(5))
+        flood = client_rss_for_output(sim, args.flood_mib) if args.flood_mib else None
+    print_figures(args, xfer, runs, gone, flood)
     return 0
 
 

@@ -211,6 +211,28 @@ def check_gguf(path: str | os.PathLike[str], max_items: int | None = None) -> GG
 
 def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
           ) -> GGUFLayout:
+    """Check header, metadata, tensor table and tensor data extents, in file order."""
+    cur, version, n_tensors, n_kv = _read_header(name, buf)
+    layout = GGUFLayout(path, size, version, cur.order)
+    budget = max_items if max_items is not None else float("inf")
+    items = _read_kvs(cur, layout, n_kv, budget)
+    cur.need("tensor count", n_tensors * _TENSOR_INFO_MIN, f"{n_tensors} tensor entries")
+    items += n_tensors * _ITEMS_PER_TENSOR
+    if items > budget:
+        raise cur.fail("tensor count", f"{n_tensors} tensors exceed the reader's limit for a "
+                                       f"file of {size} bytes")
+    names: set[str] = set()
+    for i in range(n_tensors):
+        layout.tensors.append(_read_tensor_info(cur, i, names))
+    layout.data_offset = -(-cur.pos // layout.alignment) * layout.alignment
+    _check_tensor_data(name, layout)
+    layout.reader_items = items
+    return layout
+
+
+def _read_header(name: str, buf: mmap.mmap) -> tuple[_Cursor, int, int, int]:
+    """Magic, version (which fixes the byte order) and the two counts; returns a cursor
+    past them with the version, tensor count and KV count."""
     if bytes(buf[:4]) != GGUF_MAGIC:
         raise GGUFError(f"{name}: not a readable GGUF file: magic {bytes(buf[:4])!r}, "
                           f"expected {GGUF_MAGIC!r}", 2)
@@ -225,8 +247,11 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
     n_tensors = cur.unpack("tensor count", "Q")
     n_kv = cur.unpack("KV count", "Q")
     cur.need("KV count", n_kv * (_STRING_MIN + 4 + 1), f"{n_kv} key/value pairs")
-    layout = GGUFLayout(path, size, version, cur.order)
-    budget = max_items if max_items is not None else float("inf")
+    return cur, version, n_tensors, n_kv
+
+
+def _read_kvs(cur: _Cursor, layout: GGUFLayout, n_kv: int, budget: float) -> int:
+    """Step over every key/value into `layout.kvs`; returns the reader items they cost."""
     items = 0
     keys: set[str] = set()
     for i in range(n_kv):
@@ -237,42 +262,49 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
         items += cost + 3
         if items > budget:
             raise cur.fail(what, f"metadata of {items} items exceeds the reader's limit of "
-                                 f"{budget} for a file of {size} bytes")
+                                 f"{budget} for a file of {layout.size} bytes")
         layout.kvs.append(KVInfo(i, key, vtype, itype, count))
         if key == "general.alignment":
-            if vtype != GGUFValueType.UINT32:
-                raise cur.fail(what, f"must be UINT32, is {vtype.name}")
-            (align,) = struct.unpack_from(cur.order + "I", buf, start)
-            if align == 0 or align & (align - 1):
-                raise cur.fail(what, f"{align} is not a power of two")
-            layout.alignment = align
-    cur.need("tensor count", n_tensors * _TENSOR_INFO_MIN, f"{n_tensors} tensor entries")
-    items += n_tensors * _ITEMS_PER_TENSOR
-    if items > budget:
-        raise cur.fail("tensor count", f"{n_tensors} tensors exceed the reader's limit for a "
-                                       f"file of {size} bytes")
-    names: set[str] = set()
-    for i in range(n_tensors):
-        tname, what = _unique_name(cur, f"tensor #{i}", "name", names)
-        n_dims = cur.unpack(what + " n_dims", "I")
-        if n_dims > MAX_DIMS:
-            raise cur.fail(what, f"{n_dims} dimensions (at most {MAX_DIMS})")
-        dims = tuple(cur.unpack(f"{what} dim {d}", "Q") for d in range(n_dims))
-        raw_type = cur.unpack(what + " type", "I")
-        offset = cur.unpack(what + " offset", "Q")
-        try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(raw_type)]
-        except (ValueError, KeyError):
-            raise cur.fail(what, f"unknown GGML type {raw_type}") from None
-        if dims and dims[0] % block:
-            raise cur.fail(what, f"row of {dims[0]} elements is not whole "
-                                 f"{GGMLQuantizationType(raw_type).name} blocks of {block}")
-        n_elements = 1
-        for d in dims:
-            n_elements *= d
-        layout.tensors.append(TensorInfo(tname, raw_type, dims, offset,
-                                         n_elements // block * type_size))
-    layout.data_offset = -(-cur.pos // layout.alignment) * layout.alignment
+            layout.alignment = _alignment_value(cur, what, vtype, start)
+    return items
+
+
+def _alignment_value(cur: _Cursor, what: str, vtype: GGUFValueType, start: int) -> int:
+    """The `general.alignment` value at `start`: a UINT32 power of two."""
+    if vtype != GGUFValueType.UINT32:
+        raise cur.fail(what, f"must be UINT32, is {vtype.name}")
+    (align,) = struct.unpack_from(cur.order + "I", cur.buf, start)
+    if align == 0 or align & (align - 1):
+        raise cur.fail(what, f"{align} is not a power of two")
+    return align
+
+
+def _read_tensor_info(cur: _Cursor, index: int, names: set[str]) -> TensorInfo:
+    """One tensor-table entry: unique name, at most MAX_DIMS dims, a known type whose
+    blocks divide the row."""
+    tname, what = _unique_name(cur, f"tensor #{index}", "name", names)
+    n_dims = cur.unpack(what + " n_dims", "I")
+    if n_dims > MAX_DIMS:
+        raise cur.fail(what, f"{n_dims} dimensions (at most {MAX_DIMS})")
+    dims = tuple(cur.unpack(f"{what} dim {d}", "Q") for d in range(n_dims))
+    raw_type = cur.unpack(what + " type", "I")
+    offset = cur.unpack(what + " offset", "Q")
+    try:
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(raw_type)]
+    except (ValueError, KeyError):
+        raise cur.fail(what, f"unknown GGML type {raw_type}") from None
+    if dims and dims[0] % block:
+        raise cur.fail(what, f"row of {dims[0]} elements is not whole "
+                             f"{GGMLQuantizationType(raw_type).name} blocks of {block}")
+    n_elements = 1
+    for d in dims:
+        n_elements *= d
+    return TensorInfo(tname, raw_type, dims, offset, n_elements // block * type_size)
+
+
+def _check_tensor_data(name: str, layout: GGUFLayout) -> None:
+    """Refuse a tensor whose data runs past the end of the file."""
+    size = layout.size
     for i, t in enumerate(layout.tensors):
         end = layout.data_offset + t.offset + t.n_bytes
         if end > size:
@@ -281,8 +313,6 @@ def _walk(name: str, path: str, buf: mmap.mmap, size: int, max_items: int | None
                 f"{name}: tensor #{i} {t.name!r}: data of {_size_text(t.n_bytes)} at data "
                 f"offset {t.offset} needs bytes up to {end} but {remain} bytes remain "
                 f"(file of {size} bytes)", 2)
-    layout.reader_items = items
-    return layout
 
 
 def open_gguf(path: str | os.PathLike[str], reader: type[gguf.GGUFReader] = gguf.GGUFReader

@@ -20,6 +20,7 @@ from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.construct import ConstructError
 from elftools.elf.constants import P_FLAGS, SH_FLAGS
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import Symbol
 from elftools.elf.structs import ELFStructs
 
 from harness.gate.encodings import ENCODINGS, Encoding, classify
@@ -119,6 +120,25 @@ class _Symbols:
     functions: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)
     any_mapping: bool = False
 
+    def add(self, sym: Symbol, shndx: int, stype: str, is_symtab: bool) -> None:
+        """Keep one defined symbol if it is a mapping symbol (`$x`/`$d`, from .symtab
+        only) or a named function."""
+        name = sym.name
+        value = sym["st_value"]
+        if name[:2] in ("$x", "$d") and (len(name) == 2 or name[2] == "."):
+            if is_symtab:
+                self.mapping.setdefault(shndx, []).append((value, name[1]))
+                self.any_mapping = True
+        elif stype in _FUNC_TYPES and name:
+            self.functions.setdefault(shndx, []).append((value, sym["st_size"], name))
+
+    def sort(self) -> None:
+        """Order every section's entries by address (for bisection)."""
+        for entries in self.mapping.values():
+            entries.sort()
+        for entries in self.functions.values():
+            entries.sort()
+
 
 def _fail(label: str, what: str, exc: BaseException | None = None) -> GateError:
     detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
@@ -194,36 +214,29 @@ class _ElfReader:
                 is_symtab = table["sh_type"] == "SHT_SYMTAB"
                 scan.has_symtab |= is_symtab
                 for sym in table.iter_symbols():
-                    name = sym.name
                     shndx = sym["st_shndx"]
                     stype = sym["st_info"]["type"]
-                    if name in self.want:
-                        if shndx == "SHN_UNDEF":
-                            scan.referenced.add(name)
-                        elif stype in _FUNC_TYPES:
-                            scan.defined.add(name)
-                        else:
-                            scan.defined_other.add(name)
-                    if not isinstance(shndx, int):
-                        continue
-                    value = sym["st_value"]
-                    if name[:2] in ("$x", "$d") and (len(name) == 2 or name[2] == "."):
-                        if is_symtab:
-                            syms.mapping.setdefault(shndx, []).append((value, name[1]))
-                            syms.any_mapping = True
-                    elif stype in _FUNC_TYPES and name:
-                        syms.functions.setdefault(shndx, []).append(
-                            (value, sym["st_size"], name)
-                        )
+                    self._note_wanted(scan, sym.name, shndx, stype)
+                    if isinstance(shndx, int):
+                        syms.add(sym, shndx, stype, is_symtab)
         except PARSE_ERRORS as exc:
             raise _fail(self.label, "unreadable symbol table", exc) from None
-        for entries in syms.mapping.values():
-            entries.sort()
-        for entries in syms.functions.values():
-            entries.sort()
+        syms.sort()
         scan.has_mapping_symbols = syms.any_mapping
         self._symbols = syms
         return syms
+
+    def _note_wanted(self, scan: ElfScan, name: str, shndx: int | str, stype: str) -> None:
+        """Record a wanted name as referenced (undefined), defined as a function, or
+        defined as something else."""
+        if name not in self.want:
+            return
+        if shndx == "SHN_UNDEF":
+            scan.referenced.add(name)
+        elif stype in _FUNC_TYPES:
+            scan.defined.add(name)
+        else:
+            scan.defined_other.add(name)
 
     # -- code ---------------------------------------------------------------------------
     def _code_mask(self, syms: _Symbols, shndx: int, base: int, nwords: int) -> np.ndarray:

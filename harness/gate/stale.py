@@ -278,6 +278,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """List the cached copies of one artifact, look for the marker in each, and with
+    --clear remove the stale ones; 1 when stale copies remain, else 0."""
     roots = Roots.from_env(args.konan_root, args.m2_root, args.gradle_root)
     patterns = marker_patterns(args.marker) if args.marker is not None else ()
     max_unpacked = parse_size(args.max_unpacked, "--max-unpacked")
@@ -293,28 +295,8 @@ def run(args: argparse.Namespace) -> int:
                "copies": [c.to_json() for c in copies],
                "remove": [str(c.path) for c in to_remove], "removed": []}
     else:
-        print(f"{coordinate}: {len(copies)} cached cop{'y' if len(copies) == 1 else 'ies'}")
-        for c in copies:
-            state = ""
-            if c.error is not None:
-                state = f"  STALE (unreadable: {c.error})"
-            elif c.has_marker is True:
-                state = f"  marker found in {c.marker_in}"
-            elif c.has_marker is False:
-                state = "  STALE (no marker)"
-            version = "" if c.version_in_path else "  (version not in path)"
-            print(f"  [{c.kind}] {c.path}{version}{state}")
-        for c in to_remove:
-            print(f"remove: {c.path}")
-    removed: list[str] = []
-    if args.clear and to_remove and not args.yes:
-        _confirm([c.path for c in to_remove], args.json)
-    if args.clear:
-        for c in to_remove:
-            remove_copy(c)
-            removed.append(str(c.path))
-            if not args.json:
-                print(f"removed: {c.path}")
+        _print_copies(coordinate, copies, to_remove)
+    removed = _clear(to_remove, args.yes, args.json) if args.clear else []
     if args.json:
         doc["removed"] = removed
         json.dump(doc, sys.stdout, indent=2)
@@ -322,6 +304,41 @@ def run(args: argparse.Namespace) -> int:
     if args.clear:
         return 0  # every stale copy is gone
     return 1 if patterns and to_remove else 0
+
+
+def _copy_state(copy: CachedCopy) -> str:
+    """What the marker search found in one copy, as the text listing shows it."""
+    if copy.error is not None:
+        return f"  STALE (unreadable: {copy.error})"
+    if copy.has_marker is True:
+        return f"  marker found in {copy.marker_in}"
+    if copy.has_marker is False:
+        return "  STALE (no marker)"
+    return ""
+
+
+def _print_copies(coordinate: str, copies: list[CachedCopy], to_remove: list[CachedCopy]
+                  ) -> None:
+    """The text listing: every copy with its state, then the paths to remove."""
+    print(f"{coordinate}: {len(copies)} cached cop{'y' if len(copies) == 1 else 'ies'}")
+    for c in copies:
+        version = "" if c.version_in_path else "  (version not in path)"
+        print(f"  [{c.kind}] {c.path}{version}{_copy_state(c)}")
+    for c in to_remove:
+        print(f"remove: {c.path}")
+
+
+def _clear(to_remove: list[CachedCopy], yes: bool, json_mode: bool) -> list[str]:
+    """Remove the listed copies (asking first unless `yes`); returns the removed paths."""
+    removed: list[str] = []
+    if to_remove and not yes:
+        _confirm([c.path for c in to_remove], json_mode)
+    for c in to_remove:
+        remove_copy(c)
+        removed.append(str(c.path))
+        if not json_mode:
+            print(f"removed: {c.path}")
+    return removed
 
 
 def _confirm(paths: list[Path], json_mode: bool) -> None:

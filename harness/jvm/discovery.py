@@ -60,6 +60,29 @@ def read_class(data: bytes) -> ClassInfo:
     """Parse the parts of a class file discovery needs (JVMS §4). ValueError if malformed."""
     if data[:4] != b"\xca\xfe\xba\xbe":
         raise ValueError("not a class file")
+    pool, pos = _read_constant_pool(data)
+    class_refs = frozenset(str(pool[e[2]]) for e in pool
+                           if isinstance(e, tuple) and e[1] == 7)
+    # descriptors and signatures mention classes too (e.g. FloatVector in a field type)
+    class_refs |= frozenset(m for e in pool if isinstance(e, str)
+                            for m in re.findall(r"L([\w/$]+);", e))
+    _, this_idx, _ = struct.unpack_from(">HHH", data, pos)
+    pos += 6
+    (n_if,) = struct.unpack_from(">H", data, pos)
+    pos += 2
+    interfaces = tuple(_class_name(pool, struct.unpack_from(">H", data, pos + 2 * k)[0])
+                       for k in range(n_if))
+    pos += 2 * n_if
+    fields, pos = _read_members(data, pool, pos)
+    methods, pos = _read_members(data, pool, pos)
+    return ClassInfo(_class_name(pool, this_idx), interfaces,
+                     {n: d for f, n, d in fields if f & ACC_STATIC},
+                     frozenset((n, d) for _, n, d in methods), class_refs)
+
+
+def _read_constant_pool(data: bytes) -> tuple[list[object], int]:
+    """The constant pool (UTF-8 entries as str, class/string/... references as
+    ("ref", tag, index), the rest None) and the offset just past it."""
     pos = 10
     (count,) = struct.unpack_from(">H", data, 8)
     pool: list[object] = [None] * count
@@ -84,44 +107,32 @@ def read_class(data: bytes) -> ClassInfo:
         else:
             raise ValueError(f"bad constant pool tag {tag}")
         i += 1
+    return pool, pos
 
-    def cls_name(idx: int) -> str:
-        ref = pool[idx]
-        if not (isinstance(ref, tuple) and ref[1] == 7):
-            raise ValueError("bad class reference")
-        return str(pool[ref[2]]).replace("/", ".")
 
-    class_refs = frozenset(str(pool[e[2]]) for e in pool
-                           if isinstance(e, tuple) and e[1] == 7)
-    # descriptors and signatures mention classes too (e.g. FloatVector in a field type)
-    class_refs |= frozenset(m for e in pool if isinstance(e, str)
-                            for m in re.findall(r"L([\w/$]+);", e))
-    _, this_idx, _ = struct.unpack_from(">HHH", data, pos)
-    pos += 6
-    (n_if,) = struct.unpack_from(">H", data, pos)
+def _class_name(pool: list[object], idx: int) -> str:
+    """The dotted name of the class the pool entry `idx` refers to."""
+    ref = pool[idx]
+    if not (isinstance(ref, tuple) and ref[1] == 7):
+        raise ValueError("bad class reference")
+    return str(pool[ref[2]]).replace("/", ".")
+
+
+def _read_members(data: bytes, pool: list[object], pos: int
+                  ) -> tuple[list[tuple[int, str, str]], int]:
+    """The fields or methods table at `pos` as (access flags, name, descriptor), attributes
+    skipped, and the offset just past it."""
+    (n,) = struct.unpack_from(">H", data, pos)
     pos += 2
-    interfaces = tuple(cls_name(struct.unpack_from(">H", data, pos + 2 * k)[0])
-                       for k in range(n_if))
-    pos += 2 * n_if
-
-    def members(pos: int) -> tuple[list[tuple[int, str, str]], int]:
-        (n,) = struct.unpack_from(">H", data, pos)
-        pos += 2
-        out = []
-        for _ in range(n):
-            flags, ni, di, na = struct.unpack_from(">HHHH", data, pos)
-            pos += 8
-            for _ in range(na):
-                (ln,) = struct.unpack_from(">I", data, pos + 2)
-                pos += 6 + ln
-            out.append((flags, str(pool[ni]), str(pool[di])))
-        return out, pos
-
-    fields, pos = members(pos)
-    methods, pos = members(pos)
-    return ClassInfo(cls_name(this_idx), interfaces,
-                     {n: d for f, n, d in fields if f & ACC_STATIC},
-                     frozenset((n, d) for _, n, d in methods), class_refs)
+    out = []
+    for _ in range(n):
+        flags, ni, di, na = struct.unpack_from(">HHHH", data, pos)
+        pos += 8
+        for _ in range(na):
+            (ln,) = struct.unpack_from(">I", data, pos + 2)
+            pos += 6 + ln
+        out.append((flags, str(pool[ni]), str(pool[di])))
+    return out, pos
 
 
 def format_of(*names: str) -> str | None:
