@@ -51,7 +51,7 @@ class _SharedStructsELFFile(ELFFile):
     _basic: dict[tuple, ELFStructs] = {}
     _advanced: dict[tuple, ELFStructs] = {}
 
-    def __init__(self, stream: io.BytesIO) -> None:  # noqa: D107 - see class docstring
+    def __init__(self, stream: io.BytesIO) -> None:
         self.stream = stream
         self.stream.seek(0, io.SEEK_END)
         self.stream_len = self.stream.tell()
