@@ -258,79 +258,117 @@ class Gemma3Reference:
     def forward(self, token: int, pos: int, dump: DumpFn | None = None) -> np.ndarray:
         """Feed `token` at position `pos` (the cache must hold positions 0..pos-1); returns
         the logits float32 (n_vocab,). `dump(name, array)` receives every named tensor."""
-        hp, w = self.hp, self.w
-        if not 0 <= token < hp.n_vocab:
+        self._check_step(token, pos)
+        cb = self._checked(dump, pos)
+        x = self.embed(token)
+        cb("inp_scaled", x)
+        for il in range(self.hp.n_layer):
+            sa = self._attention_block(il, x, pos, cb)
+            x = self._ffn_block(il, sa, cb)
+        x = ops.rms_norm(x, self.norms["output_norm.weight"], self.hp.rms_eps)
+        cb("result_norm", x)
+        logits = self._soft_capped(self.lm_head(x))
+        cb("result_output", logits)
+        return logits[0]
+
+    def _check_step(self, token: int, pos: int) -> None:
+        """A token inside the vocabulary, at the position that follows the cache."""
+        if not 0 <= token < self.hp.n_vocab:
             raise RefmodelError(f"token id {token} is out of range for a vocabulary of "
-                               f"{hp.n_vocab}")
+                               f"{self.hp.n_vocab}")
         if pos != self.cache_k[0].shape[0]:
             raise RefmodelError(f"position {pos} does not follow the cache "
                                f"({self.cache_k[0].shape[0]} positions held)")
-        cb = self._checked(dump, pos)
-        eps, nh, nkv, hd = hp.rms_eps, hp.n_head, hp.n_head_kv, hp.head_dim
-        x = self.embed(token)
-        cb("inp_scaled", x)
-        for il in range(hp.n_layer):
-            def nrm(short: str, il: int = il) -> np.ndarray:
-                return self.norms[f"blk.{il}.{short}.weight"]
 
-            h = ops.rms_norm(x, nrm("attn_norm"), eps)
-            cb(f"attn_norm-{il}", h)
-            q = self.matmul(h, w.layer(il, "attn_q")).reshape(1, nh, hd)
-            cb(f"Qcur-{il}", q)
-            k = self.matmul(h, w.layer(il, "attn_k")).reshape(1, nkv, hd)
-            cb(f"Kcur-{il}", k)
-            v = self.matmul(h, w.layer(il, "attn_v")).reshape(1, nkv, hd)
-            cb(f"Vcur-{il}", v)
-            q = ops.rms_norm(q, nrm("attn_q_norm"), eps)
-            cb(f"Qcur_normed-{il}", q)
-            k = ops.rms_norm(k, nrm("attn_k_norm"), eps)
-            cb(f"Kcur_normed-{il}", k)
-            swa = hp.swa_layers[il]
-            base = hp.rope_freq_base_swa if swa else hp.rope_freq_base
-            q = ops.rope_neox(q[0], pos, hp.n_rot, base)[None]
-            cb(f"Qcur-{il}#1", q)
-            k = ops.rope_neox(k[0], pos, hp.n_rot, base)[None]
-            cb(f"Kcur-{il}#1", k)
-            q = (q * hp.attention_scale).astype(F32)
-            kc, vc = (k, v) if not self.kv_f16 else (k.astype(np.float16).astype(F32),
-                                                     v.astype(np.float16).astype(F32))
-            self.cache_k[il] = np.concatenate([self.cache_k[il], kc])
-            self.cache_v[il] = np.concatenate([self.cache_v[il], vc])
-            first = max(0, pos - hp.n_swa + 1) if swa else 0
-            kq, p, kqv = ops.attend(q[0], self.cache_k[il][first:], self.cache_v[il][first:],
-                                    nkv, self.kv_f16, self.semantics == FAST)
-            cb(f"kq-{il}", kq)
-            cb(f"kq_soft_max-{il}", p)
-            kqv = kqv.reshape(1, nh * hd)
-            cb(f"kqv_out-{il}", kqv)
-            o = self.matmul(kqv, w.layer(il, "attn_output"))
-            o = ops.rms_norm(o, nrm("post_attention_norm"), eps)
-            cb(f"attn_post_norm-{il}", o)
-            sa = (o + x).astype(F32)
-            cb(f"sa_out-{il}", sa)
-            f = ops.rms_norm(sa, nrm("ffn_norm"), eps)
-            cb(f"ffn_norm-{il}", f)
-            up = self.matmul(f, w.layer(il, "ffn_up"))
-            cb(f"ffn_up-{il}", up)
-            gate = self.matmul(f, w.layer(il, "ffn_gate"))
-            cb(f"ffn_gate-{il}", gate)
-            g = ops.geglu(gate, up, fp16_table=self.semantics == "ggml")
-            cb(f"ffn_geglu-{il}", g)
-            d = self.matmul(g, w.layer(il, "ffn_down"))
-            cb(f"ffn_out-{il}", d)
-            d = ops.rms_norm(d, nrm("post_ffw_norm"), eps)
-            cb(f"ffn_post_norm-{il}", d)
-            x = (d + sa).astype(F32)
-            cb(f"l_out-{il}", x)
-        x = ops.rms_norm(x, self.norms["output_norm.weight"], eps)
-        cb("result_norm", x)
-        logits = self.lm_head(x)
-        cap = hp.final_logit_softcapping
+    def _layer_norm(self, il: int, short: str) -> np.ndarray:
+        """The F32 norm weight `blk.{il}.{short}.weight`."""
+        return self.norms[f"blk.{il}.{short}.weight"]
+
+    def _qkv(self, il: int, h: np.ndarray, pos: int, cb: DumpFn
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Layer il's Q (normed, RoPE'd, scaled), K (normed, RoPE'd) and V of the normed
+        input h, each (1, heads, head_dim)."""
+        hp, w = self.hp, self.w
+        eps, nh, nkv, hd = hp.rms_eps, hp.n_head, hp.n_head_kv, hp.head_dim
+        q = self.matmul(h, w.layer(il, "attn_q")).reshape(1, nh, hd)
+        cb(f"Qcur-{il}", q)
+        k = self.matmul(h, w.layer(il, "attn_k")).reshape(1, nkv, hd)
+        cb(f"Kcur-{il}", k)
+        v = self.matmul(h, w.layer(il, "attn_v")).reshape(1, nkv, hd)
+        cb(f"Vcur-{il}", v)
+        q = ops.rms_norm(q, self._layer_norm(il, "attn_q_norm"), eps)
+        cb(f"Qcur_normed-{il}", q)
+        k = ops.rms_norm(k, self._layer_norm(il, "attn_k_norm"), eps)
+        cb(f"Kcur_normed-{il}", k)
+        base = hp.rope_freq_base_swa if hp.swa_layers[il] else hp.rope_freq_base
+        q = ops.rope_neox(q[0], pos, hp.n_rot, base)[None]
+        cb(f"Qcur-{il}#1", q)
+        k = ops.rope_neox(k[0], pos, hp.n_rot, base)[None]
+        cb(f"Kcur-{il}#1", k)
+        q = (q * hp.attention_scale).astype(F32)
+        return q, k, v
+
+    def _attend_cached(self, il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                       pos: int, cb: DumpFn) -> np.ndarray:
+        """Append k, v to layer il's cache (fp16-rounded under `ggml`) and attend q over
+        the positions the layer sees (the last n_swa on sliding-window layers); kqv_out
+        (1, n_head * head_dim)."""
+        hp = self.hp
+        kc, vc = (k, v) if not self.kv_f16 else (k.astype(np.float16).astype(F32),
+                                                 v.astype(np.float16).astype(F32))
+        self.cache_k[il] = np.concatenate([self.cache_k[il], kc])
+        self.cache_v[il] = np.concatenate([self.cache_v[il], vc])
+        first = max(0, pos - hp.n_swa + 1) if hp.swa_layers[il] else 0
+        kq, p, kqv = ops.attend(q[0], self.cache_k[il][first:], self.cache_v[il][first:],
+                                hp.n_head_kv, self.kv_f16, self.semantics == FAST)
+        cb(f"kq-{il}", kq)
+        cb(f"kq_soft_max-{il}", p)
+        kqv = kqv.reshape(1, hp.n_head * hp.head_dim)
+        cb(f"kqv_out-{il}", kqv)
+        return kqv
+
+    def _attention_block(self, il: int, x: np.ndarray, pos: int, cb: DumpFn) -> np.ndarray:
+        """Layer il's attention half: norm, Q/K/V, attention, output projection,
+        post-attention norm and the residual add; sa_out (1, n_embd)."""
+        eps = self.hp.rms_eps
+        h = ops.rms_norm(x, self._layer_norm(il, "attn_norm"), eps)
+        cb(f"attn_norm-{il}", h)
+        q, k, v = self._qkv(il, h, pos, cb)
+        kqv = self._attend_cached(il, q, k, v, pos, cb)
+        o = self.matmul(kqv, self.w.layer(il, "attn_output"))
+        o = ops.rms_norm(o, self._layer_norm(il, "post_attention_norm"), eps)
+        cb(f"attn_post_norm-{il}", o)
+        sa = (o + x).astype(F32)
+        cb(f"sa_out-{il}", sa)
+        return sa
+
+    def _ffn_block(self, il: int, sa: np.ndarray, cb: DumpFn) -> np.ndarray:
+        """Layer il's feed-forward half: norm, gelu_tanh(gate) * up, down, post-FFN norm
+        and the residual add; l_out (1, n_embd)."""
+        eps, w = self.hp.rms_eps, self.w
+        f = ops.rms_norm(sa, self._layer_norm(il, "ffn_norm"), eps)
+        cb(f"ffn_norm-{il}", f)
+        up = self.matmul(f, w.layer(il, "ffn_up"))
+        cb(f"ffn_up-{il}", up)
+        gate = self.matmul(f, w.layer(il, "ffn_gate"))
+        cb(f"ffn_gate-{il}", gate)
+        g = ops.geglu(gate, up, fp16_table=self.semantics == "ggml")
+        cb(f"ffn_geglu-{il}", g)
+        d = self.matmul(g, w.layer(il, "ffn_down"))
+        cb(f"ffn_out-{il}", d)
+        d = ops.rms_norm(d, self._layer_norm(il, "post_ffw_norm"), eps)
+        cb(f"ffn_post_norm-{il}", d)
+        x = (d + sa).astype(F32)
+        cb(f"l_out-{il}", x)
+        return x
+
+    def _soft_capped(self, logits: np.ndarray) -> np.ndarray:
+        """The GGUF's final logit soft-capping, cap * tanh(logits / cap), if it sets one."""
+        cap = self.hp.final_logit_softcapping
         if cap:
             logits = (np.tanh((logits * (F32(1) / cap)).astype(F32).astype(np.float64))
                       .astype(F32) * cap).astype(F32)
-        cb("result_output", logits)
-        return logits[0]
+        return logits
 
     def _checked(self, dump: DumpFn | None, pos: int) -> DumpFn:
         """The forward's tensor callback: refuses the first non-finite tensor (naming the

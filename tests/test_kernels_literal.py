@@ -60,42 +60,78 @@ def row_parts(fmt: str, raw: np.ndarray, o: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- scalar
+# One function per format: block b of a row added to `acc`, one operation at a time.
+
+def scalar_q8_0_block(acc: np.float32, x: np.ndarray, p: dict, b: int) -> np.float32:
+    """Q8_0: x * code, times d, added one element at a time."""
+    d = p["d"][b]
+    for k in range(32):
+        acc = F(acc + F(F(x[32 * b + k] * F(p["qs"][b, k])) * d))
+    return acc
+
+
+def scalar_q4_0_block(acc: np.float32, x: np.ndarray, p: dict, b: int) -> np.float32:
+    """Q4_0: the low and the high nibble of each byte in turn, each times d."""
+    d = p["d"][b]
+    for j in range(16):
+        lo, hi = F(p["qs"][b, j]), F(p["qs"][b, j + 16])
+        acc = F(acc + F(F(x[32 * b + j] * lo) * d))
+        acc = F(acc + F(F(x[32 * b + 16 + j] * hi) * d))
+    return acc
+
+
+def scalar_q5_block(acc: np.float32, x: np.ndarray, p: dict, b: int,
+                    with_min: bool) -> np.float32:
+    """Q5_0 / Q5_1 (`with_min`): weights d * code (+ m), a low/high pair per step."""
+    d = p["d"][b]
+    m = p["m"][b] if with_min else F(0)
+    for j in range(16):
+        wl = F(d * F(p["qs"][b, j]))
+        wh = F(d * F(p["qs"][b, j + 16]))
+        if with_min:
+            wl, wh = F(wl + m), F(wh + m)
+        acc = F(acc + F(F(x[32 * b + j] * wl) + F(x[32 * b + 16 + j] * wh)))
+    return acc
+
+
+def scalar_k_block(acc: np.float32, x: np.ndarray, p: dict, b: int) -> np.float32:
+    """Q4_K / Q5_K: per 32-element group a code sum and an input sum, then scale and min."""
+    d = p["d"][b]
+    for s in range(8):
+        cs, xs = F(0), F(0)
+        for i in range(32):
+            v = x[256 * b + 32 * s + i]
+            cs = F(cs + F(v * F(p["qs"][b, 32 * s + i])))
+            xs = F(xs + v)
+        scale = F(d * F(p["sc"][b, s]))
+        off = F(p["dmin"][b] * F(p["mn"][b, s]))
+        acc = F(acc + F(F(cs * scale) - F(xs * off)))
+    return acc
+
+
+def scalar_q6_k_block(acc: np.float32, x: np.ndarray, p: dict, b: int) -> np.float32:
+    """Q6_K: weight (d * scale) * code, added one element at a time."""
+    d = p["d"][b]
+    for e in range(256):
+        w = F(F(d * F(p["sc"][b, e // 16])) * F(p["qs"][b, e]))
+        acc = F(acc + F(x[256 * b + e] * w))
+    return acc
+
+
+SCALAR_BLOCKS = {
+    "Q8_0": scalar_q8_0_block, "Q4_0": scalar_q4_0_block,
+    "Q5_0": lambda acc, x, p, b: scalar_q5_block(acc, x, p, b, with_min=False),
+    "Q5_1": lambda acc, x, p, b: scalar_q5_block(acc, x, p, b, with_min=True),
+    "Q4_K": scalar_k_block, "Q5_K": scalar_k_block, "Q6_K": scalar_q6_k_block,
+}
+
 
 def scalar_row(fmt: str, x: np.ndarray, p: dict) -> np.float32:
+    """One output of the scalar kernel: its blocks in order into one float32 sum."""
+    block = SCALAR_BLOCKS[fmt]
     acc = F(0)
-    nb = p["d"].shape[0]
-    for b in range(nb):
-        d = p["d"][b]
-        if fmt == "Q8_0":
-            for k in range(32):
-                acc = F(acc + F(F(x[32 * b + k] * F(p["qs"][b, k])) * d))
-        elif fmt == "Q4_0":
-            for j in range(16):
-                lo, hi = F(p["qs"][b, j]), F(p["qs"][b, j + 16])
-                acc = F(acc + F(F(x[32 * b + j] * lo) * d))
-                acc = F(acc + F(F(x[32 * b + 16 + j] * hi) * d))
-        elif fmt in ("Q5_0", "Q5_1"):
-            m = p["m"][b] if fmt == "Q5_1" else F(0)
-            for j in range(16):
-                wl = F(d * F(p["qs"][b, j]))
-                wh = F(d * F(p["qs"][b, j + 16]))
-                if fmt == "Q5_1":
-                    wl, wh = F(wl + m), F(wh + m)
-                acc = F(acc + F(F(x[32 * b + j] * wl) + F(x[32 * b + 16 + j] * wh)))
-        elif fmt in ("Q4_K", "Q5_K"):
-            for s in range(8):
-                cs, xs = F(0), F(0)
-                for i in range(32):
-                    v = x[256 * b + 32 * s + i]
-                    cs = F(cs + F(v * F(p["qs"][b, 32 * s + i])))
-                    xs = F(xs + v)
-                scale = F(d * F(p["sc"][b, s]))
-                off = F(p["dmin"][b] * F(p["mn"][b, s]))
-                acc = F(acc + F(F(cs * scale) - F(xs * off)))
-        else:  # Q6_K
-            for e in range(256):
-                w = F(F(d * F(p["sc"][b, e // 16])) * F(p["qs"][b, e]))
-                acc = F(acc + F(x[256 * b + e] * w))
+    for b in range(p["d"].shape[0]):
+        acc = block(acc, x, p, b)
     return acc
 
 
@@ -148,79 +184,121 @@ def panama_row(fmt: str, x: np.ndarray, p: dict, lanes: int, reduction: str,
 
 
 # ---------------------------------------------------------------------------- neon
+# One function per format family: block b of a row added to `acc` as the NEON kernel does.
+
+def neon_input_sum(xs: np.ndarray, fused: bool) -> np.float32:
+    """A block's input sum: in 4 lanes seeded with its first 4 values (fused), else in order."""
+    if fused:
+        iv = [xs[j] for j in range(4)]
+        for k in range(4, 32):
+            iv[k % 4] = F(iv[k % 4] + xs[k])
+        return hadd4(iv)
+    isum = F(0)
+    for v in xs:
+        isum = F(isum + v)
+    return isum
+
+
+def neon_32_block(fmt: str, acc: np.float32, x: np.ndarray, p: dict, b: int,
+                  fused: bool) -> np.float32:
+    """Q8_0 / Q5_0 / Q5_1: codes (+ offset) in 4 FMA lanes, then d, the offset and m."""
+    d = p["d"][b]
+    off = {"Q8_0": 0, "Q5_0": 16, "Q5_1": 0}[fmt]
+    lane = [F(0)] * 4
+    for k in range(32):
+        lane[k % 4] = fma(x[32 * b + k], F(int(p["qs"][b, k]) + off), lane[k % 4])
+    dot = hadd4(lane)
+    isum = neon_input_sum(x[32 * b : 32 * b + 32], fused)
+    if fmt == "Q8_0":
+        return fma(dot, d, acc) if fused else F(acc + F(dot * d))
+    if fmt == "Q5_0":
+        t = F(dot - F(F(16) * isum))
+        return fma(t, d, acc) if fused else F(acc + F(d * t))
+    m = p["m"][b]
+    if fused:
+        return fma(m, isum, fma(d, dot, acc))
+    return F(acc + F(F(d * dot) + F(m * isum)))
+
+
+def neon_q5_k_group_sums(x: np.ndarray, p: dict, b: int
+                         ) -> tuple[list[np.float32], list[np.float32]]:
+    """Q5_K: per 32-element group the code dot and the input sum, each in 4 lanes."""
+    cs, xs = [], []
+    for s in range(8):
+        cv, iv = [F(0)] * 4, [F(0)] * 4
+        for k in range(32):
+            v = x[256 * b + 32 * s + k]
+            cv[k % 4] = fma(v, F(p["qs"][b, 32 * s + k]), cv[k % 4])
+            iv[k % 4] = F(iv[k % 4] + v)
+        cs.append(hadd4(cv))
+        xs.append(hadd4(iv))
+    return cs, xs
+
+
+def neon_q5_k_block(acc: np.float32, x: np.ndarray, p: dict, b: int,
+                    fused: bool) -> np.float32:
+    """Q5_K: the group sums scaled into a block-local sum (two groups per step fused)."""
+    d = p["d"][b]
+    local = F(0)
+    cs, xs = neon_q5_k_group_sums(x, p, b)
+    sc = [F(v) for v in p["sc"][b]]
+    mn = [F(v) for v in p["mn"][b]]
+    dmin = p["dmin"][b]
+    for s in range(8):
+        if fused and s % 2 == 0:
+            a = fma(sc[s], cs[s], F(sc[s + 1] * cs[s + 1]))
+            bb = fma(F(dmin * xs[s]), mn[s], F(mn[s + 1] * F(dmin * xs[s + 1])))
+            local = F(local + fma(a, d, -bb))
+        elif not fused:
+            local = F(local + F(F(cs[s] * F(d * sc[s])) - F(xs[s] * F(dmin * mn[s]))))
+    return F(acc + local)
+
+
+def neon_q4_k_block(acc: np.float32, p: dict, b: int, fused: bool,
+                    act: dict) -> np.float32:
+    """Q4_K with Q8 activations: exact integer sums, then d, dmin and the activation d."""
+    d = p["d"][b]
+    q8 = act["qs"][b].astype(np.int64)
+    di = act["d"][b]
+    big_a = sum(int(p["sc"][b, s]) * int(np.dot(q8[32 * s : 32 * s + 32],
+                p["qs"][b, 32 * s : 32 * s + 32].astype(np.int64))) for s in range(8))
+    big_b = sum(int(p["mn"][b, s]) * int(q8[32 * s : 32 * s + 32].sum())
+                for s in range(8))
+    fa, fb = F(big_a), F(big_b)
+    if fused:
+        return fma(fma(fa, d, -F(fb * p["dmin"][b])), di, acc)
+    return F(acc + F(di * F(F(d * fa) - F(p["dmin"][b] * fb))))
+
+
+def neon_q6_k_block(acc: np.float32, p: dict, b: int, fused: bool,
+                    act: dict) -> np.float32:
+    """Q6_K with Q8 activations: an exact integer sum, then d times the activation d."""
+    d = p["d"][b]
+    q8 = act["qs"][b].astype(np.int64)
+    di = act["d"][b]
+    wdot = sum(int(p["sc"][b, g]) * int(np.dot(q8[16 * g : 16 * g + 16],
+               p["qs"][b, 16 * g : 16 * g + 16].astype(np.int64))) for g in range(16))
+    fw = F(wdot)
+    return fma(F(d * di), fw, acc) if fused else F(acc + F(F(d * di) * fw))
+
+
+def neon_block(fmt: str, acc: np.float32, x: np.ndarray, p: dict, b: int, fused: bool,
+               act: dict | None) -> np.float32:
+    """Block b of a row added to `acc` by the NEON kernel of `fmt`."""
+    if fmt in ("Q8_0", "Q5_0", "Q5_1"):
+        return neon_32_block(fmt, acc, x, p, b, fused)
+    if fmt == "Q5_K":
+        return neon_q5_k_block(acc, x, p, b, fused)
+    if fmt == "Q4_K":  # Q4_K / Q6_K with quantized activations
+        return neon_q4_k_block(acc, p, b, fused, act)
+    return neon_q6_k_block(acc, p, b, fused, act)
+
 
 def neon_row(fmt: str, x: np.ndarray, p: dict, fused: bool, act: dict | None) -> np.float32:
+    """One output of the NEON kernel: its blocks in order into one float32 sum."""
     acc = F(0)
-    nb = p["d"].shape[0]
-    for b in range(nb):
-        d = p["d"][b]
-        if fmt in ("Q8_0", "Q5_0", "Q5_1"):
-            off = {"Q8_0": 0, "Q5_0": 16, "Q5_1": 0}[fmt]
-            lane = [F(0)] * 4
-            for k in range(32):
-                lane[k % 4] = fma(x[32 * b + k], F(int(p["qs"][b, k]) + off), lane[k % 4])
-            dot = hadd4(lane)
-            xs = x[32 * b : 32 * b + 32]
-            if fused:
-                iv = [xs[j] for j in range(4)]
-                for k in range(4, 32):
-                    iv[k % 4] = F(iv[k % 4] + xs[k])
-                isum = hadd4(iv)
-            else:
-                isum = F(0)
-                for v in xs:
-                    isum = F(isum + v)
-            if fmt == "Q8_0":
-                acc = fma(dot, d, acc) if fused else F(acc + F(dot * d))
-            elif fmt == "Q5_0":
-                t = F(dot - F(F(16) * isum))
-                acc = fma(t, d, acc) if fused else F(acc + F(d * t))
-            else:
-                m = p["m"][b]
-                if fused:
-                    acc = fma(m, isum, fma(d, dot, acc))
-                else:
-                    acc = F(acc + F(F(d * dot) + F(m * isum)))
-        elif fmt == "Q5_K":
-            local = F(0)
-            cs, xs = [], []
-            for s in range(8):
-                cv, iv = [F(0)] * 4, [F(0)] * 4
-                for k in range(32):
-                    v = x[256 * b + 32 * s + k]
-                    cv[k % 4] = fma(v, F(p["qs"][b, 32 * s + k]), cv[k % 4])
-                    iv[k % 4] = F(iv[k % 4] + v)
-                cs.append(hadd4(cv))
-                xs.append(hadd4(iv))
-            sc = [F(v) for v in p["sc"][b]]
-            mn = [F(v) for v in p["mn"][b]]
-            dmin = p["dmin"][b]
-            for s in range(8):
-                if fused and s % 2 == 0:
-                    a = fma(sc[s], cs[s], F(sc[s + 1] * cs[s + 1]))
-                    bb = fma(F(dmin * xs[s]), mn[s], F(mn[s + 1] * F(dmin * xs[s + 1])))
-                    local = F(local + fma(a, d, -bb))
-                elif not fused:
-                    local = F(local + F(F(cs[s] * F(d * sc[s])) - F(xs[s] * F(dmin * mn[s]))))
-            acc = F(acc + local)
-        else:  # Q4_K / Q6_K with quantized activations
-            q8 = act["qs"][b].astype(np.int64)
-            di = act["d"][b]
-            if fmt == "Q4_K":
-                big_a = sum(int(p["sc"][b, s]) * int(np.dot(q8[32 * s : 32 * s + 32],
-                            p["qs"][b, 32 * s : 32 * s + 32].astype(np.int64))) for s in range(8))
-                big_b = sum(int(p["mn"][b, s]) * int(q8[32 * s : 32 * s + 32].sum())
-                            for s in range(8))
-                fa, fb = F(big_a), F(big_b)
-                if fused:
-                    acc = fma(fma(fa, d, -F(fb * p["dmin"][b])), di, acc)
-                else:
-                    acc = F(acc + F(di * F(F(d * fa) - F(p["dmin"][b] * fb))))
-            else:
-                wdot = sum(int(p["sc"][b, g]) * int(np.dot(q8[16 * g : 16 * g + 16],
-                           p["qs"][b, 16 * g : 16 * g + 16].astype(np.int64))) for g in range(16))
-                fw = F(wdot)
-                acc = fma(F(d * di), fw, acc) if fused else F(acc + F(F(d * di) * fw))
+    for b in range(p["d"].shape[0]):
+        acc = neon_block(fmt, acc, x, p, b, fused, act)
     return acc
 
 

@@ -180,33 +180,11 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     appears complete or not at all).
     """
     model = _check_model(model)
-    if (tokens is None) == (prompt is None):
-        raise HarnessError("give exactly one of tokens and prompt")
-    if tokens is not None:
-        if not tokens or not all(isinstance(t, int | np.integer) and t >= 0 for t in tokens):
-            raise DecodeArgumentError("tokens", "need one or more non-negative ids, got "
-                                      f"{tokens!r}")
-        tokens = [int(t) for t in tokens]
-    if not isinstance(n, int) or n < 1:
-        raise DecodeArgumentError("n", f"need a positive number of tokens, got {n!r}")
-    if threads not in (1, 2):
-        raise DecodeArgumentError("threads", f"1 or 2, got {threads!r}")
-    if kv not in KV_TYPES:
-        raise DecodeArgumentError("kv", f"one of {', '.join(KV_TYPES)}, got {kv!r}")
+    tokens = _checked_arguments(tokens, prompt, n, threads, kv)
     ctx = _precheck(model)
     if tokens is not None:  # a prompt: the worker checks once llama.cpp has tokenized it
         check_context(len(tokens), n, ctx, str(model))
-    dump_dir = Path(dump) if dump is not None else None
-    if dump_dir is not None:
-        if dump_dir.exists():
-            raise DecodeArgumentError("dump", "already exists (will not overwrite)",
-                                      str(dump_dir))
-        if not dump_dir.parent.is_dir():
-            raise DecodeArgumentError("dump", "parent directory does not exist",
-                                      str(dump_dir))
-        if not os.access(dump_dir.parent, os.W_OK | os.X_OK):
-            raise DecodeArgumentError("dump", f"cannot write in {dump_dir.parent}",
-                                      str(dump_dir))
+    dump_dir = _checked_dump_dir(dump)
     if not llamacpp.is_built():  # once on a fresh machine; progress on stderr
         llamacpp.build(log=lambda m: print(f"llamacpp: {m}", file=sys.stderr, flush=True))
     parent = dump_dir.parent if dump_dir is not None else None
@@ -223,6 +201,41 @@ def decode(model: str | Path, tokens: list[int] | None = None, n: int = 32, *,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _checked_arguments(tokens: list[int] | None, prompt: str | None, n: int, threads: int,
+                       kv: str) -> list[int] | None:
+    """decode's arguments checked (DecodeArgumentError naming the parameter); returns the
+    prompt ids as plain ints, or None when a prompt text is given."""
+    if (tokens is None) == (prompt is None):
+        raise HarnessError("give exactly one of tokens and prompt")
+    if tokens is not None:
+        if not tokens or not all(isinstance(t, int | np.integer) and t >= 0 for t in tokens):
+            raise DecodeArgumentError("tokens", "need one or more non-negative ids, got "
+                                      f"{tokens!r}")
+        tokens = [int(t) for t in tokens]
+    if not isinstance(n, int) or n < 1:
+        raise DecodeArgumentError("n", f"need a positive number of tokens, got {n!r}")
+    if threads not in (1, 2):
+        raise DecodeArgumentError("threads", f"1 or 2, got {threads!r}")
+    if kv not in KV_TYPES:
+        raise DecodeArgumentError("kv", f"one of {', '.join(KV_TYPES)}, got {kv!r}")
+    return tokens
+
+
+def _checked_dump_dir(dump: str | Path | None) -> Path | None:
+    """The dump directory to create: it must not exist, and its parent must be a
+    directory this process can write in (DecodeArgumentError otherwise)."""
+    dump_dir = Path(dump) if dump is not None else None
+    if dump_dir is None:
+        return None
+    if dump_dir.exists():
+        raise DecodeArgumentError("dump", "already exists (will not overwrite)", str(dump_dir))
+    if not dump_dir.parent.is_dir():
+        raise DecodeArgumentError("dump", "parent directory does not exist", str(dump_dir))
+    if not os.access(dump_dir.parent, os.W_OK | os.X_OK):
+        raise DecodeArgumentError("dump", f"cannot write in {dump_dir.parent}", str(dump_dir))
+    return dump_dir
 
 
 #: the worker's progress, rewritten (temp name + rename) after every step:
@@ -483,100 +496,162 @@ def _dump_shape(base: str, shape4: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _worker(spec: dict) -> int:
+    """The worker's decode (spec: decode's checked arguments and the scratch directory
+    `out`): writes result.json and logits.npy (and the dump) into `out`; returns 0."""
     lc = llamacpp.load(build_if_missing=False)
-    out = Path(spec["out"])
-    mp = lc.llama.llama_model_default_params()
-    mp.n_gpu_layers = 0
-    mp.use_extra_bufts = False
-    model = lc.llama.llama_model_load_from_file(spec["model"].encode(), mp)
-    if not model:
-        raise HarnessError(f"{spec['model']}: llama.cpp cannot load it: {lc.last_error()}")
+    model = _load_model(lc, spec["model"])
     ctx = None
     try:
         vocab = lc.llama.llama_model_get_vocab(model)
         n_vocab = lc.llama.llama_vocab_n_tokens(vocab)
-        prompt = spec["tokens"] if spec["tokens"] is not None else _tokenize(lc, vocab,
-                                                                             spec["prompt"])
-        bad = [t for t in prompt if t >= n_vocab]
-        if bad:
-            raise DecodeArgumentError("tokens", f"id {bad[0]} is outside the vocabulary "
-                                      f"({n_vocab} tokens)")
-        n = spec["n"]
-        trained = lc.meta(model, f"{lc.meta(model, 'general.architecture')}.context_length")
-        check_context(len(prompt), n, int(trained) if trained and trained.isdigit() else None,
-                      spec["model"])
+        prompt = _prompt_ids(lc, model, vocab, n_vocab, spec)
         recorder = _Recorder(lc) if spec["dump"] else None
         watch = _FiniteWatch(lc, only=frozenset({"result_norm"}))
-        ctx, _callback = _context(lc, model, spec, len(prompt) + n, recorder or watch)
-        fed: list[int] = []
-        generated: list[int] = []
-        logits: list[np.ndarray] = []
-        names: list[str] = []
-        graph: list[str] = []
-        order = dump_names(lc.llama.llama_model_n_layer(model))
-        dump = out / "dump"
+        # the callback must stay alive as long as the context: held here until it is freed
+        ctx, _callback = _context(lc, model, spec, len(prompt) + spec["n"], recorder or watch)
+        loop = _GreedyLoop(lc, model, ctx, spec, prompt, n_vocab, recorder, watch)
         if recorder:
-            dump.mkdir()
-        token = np.zeros(1, dtype=np.int32)
-        t_gen = t_prompt = 0.0
-        t_start = time.perf_counter()
-        non_finite = None
-        queue = list(prompt)
-        while len(generated) < n:
-            token[0] = queue.pop(0)
-            t0 = time.perf_counter()
-            rc = lc.llama.llama_decode(ctx, lc.llama.llama_batch_get_one(token.ctypes.data, 1))
-            for cb in (recorder, watch):
-                if cb is not None and cb.error is not None:
-                    raise cb.error
-            if rc != 0:
-                raise HarnessError(f"llama_decode returned {rc} at position {len(fed)}: "
-                                   f"{lc.last_error()}")
-            row = np.ctypeslib.as_array(lc.llama.llama_get_logits_ith(ctx, -1), (n_vocab,))
-            step = len(fed)
-            fed.append(int(token[0]))
-            arrays = recorder.take(order) if recorder else {}
-            if recorder:
-                graph = graph or list(recorder.graph)
-                names = names or list(arrays)
-                np.savez(dump / f"step-{step:03d}.npz", **arrays)
-            bad = next((k for k, v in arrays.items() if not np.isfinite(v).all()), None)
-            if bad is not None or watch.first is not None or not np.isfinite(row).all():
-                # a finding: say where it started (the dump holds that step too), stop
-                non_finite = ({"tensor": bad, "value": str(arrays[bad][~np.isfinite(
-                    arrays[bad])][0]), "step": step} if bad is not None else
-                    _first_non_finite(lc, model, spec, fed, len(prompt) + n))
-                break
-            if not queue:  # these logits choose the next token
-                nxt = int(np.argmax(row))
-                t_gen += time.perf_counter() - t0
-                generated.append(nxt)
-                logits.append(row.copy())
-                queue.append(nxt)
-            else:
-                t_prompt += time.perf_counter() - t0
-            _write_progress(out, len(fed), len(prompt) + n - 1, len(generated), t_gen,
-                            time.perf_counter() - t_start)
+            loop.dump.mkdir()
+        loop.run()
         if recorder:
-            meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
-                    "tokens": fed, "n_steps": len(fed), "format": DUMP_FORMAT,
-                    "threads": spec["threads"], "kv": spec["kv"],
-                    "quantizer": host_rounding(), **_hparams(lc, model),
-                    "graph_tensors": graph}
-            (dump / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        lg = np.stack(logits).astype(np.float32) if logits else np.zeros((0, n_vocab),
-                                                                        np.float32)
-        np.save(out / "logits.npy", lg)
-        result = {"prompt_tokens": prompt, "tokens": generated,
-                  "margins": [top2_margin(r) for r in lg], "seconds": t_gen,
-                  "prompt_seconds": t_prompt, "tensor_names": names,
-                  "non_finite": non_finite}
-        (out / "result.json").write_text(json.dumps(result))
+            loop.write_meta()
+        loop.write_result()
     finally:
         if ctx:
             lc.llama.llama_free(ctx)
         lc.llama.llama_model_free(model)
     return 0
+
+
+def _load_model(lc, path: str) -> int:
+    """The GGUF loaded by llama.cpp on the CPU, without weight repacking."""
+    mp = lc.llama.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    mp.use_extra_bufts = False
+    model = lc.llama.llama_model_load_from_file(path.encode(), mp)
+    if not model:
+        raise HarnessError(f"{path}: llama.cpp cannot load it: {lc.last_error()}")
+    return model
+
+
+def _prompt_ids(lc, model: int, vocab: int, n_vocab: int, spec: dict) -> list[int]:
+    """The prompt ids (given, or tokenized by llama.cpp), checked against the vocabulary
+    and, with the tokens to generate, against the model's trained context."""
+    prompt = spec["tokens"] if spec["tokens"] is not None else _tokenize(lc, vocab,
+                                                                         spec["prompt"])
+    bad = [t for t in prompt if t >= n_vocab]
+    if bad:
+        raise DecodeArgumentError("tokens", f"id {bad[0]} is outside the vocabulary "
+                                  f"({n_vocab} tokens)")
+    trained = lc.meta(model, f"{lc.meta(model, 'general.architecture')}.context_length")
+    check_context(len(prompt), spec["n"], int(trained) if trained and trained.isdigit()
+                  else None, spec["model"])
+    return prompt
+
+
+class _GreedyLoop:
+    """The worker's decode in a context: the prompt one token per `llama_decode`, then
+    greedy tokens fed back; each step's dump, progress, and the first non-finite step (a
+    finding that stops the decode)."""
+
+    def __init__(self, lc, model: int, ctx: int, spec: dict, prompt: list[int],
+                 n_vocab: int, recorder: _Recorder | None, watch: _FiniteWatch) -> None:
+        self.lc, self.model, self.ctx, self.spec = lc, model, ctx, spec
+        self.prompt, self.n_vocab = prompt, n_vocab
+        self.recorder, self.watch = recorder, watch
+        self.out = Path(spec["out"])
+        self.dump = self.out / "dump"
+        self.n_ctx = len(prompt) + spec["n"]
+        self.order = dump_names(lc.llama.llama_model_n_layer(model))
+        self.fed: list[int] = []
+        self.generated: list[int] = []
+        self.logits: list[np.ndarray] = []
+        self.names: list[str] = []  # dump names of one step, in order
+        self.graph: list[str] = []  # every named node of one step, in compute order
+        self.t_gen = self.t_prompt = 0.0
+        self.non_finite: dict | None = None
+
+    def run(self) -> None:
+        """Decode until n tokens are generated or a step comes out non-finite."""
+        token = np.zeros(1, dtype=np.int32)
+        t_start = time.perf_counter()
+        queue = list(self.prompt)
+        while len(self.generated) < self.spec["n"]:
+            token[0] = queue.pop(0)
+            t0 = time.perf_counter()
+            row = self._decode(token)
+            step = len(self.fed)
+            self.fed.append(int(token[0]))
+            arrays = self._keep_step(step)
+            self.non_finite = self._non_finite(arrays, row, step)
+            if self.non_finite is not None:
+                break
+            if not queue:  # these logits choose the next token
+                nxt = int(np.argmax(row))
+                self.t_gen += time.perf_counter() - t0
+                self.generated.append(nxt)
+                self.logits.append(row.copy())
+                queue.append(nxt)
+            else:
+                self.t_prompt += time.perf_counter() - t0
+            _write_progress(self.out, len(self.fed), self.n_ctx - 1, len(self.generated),
+                            self.t_gen, time.perf_counter() - t_start)
+
+    def _decode(self, token: np.ndarray) -> np.ndarray:
+        """One `llama_decode` of `token`; its logits (a view into llama.cpp's buffer)."""
+        llama = self.lc.llama
+        rc = llama.llama_decode(self.ctx, llama.llama_batch_get_one(token.ctypes.data, 1))
+        for cb in (self.recorder, self.watch):
+            if cb is not None and cb.error is not None:
+                raise cb.error
+        if rc != 0:
+            raise HarnessError(f"llama_decode returned {rc} at position {len(self.fed)}: "
+                               f"{self.lc.last_error()}")
+        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self.ctx, -1), (self.n_vocab,))
+
+    def _keep_step(self, step: int) -> dict[str, np.ndarray]:
+        """The recorder's arrays of this step, saved as step-NNN.npz ({} without a dump)."""
+        if not self.recorder:
+            return {}
+        arrays = self.recorder.take(self.order)
+        self.graph = self.graph or list(self.recorder.graph)
+        self.names = self.names or list(arrays)
+        np.savez(self.dump / f"step-{step:03d}.npz", **arrays)
+        return arrays
+
+    def _non_finite(self, arrays: dict[str, np.ndarray], row: np.ndarray, step: int
+                    ) -> dict | None:
+        """Where a non-finite step started: its first dumped tensor that is, else (replayed
+        under a full watch) the first graph tensor; None if the step is finite."""
+        bad = next((k for k, v in arrays.items() if not np.isfinite(v).all()), None)
+        if bad is None and self.watch.first is None and np.isfinite(row).all():
+            return None
+        # a finding: say where it started (the dump holds that step too)
+        if bad is not None:
+            return {"tensor": bad, "value": str(arrays[bad][~np.isfinite(arrays[bad])][0]),
+                    "step": step}
+        return _first_non_finite(self.lc, self.model, self.spec, self.fed, self.n_ctx)
+
+    def write_meta(self) -> None:
+        """The dump's meta.json (refmodel/dump.py's layout)."""
+        spec = self.spec
+        meta = {"model": spec["model"], "semantics": SEMANTICS, "load": "llama.cpp",
+                "tokens": self.fed, "n_steps": len(self.fed), "format": DUMP_FORMAT,
+                "threads": spec["threads"], "kv": spec["kv"],
+                "quantizer": host_rounding(), **_hparams(self.lc, self.model),
+                "graph_tensors": self.graph}
+        (self.dump / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    def write_result(self) -> None:
+        """logits.npy and result.json, which the parent reads (_read_result)."""
+        lg = (np.stack(self.logits).astype(np.float32) if self.logits
+              else np.zeros((0, self.n_vocab), np.float32))
+        np.save(self.out / "logits.npy", lg)
+        result = {"prompt_tokens": self.prompt, "tokens": self.generated,
+                  "margins": [top2_margin(r) for r in lg], "seconds": self.t_gen,
+                  "prompt_seconds": self.t_prompt, "tensor_names": self.names,
+                  "non_finite": self.non_finite}
+        (self.out / "result.json").write_text(json.dumps(result))
 
 
 def _hparams(lc, model: int) -> dict[str, int]:

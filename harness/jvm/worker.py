@@ -161,39 +161,16 @@ def _c2_installed(codelist: str, method: str, osr: set[str]) -> bool:
 
 
 def _child(conn: Any, config: JvmConfig, log: str) -> None:
+    """The worker: the JVM's stdout and stderr to `log`, the JVM started (Started sent),
+    then one CallResult per CallRequest until Shutdown or the parent's end of the pipe
+    closes."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 1)  # the JVM's stdout: PrintCompilation lines
     os.dup2(fd, 2)
     import jpype
 
-    jvm = str(Path(config.jdk_home) / "lib" / "server" / "libjvm.so")
-    t0 = time.perf_counter()
-    jpype.startJVM(jvm, *config.jvm_options(), classpath=config.classpath.split(":"),
-                   convertStrings=True)
-    lanes = None
-    if config.has_vector:  # load and initialise the Vector API now, not in a timed case
-        fv = jpype.JClass("jdk.incubator.vector.FloatVector")
-        bv = jpype.JClass("jdk.incubator.vector.ByteVector")
-        species = fv.SPECIES_PREFERRED
-        lanes = int(species.length())
-        v = fv.fromArray(species, jpype.JArray(jpype.JFloat)(64), 0)
-        v.fma(v, v).reduceLanes(jpype.JClass("jdk.incubator.vector.VectorOperators").ADD)
-        bv.fromArray(bv.SPECIES_64, jpype.JArray(jpype.JByte)(64), 0).castShape(species, 0)
-    runtime = jpype.JClass("java.lang.System")
-    conn.send(Started(start_s=time.perf_counter() - t0, lanes=lanes,
-                      vm=f"{runtime.getProperty('java.vm.name')} "
-                         f"{runtime.getProperty('java.runtime.version')}"))
-    instances: dict[str, Any] = {}
-    osr: set[str] = set()
-    logpos = 0
-    server = jpype.JClass("java.lang.management.ManagementFactory").getPlatformMBeanServer()
-    dcmd = jpype.JClass("javax.management.ObjectName")("com.sun.management:type="
-                                                       "DiagnosticCommand")
-
-    def codelist() -> str:
-        return str(server.invoke(dcmd, "compilerCodelist", None, None))
-
-    jfloat, jbyte = jpype.JArray(jpype.JFloat), jpype.JArray(jpype.JByte)
+    conn.send(_start_jvm(jpype, config))
+    runner = _CaseRunner(jpype, conn, Path(log))
     while True:
         try:
             msg = conn.recv()
@@ -201,59 +178,130 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
             return
         if isinstance(msg, Shutdown):
             return
-        req: CallRequest = msg
-        cls, x, w, w_off = req.cls, req.x, req.w, req.w_offset
-        in_dim, out_dim, calls, budget = req.in_dim, req.out_dim, req.calls, req.budget
+        runner.serve(msg)
+
+
+def _start_jvm(jpype: Any, config: JvmConfig) -> Started:
+    """Start the configuration's JVM in this process (the Vector API loaded too); what
+    the parent learns of it."""
+    jvm = str(Path(config.jdk_home) / "lib" / "server" / "libjvm.so")
+    t0 = time.perf_counter()
+    jpype.startJVM(jvm, *config.jvm_options(), classpath=config.classpath.split(":"),
+                   convertStrings=True)
+    lanes = _preload_vector_api(jpype) if config.has_vector else None
+    runtime = jpype.JClass("java.lang.System")
+    return Started(start_s=time.perf_counter() - t0, lanes=lanes,
+                   vm=f"{runtime.getProperty('java.vm.name')} "
+                      f"{runtime.getProperty('java.runtime.version')}")
+
+
+def _preload_vector_api(jpype: Any) -> int:
+    """Load and initialise the Vector API now, not in a timed case; its preferred float
+    species' lane count."""
+    fv = jpype.JClass("jdk.incubator.vector.FloatVector")
+    bv = jpype.JClass("jdk.incubator.vector.ByteVector")
+    species = fv.SPECIES_PREFERRED
+    lanes = int(species.length())
+    v = fv.fromArray(species, jpype.JArray(jpype.JFloat)(64), 0)
+    v.fma(v, v).reduceLanes(jpype.JClass("jdk.incubator.vector.VectorOperators").ADD)
+    bv.fromArray(bv.SPECIES_64, jpype.JArray(jpype.JByte)(64), 0).castShape(species, 0)
+    return lanes
+
+
+@dataclass
+class _Repeats:
+    """The whole calls of one case so far: the last and the first output (rows), the
+    last whole output array, how many calls and how many drifted from the first, and in
+    warm mode the call count when C2 code for the kernel was seen installed."""
+
+    y: np.ndarray | None = None
+    first: np.ndarray | None = None
+    full: np.ndarray | None = None
+    done: int = 0
+    drifted: int = 0
+    seen_at: int | None = None
+
+
+class _CaseRunner:
+    """The worker's side of a case: runs a CallRequest in the started JVM and sends its
+    Heartbeats and its CallResult (a crash result for a Java exception or a refusal)."""
+
+    def __init__(self, jpype: Any, conn: Any, log: Path) -> None:
+        self.jpype, self.conn, self.log = jpype, conn, log
+        self.instances: dict[str, Any] = {}
+        self.osr: set[str] = set()
+        self.logpos = 0
+        self.server = jpype.JClass("java.lang.management.ManagementFactory"
+                                   ).getPlatformMBeanServer()
+        self.dcmd = jpype.JClass("javax.management.ObjectName")("com.sun.management:type="
+                                                                "DiagnosticCommand")
+        self.jfloat, self.jbyte = jpype.JArray(jpype.JFloat), jpype.JArray(jpype.JByte)
+
+    def codelist(self) -> str:
+        """The JVM's code cache listing (jcmd Compiler.codelist)."""
+        return str(self.server.invoke(self.dcmd, "compilerCodelist", None, None))
+
+    def serve(self, req: CallRequest) -> None:
+        """Run one case and send its result."""
         t0 = time.perf_counter()
-        batch = x.shape[0]
+        batch = req.x.shape[0]
         try:
-            inst = instances.get(cls)
-            if inst is None:
-                inst = instances[cls] = jpype.JClass(cls).INSTANCE
-            jx, jw = jfloat(x.reshape(-1)), jbyte(w.view(np.int8))
-            offsets, guarded = guarded_output(batch, out_dim)
-            jy = jfloat(guarded)
-            first = y = None
-            done = drifted = 0
-            seen_at = None  # warm mode: calls before C2 code for the kernel was installed
-            method = f"{cls}.matmul({MATMUL_DESCRIPTOR[1:]}"
-            while True:
-                prev = y
-                for r in range(batch):  # one call per row, as SKaiNET batches
-                    inst.matmul(jx, r * in_dim, jw, w_off, in_dim, out_dim, jy, offsets[r])
-                full = np.array(jy, dtype=np.float32)
-                y = np.stack([full[o:o + out_dim] for o in offsets])
-                done += 1
-                conn.send(Heartbeat(done))  # alive: the parent's hang clock restarts
-                if first is None:
-                    first = y
-                elif y.tobytes() != first.tobytes():
-                    drifted += 1
-                if calls != "warm":
-                    if done >= calls:
-                        break
-                    continue
-                if seen_at is not None and prev is not None and prev.tobytes() == y.tobytes():
-                    break  # two whole calls in installed C2 code, same bits
-                logpos = _osr_ids(Path(log), logpos, f"{cls}::matmul", osr)
-                installed = _c2_installed(codelist(), method, osr)
-                seen_at = (seen_at or done) if installed else None  # reset on deopt
-                if done >= WARM_MAX_CALLS or time.perf_counter() - t0 > budget:
-                    break
-            violations = guard_violations(full, offsets, out_dim)
-            violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
-            violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
-            conn.send(CallResult("ok", y=y, first=first, calls=done, drifted=drifted,
-                                 seconds=time.perf_counter() - t0,
-                                 compiled=seen_at is not None if calls == "warm" else None,
-                                 warmup_calls=seen_at, violations=violations))
-        except jpype.JException as exc:
-            conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
-                                 error=_java_error(exc)))
+            self._run(req, batch, t0)
+        except self.jpype.JException as exc:
+            self.conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
+                                      error=_java_error(exc)))
         except Exception as exc:  # JPype's own refusals, e.g. "Class X is not found"
-            conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
-                                 error={"class": type(exc).__name__, "message": str(exc),
-                                        "frames": [], "causes": []}))
+            self.conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
+                                      error={"class": type(exc).__name__, "message": str(exc),
+                                             "frames": [], "causes": []}))
+
+    def _run(self, req: CallRequest, batch: int, t0: float) -> None:
+        """The case's calls on guarded arrays, then the ok result with what the kernel
+        wrote outside its output ranges or into its input and weight."""
+        x, w, w_off, out_dim = req.x, req.w, req.w_offset, req.out_dim
+        inst = self.instances.get(req.cls)
+        if inst is None:
+            inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
+        jx, jw = self.jfloat(x.reshape(-1)), self.jbyte(w.view(np.int8))
+        offsets, guarded = guarded_output(batch, out_dim)
+        jy = self.jfloat(guarded)
+        rep = _Repeats()
+        while True:
+            prev = rep.y
+            for r in range(batch):  # one call per row, as SKaiNET batches
+                inst.matmul(jx, r * req.in_dim, jw, w_off, req.in_dim, out_dim, jy, offsets[r])
+            rep.full = np.array(jy, dtype=np.float32)
+            rep.y = np.stack([rep.full[o:o + out_dim] for o in offsets])
+            rep.done += 1
+            self.conn.send(Heartbeat(rep.done))  # alive: the parent's hang clock restarts
+            if rep.first is None:
+                rep.first = rep.y
+            elif rep.y.tobytes() != rep.first.tobytes():
+                rep.drifted += 1
+            if self._enough(req, rep, prev, t0):
+                break
+        violations = guard_violations(rep.full, offsets, out_dim)
+        violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
+        violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
+        self.conn.send(CallResult("ok", y=rep.y, first=rep.first, calls=rep.done,
+                                  drifted=rep.drifted, seconds=time.perf_counter() - t0,
+                                  compiled=(rep.seen_at is not None if req.calls == "warm"
+                                            else None),
+                                  warmup_calls=rep.seen_at, violations=violations))
+
+    def _enough(self, req: CallRequest, rep: _Repeats, prev: np.ndarray | None,
+                t0: float) -> bool:
+        """Whether the case has had its calls: `calls` of them, or in warm mode two whole
+        calls in installed C2 code with the same bits, or the warm-up budget spent."""
+        if req.calls != "warm":
+            return rep.done >= req.calls
+        if rep.seen_at is not None and prev is not None and prev.tobytes() == rep.y.tobytes():
+            return True  # two whole calls in installed C2 code, same bits
+        self.logpos = _osr_ids(self.log, self.logpos, f"{req.cls}::matmul", self.osr)
+        method = f"{req.cls}.matmul({MATMUL_DESCRIPTOR[1:]}"
+        installed = _c2_installed(self.codelist(), method, self.osr)
+        rep.seen_at = (rep.seen_at or rep.done) if installed else None  # reset on deopt
+        return rep.done >= WARM_MAX_CALLS or time.perf_counter() - t0 > req.budget
 
 
 def _java_error(exc: Any) -> dict[str, Any]:
