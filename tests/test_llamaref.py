@@ -81,6 +81,10 @@ def test_dump_names_and_shapes_follow_the_graph(built, tmp_path):
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["format"] == llamaref.DUMP_FORMAT
     assert meta["tokens"] == PROMPT + r.tokens[:-1] and meta["n_steps"] == 6
+    # every dumped name is a node of the graph, which names more than the dump keeps
+    graph = set(meta["graph_tensors"])
+    assert {n.split("#", 1)[0] for n in llamaref.dump_names(4)} <= graph
+    assert len(graph) > len(llamaref.dump_names(4))
     with np.load(tmp_path / "d" / "step-005.npz") as z:
         names = z.files
         assert names == llamaref.dump_names(4)

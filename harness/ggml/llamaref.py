@@ -613,8 +613,8 @@ class _GreedyLoop:
         """The recorder's arrays of this step, saved as step-NNN.npz ({} without a dump)."""
         if not self.recorder:
             return {}
+        self.graph = self.graph or list(self.recorder.graph)  # take() clears it
         arrays = self.recorder.take(self.order)
-        self.graph = self.graph or list(self.recorder.graph)
         self.names = self.names or list(arrays)
         np.savez(self.dump / f"step-{step:03d}.npz", **arrays)
         return arrays
