@@ -9,6 +9,10 @@ the user; a real board or a user's build replaces a default by flag.
 Exit codes: 0 every leg passed (or is unavailable on this machine by default), 1 a parity
 failure or gate finding, 2 a setup/input error (including a leg the user asked for by flag
 that cannot run), 130 interrupted (the partial report is still written, marked partial).
+
+The legs are objects in harness.legs; this module is the CLI around them: the options, the
+typed options built once from them, the driver (with the one availability rule) and the
+report.
 """
 
 from __future__ import annotations
