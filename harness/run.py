@@ -9,6 +9,10 @@ the user; a real board or a user's build replaces a default by flag.
 Exit codes: 0 every leg passed (or is unavailable on this machine by default), 1 a parity
 failure or gate finding, 2 a setup/input error (including a leg the user asked for by flag
 that cannot run), 130 interrupted (the partial report is still written, marked partial).
+
+The legs are objects in harness.legs; this module is the CLI around them: the options, the
+typed options built once from them, the driver (with the one availability rule) and the
+report.
 """
 
 from __future__ import annotations
@@ -21,318 +25,42 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from harness import report
+from harness.board.source import BoardSpec
 from harness.console import ResultTable, escape_control, make_console
 from harness.errors import INPUT_ERRORS, HarnessError, exit_code_of
-from harness.footprint import add_budget_options, parse_budget
+from harness.footprint import BOARD_BUDGET, add_budget_options, parse_budget
 from harness.jvm.parity import DEFAULT_LANES, LANES_HELP, parse_lanes
+from harness.legs import (
+    LEGS,
+    BoardOptions,
+    FootprintOptions,
+    GateOptions,
+    JvmOptions,
+    Leg,
+    LegContext,
+    Missing,
+    RunOptions,
+)
 from harness.parity.verdict import Verdict
-from harness.report import Leg, Report, leg_columns, plural, write_report
+from harness.report import Report, leg_columns, write_report
 from harness.reportdir import check_report_dir
-
-
-@dataclass
-class RunContext:
-    """What the legs share: settings from the command line, a scratch dir, progress."""
-
-    args: argparse.Namespace
-    work: Path
-    progress: Progress
-    task: int
-    explicit: set[str] = field(default_factory=set)  # legs the user asked for by name/flag
-
-    def step(self, text: str, total: float | None = None, advance: float | None = None) -> None:
-        """Show what is running now (and move the bar when the step has a size)."""
-        self.progress.update(self.task, description=text, total=total, advance=advance)
-
-
-LegFn = Callable[[RunContext, Leg], None]
-LEGS: dict[str, tuple[str, LegFn]] = {}
-
-
-def leg(name: str, title: str) -> Callable[[LegFn], LegFn]:
-    def deco(fn: LegFn) -> LegFn:
-        LEGS[name] = (title, fn)
-        return fn
-
-    return deco
-
-
-# ---------------------------------------------------------------------------------------
-# legs
-
-
-@leg("oracle", "Oracle vs ggml's C reference (quantize bytes, dequantize bits)")
-def oracle_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.ggml.cref import CRef
-    from harness.selfcheck import check_format, sample_cases
-    from oracle import PACKED_TYPES
-
-    ctx.step("oracle: building/loading ggml's C library")
-    cref = CRef.load()
-    cases = sample_cases(ctx.args.seed)
-    for qt in PACKED_TYPES:
-        ctx.step(f"oracle: {qt} ({len(cases)} cases)")
-        r = check_format(qt, cases, cref)
-        bad = r.quantize_mismatch + r.dequantize_mismatch
-        out.add(f"{qt} quantize+dequantize, {r.cases} cases",
-                "FAIL" if bad else "bit-exact", 0 if not bad else None, r.seconds,
-                f"mismatching cases: {', '.join(bad)}" if bad else
-                f"max |err|/max|x| {r.max_abs_err:.2e}")
-    out.summary = f"{len(PACKED_TYPES)} formats x {len(cases)} cases against ggml's C code"
-
-
-@leg("kernels", "Reference kernels: ggml semantics vs ggml's C dot products; SKaiNET "
-     "semantics vs the exact result and its rigorous bound")
-def kernels_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.golden.compute import variants
-    from harness.parity.local import check_kernels
-    from oracle import PACKED_TYPES
-
-    check = check_kernels(ctx.args.seed, ctx.step)
-    for r in check.rows:
-        out.add(r.case, r.verdict, r.max_ulp, r.seconds, r.detail)
-    rows = [v.id for v in variants() if v.id != "exact"]
-    out.data["ulp_samples"] = check.samples
-    out.data["matrix"] = {"title": "kernels_ref semantics x format (vs exact / vs ggml C)",
-                          "rows": ["ggml.roundf vs C", "skainet_neon.fused vs C", *rows],
-                          "cols": list(PACKED_TYPES),
-                          "cells": check.cells}
-    out.summary = (f"{len(PACKED_TYPES)} formats: ggml semantics against the C library, "
-                   f"{len(rows)} kernel variants against exact and error_bound")
-
-
-@leg("fixtures", "Golden fixtures: generate the small set, verify every stored output")
-def fixtures_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.golden.generate import generate_set
-    from harness.golden.verify import verify_set
-
-    target = ctx.work / "fixtures"
-    ctx.step("fixtures: generating the small set")
-    t0 = time.perf_counter()
-    manifest = generate_set(target, seed=ctx.args.seed, set_name="small",
-                            progress=lambda s: ctx.step(f"fixtures: {s}"))
-    gen_s = time.perf_counter() - t0
-    ctx.step("fixtures: verifying")
-    rep = verify_set(target)
-    by_file: dict[str, list] = {}
-    for r in rep.rows:
-        by_file.setdefault(r.file, []).append(r)
-    for name, rs in sorted(by_file.items()):
-        bad = [r for r in rs if r.status != 0]
-        ulps = [r.max_ulp for r in rs if getattr(r, "max_ulp", None) is not None]
-        refusal = all(r.check == "refusal" for r in rs)  # a recorded OracleError, no outputs
-        out.add(name, "FAIL" if bad else ("pass" if refusal else "bit-exact"),
-                max(ulps) if ulps else None, None,
-                "; ".join(f"{r.check}: {r.detail}" for r in bad[:3]) or
-                ("refused as recorded" if refusal else plural(len(rs), "check")))
-    passed = sum(r.status == 0 for r in rep.rows)
-    out.summary = (f"{len(manifest.get('files', []))} files generated in {gen_s:.1f}s and "
-                   f"verified: {passed}/{len(rep.rows)} checks pass, every stored output "
-                   "recomputed (a scratch set, removed with the run; "
-                   "`skoracle fixtures --out DIR` writes one to keep)")
-
-
-def _tensor_groups(fp, policy: str) -> dict[str, int]:
-    """Resident bytes of a policy summed per tensor group (for the stacked bar chart)."""
-    key = policy.replace("-", "_")
-    groups: dict[str, int] = {}
-    for t in fp.tensors:
-        name = t.name
-        if name.startswith("token_embd"):
-            g = "token_embd"
-        elif name.startswith("output.weight"):
-            g = "output (lm_head)"
-        elif ".attn_" in name and not name.endswith("norm.weight"):
-            g = "attention weights"
-        elif ".ffn_" in name and not name.endswith("norm.weight"):
-            g = "FFN weights"
-        else:
-            g = "norms and other"
-        groups[g] = groups.get(g, 0) + getattr(t, key)
-    return groups
-
-
-@leg("footprint", "FunctionGemma-270M footprint against the memory budget (--budget)")
-def footprint_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.footprint import (
-        BOARD_BUDGET,
-        CLAIMED_POLICY,
-        POLICIES,
-        functiongemma_tensors,
-        human,
-        judge,
-        parse_budget,
-        read_footprint,
-        write_shaped_gguf,
-    )
-
-    model = ctx.args.model
-    if not model:
-        model = ctx.work / "functiongemma-270m-shapes.gguf"
-        ctx.step("footprint: writing a FunctionGemma-shaped GGUF (sparse, tensor table only)")
-        write_shaped_gguf(model, functiongemma_tensors())
-    budget = parse_budget(ctx.args.budget, ctx.args.reserve)
-    out.title = (f"FunctionGemma-270M footprint against the {budget.describe()}"
-                 + (" (the SL2610's RAM)" if ctx.args.budget == BOARD_BUDGET else ""))
-    fp = read_footprint(model)
-    verdict = judge(fp, budget)
-    for pol in POLICIES:
-        fits = verdict.fits[pol]
-        # the claim is that the packed policy fits; dequant-fp32 not fitting is the known
-        # problem of SKaiNET 0.30.0's converter, reported, never a failure of this run
-        row = ("pass" if fits else "FAIL") if pol == CLAIMED_POLICY else \
-            ("pass" if fits else "known-failure")
-        out.add(f"{pol}: weights {human(fp.total(pol))} + transient "
-                f"{human(fp.transient(pol))} = peak {human(fp.peak(pol))}", row,
-                detail=("fits" if fits else "does NOT fit") + f" {budget.describe()}; "
-                f"embedding+output {human(fp.embedding_output(pol))}")
-    out.data["footprint"] = {
-        "budget": budget.available,
-        "groups": {pol: _tensor_groups(fp, pol) for pol in POLICIES},
-        "transient": {pol: fp.transient(pol) for pol in POLICIES},
-    }
-    drop = fp.embedding_output("dequant-fp32") / max(fp.embedding_output("packed"), 1)
-    out.summary = (f"{Path(model).name}: {verdict.summary()}; embedding+output "
-                   f"{human(fp.embedding_output('dequant-fp32'))} -> "
-                   f"{human(fp.embedding_output('packed'))} ({drop:.1f}x smaller) when packed")
-
-
-@leg("gate", "Binary gate: no instruction the Cortex-A55 lacks, expected symbols present")
-def gate_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.board.build import BOARD_MARCH, fixture_program
-    from harness.gate.check import check_artifact
-    from harness.gate.profiles import STATIC_GLIBC_DISPATCHED, profile
-
-    a55 = profile("cortex-a55")
-    for path in ctx.args.klib:
-        ctx.step(f"gate: {path}")
-        r = check_artifact(path, a55, symbols=("skainet_q8_0_matmul",))
-        missing = [s for s, where in r.symbols.items() if where is None]
-        out.add(f"{Path(path).name} (cortex-a55)",
-                "error" if r.error else ("FAIL" if r.findings else "pass"), None, r.seconds,
-                r.error or "; ".join(f.message for f in r.findings[:3]) or
-                f"{r.counts.get('DotProd', 0)} dotprod instructions; symbols "
-                f"{'missing: ' + ', '.join(missing) if missing else 'all defined'}")
-    if not ctx.args.klib:
-        out.add("SKaiNET linuxarm64 klib (sk.ainet.core:skainet-backend-native-cpu)",
-                "unavailable", detail="not served by this machine's Maven Central; pass "
-                "--klib PATH to gate a klib, jar, .a or .kexe")
-    # what the board leg pushes: it must pass before any board cycle
-    for name, march, expect_findings in (("voicecc", BOARD_MARCH, False),
-                                         ("i8mm", "armv8.2-a+i8mm", True)):
-        ctx.step(f"gate: building and scanning fixtures/board/{name}.c (-march={march})")
-        prog = fixture_program(name, march=march)
-        r = check_artifact(prog, a55, allow=STATIC_GLIBC_DISPATCHED)
-        feats = sorted({f for fd in r.findings for f in fd.features})
-        ok = bool(r.findings) == expect_findings and not r.error
-        what = (f"flagged {', '.join(feats)} at "
-                f"{', '.join(sorted({fd.function or '?' for fd in r.findings})[:3])}"
-                if r.findings else "clean")
-        out.add(f"{name} -march={march}{' (negative control)' if expect_findings else ''}",
-                "pass" if ok else "FAIL", None, r.seconds,
-                f"{what}; {r.counts.get('DotProd', 0)} dotprod; static glibc's SVE ifunc "
-                f"variants allowed")
-    out.summary = "cortex-a55 profile (no I8MM/BF16/SVE/SME) on the artifacts of this run"
-
-
-@leg("board", "Board run over SSH (board-in-a-box unless --board/--profile)")
-def board_leg(ctx: RunContext, out: Leg) -> None:
-    import contextlib
-    import hashlib
-
-    from harness.board.build import fixture_program
-    from harness.board.decode import voicecc_decode_parity
-    from harness.board.parity import kernel_parity
-    from harness.board.session import BoardSession
-    from harness.board.source import BoardSpec, open_board
-    from harness.board.target import ILLEGAL_INSTRUCTION
-
-    args = ctx.args
-    spec = BoardSpec(args.board_profile, args.board)
-    real = spec.real
-    with contextlib.ExitStack() as stack:
-        prof = stack.enter_context(open_board(spec, on_start=lambda: ctx.step(
-            "board: starting the board-in-a-box (dropbear + busybox + qemu)")))
-        where = spec.where(prof)
-        ctx.step(f"board: connecting to {where}")
-        t0 = time.perf_counter()
-        board = stack.enter_context(BoardSession(prof))
-        out.add("connect, host key verified", "pass", seconds=time.perf_counter() - t0,
-                detail=where)
-
-        payload = np.random.default_rng(args.seed).integers(0, 256, 1 << 20, np.uint8).tobytes()
-        ctx.step("board: push / run / fetch round trip (1 MiB)")
-        res = board.run(fixture_program("roundtrip"), args=["in.bin", "out.bin"],
-                        inputs={"in.bin": payload}, outputs=["out.bin"], timeout=120)
-        want = bytes(b ^ 0x5A for b in payload)
-        same = res.ok and hashlib.sha256(res.outputs.get("out.bin", b"")).digest() == \
-            hashlib.sha256(want).digest()
-        out.add("push / run / fetch, hashes verified", "pass" if same else "FAIL", None,
-                res.timings.get("total"), res.summary())
-
-        ctx.step("board: a build with i8mm must die with SIGILL on the A55 profile")
-        res = board.run(fixture_program("i8mm", march="armv8.2-a+i8mm"), timeout=120)
-        out.add("i8mm build -> SIGILL (negative control)",
-                "pass" if res.reason == ILLEGAL_INSTRUCTION else "FAIL", None,
-                res.timings.get("total"), res.reason)
-
-        ctx.step("board: decode parity (voicecc-format stand-in fed the reference's ids)")
-        from harness.reference.cli import board_reference_ids
-        ids, ref_note = board_reference_ids(ctx.work)
-        dp, res = voicecc_decode_parity(board, fixture_program("voicecc"), ids, emulated=not real)
-        out.add("decode parity pipeline (voicecc-format stand-in)",
-                "pass" if dp.ids_match and res.ok else "FAIL", None, res.timings.get("total"),
-                dp.report().replace("\n", "; ") + "; " + ref_note)
-        if dp.timing.step_ms:
-            out.data["decode_steps"] = {"step_ms": dp.timing.step_ms,
-                                        "source": dp.timing.step_source,
-                                        "title": "fixtures/board/voicecc.c (stand-in) on "
-                                                 + where}
-
-        if args.kernels_archive:
-            ctx.step("board: kernel parity against the real SKaiNET kernels")
-            kp = kernel_parity(board, Path(args.kernels_archive), seed=args.seed,
-                               progress=lambda s: ctx.step(f"board: {s}"))
-            for case in kp.cases:  # verdicts from the one rule, harness.board.parity
-                o, i, b = case.shape
-                out.add(f"{case.symbol} {case.qtype} {o}x{i} b{b}", case.verdict,
-                        case.max_ulp, None, case.measure())
-            out.add("kernel parity: inventory and rule", "pass" if kp.ok else "FAIL",
-                    detail=" | ".join([kp.summary(), *kp.notes()]))
-        else:
-            out.add("kernel parity vs the real libskainet_kernels.a", "unavailable",
-                    detail="the linuxarm64 klib is not served by this machine's Maven Central; "
-                    "pass --kernels-archive PATH")
-    failed = [r.case for r in out.rows if r.verdict in ("FAIL", "error")]
-    out.summary = (f"{where}: runner, SIGILL mapping and decode parity"
-                   + (f"; {len(failed)} FAILED: {', '.join(failed[:6])}"
-                      + (", ..." if len(failed) > 6 else "") if failed else ""))
-
-
-@leg("jvm", "SKaiNET on the JVM (JPype)")
-def jvm_leg(ctx: RunContext, out: Leg) -> None:
-    from harness.jvm.leg import run_leg
-
-    run_leg(ctx, out)
-
 
 # ---------------------------------------------------------------------------------------
 # driver
 
-DEFAULT_ORDER = ("oracle", "kernels", "fixtures", "footprint", "gate", "board", "jvm")
+DEFAULT_ORDER = tuple(LEGS)
 
 
 def selected_legs(only: str | None) -> list[str]:
-    names = [n for n in DEFAULT_ORDER if n in LEGS]
+    names = list(DEFAULT_ORDER)
     if not only:
         return names
     wanted = [w.strip() for w in only.split(",") if w.strip()]
@@ -362,7 +90,7 @@ def summary_tables(rep: Report) -> list[ResultTable]:
     return tables
 
 
-def name_failures(lg: Leg, limit: int = 3) -> None:
+def name_failures(lg: report.Leg, limit: int = 3) -> None:
     """Make a failing leg's summary name what failed (unless the leg's own summary does,
     i.e. starts with "FAIL"): "FAIL: case: first clause of its detail; ...; summary"."""
     bad = [r for r in lg.rows if r.verdict in ("FAIL", "error")]
@@ -425,19 +153,33 @@ def check_path_options(args: argparse.Namespace) -> None:
             raise HarnessError(f"--classpath: {entry}: no such file or directory")
 
 
-def absolute_paths(args: argparse.Namespace) -> None:
-    """Every path option made absolute against the caller's directory before anything
-    starts (workers and legs may run elsewhere)."""
+def _absolute(value: str | None) -> str | None:
+    """A path option made absolute against the caller's directory (workers and legs may
+    run elsewhere); None and "" as given."""
+    return os.path.abspath(os.path.expanduser(value)) if value else value
+
+
+def build_options(args: argparse.Namespace) -> RunOptions:
+    """The typed options of a run, every input checked before anything starts
+    (HarnessError, exit 2): the legs, --out, the paths, the budget, the lanes."""
     from harness.jvm.discovery import resolve_classpath
 
-    for name in ("out", "model", "kernels_archive", "board_profile"):
-        if getattr(args, name, None):
-            setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
-    args.klib = [os.path.abspath(os.path.expanduser(k)) for k in args.klib]
-    if args.classpath:
-        args.classpath = resolve_classpath(args.classpath)
-    if getattr(args, "jdk", None):
-        args.jdk = os.path.abspath(os.path.expanduser(args.jdk))
+    names = selected_legs(args.only)
+    out_dir = check_report_dir(args.out, args.force)
+    check_path_options(args)
+    budget = parse_budget(args.budget, args.reserve)
+    lanes = parse_lanes(args.lanes)
+    model, archive = _absolute(args.model), _absolute(args.kernels_archive)
+    return RunOptions(
+        seed=args.seed, out=out_dir, legs=tuple(names),
+        named=frozenset(names if args.only else ()), json=args.json,
+        jvm=JvmOptions(classpath=resolve_classpath(args.classpath) if args.classpath else None,
+                       jdk=_absolute(args.jdk), lanes=tuple(lanes)),
+        board=BoardOptions(spec=BoardSpec(_absolute(args.board_profile), args.board),
+                           kernels_archive=Path(archive) if archive else None),
+        gate=GateOptions(klibs=tuple(Path(_absolute(k)) for k in args.klib)),
+        footprint=FootprintOptions(model=Path(model) if model else None, budget=budget,
+                                   board_budget=args.budget == BOARD_BUDGET))
 
 
 def _preload_plotting() -> None:
@@ -467,83 +209,115 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
     console = make_console(stderr=args.json)  # --json: stdout carries the report only
-    names = selected_legs(args.only)
-    explicit = set(names) if args.only else set()
-    if args.classpath:  # asking for SKaiNET on the JVM by flag
-        explicit.add("jvm")
-    out_dir = check_report_dir(args.out, args.force)
-    check_path_options(args)
-    parse_budget(args.budget, args.reserve)
-    parse_lanes(args.lanes)
-    absolute_paths(args)
+    options = build_options(args)
     work = Path(tempfile.mkdtemp(prefix="skoracle-run-"))  # scratch: the system temp dir
     try:
-        return _run_legs(args, stop, console, names, explicit, out_dir, work)
+        return _run_legs(options, stop, console, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_legs(args: argparse.Namespace, stop: _Interrupt, console: Console, names: list[str],
-              explicit: set[str], out_dir: Path, work: Path) -> int:
-    rep = Report(settings={"legs": names, "seed": args.seed, "out": str(out_dir)})
+@dataclass
+class LegOutcome:
+    """A leg's report section, and what the run's exit code needs to know of it."""
+
+    section: report.Leg
+    setup_error: bool = False  # an input or setup error (exit 2)
+    interrupted: bool = False
+
+
+def _mark_unavailable(out: report.Leg, missing: Missing) -> None:
+    out.status = "unavailable"
+    out.summary = missing.reason
+    out.add(missing.case, "unavailable", detail=missing.reason)
+
+
+def drive_leg(leg: Leg, ctx: LegContext, asked: bool,
+              stop: _Interrupt | None = None) -> LegOutcome:
+    """Run one leg into its report section. The one availability rule of `run`: a leg
+    whose input is missing is not run and is `unavailable`; when the user asked for it
+    (`asked`: named in --only, or one of its own flags given) that is a setup error."""
+    stop = stop or _Interrupt()
+    outcome = LegOutcome(report.Leg(leg.name, leg.title))
+    out = outcome.section
+    t0 = time.perf_counter()
+    try:
+        if stop.requested:
+            raise KeyboardInterrupt
+        missing = leg.missing(ctx.options)
+        if missing is not None:
+            _mark_unavailable(out, missing)
+            outcome.setup_error = asked
+        else:
+            stop.in_leg = True
+            try:
+                leg.run(ctx, out)
+            finally:
+                stop.in_leg = False
+    except KeyboardInterrupt:
+        out.status = "interrupted"
+        out.summary = "interrupted by the user"
+        outcome.interrupted = True
+    except INPUT_ERRORS as exc:
+        if out.status != "unavailable":
+            out.status = "error"
+        out.summary = str(exc)
+        outcome.setup_error = exit_code_of(exc) == 2
+    out.elapsed_s = time.perf_counter() - t0
+    out.settle()
+    name_failures(out)
+    return outcome
+
+
+def _run_legs(options: RunOptions, stop: _Interrupt, console: Console, work: Path) -> int:
+    rep = Report(settings={"legs": list(options.legs), "seed": options.seed,
+                           "out": str(options.out)})
     t_start = time.perf_counter()
-    interrupted = False
-    setup_error = False
+    interrupted = setup_error = False
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("starting", total=None)
-        ctx = RunContext(args, work, progress, task, explicit)
-        for name in names:
-            title, fn = LEGS[name]
-            lg = Leg(name, title)
+        ctx = LegContext(options, work, lambda text: progress.update(task, description=text))
+        for name in options.legs:
+            leg = LEGS[name]
+            outcome = drive_leg(leg, ctx, name in options.named or leg.asked_by_flag(options),
+                                stop)
+            lg = outcome.section
             rep.legs.append(lg)
-            t0 = time.perf_counter()
-            try:
-                if stop.requested:
-                    raise KeyboardInterrupt
-                stop.in_leg = True
-                try:
-                    fn(ctx, lg)
-                finally:
-                    stop.in_leg = False
-            except KeyboardInterrupt:
-                lg.status = "interrupted"
-                lg.summary = "interrupted by the user"
-                interrupted = True
-            except INPUT_ERRORS as exc:
-                if lg.status != "unavailable":
-                    lg.status = "error"
-                lg.summary = str(exc)
-                setup_error = setup_error or exit_code_of(exc) == 2
-            lg.elapsed_s = time.perf_counter() - t0
-            lg.settle()
-            name_failures(lg)
+            setup_error = setup_error or outcome.setup_error
             progress.console.print(Text.assemble((name, "bold"), f": {lg.status} "
                                    f"({lg.elapsed_s:.1f}s) {escape_control(lg.summary)}"))
-            if interrupted or stop.requested:
+            if outcome.interrupted or stop.requested:
                 interrupted = True
                 break
     rep.elapsed_s = time.perf_counter() - t_start
-    rep.partial = interrupted or len(rep.legs) < len(names)
+    rep.partial = interrupted or len(rep.legs) < len(options.legs)
+    rep.exit_code = _exit_code(rep, interrupted, setup_error)
+    _write_and_show(rep, console, options)
+    return rep.exit_code
+
+
+def _exit_code(rep: Report, interrupted: bool, setup_error: bool) -> int:
+    """130 interrupted, 2 a setup or input error, 1 a finding, else 0."""
     statuses = {lg.status for lg in rep.legs}
     if interrupted:
-        rep.exit_code = 130
-    elif setup_error or "error" in statuses:
-        rep.exit_code = 2
-    elif "fail" in statuses:
-        rep.exit_code = 1
-    else:
-        rep.exit_code = 0
+        return 130
+    if setup_error or "error" in statuses:
+        return 2
+    return 1 if "fail" in statuses else 0
+
+
+def _write_and_show(rep: Report, console: Console, options: RunOptions) -> None:
+    """The summary tables, the report files and the closing line (and --json's document)."""
     for t in summary_tables(rep):
         t.print(console)
-    path = write_report(rep, out_dir)
+    path = write_report(rep, options.out)
     verdict = {0: "[green]all legs passed[/]", 1: "[red]parity failure or gate finding[/]",
                2: "[red]setup or input error[/]", 130: "[yellow]interrupted: partial report[/]"}
     console.print(f"{verdict[rep.exit_code]} — report: {path}/report.html "
                   f"(+ report.json, report.md), {rep.elapsed_s:.1f}s")
-    if args.json:
+    if options.json:
         print(json.dumps(rep.to_dict(), indent=2))
-    return rep.exit_code
 
 
 EXIT_CODES = """\
@@ -558,7 +332,7 @@ exit codes:
 
 def _legs_epilog() -> str:
     width = max(len(n) for n in DEFAULT_ORDER)
-    rows = [f"  {n:<{width}}  {LEGS[n][0]}" for n in DEFAULT_ORDER if n in LEGS]
+    rows = [f"  {n:<{width}}  {LEGS[n].title}" for n in DEFAULT_ORDER]
     return "legs, in the order they run (--only picks some):\n" + "\n".join(rows) + \
         "\n\n" + EXIT_CODES
 
