@@ -74,12 +74,12 @@ def leg(name: str, title: str) -> Callable[[LegFn], LegFn]:
 def oracle_leg(ctx: RunContext, out: Leg) -> None:
     from harness.ggml.cref import CRef
     from harness.selfcheck import check_format, sample_cases
-    from oracle import PACKED_TYPES
+    from oracle import BLOCK_TYPES
 
     ctx.step("oracle: building/loading ggml's C library")
     cref = CRef.load()
     cases = sample_cases(ctx.args.seed)
-    for qt in PACKED_TYPES:
+    for qt in BLOCK_TYPES:
         ctx.step(f"oracle: {qt} ({len(cases)} cases)")
         r = check_format(qt, cases, cref)
         bad = r.quantize_mismatch + r.dequantize_mismatch
@@ -87,7 +87,7 @@ def oracle_leg(ctx: RunContext, out: Leg) -> None:
                 "FAIL" if bad else "bit-exact", 0 if not bad else None, r.seconds,
                 f"mismatching cases: {', '.join(bad)}" if bad else
                 f"max |err|/max|x| {r.max_abs_err:.2e}")
-    out.summary = f"{len(PACKED_TYPES)} formats x {len(cases)} cases against ggml's C code"
+    out.summary = f"{len(BLOCK_TYPES)} formats x {len(cases)} cases against ggml's C code"
 
 
 @leg("kernels", "Reference kernels: ggml semantics vs ggml's C dot products; SKaiNET "

@@ -11,6 +11,7 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf import quants as gq
 
+from harness.ggml.cref import reference_defined
 from oracle import READ_TYPES, dequantize, qtype, quantize, unpack
 from oracle.cfloat import bf16_to_f32, f32_to_bf16, f32_to_fp16, fp16_to_f32
 from oracle.quants import IQ4_VALUES, IQ4_ZERO_CODE
@@ -53,8 +54,8 @@ HALF_SCALES = {"Q4_1": (0, 2), "Q8_1": (0, 2), "Q2_K": (80, 82), "Q3_K": (108,),
 #: What gguf-py (gguf.quants) implements of them.
 GGUF_DEQUANTIZES = ("Q4_1", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0")
 GGUF_QUANTIZES = ("Q4_1", "TQ1_0", "TQ2_0")
-#: ggml has no dequantize_row_q8_1 (Q8_1 is an activation type): see test_q8_1_dequantize...
-C_DEQUANTIZES = tuple(t for t in READ_TYPES if t != "Q8_1")
+#: ggml has no dequantize_row_q8_1; the binding applies dequantize_row_q8_0 (see below).
+C_DEQUANTIZES = READ_TYPES
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -64,12 +65,6 @@ def _bits(a: np.ndarray) -> np.ndarray:
 def _first_diff(ours: np.ndarray, theirs: np.ndarray, nbytes: int) -> str:
     bad = np.argwhere(ours.reshape(-1, nbytes) != theirs.reshape(-1, nbytes))
     return "equal" if bad.size == 0 else f"first differing (block, byte) {tuple(bad[0])}"
-
-
-def _iq4_nl_zero_blocks(x: np.ndarray) -> np.ndarray:
-    """IQ4_NL blocks with amax < GROUP_MAX_EPS: quantize_row_iq4_nl_ref writes d = 0 and
-    packs codes it never computed (its stack buffer's stale contents)."""
-    return np.abs(x.reshape(-1, 32)).max(axis=1) < np.float32(1e-15)
 
 
 def test_every_read_type_is_covered():
@@ -87,24 +82,26 @@ def test_quantize_equals_c_reference(cref, qt, case):
     x = CASES[case]
     ours, theirs = quantize(qt, x), cref.quantize(qt, x)
     assert ours.shape == theirs.shape == (x.shape[0], qtype(qt).row_bytes(N))
-    nbytes = qtype(qt).nbytes
-    if qt == "IQ4_NL":
-        zero = _iq4_nl_zero_blocks(x)
-        ob, tb = ours.reshape(-1, nbytes), theirs.reshape(-1, nbytes)
-        assert np.array_equal(ob[:, :2], tb[:, :2]), "d differs"
-        assert np.all(ob[zero, :2] == 0) and np.all(ob[zero, 2:] == IQ4_ZERO_CODE * 0x11)
-        ours, theirs = ob[~zero], tb[~zero]
-    assert np.array_equal(ours, theirs), f"{qt}/{case}: {_first_diff(ours, theirs, nbytes)}"
+    defined = reference_defined(qt, x)
+    if qt != "IQ4_NL":
+        assert defined.all()
+    ours, theirs = np.where(defined, ours, 0), np.where(defined, theirs, 0)
+    diff = _first_diff(ours, theirs, qtype(qt).nbytes)
+    assert np.array_equal(ours, theirs), f"{qt}/{case}: {diff}"
 
 
 @pytest.mark.cref
 def test_iq4_nl_zero_blocks_dequantize_to_zero_either_way(cref):
-    """The one place the bytes may differ from ggml's reference: the codes of an all-(near-)
-    zero block, which ggml leaves stale. Its d is 0, so both dequantize to zeros."""
-    x = CASES["zeros"]
-    assert _iq4_nl_zero_blocks(x).all()
-    ours = dequantize("IQ4_NL", quantize("IQ4_NL", x))
-    assert np.all(_bits(ours) == 0)  # level 8 is +1: +0.0 * 1 = +0.0
+    """The one place ggml's reference bytes are undefined: the codes of an IQ4_NL block with
+    amax < 1e-15, which it leaves stale. The oracle writes d = 0 and the code of the level
+    nearest 0 (+1, so every value is +0.0); ggml's d is 0 too, so its values are zeros."""
+    x = np.concatenate([CASES["zeros"], CASES["tiny_subnormal_f32"]])
+    defined = reference_defined("IQ4_NL", x).reshape(-1, 18)
+    assert not defined[:, 2:].any() and defined[:, :2].all()
+    raw = quantize("IQ4_NL", x)
+    assert np.all(raw.reshape(-1, 18)[:, :2] == 0)
+    assert np.all(raw.reshape(-1, 18)[:, 2:] == IQ4_ZERO_CODE * 0x11)
+    assert np.all(_bits(dequantize("IQ4_NL", raw)) == 0)
     assert np.all(cref.dequantize("IQ4_NL", cref.quantize("IQ4_NL", x)) == 0)
 
 
@@ -146,20 +143,19 @@ def test_special_scales_hit_every_class(cref, qt):
     for k, off in enumerate(HALF_SCALES.get(qt, ())):
         specials = np.roll(FP16_SPECIALS, 3 * k).view(np.uint8).reshape(8, 2)
         blocks[:, off : off + 2] = specials.repeat(2, axis=0)
-    if qt == "Q8_1":
-        blocks = np.concatenate([blocks[:, 0:2], blocks[:, 4:]], axis=1)  # see below
-        qt = "Q8_0"
     assert np.array_equal(_bits(dequantize(qt, blocks)), _bits(cref.dequantize(qt, blocks)))
 
 
 @pytest.mark.cref
 def test_q8_1_dequantize_is_ggml_q8_0_rule(cref):
     """ggml has no dequantize_row_q8_1; the oracle's (d * q, s unread) equals ggml's
-    dequantize_row_q8_0 of the same d and codes, on arbitrary bytes."""
+    dequantize_row_q8_0 of the same d and codes, on arbitrary bytes, whatever s holds."""
     raw = random_blocks(np.random.default_rng(9), 36, 8192)
     as_q8_0 = np.concatenate([raw[:, 0:2], raw[:, 4:36]], axis=1)
-    assert np.array_equal(_bits(dequantize("Q8_1", raw)),
-                          _bits(cref.dequantize("Q8_0", as_q8_0)))
+    ours = dequantize("Q8_1", raw)
+    assert np.array_equal(_bits(ours), _bits(cref.dequantize("Q8_0", as_q8_0)))
+    raw[:, 2:4] ^= 0x5A
+    assert np.array_equal(_bits(ours), _bits(cref.dequantize("Q8_1", raw)))
 
 
 @pytest.mark.cref

@@ -298,8 +298,17 @@ class CRef:
         return out.reshape(*lead, out.shape[-1])
 
     def dequantize(self, qtype_name: str, raw: np.ndarray) -> np.ndarray:
-        """uint8 (..., nblocks*bytes) -> float32 (..., nblocks*block) by dequantize_row_<t>."""
+        """uint8 (..., nblocks*bytes) -> float32 (..., nblocks*block) by dequantize_row_<t>.
+
+        ggml has no dequantize_row_q8_1 (Q8_1 is an activation type): its blocks go through
+        dequantize_row_q8_0 with the same d and codes (y = q*d; the s field is not read).
+        """
         q = qtype(qtype_name)
+        if q.name == "Q8_1":
+            blocks = _raw_rows(q, raw)[0].reshape(-1, q.nbytes)
+            as_q8_0 = np.concatenate([blocks[:, 0:2], blocks[:, 4:]], axis=1)
+            lead = np.asarray(raw).shape[:-1]
+            return self.dequantize("Q8_0", as_q8_0.reshape(*lead, -1))
         rows, lead, nblocks = _raw_rows(q, raw)
         n = nblocks * q.block
         out = np.empty((rows.shape[0], n), dtype=np.float32)
@@ -385,6 +394,20 @@ class CRef:
         act = self.from_float(q.name, xa)
         return np.array([self.vec_dot(q.name, w[o], act, n) for o in range(w.shape[0])],
                         dtype=np.float32)
+
+
+def reference_defined(qtype_name: str, x: np.ndarray) -> np.ndarray:
+    """bool, shaped like the packed bytes of `x` (float32 (..., n)): False for the bytes
+    ggml's reference quantizer leaves undefined, which no comparison can hold it to. Only
+    IQ4_NL has any: a block with amax < 1e-15 gets d = 0 and its 16 code bytes are packed
+    from codes quantize_row_iq4_nl_ref never computed (its stack buffer's stale contents)."""
+    q = qtype(qtype_name)
+    rows, lead, n = _float_rows(q, np.asarray(x, dtype=np.float32))
+    defined = np.ones((rows.shape[0] * (n // q.block), q.nbytes), bool)
+    if q.name == "IQ4_NL":
+        zero = np.abs(rows.reshape(-1, q.block)).max(axis=1) < np.float32(1e-15)
+        defined[zero, 2:] = False
+    return defined.reshape(*lead, q.row_bytes(n))
 
 
 @functools.lru_cache(maxsize=1)
