@@ -1,4 +1,5 @@
-"""Quantize, dequantize and unpack, bit-exact with ggml's C reference (ggml-quants.c).
+"""Quantize, dequantize and unpack, bit-exact with ggml's C reference (ggml-quants.c), for
+the formats SKaiNET packs and the ones its GGUF layer only dequantizes.
 
 One small class per format, registered by name. Each works on a whole stack of blocks at
 once: `quantize_blocks` takes float32 (N, block) and returns uint8 (N, nbytes);
@@ -1095,6 +1096,10 @@ class IQ4_NL(BlockFormat):
 
     @classmethod
     def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
+
+    @classmethod
+    def _quantize_run(cls, x):
         d, L, zero = _iq4_group_scales(np.ascontiguousarray(x.T), ntry=-1)
         L = np.where(zero[None, :], IQ4_ZERO_CODE, L).T
         return np.concatenate([_half_bytes(d), _iq4_pack(L)], axis=1)
@@ -1267,12 +1272,13 @@ def _format(name: str) -> type[BlockFormat]:
 
 #: Peak working memory of `quantize` per input element, in multiples of its float32 size,
 #: the output included (bench/bench_quantize_memory.py measures it with tracemalloc: the
-#: 32-element formats run vectorized over every block at once, about 5.6x; the K-quants run
-#: in chunks of QUANT_CHUNK_BLOCKS, under 1x; F16's rounding takes 7.75x).
+#: 32-element formats run vectorized over every block at once, about 5.6x, Q8_K 3.5x and
+#: TQ1_0/TQ2_0 6.5x; the K-quants, IQ4_NL and IQ4_XS run in chunks of QUANT_CHUNK_BLOCKS,
+#: under 1x; F16's rounding takes 7.75x).
 WORK_PER_ELEMENT_F32 = {"F32": 2, "F16": 8, "BF16": 4, "Q4_0": 6, "Q5_0": 6, "Q5_1": 6,
                         "Q8_0": 6, "Q4_K": 1, "Q5_K": 1, "Q6_K": 1,
-                        "Q4_1": 6, "Q8_1": 6, "Q2_K": 1, "Q3_K": 1, "Q8_K": 8, "IQ4_NL": 12,
-                        "IQ4_XS": 1, "TQ1_0": 12, "TQ2_0": 8}
+                        "Q4_1": 6, "Q8_1": 6, "Q2_K": 1, "Q3_K": 1, "Q8_K": 4, "IQ4_NL": 1,
+                        "IQ4_XS": 1, "TQ1_0": 7, "TQ2_0": 7}
 _SMALL_WORK_BYTES = 64 << 20
 
 
@@ -1368,6 +1374,11 @@ def unpack(qtype_name: str, raw: np.ndarray) -> dict[str, np.ndarray]:
     Q8_0: d (..., nb), qs int8 (..., nb, 32). Q4_0 / Q5_0: d, qs int8 = q-8 / q-16.
     Q5_1: d, m, qs uint8 0..31. Q4_K / Q5_K: d, dmin (..., nb), sc, mn uint8 (..., nb, 8),
     qs uint8 (..., nb, 256). Q6_K: d (..., nb), sc int8 (..., nb, 16), qs int8 = q-32.
+    Q4_1: d, m, qs uint8 0..15. Q8_1: d, s, qs int8. Q8_K: d (float32), qs int8,
+    bsums int16 (..., nb, 16). Q2_K: d, dmin, sc, mn uint8 (..., nb, 16), qs uint8 0..3.
+    Q3_K: d, sc int8 = ls-32 (..., nb, 16), qs int8 = q-4. IQ4_NL: d, qs uint8 level index
+    0..15. IQ4_XS: d, sc int8 = ls-32 (..., nb, 8), qs level index. TQ1_0 / TQ2_0: d,
+    qs int8 in {-1, 0, 1}.
     """
     fmt = _format(qtype_name)
     qt = fmt.qt
