@@ -39,12 +39,12 @@ from gguf import GGMLQuantizationType
 
 from harness.errors import HarnessError
 from harness.gguffile import SkainetGGUFWriter, check_gguf
-from oracle.formats import PACKED_TYPES, QTYPES, qtype
+from oracle.formats import FLOAT_TYPES, PACKED_TYPES, qtype
 
 POLICIES = ("dequant-fp32", "packed")
 EMBEDDING = "token_embd.weight"
 OUTPUT = "output.weight"
-PLAIN_FLOATS = tuple(n for n, q in QTYPES.items() if not q.packed)
+PLAIN_FLOATS = FLOAT_TYPES
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 

@@ -1,4 +1,4 @@
-"""Bit-exact NumPy oracle for the GGUF block formats SKaiNET packs, and SKaiNET's block orders.
+"""Bit-exact NumPy oracle for the GGUF block formats SKaiNET reads and packs, and its block orders.
 
     raw = quantize("Q4_K", x)                     # == ggml quantize_row_q4_K_ref, byte for byte
     y   = dequantize("Q4_K", raw)                 # == ggml dequantize_row_q4_K, bit for bit
@@ -6,7 +6,17 @@
     rm  = to_row_major(ibm, "Q8_0", out_dim=o)    # exact inverse
 """
 
-from oracle.formats import PACKED_TYPES, QK_K, QTYPES, OracleError, QType, qtype
+from oracle.formats import (
+    BLOCK_TYPES,
+    FLOAT_TYPES,
+    PACKED_TYPES,
+    QK_K,
+    QTYPES,
+    READ_TYPES,
+    OracleError,
+    QType,
+    qtype,
+)
 from oracle.layout import (
     BLOCK_ORDERS,
     INPUT_BLOCK_MAJOR,
@@ -20,11 +30,14 @@ from oracle.quants import FORMATS, dequantize, quantize, unpack
 
 __all__ = [
     "BLOCK_ORDERS",
+    "BLOCK_TYPES",
+    "FLOAT_TYPES",
     "FORMATS",
     "INPUT_BLOCK_MAJOR",
     "PACKED_TYPES",
     "QK_K",
     "QTYPES",
+    "READ_TYPES",
     "ROW_MAJOR",
     "OracleError",
     "PackedMatrix",

@@ -23,9 +23,14 @@ class QType:
     ggml_type: int  # value of gguf.GGMLQuantizationType / enum ggml_type
     block: int
     nbytes: int
-    packed: bool  # a quantized block format (False: plain float pass-through)
-    kquant: bool = False
+    packed: bool  # SKaiNET's kernels take it packed (False: read by dequantizing, or a float)
+    kquant: bool = False  # a K-quant super-block of QK_K elements
     summary: str = ""
+
+    @property
+    def is_float(self) -> bool:
+        """A plain float type (one element per "block"), not a quantized block format."""
+        return self.block == 1
 
     def blocks_in(self, n: int) -> int:
         """Whole blocks in a row of `n` elements; raises OracleError if `n` is not a multiple."""
@@ -53,11 +58,28 @@ QTYPES: dict[str, QType] = {
         QType("Q4_K", 12, QK_K, 144, True, True, "half d, dmin; u8 scales[12]; u8 qs[128]"),
         QType("Q5_K", 13, QK_K, 176, True, True, "half d, dmin; scales[12]; qh[32]; qs[128]"),
         QType("Q6_K", 14, QK_K, 210, True, True, "u8 ql[128]; u8 qh[64]; i8 scales[16]; half d"),
+        # read by SKaiNET's GGUF layer (dequantized on load), not packed for its kernels
+        QType("Q4_1", 3, 32, 20, False, summary="half d; half m; u8 qs[16]; q*d+m"),
+        QType("Q8_1", 9, 32, 36, False, summary="half d; half s (= d*sum q); i8 qs[32]; q*d"),
+        QType("Q2_K", 10, QK_K, 84, False, True, "u8 scales[16]; u8 qs[64]; half d, dmin"),
+        QType("Q3_K", 11, QK_K, 110, False, True, "u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d"),
+        QType("Q8_K", 15, QK_K, 292, False, True, "float d; i8 qs[256]; i16 bsums[16]"),
+        QType("IQ4_NL", 20, 32, 18, False, summary="half d; u8 qs[16]; d*kvalues_iq4nl[q]"),
+        QType("IQ4_XS", 23, QK_K, 136, False,
+              summary="half d; u16 scales_h; u8 scales_l[4]; u8 qs[128]"),
+        QType("TQ1_0", 34, QK_K, 54, False, summary="u8 qs[48] (5 trits/byte); u8 qh[4]; half d"),
+        QType("TQ2_0", 35, QK_K, 66, False, summary="u8 qs[64] (4 trits/byte); half d"),
     )
 }
 
-#: The block formats SKaiNET packs (the oracle's bit-exact scope).
+#: The block formats SKaiNET packs for its kernels (kernels_ref, relayout, fixtures, footprint).
 PACKED_TYPES: tuple[str, ...] = tuple(n for n, q in QTYPES.items() if q.packed)
+#: The plain float types (F32, F16, BF16).
+FLOAT_TYPES: tuple[str, ...] = tuple(n for n, q in QTYPES.items() if q.is_float)
+#: Every quantized block format the oracle quantizes and dequantizes bit-exactly.
+BLOCK_TYPES: tuple[str, ...] = tuple(n for n, q in QTYPES.items() if not q.is_float)
+#: The block formats SKaiNET's GGUF layer only dequantizes (not packed for its kernels).
+READ_TYPES: tuple[str, ...] = tuple(n for n in BLOCK_TYPES if not QTYPES[n].packed)
 
 
 def qtype(name: str) -> QType:

@@ -1,4 +1,5 @@
-"""Quantize, dequantize and unpack, bit-exact with ggml's C reference (ggml-quants.c).
+"""Quantize, dequantize and unpack, bit-exact with ggml's C reference (ggml-quants.c), for
+the formats SKaiNET packs and the ones its GGUF layer only dequantizes.
 
 One small class per format, registered by name. Each works on a whole stack of blocks at
 once: `quantize_blocks` takes float32 (N, block) and returns uint8 (N, nbytes);
@@ -331,8 +332,9 @@ class Q5_1(BlockFormat):
 # K-quants (256-element super-blocks)
 
 
-def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep):
+def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep, use_mad=False):
     """ggml make_qkx2_quants for every group at once. x, w: float32 (n, G), element-major.
+    `use_mad` weighs |diff| instead of diff*diff (Q2_K passes true).
 
     Returns (L uint8 (n, G), scale (G,), the_min (G,)). Loop order and float32 rounding
     follow the C code step by step: an improving step replaces BOTH scale and min, and the
@@ -357,11 +359,14 @@ def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep):
         return nearest_int_clip_f32(xl, 0, nmax, out=lf, scratch=t)
 
     def weighted_error(scale, lo, lf):
-        """sum of w * (diff*diff) with diff = scale * L[i] + min - x[i]."""
+        """sum of w * (diff*diff), or w * fabsf(diff), with diff = scale * L[i] + min - x[i]."""
         np.multiply(scale, lf, out=t)
         np.add(t, lo, out=t)
         np.subtract(t, x, out=t)
-        np.multiply(t, t, out=t)
+        if use_mad:
+            np.abs(t, out=t)
+        else:
+            np.multiply(t, t, out=t)
         np.multiply(w, t, out=t)
         return seqsum(t)
 
@@ -704,6 +709,560 @@ class Q6_K(BlockFormat):
 
 
 # ---------------------------------------------------------------------------------------
+# Formats SKaiNET's GGUF layer reads (dequantized on load; not packed for its kernels)
+
+
+def _lroundf_plus_one(v: np.ndarray) -> np.ndarray:
+    """`int xi = lroundf(v) + 1;` as x86-64 glibc computes it: ties away from zero; a NaN,
+    Inf or out-of-range v gives LONG_MIN (cvttss2si), and the int keeps the low 32 bits."""
+    v = np.asarray(v, dtype=F32)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(v) & (np.abs(v) < F32(2.0**63))
+        r = np.where(ok, roundf(np.where(ok, v, F32(0))), F32(0)).astype(np.int64)
+    r = np.where(ok, r, np.int64(-(2**63)))
+    return ((r + 1) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64)
+
+
+def cast_i8_of_int(v: np.ndarray) -> np.ndarray:
+    """`(int8_t)int`: the low byte, signed."""
+    return (np.asarray(v, dtype=np.int64) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int32)
+
+
+def _first_absmax(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's `if (ax > amax) { amax = ax; max = x[i]; }` from amax = max = 0 along `axis`:
+    (amax, the first value of that magnitude, or +0.0 when amax is 0)."""
+    a = np.abs(x)
+    amax = a.max(axis=axis)
+    picked = np.take_along_axis(x, np.expand_dims(np.argmax(a, axis=axis), axis), axis=axis)
+    return amax, np.where(amax > 0, picked.squeeze(axis), F32(0)).astype(F32)
+
+
+def _pack_crumbs(L: np.ndarray) -> np.ndarray:
+    """(N, 256) 2-bit codes -> 64 bytes: per 128-chunk c, byte 32c+m holds elements
+    128c + 32k + m in bits 2k (the qs of Q2_K, Q3_K and TQ2_0)."""
+    c = (L.reshape(-1, 2, 4, 32) & 3).astype(np.int32)
+    return (c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)).reshape(
+        -1, 64).astype(np.uint8)
+
+
+def _crumbs(qs: np.ndarray) -> np.ndarray:
+    """Inverse of `_pack_crumbs`: (N, 64) bytes -> uint8 (N, 256) 2-bit codes."""
+    q = qs.reshape(-1, 2, 1, 32)
+    shifts = np.array([0, 2, 4, 6], np.uint8)[None, None, :, None]
+    return ((q >> shifts) & 3).reshape(-1, 256)
+
+
+@register
+class Q4_1(BlockFormat):
+    """half d; half m; u8 qs[16]; value = q*d + m. d = (max-min)/15, m = min,
+    q = MIN(15, (int8)((x-min)/d + 0.5))."""
+
+    name = "Q4_1"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        lo = first_extreme(x, axis=1, largest=False)
+        hi = first_extreme(x, axis=1, largest=True)
+        with np.errstate(all="ignore"):
+            d = (hi - lo) / F32(15)
+            q = np.minimum(15, cast_i8((x - lo[:, None]) * _inverse(d)[:, None] + F32(0.5))) & 0xFF
+        qs = ((q[:, :16] | (q[:, 16:] << 4)) & 0xFF).astype(np.uint8)
+        return np.concatenate([_half_bytes(d), _half_bytes(lo), qs], axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 0), "m": _half(raw, 2),
+                "qs": _codes32(raw, 4, None).astype(np.uint8)}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, d, m):
+            q = np.empty(out.shape, np.uint8)
+            _nibbles_into(raw[:, 4:20], q[:, :16], q[:, 16:])
+            out[...] = q
+            np.multiply(out, d, out=out)  # y = x0*d + m, two roundings
+            np.add(out, m, out=out)
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None], _half(raw, 2)[:, None])
+
+
+@register
+class Q8_1(BlockFormat):
+    """half d; half s; i8 qs[32]; value = q*d. d = amax/127, q = roundf(x/d), s = sum(q)*d.
+    ggml has no dequantize_row_q8_1 (it is an activation type): dequantize applies the Q8_0
+    rule to d and qs, and s is not read."""
+
+    name = "Q8_1"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        d = np.abs(x).max(axis=1) / F32(127)
+        with np.errstate(all="ignore"):
+            q = cast_i8(roundf(x * _inverse(d)[:, None]))
+            s = q.sum(axis=1).astype(F32) * d  # (float)sum * d; |sum| <= 4096 is exact
+        return np.concatenate([_half_bytes(d), _half_bytes(s), q.astype(np.int8).view(np.uint8)],
+                              axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 0), "s": _half(raw, 2), "qs": raw[:, 4:36].view(np.int8)}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, d):
+            out[...] = raw[:, 4:36].view(np.int8)
+            np.multiply(out, d, out=out)
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None])
+
+
+@register
+class Q8_K(BlockFormat):
+    """float d; i8 qs[256]; i16 bsums[16]; value = d*q. iscale = -127/max (max: the first
+    value of largest magnitude), q = MIN(127, nearest_int(iscale*x)), d = 1/iscale.
+    An all-zero block: ggml writes d = 0 and qs = 0 and leaves bsums unwritten; the oracle
+    writes bsums = 0 (what ggml leaves in a zeroed buffer)."""
+
+    name = "Q8_K"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        amax, mx = _first_absmax(x, axis=1)
+        zero = amax == 0
+        with np.errstate(all="ignore"):
+            iscale = F32(-127) / np.where(zero, F32(1), mx)
+            q = cast_i8_of_int(np.minimum(127, nearest_int(iscale[:, None] * x)))
+            d = np.where(zero, F32(0), F32(1) / iscale).astype(F32)
+        q = np.where(zero[:, None], 0, q)
+        bsums = q.reshape(-1, 16, 16).sum(axis=2).astype("<i2")
+        return np.concatenate([d.astype("<f4").view(np.uint8).reshape(-1, 4),
+                               q.astype(np.int8).view(np.uint8),
+                               bsums.view(np.uint8).reshape(-1, 32)], axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": raw[:, 0:4].copy().view("<f4")[:, 0].astype(F32),
+                "qs": raw[:, 4:260].view(np.int8),
+                "bsums": raw[:, 260:292].copy().view("<i2").astype(np.int16)}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, d):
+            out[...] = raw[:, 4:260].view(np.int8)
+            np.multiply(d, out, out=out)  # y = d * qs[j]
+
+        return _dequantize_chunked(raw, 256, kernel, raw[:, 0:4].copy().view("<f4").astype(F32))
+
+
+@register
+class Q2_K(BlockFormat):
+    """u8 scales[16]; u8 qs[64]; half d, dmin; value = d*(sc & 15)*q - dmin*(sc >> 4) per
+    16-group, q 2-bit (four 32-element planes per 128-chunk)."""
+
+    name = "Q2_K"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
+
+    @classmethod
+    def _quantize_run(cls, x):
+        nb = x.shape[0]
+        g = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, G) element-major
+        L, scales, mins = _make_qkx2_quants(g, np.abs(g), 3, -0.5, 0.1, 15, use_mad=True)
+        scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+        max_scale, max_min = _running_max(scales), _running_max(mins)
+        with np.errstate(all="ignore"):
+            has_scale, has_min = max_scale > 0, max_min > 0
+            iscale = F32(15) / np.where(has_scale, max_scale, F32(1))
+            sc = np.where(has_scale[:, None], nearest_int(iscale[:, None] * scales) & 0xFF, 0)
+            imin = F32(15) / np.where(has_min, max_min, F32(1))
+            sc |= np.where(has_min[:, None], (nearest_int(imin[:, None] * mins) << 4) & 0xFF, 0)
+            d_bytes = _half_bytes(np.where(has_scale, max_scale / F32(15), F32(0)))
+            dmin_bytes = _half_bytes(np.where(has_min, max_min / F32(15), F32(0)))
+            d = _half(d_bytes, 0)[:, None] * (sc & 0xF).astype(F32)  # (nb, 16)
+            dm = _half(dmin_bytes, 0)[:, None] * (sc >> 4).astype(F32)
+            xg = x.reshape(nb, 16, 16)
+            requant = nearest_int_clip_f32((xg + dm[..., None]) / d[..., None], 0, 3)
+        L = L.T.reshape(nb, 16, 16)
+        L = np.where((d != 0)[..., None], requant, L).reshape(nb, 256).astype(np.int32)
+        return np.concatenate([sc.astype(np.uint8), _pack_crumbs(L), d_bytes, dmin_bytes], axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        sc = raw[:, 0:16]
+        return {"d": _half(raw, 80), "dmin": _half(raw, 82), "sc": sc & 0xF, "mn": sc >> 4,
+                "qs": _crumbs(raw[:, 16:80])}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, dl, ml):
+            out = out.reshape(-1, 16, 16)
+            out[...] = _crumbs(raw[:, 16:80]).reshape(out.shape)
+            np.multiply(dl, out, out=out)  # y = dl * q - ml, two roundings
+            np.subtract(out, ml, out=out)
+
+        sc = raw[:, 0:16]
+        with np.errstate(all="ignore"):
+            dl = _half(raw, 80)[:, None] * (sc & 0xF).astype(F32)
+            ml = _half(raw, 82)[:, None] * (sc >> 4).astype(F32)
+        return _dequantize_chunked(raw, 256, kernel, dl[..., None], ml[..., None])
+
+
+def _make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml make_q3_quants(n, nmax, x, L, do_rmse=true) for every group at once.
+    x: float32 (n, G) element-major. Returns (L int (n, G) in 0..2*nmax-1, scale (G,)).
+
+    The C loop revisits element after element, accepting a new code when it improves
+    sumlx^2/suml2; each visit is one vector step across all groups. A pass that changes
+    nothing leaves the state as it was, so running the remaining passes (where C breaks)
+    changes nothing either."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    amax, mx = _first_absmax(x, axis=0)
+    zero = amax < GROUP_MAX_EPS
+    with np.errstate(all="ignore"):
+        iscale = F32(-nmax) / np.where(zero, F32(1), mx)
+        L = nearest_int_clip_f32(iscale * x, -nmax, nmax - 1)
+        w = x * x
+        wx = w * x
+        sumlx = seqsum(wx * L)
+        suml2 = seqsum((w * L) * L)
+        for _ in range(5):
+            for i in range(x.shape[0]):
+                slx = sumlx - wx[i] * L[i]
+                sl2 = suml2 - (w[i] * L[i]) * L[i]
+                new_l = nearest_int_clip_f32((x[i] * sl2) / slx, -nmax, nmax - 1)
+                slx_new = slx + wx[i] * new_l
+                sl2_new = sl2 + (w[i] * new_l) * new_l
+                take = ((slx > 0) & (new_l != L[i]) & (sl2_new > 0)
+                        & ((slx_new * slx_new) * suml2 > (sumlx * sumlx) * sl2_new))
+                L[i] = np.where(take, new_l, L[i])
+                sumlx = np.where(take, slx_new, sumlx)
+                suml2 = np.where(take, sl2_new, suml2)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(F32)
+    L = np.where(zero, 0, L.astype(np.int32) + nmax)
+    return L, np.where(zero, F32(0), scale).astype(F32)
+
+
+def _q3_k_scales(sb: np.ndarray) -> np.ndarray:
+    """The 16 six-bit scales (unsigned, 0..63) of Q3_K's 12 packed scale bytes: group j has
+    its low nibble in byte j (j < 8) or the high nibble of byte j-8, its top two bits in
+    byte 8 + j%4 at bit 2*(j/4)."""
+    q = sb.astype(np.int32)
+    low = np.concatenate([q[:, 0:8] & 0xF, q[:, 0:8] >> 4], axis=1)
+    high = np.concatenate([(q[:, 8:12] >> (2 * k)) & 3 for k in range(4)], axis=1)
+    return low | (high << 4)
+
+
+@register
+class Q3_K(BlockFormat):
+    """u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d; value = d*(sc-32)*(q-4) per 16-group,
+    q = 2 low bits from qs (as Q2_K) plus a high bit: element e is bit e/32 of hmask[e%32]."""
+
+    name = "Q3_K"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
+
+    @classmethod
+    def _quantize_run(cls, x):
+        nb = x.shape[0]
+        g = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, G) element-major
+        L, scales = _make_q3_quants(g, 4)
+        scales = scales.reshape(nb, 16)
+        a = np.abs(scales)
+        a = np.where(a > 0, a, F32(0))  # `if (scale > amax)` never takes a NaN
+        pick = np.argmax(a, axis=1)[:, None]
+        max_scale = np.where(a.max(axis=1) > 0, np.take_along_axis(scales, pick, axis=1)[:, 0],
+                             F32(0))
+        has = max_scale != 0
+        with np.errstate(all="ignore"):
+            iscale = F32(-32) / np.where(has, max_scale, F32(1))
+            ls = np.clip(cast_i8_of_int(nearest_int(iscale[:, None] * scales)), -32, 31) + 32
+            ls = np.where(has[:, None], ls, 0)
+            d_bytes = _half_bytes(np.where(has, F32(1) / iscale, F32(0)))
+        packed = np.zeros((nb, 12), np.int32)
+        packed[:, 0:8] = (ls[:, 0:8] & 0xF) | ((ls[:, 8:16] & 0xF) << 4)
+        for k in range(4):
+            packed[:, 8:12] |= (ls[:, 4 * k : 4 * k + 4] >> 4) << (2 * k)
+        packed = np.where(has[:, None], packed, 0).astype(np.uint8)
+        with np.errstate(all="ignore"):
+            d = _half(d_bytes, 0)[:, None] * (_q3_k_scales(packed) - 32).astype(F32)  # (nb, 16)
+            requant = nearest_int_clip_f32(x.reshape(nb, 16, 16) / d[..., None], -4, 3) + 4
+        L = L.T.reshape(nb, 16, 16)
+        L = np.where((d != 0)[..., None], requant, L).reshape(nb, 256).astype(np.int32)
+        high = L > 3
+        hmask = _pack_qh(high.reshape(nb, 8, 32).transpose(0, 2, 1).reshape(nb * 32, 8))
+        return np.concatenate([hmask.reshape(nb, 32), _pack_crumbs(L - 4 * high), packed,
+                               d_bytes], axis=1)
+
+    @classmethod
+    def _codes(cls, raw: np.ndarray) -> np.ndarray:
+        """int8 (N, 256): the signed codes q-4."""
+        hm = np.unpackbits(raw[:, 0:32].reshape(-1, 32, 1), axis=2, bitorder="little")
+        high = hm.transpose(0, 2, 1).reshape(-1, 256)  # element e: bit e//32 of hmask[e%32]
+        return (_crumbs(raw[:, 32:96]).astype(np.int8) - np.int8(4) * (1 - high).astype(np.int8))
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 108), "sc": (_q3_k_scales(raw[:, 96:108]) - 32).astype(np.int8),
+                "qs": cls._codes(raw)}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, dl):
+            out = out.reshape(-1, 16, 16)
+            out[...] = cls._codes(raw).reshape(out.shape)
+            np.multiply(dl, out, out=out)  # y = dl * (q - 4)
+
+        with np.errstate(all="ignore"):
+            dl = _half(raw, 108)[:, None] * (_q3_k_scales(raw[:, 96:108]) - 32).astype(F32)
+        return _dequantize_chunked(raw, 256, kernel, dl[..., None])
+
+
+#: ggml's kvalues_iq4nl: the 16 levels of IQ4_NL and IQ4_XS.
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                      np.int8)
+_IQ4_F32 = IQ4_VALUES.astype(F32)
+#: The code of the level nearest 0 (ggml's best_index_int8 of 0.0).
+IQ4_ZERO_CODE = 8
+
+
+def _best_index_iq4(v: np.ndarray) -> np.ndarray:
+    """ggml best_index_int8(16, kvalues_iq4nl, v) elementwise: the nearer of the two levels
+    around v (the upper one on a tie, as `x - val[mu-1] < val[mu] - x` decides); NaN -> 15."""
+    v = np.asarray(v, dtype=F32)
+    mu = np.clip(np.searchsorted(_IQ4_F32, v, side="right"), 1, 15)
+    with np.errstate(invalid="ignore"):
+        lower = (v - _IQ4_F32[mu - 1]) < (_IQ4_F32[mu] - v)
+        idx = np.where(lower, mu - 1, mu)
+        idx = np.where(v <= _IQ4_F32[0], 0, np.where(v >= _IQ4_F32[15], 15, idx))
+    return np.where(np.isnan(v), 15, idx)
+
+
+def _iq4_sums(x: np.ndarray, w: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sumqx += w*q*x and sumq2 += w*q*q over axis 0 (element-major), q = kvalues[L]."""
+    q = _IQ4_F32[L]
+    wq = w * q
+    return seqsum(wq * x), seqsum(wq * q)
+
+
+def _iq4_group_scales(x: np.ndarray, ntry: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-group search of ggml quantize_row_iq4_nl_impl without importance weights.
+    x: float32 (32, G) element-major. Returns (scale d (G,), first-pass codes L (32, G),
+    zero (G,): groups with amax < GROUP_MAX_EPS, whose d is 0 and whose L ggml leaves
+    unwritten)."""
+    amax, mx = _first_absmax(x, axis=0)
+    zero = amax < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), mx)
+    with np.errstate(all="ignore"):
+        w = x * x
+        d = (-mx if ntry > 0 else mx) / _IQ4_F32[0]
+        L = _best_index_iq4((F32(1) / d) * x)
+        sumqx, sumq2 = _iq4_sums(x, w, L)
+        d = np.where(sumq2 > 0, sumqx / sumq2, F32(0)).astype(F32)
+        best = d * sumqx
+        for itry in range(-ntry, ntry + 1):
+            iscale = F32(itry + int(IQ4_VALUES[0])) / mx
+            sumqx, sumq2 = _iq4_sums(x, w, _best_index_iq4(iscale * x))
+            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            d = np.where(better, sumqx / sumq2, d)
+            best = np.where(better, d * sumqx, best)
+    return np.where(zero, F32(0), d).astype(F32), L, zero
+
+
+def _iq4_pack(L: np.ndarray) -> np.ndarray:
+    """(N, 32*k) codes -> bytes: per 32-group, byte j holds element j (low nibble) and
+    element j+16 (high nibble)."""
+    c = L.reshape(-1, 2, 16).astype(np.int32)
+    return (c[:, 0] | (c[:, 1] << 4)).astype(np.uint8).reshape(L.shape[0], -1)
+
+
+def _iq4_codes(qs: np.ndarray) -> np.ndarray:
+    """Inverse of `_iq4_pack`: bytes (N, 16*k) -> uint8 codes (N, 32*k)."""
+    q = qs.reshape(qs.shape[0], -1, 1, 16)
+    return np.concatenate([q & 0xF, q >> 4], axis=2).reshape(qs.shape[0], -1)
+
+
+@register
+class IQ4_NL(BlockFormat):
+    """half d; u8 qs[16]; value = d * kvalues_iq4nl[q]. quantize_row_iq4_nl_ref (ntry = -1):
+    d = max/-127, codes by nearest level, then d = sum(w*q*x)/sum(w*q*q), w = x*x.
+    A block with amax < 1e-15 gets d = 0 and, where ggml's reference leaves the stale codes
+    of its stack buffer, the code of the level nearest 0 (what ggml's chunk quantizer writes)."""
+
+    name = "IQ4_NL"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
+
+    @classmethod
+    def _quantize_run(cls, x):
+        d, L, zero = _iq4_group_scales(np.ascontiguousarray(x.T), ntry=-1)
+        L = np.where(zero[None, :], IQ4_ZERO_CODE, L).T
+        return np.concatenate([_half_bytes(d), _iq4_pack(L)], axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 0), "qs": _iq4_codes(raw[:, 2:18])}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, d):
+            out[...] = _IQ4_F32[_iq4_codes(raw[:, 2:18])]
+            np.multiply(d, out, out=out)  # y = d * kvalues[q]
+
+        return _dequantize_chunked(raw, 32, kernel, _half(raw, 0)[:, None])
+
+
+def _iq4_xs_scales(raw: np.ndarray) -> np.ndarray:
+    """The eight 6-bit group scales ls (N, 8) of IQ4_XS blocks (value d * (ls - 32))."""
+    sl = raw[:, 4:8].astype(np.int32)
+    low = np.stack([sl & 0xF, sl >> 4], axis=2).reshape(-1, 8)
+    sh = raw[:, 2:4].copy().view("<u2").astype(np.int32)  # (N, 1)
+    return low | (((sh >> (2 * np.arange(8))) & 3) << 4)
+
+
+@register
+class IQ4_XS(BlockFormat):
+    """half d; u16 scales_h; u8 scales_l[4]; u8 qs[128]; value = d*(ls-32)*kvalues[q] per
+    32-group. quantize_row_iq4_xs_ref (ntry = 7, as ggml_quantize_chunk)."""
+
+    name = "IQ4_XS"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        return _quantize_chunked(x, cls.qt.nbytes, cls._quantize_run)
+
+    @classmethod
+    def _quantize_run(cls, x):
+        nb = x.shape[0]
+        scales = _iq4_group_scales(np.ascontiguousarray(x.reshape(nb * 8, 32).T), ntry=7)[0]
+        scales = scales.reshape(nb, 8)
+        a = np.abs(scales)
+        a = np.where(a > 0, a, F32(0))
+        pick = np.argmax(a, axis=1)[:, None]
+        max_scale = np.where(a.max(axis=1) > 0, np.take_along_axis(scales, pick, axis=1)[:, 0],
+                             F32(0))
+        with np.errstate(all="ignore"):
+            d = -max_scale / F32(32)
+            d_bytes = _half_bytes(d)
+            ls = nearest_int_clip_f32(_inverse(d)[:, None] * scales, -32, 31)  # (nb, 8)
+            dl = d[:, None] * ls
+            L = _best_index_iq4(_inverse(dl)[..., None] * x.reshape(nb, 8, 32))
+        ls = ls.astype(np.int32) + 32
+        scales_l = (ls[:, 0::2] & 0xF) | ((ls[:, 1::2] & 0xF) << 4)
+        scales_h = ((ls >> 4) << (2 * np.arange(8))).sum(axis=1).astype("<u2")
+        return np.concatenate([d_bytes, scales_h.view(np.uint8).reshape(nb, 2),
+                               scales_l.astype(np.uint8), _iq4_pack(L.reshape(nb, 256))], axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 0), "sc": (_iq4_xs_scales(raw) - 32).astype(np.int8),
+                "qs": _iq4_codes(raw[:, 8:136])}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, dl):
+            out = out.reshape(-1, 8, 32)
+            out[...] = _IQ4_F32[_iq4_codes(raw[:, 8:136])].reshape(out.shape)
+            np.multiply(dl, out, out=out)  # y = dl * kvalues[q]
+
+        with np.errstate(all="ignore"):
+            dl = _half(raw, 0)[:, None] * (_iq4_xs_scales(raw) - 32).astype(F32)
+        return _dequantize_chunked(raw, 256, kernel, dl[..., None])
+
+
+def _ternary_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TQ1_0/TQ2_0: d = amax of the block and its inverse `d ? 1/d : 0`, as float32."""
+    d = np.abs(x).max(axis=1).astype(F32)
+    return d, _inverse(d)
+
+
+#: Element order of TQ1_0's 48 + 4 base-3 bytes: TQ1_0_TRITS[b, n] is the element whose trit
+#: is the n-th most significant digit of byte b (bytes 0..31: 32n + b; 32..47: 160 + 16n +
+#: b-32; the qh bytes 48..51: 240 + 4n + b-48, whose fifth digit is always 0).
+TQ1_0_TRITS = np.array(
+    [[32 * n + m for n in range(5)] for m in range(32)]
+    + [[160 + 16 * n + m for n in range(5)] for m in range(16)]
+    + [[240 + 4 * n + j for n in range(4)] + [-1] for j in range(4)])
+_POW3 = np.array([1, 3, 9, 27, 81], np.int32)
+
+
+@register
+class TQ1_0(BlockFormat):
+    """u8 qs[48]; u8 qh[4]; half d; value = (t-1)*d, t in {0,1,2}: five base-3 digits per byte
+    (four in qh), most significant first, the byte scaled by 256/243 rounding up; digit n is
+    ((b * 3^n mod 256) * 3) >> 8. quantize: d = amax, t = lroundf(x/d) + 1."""
+
+    name = "TQ1_0"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        d, inv = _ternary_scale(x)
+        with np.errstate(all="ignore"):
+            t = _lroundf_plus_one(x * inv[:, None])  # (N, 256)
+        idx = np.where(TQ1_0_TRITS < 0, 0, TQ1_0_TRITS)
+        digits = np.where(TQ1_0_TRITS < 0, 0, t[:, idx])  # (N, 52, 5), qh's last digit 0
+        q = np.zeros(digits.shape[:2], np.int64)
+        for n in range(5):  # uint8 q: q = q*3 + xi (the qh bytes: q *= 3 at the end)
+            q = (q * 3 + digits[:, :, n]) & 0xFF
+        q = ((q * 256 + 242) // 243) & 0xFF
+        return np.concatenate([q.astype(np.uint8), _half_bytes(d)], axis=1)
+
+    @classmethod
+    def _trits(cls, raw: np.ndarray) -> np.ndarray:
+        """int8 (N, 256): the ternary codes t-1 in element order."""
+        b = raw[:, 0:52].astype(np.int32)[:, :, None]
+        digits = ((((b * _POW3) & 0xFF) * 3) >> 8) - 1  # (N, 52, 5)
+        out = np.empty((raw.shape[0], 256), np.int8)
+        keep = TQ1_0_TRITS >= 0
+        out[:, TQ1_0_TRITS[keep]] = digits[:, keep]
+        return out
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 52), "qs": cls._trits(raw)}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, d):
+            out[...] = cls._trits(raw)
+            np.multiply(out, d, out=out)  # y = (float)(xi - 1) * d
+
+        return _dequantize_chunked(raw, 256, kernel, _half(raw, 52)[:, None])
+
+
+@register
+class TQ2_0(BlockFormat):
+    """u8 qs[64]; half d; value = (t-1)*d with t the 2-bit code: per 128-chunk c, byte 32c+m
+    holds elements 128c + 32l + m in bits 2l. quantize: d = amax, t = (lroundf(x/d)+1) & 3."""
+
+    name = "TQ2_0"
+
+    @classmethod
+    def quantize_blocks(cls, x):
+        d, inv = _ternary_scale(x)
+        with np.errstate(all="ignore"):
+            t = _lroundf_plus_one(x * inv[:, None]) & 3
+        return np.concatenate([_pack_crumbs(t), _half_bytes(d)], axis=1)
+
+    @classmethod
+    def unpack_blocks(cls, raw):
+        return {"d": _half(raw, 64), "qs": _crumbs(raw[:, 0:64]).astype(np.int8) - np.int8(1)}
+
+    @classmethod
+    def dequantize_blocks(cls, raw):
+        def kernel(raw, out, d):
+            out[...] = _crumbs(raw[:, 0:64]).astype(np.int8) - np.int8(1)
+            np.multiply(out, d, out=out)  # y = (float)(q - 1) * d
+
+        return _dequantize_chunked(raw, 256, kernel, _half(raw, 64)[:, None])
+
+
+# ---------------------------------------------------------------------------------------
 # public entry points
 
 
@@ -713,10 +1272,13 @@ def _format(name: str) -> type[BlockFormat]:
 
 #: Peak working memory of `quantize` per input element, in multiples of its float32 size,
 #: the output included (bench/bench_quantize_memory.py measures it with tracemalloc: the
-#: 32-element formats run vectorized over every block at once, about 5.6x; the K-quants run
-#: in chunks of QUANT_CHUNK_BLOCKS, under 1x; F16's rounding takes 7.75x).
+#: 32-element formats run vectorized over every block at once, about 5.6x, Q8_K 3.5x and
+#: TQ1_0/TQ2_0 6.5x; the K-quants, IQ4_NL and IQ4_XS run in chunks of QUANT_CHUNK_BLOCKS,
+#: under 1x; F16's rounding takes 7.75x).
 WORK_PER_ELEMENT_F32 = {"F32": 2, "F16": 8, "BF16": 4, "Q4_0": 6, "Q5_0": 6, "Q5_1": 6,
-                        "Q8_0": 6, "Q4_K": 1, "Q5_K": 1, "Q6_K": 1}
+                        "Q8_0": 6, "Q4_K": 1, "Q5_K": 1, "Q6_K": 1,
+                        "Q4_1": 6, "Q8_1": 6, "Q2_K": 1, "Q3_K": 1, "Q8_K": 4, "IQ4_NL": 1,
+                        "IQ4_XS": 1, "TQ1_0": 7, "TQ2_0": 7}
 _SMALL_WORK_BYTES = 64 << 20
 
 
@@ -812,6 +1374,11 @@ def unpack(qtype_name: str, raw: np.ndarray) -> dict[str, np.ndarray]:
     Q8_0: d (..., nb), qs int8 (..., nb, 32). Q4_0 / Q5_0: d, qs int8 = q-8 / q-16.
     Q5_1: d, m, qs uint8 0..31. Q4_K / Q5_K: d, dmin (..., nb), sc, mn uint8 (..., nb, 8),
     qs uint8 (..., nb, 256). Q6_K: d (..., nb), sc int8 (..., nb, 16), qs int8 = q-32.
+    Q4_1: d, m, qs uint8 0..15. Q8_1: d, s, qs int8. Q8_K: d (float32), qs int8,
+    bsums int16 (..., nb, 16). Q2_K: d, dmin, sc, mn uint8 (..., nb, 16), qs uint8 0..3.
+    Q3_K: d, sc int8 = ls-32 (..., nb, 16), qs int8 = q-4. IQ4_NL: d, qs uint8 level index
+    0..15. IQ4_XS: d, sc int8 = ls-32 (..., nb, 8), qs level index. TQ1_0 / TQ2_0: d,
+    qs int8 in {-1, 0, 1}.
     """
     fmt = _format(qtype_name)
     qt = fmt.qt

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from oracle.formats import QK_K
+from oracle.quants import IQ4_VALUES
 
 F32 = np.float32
 
@@ -60,7 +61,30 @@ def adversarial_rows(rng: np.random.Generator, n: int = 2 * QK_K) -> dict[str, n
         "steps": np.stack([np.linspace(-1, 1, n, dtype=F32), np.linspace(0, 5, n, dtype=F32)]),
         "positive_only": np.abs(rng.standard_normal((2, n))).astype(F32) + F32(1.0),
     }
+    cases.update(_read_format_ties(rng, n))
     return {k: np.ascontiguousarray(v, dtype=F32) for k, v in cases.items()}
+
+
+def _read_format_ties(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Rows on the rounding edges of the formats SKaiNET only reads: Q8_K with iscale = 1
+    (every code a nearest_int tie), IQ4 with d = 1 and values on the midpoints between
+    levels, Q4_1 with d = 1 (x/d + .5 integral), TQ1_0/TQ2_0 with x/d = +-.5 (lroundf ties
+    away from zero), and exactly ternary rows."""
+    half = np.arange(-126, 127, dtype=F32) + F32(0.5)
+    q8k = np.concatenate([[-127.0], rng.choice(half, QK_K - 1)])
+    levels = IQ4_VALUES.astype(F32)
+    mid = (levels[:-1] + levels[1:]) / F32(2)
+    iq4 = np.concatenate([[-127.0], np.resize(mid, 31)])
+    q41 = np.concatenate([[0.0, 15.0], np.arange(30) % 15 + 0.5])
+    tern = np.concatenate([[2.0], rng.choice([-2.0, -1.0, 0.0, 1.0, 2.0], QK_K - 1)])
+    exact = [rng.integers(-1, 2, QK_K) * s for s in (0.7, 3e-5)]
+    return {
+        "ties_q8_k": np.stack([_tiled(q8k, n), -_tiled(q8k, n)]),
+        "ties_iq4": np.stack([_tiled(iq4, n), -_tiled(iq4, n)]),
+        "ties_q4_1": np.stack([_tiled(q41, n), _tiled(q41, n) - F32(7.25)]),
+        "ties_ternary": np.stack([_tiled(tern, n), -_tiled(tern, n)]),
+        "ternary_exact": np.stack([_tiled(e, n) for e in exact]),
+    }
 
 
 def random_blocks(rng: np.random.Generator, nbytes: int, count: int) -> np.ndarray:

@@ -7,7 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracle import PACKED_TYPES, QTYPES, OracleError, dequantize, qtype, quantize, unpack
+from oracle import (
+    FLOAT_TYPES,
+    PACKED_TYPES,
+    QTYPES,
+    READ_TYPES,
+    OracleError,
+    dequantize,
+    qtype,
+    quantize,
+    unpack,
+)
 
 FORMATS = st.sampled_from(PACKED_TYPES)
 
@@ -63,7 +73,7 @@ def test_non_finite_input_is_refused(qt, bad, pos):
         quantize(qt, x)
 
 
-@pytest.mark.parametrize("name", ["Q4_1", "IQ2_XS", "q9_9", ""])
+@pytest.mark.parametrize("name", ["Q4_2", "IQ2_XS", "q9_9", ""])
 def test_unknown_type(name):
     with pytest.raises(OracleError, match="unknown type"):
         quantize(name, np.zeros(32, np.float32))
@@ -72,6 +82,9 @@ def test_unknown_type(name):
 
 def test_type_names_are_case_insensitive_and_table_is_complete():
     assert set(PACKED_TYPES) == {"Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"}
+    assert set(READ_TYPES) == {"Q4_1", "Q8_1", "Q2_K", "Q3_K", "Q8_K", "IQ4_NL", "IQ4_XS",
+                               "TQ1_0", "TQ2_0"}
+    assert set(QTYPES) == set(PACKED_TYPES) | set(READ_TYPES) | set(FLOAT_TYPES)
     assert qtype("q8_0") is QTYPES["Q8_0"]
     x = np.ones(32, np.float32)
     assert np.array_equal(quantize("q8_0", x), quantize("Q8_0", x))

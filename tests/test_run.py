@@ -21,6 +21,7 @@ from proctree import SimsStartedBy, cmdline
 
 from harness.cli import main
 from harness.report import SCHEMA
+from oracle import BLOCK_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "build" / "test-artifacts"
@@ -44,7 +45,7 @@ def test_report_files_and_schema(report_dir: Path) -> None:
         for row in leg["rows"]:
             assert set(row) == {"case", "verdict", "max_ulp", "seconds", "detail"}
     assert all(r["verdict"] == "bit-exact" for r in legs["oracle"]["rows"])
-    assert len(legs["oracle"]["rows"]) == 7
+    assert [r["case"].split()[0] for r in legs["oracle"]["rows"]] == list(BLOCK_TYPES)
     fp = {r["case"].split(":")[0]: r for r in legs["footprint"]["rows"]}
     assert "does NOT fit" in fp["dequant-fp32"]["detail"] and "fits" in fp["packed"]["detail"]
     assert fp["dequant-fp32"]["verdict"] == "known-failure"  # never a green "pass"

@@ -102,8 +102,9 @@ def test_selfcheck_json() -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["ok"] is True and doc["exit_code"] == 0
-    assert [f["format"] for f in doc["formats"]] == ["Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q4_K",
-                                                     "Q5_K", "Q6_K"]
+    assert [f["format"] for f in doc["formats"]] == [
+        "Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_1", "Q8_1", "Q2_K", "Q3_K",
+        "Q8_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
     assert all(f["cases"] == doc["cases_per_format"] and not f["quantize_mismatch"]
                for f in doc["formats"])
 

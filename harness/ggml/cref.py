@@ -84,16 +84,10 @@ add_subdirectory(ggml)
 BUILD_TARGETS: tuple[str, ...] = ("ggml-base", "ggml-cpu")
 LIBRARIES: tuple[str, ...] = ("libggml-base.so", "libggml-cpu.so")
 
-#: Activation types the CPU path quantizes inputs to. They are not weight formats, so they
-#: are not in oracle.formats.QTYPES; their geometry (ggml-common.h) is kept here.
-#: Q8_1: half d, half s (= d * sum of codes), i8 qs[32].  Q8_K: float d, i8 qs[256], i16 bsums[16].
-ACTIVATION_TYPES: dict[str, QType] = {
-    q.name: q
-    for q in (
-        QType("Q8_1", 9, 32, 36, True, summary="half d; half s; i8 qs[32] (activation type)"),
-        QType("Q8_K", 15, 256, 292, True, True, "float d; i8 qs[256]; i16 bsums[16]"),
-    )
-}
+#: The types the CPU path quantizes activations to: each is its own vec_dot type.
+ACTIVATION_TYPES: dict[str, QType] = {n: QTYPES[n] for n in ("Q8_1", "Q8_K")}
+#: Types ggml_quantize_chunk has no case for (it aborts the process on them).
+NO_QUANTIZE_CHUNK: frozenset[str] = frozenset(ACTIVATION_TYPES)
 
 _VECTOR_INSN = re.compile(r"%[yz]mm\d|%k[0-7]\b")
 
@@ -198,16 +192,7 @@ class _TypeTraitsCpu(ctypes.Structure):
     ]
 
 
-def _lookup(name: str) -> QType:
-    """A weight type of oracle.formats or one of the activation types (Q8_1, Q8_K)."""
-    key = str(name).upper()
-    if key in ACTIVATION_TYPES:
-        return ACTIVATION_TYPES[key]
-    return qtype(key)
-
-
-_BY_GGML_TYPE: dict[int, QType] = {q.ggml_type: q for q in (*QTYPES.values(),
-                                                            *ACTIVATION_TYPES.values())}
+_BY_GGML_TYPE: dict[int, QType] = {q.ggml_type: q for q in QTYPES.values()}
 
 _PTR = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -275,10 +260,12 @@ class CRef:
         The no-imatrix reference path. F32 is copied, F16 goes through
         ggml_fp32_to_fp16_row, BF16 through ggml_fp32_to_bf16_row_ref. Non-finite inputs are
         passed to C unchanged (this is the reference; the oracle is what rejects them).
+        The output starts zeroed: quantize_row_q8_K_ref leaves an all-zero block's bsums
+        unwritten.
         """
-        q = _lookup(qtype_name)
+        q = qtype(qtype_name)
         rows, lead, n = _float_rows(q, x)
-        out = np.empty((rows.shape[0], q.row_bytes(n)), dtype=np.uint8)
+        out = np.zeros((rows.shape[0], q.row_bytes(n)), dtype=np.uint8)
         if q.name == "F32":
             out[...] = rows.view(np.uint8)
         elif q.name in ("F16", "BF16"):
@@ -297,6 +284,9 @@ class CRef:
     def quantize_chunk(self, qtype_name: str, x: np.ndarray) -> np.ndarray:
         """float32 (..., n) -> uint8 via ggml_quantize_chunk(imatrix=NULL), all rows at once."""
         q = qtype(qtype_name)
+        if q.name in NO_QUANTIZE_CHUNK:
+            raise OracleError(f"{q.name}: ggml_quantize_chunk has no case for this type "
+                              "(use quantize, its quantize_row_*_ref)")
         rows, lead, n = _float_rows(q, x)
         out = np.empty((rows.shape[0], q.row_bytes(n)), dtype=np.uint8)
         if rows.shape[0]:
@@ -308,8 +298,17 @@ class CRef:
         return out.reshape(*lead, out.shape[-1])
 
     def dequantize(self, qtype_name: str, raw: np.ndarray) -> np.ndarray:
-        """uint8 (..., nblocks*bytes) -> float32 (..., nblocks*block) by dequantize_row_<t>."""
-        q = _lookup(qtype_name)
+        """uint8 (..., nblocks*bytes) -> float32 (..., nblocks*block) by dequantize_row_<t>.
+
+        ggml has no dequantize_row_q8_1 (Q8_1 is an activation type): its blocks go through
+        dequantize_row_q8_0 with the same d and codes (y = q*d; the s field is not read).
+        """
+        q = qtype(qtype_name)
+        if q.name == "Q8_1":
+            blocks = _raw_rows(q, raw)[0].reshape(-1, q.nbytes)
+            as_q8_0 = np.concatenate([blocks[:, 0:2], blocks[:, 4:]], axis=1)
+            lead = np.asarray(raw).shape[:-1]
+            return self.dequantize("Q8_0", as_q8_0.reshape(*lead, -1))
         rows, lead, nblocks = _raw_rows(q, raw)
         n = nblocks * q.block
         out = np.empty((rows.shape[0], n), dtype=np.float32)
@@ -334,7 +333,7 @@ class CRef:
 
     def vec_dot_type(self, qtype_name: str) -> str:
         """The type the CPU backend quantizes activations to for weights of this type."""
-        q = _lookup(qtype_name)
+        q = qtype(qtype_name)
         if q.name in ACTIVATION_TYPES:
             return q.name
         t = self._traits(q).vec_dot_type
@@ -344,7 +343,7 @@ class CRef:
 
     def from_float(self, qtype_name: str, x: np.ndarray) -> np.ndarray:
         """float32 (..., n) -> uint8 raw of vec_dot_type(qtype): the CPU activation quantizer."""
-        act = _lookup(self.vec_dot_type(qtype_name))
+        act = qtype(self.vec_dot_type(qtype_name))
         rows, lead, n = _float_rows(act, x)
         out = np.empty((rows.shape[0], act.row_bytes(n)), dtype=np.uint8)
         if act.name == "F32":
@@ -365,8 +364,8 @@ class CRef:
 
         `act_row` is the raw activation row in vec_dot_type(qtype), e.g. from from_float.
         """
-        q = _lookup(qtype_name)
-        act = _lookup(self.vec_dot_type(q.name))
+        q = qtype(qtype_name)
+        act = qtype(self.vec_dot_type(q.name))
         traits = self._traits(q)
         if not traits.vec_dot:
             raise HarnessError(f"ggml-cpu has no vec_dot for {q.name}")
@@ -384,7 +383,7 @@ class CRef:
 
         w_raw: uint8 (out, row bytes) in GGUF row order; x: float32 (n,) -> float32 (out,).
         """
-        q = _lookup(qtype_name)
+        q = qtype(qtype_name)
         w = np.asarray(w_raw)
         if w.ndim != 2:
             raise OracleError(f"{q.name}: weight must be 2-D (out, row bytes), got shape {w.shape}")
@@ -395,6 +394,20 @@ class CRef:
         act = self.from_float(q.name, xa)
         return np.array([self.vec_dot(q.name, w[o], act, n) for o in range(w.shape[0])],
                         dtype=np.float32)
+
+
+def reference_defined(qtype_name: str, x: np.ndarray) -> np.ndarray:
+    """bool, shaped like the packed bytes of `x` (float32 (..., n)): False for the bytes
+    ggml's reference quantizer leaves undefined, which no comparison can hold it to. Only
+    IQ4_NL has any: a block with amax < 1e-15 gets d = 0 and its 16 code bytes are packed
+    from codes quantize_row_iq4_nl_ref never computed (its stack buffer's stale contents)."""
+    q = qtype(qtype_name)
+    rows, lead, n = _float_rows(q, np.asarray(x, dtype=np.float32))
+    defined = np.ones((rows.shape[0] * (n // q.block), q.nbytes), bool)
+    if q.name == "IQ4_NL":
+        zero = np.abs(rows.reshape(-1, q.block)).max(axis=1) < np.float32(1e-15)
+        defined[zero, 2:] = False
+    return defined.reshape(*lead, q.row_bytes(n))
 
 
 @functools.lru_cache(maxsize=1)
