@@ -332,6 +332,23 @@ class Q5_1(BlockFormat):
 # K-quants (256-element super-blocks)
 
 
+def _weighted_fit(x, w, lf, sum_w, sum_x, wl, t):
+    """One step's weighted least-squares (scale, min) for codes `lf`, as make_qkx2_quants
+    computes it (min clamped to <= 0, then the scale refit through 0); `wl`, `t` scratch.
+    Returns (D, scale, min) per group."""
+    np.multiply(w, lf, out=wl)
+    sum_l = seqsum(wl)
+    sum_l2 = seqsum(np.multiply(wl, lf, out=t))
+    sum_xl = seqsum(np.multiply(wl, x, out=t))
+    D = sum_w * sum_l2 - sum_l * sum_l
+    this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+    this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+    pos = this_min > 0
+    this_min = np.where(pos, F32(0), this_min)
+    this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+    return D, this_scale, this_min
+
+
 def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep, use_mad=False):
     """ggml make_qkx2_quants for every group at once. x, w: float32 (n, G), element-major.
     `use_mad` weighs |diff| instead of diff*diff (Q2_K passes true).
@@ -380,16 +397,7 @@ def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep, use_mad=False):
         for step in range(nstep + 1):
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + nm) / np.where(flat, F32(1), hi - lo)
             codes(iscale, lo)
-            np.multiply(w, lf, out=wl)
-            sum_l = seqsum(wl)
-            sum_l2 = seqsum(np.multiply(wl, lf, out=t))
-            sum_xl = seqsum(np.multiply(wl, x, out=t))
-            D = sum_w * sum_l2 - sum_l * sum_l
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            pos = this_min > 0
-            this_min = np.where(pos, F32(0), this_min)
-            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            D, this_scale, this_min = _weighted_fit(x, w, lf, sum_w, sum_x, wl, t)
             cur_error = weighted_error(this_scale, this_min, lf)
             better = (D > 0) & (cur_error < best_error) & ~flat
             best_iscale = np.where(better, iscale, best_iscale)
