@@ -1,0 +1,106 @@
+"""Kernel parity spread over several boards (every free board of a labgrid pool).
+
+The cases and their inputs are drawn in one order from the seed (`plan_cases`), exactly as
+a one-board run draws them; each board takes the next case when it is done with its last
+(one thread per board, each with its own SSH session and runner), and the merged result
+lists the cases in that order, each naming the board that ran it. Judging is the one judge
+of harness.board.parity, whichever board ran the case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from harness.board.parity import (
+    DEFAULT_SHAPES,
+    FIXTURE_ARCHIVE_NAME,
+    KernelCase,
+    KernelParity,
+    build_kernel_driver,
+    plan_cases,
+    run_case,
+)
+from harness.board.profile import BoardProfile
+from harness.board.session import BoardSession
+from harness.parity.runner import BoardRunner
+
+
+def board_label(session: BoardSession) -> str:
+    """The board's name in a case row: its place or profile name, else user@host:port."""
+    return session.profile.label
+
+
+@contextlib.contextmanager
+def board_sessions(profiles: Sequence[BoardProfile], trust_new: bool = False,
+                   log: Callable[[str], None] | None = None) -> Iterator[list[BoardSession]]:
+    """A connected session on each board for the block."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(BoardSession(p, trust_new=trust_new, log=log))
+               for p in profiles]
+
+
+def kernel_parity_spread(
+    sessions: Sequence[BoardSession],
+    archive: Path,
+    formats: Sequence[str] | None = None,
+    shapes: Sequence[tuple[int, int, int]] = DEFAULT_SHAPES,
+    seed: int = 0,
+    timeout: float = 300.0,
+    progress: Callable[[str], None] | None = None,
+    fixture: bool | None = None,
+) -> KernelParity:
+    """`harness.board.parity.kernel_parity` over every session at once; with more than one,
+    each case names its board and the result the boards (`KernelParity.boards`)."""
+    driver, inv = build_kernel_driver(archive, formats=formats)
+    if fixture is None:
+        fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
+    result = KernelParity(inv, fixture=fixture)
+    labels = [board_label(s) for s in sessions]
+    if len(sessions) > 1:
+        result.boards = labels
+    plan = enumerate(plan_cases(inv, shapes, seed, result.skipped))
+    done: dict[int, KernelCase] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(session: BoardSession, label: str) -> None:
+        runner = BoardRunner(session, driver, timeout)
+        while not errors:
+            with lock:
+                nxt = next(plan, None)
+            if nxt is None:
+                return
+            index, planned = nxt
+            try:
+                case = run_case(runner, planned)
+            except BaseException as exc:  # the board failed: the others stop, it is raised
+                errors.append(exc)
+                return
+            if len(sessions) > 1:
+                case.board = label
+            with lock:
+                done[index] = case
+                if progress:
+                    progress(case.row())
+
+    if len(sessions) == 1:
+        work(sessions[0], labels[0])
+    else:
+        threads = [threading.Thread(target=work, args=(s, label), name=f"board {label}",
+                                    daemon=True) for s, label in zip(sessions, labels,
+                                                                     strict=True)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as exc:  # Ctrl-C: each board stops after its current case
+            errors.append(exc)
+            raise
+    if errors:
+        raise errors[0]
+    result.cases = [done[i] for i in sorted(done)]
+    return result
