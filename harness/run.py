@@ -251,17 +251,19 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
 
     from harness.board.build import fixture_program
     from harness.board.decode import voicecc_decode_parity
-    from harness.board.parity import kernel_parity
     from harness.board.session import BoardSession
-    from harness.board.source import BoardSpec, open_board
+    from harness.board.source import BoardSpec, lab_from_args, open_boards
+    from harness.board.spread import board_sessions, kernel_parity_spread
     from harness.board.target import ILLEGAL_INSTRUCTION
 
     args = ctx.args
-    spec = BoardSpec(args.board_profile, args.board)
+    spec = BoardSpec(args.board_profile, args.board, lab=lab_from_args(args))
     real = spec.real
     with contextlib.ExitStack() as stack:
-        prof = stack.enter_context(open_board(spec, on_start=lambda: ctx.step(
-            "board: starting the board-in-a-box (dropbear + busybox + qemu)")))
+        profs = stack.enter_context(open_boards(spec, on_start=lambda: ctx.step(
+            "board: starting the board-in-a-box (dropbear + busybox + qemu)"),
+            log=lambda m: ctx.step(f"board: {m}")))
+        prof = profs[0]  # the runner checks run here; kernel parity on every board
         where = spec.where(prof)
         ctx.step(f"board: connecting to {where}")
         t0 = time.perf_counter()
@@ -300,12 +302,14 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
 
         if args.kernels_archive:
             ctx.step("board: kernel parity against the real SKaiNET kernels")
-            kp = kernel_parity(board, Path(args.kernels_archive), seed=args.seed,
-                               progress=lambda s: ctx.step(f"board: {s}"))
+            more = stack.enter_context(board_sessions(profs[1:]))
+            kp = kernel_parity_spread([board, *more], Path(args.kernels_archive),
+                                      seed=args.seed, progress=lambda s: ctx.step(f"board: {s}"))
             for case in kp.cases:  # verdicts from the one rule, harness.board.parity
                 o, i, b = case.shape
                 out.add(f"{case.symbol} {case.qtype} {o}x{i} b{b}", case.verdict,
-                        case.max_ulp, None, case.measure())
+                        case.max_ulp, None, case.measure()
+                        + (f"; on {case.board}" if case.board else ""))
             out.add("kernel parity: inventory and rule", "pass" if kp.ok else "FAIL",
                     detail=" | ".join([kp.summary(), *kp.notes()]))
         else:
@@ -473,6 +477,9 @@ def _run(args: argparse.Namespace, stop: _Interrupt) -> int:
         explicit.add("jvm")
     out_dir = check_report_dir(args.out, args.force)
     check_path_options(args)
+    from harness.board.source import BoardSpec, lab_from_args
+
+    BoardSpec(args.board_profile, args.board, lab=lab_from_args(args))  # bad --lg-*: exit 2
     parse_budget(args.budget, args.reserve)
     parse_lanes(args.lanes)
     absolute_paths(args)
@@ -584,6 +591,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", "--board-profile", dest="board_profile", metavar="FILE.toml",
                    help="TOML board profile of a real board; keys in `skoracle board --help` "
                         "(default: board-in-a-box)")
+    from harness.board.source import add_lab_options
+
+    add_lab_options(p)
     p.add_argument("--kernels-archive", metavar="libskainet_kernels.a",
                    help="aarch64 archive for the board leg's kernel parity (default: none, "
                         "reported unavailable)")

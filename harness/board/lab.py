@@ -201,6 +201,7 @@ class Lease:
         self.req, self.count, self.wait, self.log = req, count, wait, log
         self.places: list[LabPlace] = []
         self.waited = False
+        self._released = False
         self._err = tempfile.TemporaryFile()
         argv, env = _client_argv("lease", req.coordinator, req.filter, str(count),
                                  "1" if wait else "0")
@@ -244,7 +245,10 @@ class Lease:
                            + (error or f"the labgrid client ended: {self._stderr_tail()}"))
 
     def release(self) -> None:
-        """Close the pipe; the client releases, cancels and exits (waited for)."""
+        """Close the pipe; the client releases, cancels and exits (waited for). Once."""
+        if self._released:
+            return
+        self._released = True
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
