@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from childsignals import default_sigint
+from proctree import with_sim_id
 
 from harness.board.lab import LabRequest, Lease, free_places, lab_request, release_hint
 from harness.board.source import BoardSpec
 from harness.errors import HarnessError
-from tests.childsignals import default_sigint
 
 pytestmark = pytest.mark.board
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,8 @@ def test_pool_spreads_kernel_parity_over_both_boards_with_the_verdicts_of_one_bo
     def strip(cases: list[dict]) -> list[dict]:
         return [{k: v for k, v in c.items() if k != "board"} for c in cases]
 
-    assert strip(s["cases"]) == strip(o["cases"])  # same cases, same inputs, same verdicts, in the same order
+    # same cases, same inputs, same verdicts, in the same order
+    assert strip(s["cases"]) == strip(o["cases"])
     assert all(c["verdict"] == "bit-exact" for c in s["cases"])
 
 
@@ -270,3 +272,82 @@ def test_board_cli_refuses_bad_labgrid_options_with_exit_2_and_one_line():
     res = skoracle("board", "check", "--lg-coordinator", "127.0.0.1:1", "--lg-place", "p1")
     assert res.returncode == 2 and "cannot connect" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_queued_cancels_the_reservation_at_once(farm):
+    holder = Lease(place(farm, "skoracle-farm-1"))
+    holder.acquire()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "board", "check", "--lg-coordinator",
+             farm.coordinator, "--lg-place", "skoracle-farm-1", "--profile",
+             str(farm.profile_path)], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+        try:
+            line = proc.stderr.readline()
+            assert "board: labgrid: waiting for labgrid place skoracle-farm-1" in line, line
+            assert reservations(farm).count("Reservation '") == 2
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
+        finally:
+            proc.kill()
+            proc.wait()
+        assert reservations(farm).count("Reservation '") == 1  # only the holder's is left
+    finally:
+        holder.release()
+
+
+# -- farm-sim ---------------------------------------------------------------------------------
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_farm_sim_cli_stop_ends_exactly_what_start_started_even_after_a_kill_9(tmp_path):
+    d = tmp_path / "farm"
+    up = skoracle("farm-sim", "start", "--boards", "1", "--dir", str(d), "--json")
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)
+    assert state["places"] == ["skoracle-farm-1"] and state["pool"] == "pool=skoracle_farm"
+    assert skoracle("farm-sim", "status", "--dir", str(d)).returncode == 0
+    again = skoracle("farm-sim", "start", "--dir", str(d))
+    assert again.returncode == 2 and "already holds a running farm" in again.stderr
+    check = skoracle("board", "check", "--lg-coordinator", state["coordinator"],
+                     "--lg-place", "skoracle-farm-1", "--profile", state["profile"])
+    assert check.returncode == 0, check.stderr
+    pids = [p["pid"] for p in state["processes"]] + [state["supervisor"]["pid"]]
+    sim_id = state["sims"][0]["id"]
+    assert all(alive(p) for p in pids) and with_sim_id(sim_id)
+    os.kill(state["supervisor"]["pid"], signal.SIGKILL)  # the supervisor dies unannounced
+    down = skoracle("farm-sim", "status", "--dir", str(d))
+    assert down.returncode == 1 and "DOWN" in down.stdout
+    stop = skoracle("farm-sim", "stop", "--dir", str(d))
+    assert stop.returncode == 0, stop.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (any(map(alive, pids)) or with_sim_id(sim_id)):
+        time.sleep(0.1)
+    assert not any(map(alive, pids)) and not with_sim_id(sim_id)
+    assert not d.exists()
+    gone = skoracle("farm-sim", "stop", "--dir", str(d))
+    assert gone.returncode == 2 and "no farm in" in gone.stderr
+
+
+def test_farm_sim_stop_never_kills_a_process_it_did_not_start(tmp_path):
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        d = tmp_path / "farm"
+        d.mkdir()
+        (d / "state.json").write_text(json.dumps({  # the pid is right, the start time not
+            "coordinator": "127.0.0.1:1", "places": [], "pool": "pool=x", "dir": str(d / "f"),
+            "supervisor": {"pid": stranger.pid, "start_time": 1},
+            "processes": [{"what": "coordinator", "pid": stranger.pid, "start_time": 1}],
+            "sims": []}))
+        stop = skoracle("farm-sim", "stop", "--dir", str(d))
+        assert stop.returncode == 0, stop.stderr
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

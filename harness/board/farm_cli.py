@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if sup.alive():
         sup.end(grace=30.0)  # it stops its farm on SIGTERM
     stop_from_state(state)  # what a supervisor killed -9 left behind (nothing otherwise)
+    if state.get("own_dir") and state.get("dir"):
+        shutil.rmtree(state["dir"], ignore_errors=True)
     left = [f"{p['what']} pid {p['pid']}" for p in state.get("processes", [])
             if FarmProcess(p["what"], int(p["pid"]), p.get("start_time")).alive()]
     if sup.alive():
