@@ -144,6 +144,27 @@ def test_pool_spreads_kernel_parity_over_both_boards_with_the_verdicts_of_one_bo
     assert all(c["verdict"] == "bit-exact" for c in s["cases"])
 
 
+def test_run_spreads_its_board_legs_kernel_parity_over_the_pool_in_one_report(farm,
+                                                                              tmp_path):
+    from harness.board.build import fixture_kernel_archive
+
+    res = skoracle("run", "--only", "board", "--out", str(tmp_path / "rep"),
+                   "--kernels-archive", str(fixture_kernel_archive()),
+                   "--lg-coordinator", farm.coordinator, "--lg-pool", farm.pool,
+                   "--profile", str(farm.profile_path))
+    assert res.returncode == 1, res.stderr  # the fixture's one deliberately wrong kernel
+    leg = json.loads((tmp_path / "rep" / "report.json").read_text())["legs"][0]
+    cases = [r for r in leg["rows"] if r["case"].startswith("skainet_")]
+    assert len(cases) == 47
+    on = {r["detail"].rsplit("; on ", 1)[1] for r in cases}
+    assert on == set(farm.places)  # each case names its board; both boards ran cases
+    failed = {r["case"].split()[0] for r in cases if r["verdict"] == "FAIL"}
+    assert failed == {"skainet_q5_0_matmul_rm"}
+    assert "labgrid place skoracle-farm-" in leg["rows"][0]["detail"]
+    inventory = next(r for r in leg["rows"] if r["case"].startswith("kernel parity"))
+    assert "spread over 2 boards" in inventory["detail"]
+
+
 # -- a client that dies leaves nothing held ------------------------------------------------
 
 HOLDER = textwrap.dedent("""
