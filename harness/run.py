@@ -262,7 +262,7 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
     with contextlib.ExitStack() as stack:
         profs = stack.enter_context(open_boards(spec, on_start=lambda: ctx.step(
             "board: starting the board-in-a-box (dropbear + busybox + qemu)"),
-            log=lambda m: ctx.step(f"board: {m}")))
+            log=lambda m: ctx.step(f"board: {m}"), spread=bool(args.kernels_archive)))
         prof = profs[0]  # the runner checks run here; kernel parity on every board
         where = spec.where(prof)
         ctx.step(f"board: connecting to {where}")

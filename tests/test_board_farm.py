@@ -222,38 +222,43 @@ def test_kill_9_of_the_labgrid_client_itself_is_freed_by_the_documented_command(
 # -- the pytest plugin ------------------------------------------------------------------
 
 PLUGIN_TEST = textwrap.dedent("""
-    import os
+    import os, time
 
     def test_on_a_farm_board(board):
-        res = board.exec_ok("echo ok", "probe")
-        out = os.environ.get("PLACES_SEEN")
+        board.exec_ok("true", "probe")
+        out = os.environ["PLACES_SEEN"]
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         with open(os.path.join(out, os.environ.get("PYTEST_XDIST_WORKER", "main")), "w") as f:
             f.write(board.profile.name)
+        deadline = time.monotonic() + 120  # every worker holds its place at the same time
+        while len(os.listdir(out)) < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(os.listdir(out)) >= workers
 
     def test_second(board):
-        test_on_a_farm_board(board)
+        assert board.exec_ok("echo ok", "probe").strip() == b"ok"
 """)
 
 
 def test_pytest_plugin_takes_a_place_per_xdist_worker_and_refuses_more_workers_than_places(
         farm, tmp_path):
     (tmp_path / "test_farm_user.py").write_text(PLUGIN_TEST)
-    seen = tmp_path / "seen"
-    seen.mkdir()
-    env = dict(ENV, PLACES_SEEN=str(seen))
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             "--lg-coordinator", farm.coordinator, "--board-profile", str(farm.profile_path),
             str(tmp_path / "test_farm_user.py")]
-    one = subprocess.run([*base, "--lg-place", "skoracle-farm-2"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, timeout=300)
+
+    def pytest(seen: Path, *args: str) -> subprocess.CompletedProcess:
+        seen.mkdir()
+        return subprocess.run([*base, *args], capture_output=True, text=True, cwd=tmp_path,
+                              env=dict(ENV, PLACES_SEEN=str(seen)), timeout=300)
+
+    one = pytest(tmp_path / "one", "--lg-place", "skoracle-farm-2")
     assert one.returncode == 0, one.stdout + one.stderr
-    assert (seen / "main").read_text() == "skoracle-farm-2"
-    two = subprocess.run([*base, "--lg-pool", farm.pool, "-n", "2", "--dist", "each"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert (tmp_path / "one" / "main").read_text() == "skoracle-farm-2"
+    two = pytest(tmp_path / "two", "--lg-pool", farm.pool, "-n", "2", "--dist", "each")
     assert two.returncode == 0, two.stdout + two.stderr
-    assert sorted((seen / w).read_text() for w in ("gw0", "gw1")) == farm.places
-    three = subprocess.run([*base, "--lg-pool", farm.pool, "-n", "3"], capture_output=True,
-                           text=True, env=env, cwd=tmp_path, timeout=300)
+    assert sorted((tmp_path / "two" / w).read_text() for w in ("gw0", "gw1")) == farm.places
+    three = pytest(tmp_path / "three", "--lg-pool", farm.pool, "-n", "3")
     assert three.returncode == 4
     assert "2 of 2 places free, but -n 3 starts 3 workers" in three.stderr
     assert "Use -n 2 or fewer" in three.stderr
@@ -372,3 +377,12 @@ def test_farm_sim_stop_never_kills_a_process_it_did_not_start(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_sigterm_to_the_labgrid_client_itself_releases_its_place(farm):
+    lease = Lease(place(farm, "skoracle-farm-1"))
+    lease.acquire()
+    os.kill(lease.proc.pid, signal.SIGTERM)
+    assert lease.proc.wait(30) == 0
+    assert wait_all_free(farm, limit=10)["free"] == 2
+    lease.release()

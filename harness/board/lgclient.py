@@ -8,8 +8,8 @@ self.clients`), and a lease must be given back even when its client dies. The ha
 never writes, so end-of-file on stdin means "give everything back", whether the harness
 closed it on purpose, was interrupted (Ctrl-C, SIGTERM) or was killed (kill -9 included).
 This process is in a session of its own (a Ctrl-C at the terminal does not reach it) and
-ignores SIGINT/SIGTERM while it holds something: it releases its places and cancels its
-reservations first, then exits. Only a kill -9 of this process itself leaves a place
+ignores SIGINT; a SIGTERM sent to it counts as end-of-file: it releases its places and
+cancels its reservations, then exits. Only a kill -9 of this process itself leaves a place
 acquired; `harness.board.lab.release_hint` says how to free it.
 
 Actions (one JSON document per line on stdout; labgrid's own prints go to stderr):
@@ -46,6 +46,8 @@ from labgrid.remote.generated import labgrid_coordinator_pb2 as pb2
 
 #: How often a waiting reservation is polled (it expires after 60 s unpolled).
 POLL_SECONDS = 0.5
+#: Set by a SIGTERM that came before the lease's own handler was in place.
+EARLY_SIGTERM: list[bool] = []
 
 
 class LeaseError(Exception):
@@ -234,6 +236,10 @@ async def _lease(client: Client, fltr: dict[str, str], count: int, wait: bool,
 
 def cmd_lease(client: Client, fltr: dict[str, str], count: int, wait: bool) -> int:
     gone = _stdin_closed(client.loop)
+    client.loop.add_signal_handler(
+        signal.SIGTERM, lambda: gone.done() or gone.set_result(None))
+    if EARLY_SIGTERM and not gone.done():
+        gone.set_result(None)
     try:
         held = client.run(_lease(client, fltr, count, wait, gone))
         if held:
@@ -281,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     action, coordinator, rest = argv[0], argv[1], argv[2:]
     if action == "lease":
-        # Ctrl-C at the terminal is the harness's; it closes our stdin. SIGTERM to us alone
-        # (a stop of the whole tree) still releases first.
+        # Ctrl-C at the terminal is the harness's; it closes our stdin. A SIGTERM before
+        # the lease's own handler is in place is remembered: the lease then ends at once.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: EARLY_SIGTERM.append(True))
     try:
         client = Client(coordinator)
         if action == "lease":

@@ -57,10 +57,12 @@ class BoardSpec:
 
 @contextmanager
 def open_boards(spec: BoardSpec, on_start: Callable[[], None] | None = None,
-                log: Callable[[str], None] | None = None) -> Iterator[list[BoardProfile]]:
-    """Every board `spec` names for the block: with a labgrid pool, each place of it that is
-    free (at least one, queued for when none is); else the one board of `open_board`."""
-    if spec.lab and spec.lab.pool:
+                log: Callable[[str], None] | None = None,
+                spread: bool = True) -> Iterator[list[BoardProfile]]:
+    """Every board `spec` names for the block: with a labgrid pool (and `spread`), each
+    place of it that is free (at least one, queued for when none is); else the one board of
+    `open_board`."""
+    if spec.lab and spec.lab.pool and spread:
         with lease(spec.lab, count=0, log=log) as places:
             yield [p.profile(spec.profile_file, spec.overrides) for p in places]
         return
