@@ -73,10 +73,9 @@ def _lab(config: pytest.Config):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """With --lg-* under pytest-xdist (on the controller, before any worker starts): each
-    worker holds a place of its own for the session, so a worker beyond the free places
-    would wait for ever behind its siblings; stop at once, saying how many are free."""
-    from harness.board.lab import free_places
+    """With --lg-* under pytest-xdist, on the controller before any worker starts: more
+    workers than free places is a usage error (harness.board.lab.too_many_workers)."""
+    from harness.board.lab import too_many_workers
     from harness.errors import HarnessError
 
     config = session.config
@@ -86,17 +85,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if lab is None or workers < 2 or hasattr(config, "workerinput"):
         return
     try:
-        free = free_places(lab)
+        problem = too_many_workers(lab, workers)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if workers > free["free"]:
-        busy = "; ".join(f"{p} {h}" for p, h in free["holders"].items())
-        raise pytest.UsageError(
-            f"{lab.describe()}: {free['free']} of {free['total']} places free"
-            + (f" ({busy})" if busy else "") + f", but -n {workers} starts {workers} "
-            "workers, each holding a place of its own for the session: a worker without one "
-            f"would wait for ever. Use -n {max(free['free'], 1)} or fewer"
-            + (", or --lg-pool for several boards" if lab.place else "") + ".")
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 def pytest_configure(config: pytest.Config) -> None:

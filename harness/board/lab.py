@@ -173,6 +173,21 @@ def free_places(req: LabRequest) -> dict:
                         what=req.describe())[0]
 
 
+def too_many_workers(req: LabRequest, workers: int) -> str | None:
+    """Why `workers` parallel test workers (pytest-xdist) cannot each hold a place of `req`
+    for their session, or None when they can: a worker beyond the free places would wait
+    for ever behind its siblings, so the run must not start."""
+    free = free_places(req)
+    if workers <= free["free"]:
+        return None
+    busy = "; ".join(f"{p} {h}" for p, h in free["holders"].items())
+    return (f"{req.describe()}: {free['free']} of {free['total']} places free"
+            + (f" ({busy})" if busy else "") + f", but -n {workers} starts {workers} "
+            "workers, each holding a place of its own for the session: a worker without one "
+            f"would wait for ever. Use -n {max(free['free'], 1)} or fewer"
+            + (", or --lg-pool for several boards" if req.place else "") + ".")
+
+
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
     """While a place is held, SIGTERM (where nothing else handles it) exits through the
