@@ -13,6 +13,12 @@
     skoracle board kernel-parity --kernels-archive libskainet_kernels.a
                               (no --board/--profile: on the board-in-a-box)
     skoracle board kernel-parity --fixture   (the project's own test archive)
+    skoracle board kernel-parity --fixture --lg-coordinator HOST:PORT --lg-pool pool=sl2610
+                              --profile sl2610.toml   (every free board of a labgrid pool)
+
+Any action takes a board from a labgrid farm with --lg-coordinator and --lg-place NAME or
+--lg-pool TAG=VALUE (reserved, queued behind other users, released at the end; see the
+README's "Board farm").
 
 Exit codes: 0 ok; 1 the program failed / parity differs; 2 usage, input or connection error.
 """
