@@ -141,6 +141,11 @@ class LabPlace:
 # ------------------------------------------------------------------------- client process
 
 def _client_argv(action: str, coordinator: str, *rest: str) -> tuple[list[str], dict]:
+    import importlib.util
+
+    if importlib.util.find_spec("labgrid") is None:
+        raise HarnessError("labgrid is not installed: pip install labgrid==26.0.1 "
+                           "(scripts/setup.sh installs it)")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH"))
                                         if p)
@@ -163,7 +168,8 @@ def run_lgclient(args: list[str], timeout: float, what: str) -> list[dict]:
         if doc.get("event") == "error":
             raise HarnessError(f"{what}: {doc['message']}")
     if proc.returncode != 0 or not docs:
-        raise HarnessError(f"{what}: the labgrid client failed: {proc.stderr[-500:].strip()}")
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise HarnessError(f"{what}: the labgrid client failed: {last[-300:]}")
     return docs
 
 
@@ -231,8 +237,10 @@ class Lease:
                 yield json.loads(line)
 
     def _stderr_tail(self) -> str:
+        """The client's last line on stderr (the error of a traceback)."""
         self._err.seek(0)
-        return self._err.read().decode(errors="replace")[-500:].strip()
+        lines = self._err.read().decode(errors="replace").strip().splitlines()
+        return lines[-1][-300:] if lines else f"exit status {self.proc.poll()}"
 
     def acquire(self) -> list[LabPlace]:
         """Wait until the client holds its places (queued behind other users)."""
