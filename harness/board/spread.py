@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness.board.parity import (
@@ -36,10 +37,19 @@ def board_label(session: BoardSession) -> str:
 @contextlib.contextmanager
 def board_sessions(profiles: Sequence[BoardProfile], trust_new: bool = False,
                    log: Callable[[str], None] | None = None) -> Iterator[list[BoardSession]]:
-    """A connected session on each board for the block."""
+    """A connected session on each board for the block (connected at once, in parallel)."""
+    sessions = [BoardSession(p, trust_new=trust_new, log=log) for p in profiles]
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(BoardSession(p, trust_new=trust_new, log=log))
-               for p in profiles]
+        for s in sessions:
+            stack.callback(s.close)
+        if len(sessions) > 1:
+            with ThreadPoolExecutor(len(sessions)) as pool:
+                for fut in [pool.submit(s.connect) for s in sessions]:
+                    fut.result()  # the first failure is raised, every session closed
+        else:
+            for s in sessions:
+                s.connect()
+        yield sessions
 
 
 def kernel_parity_spread(
