@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from childsignals import default_sigint
-from proctree import with_sim_id
+from proctree import mentioning, with_sim_id
 
 from harness.board.lab import LabRequest, Lease, free_places, lab_request, release_hint
 from harness.board.source import BoardSpec
@@ -386,3 +386,18 @@ def test_sigterm_to_the_labgrid_client_itself_releases_its_place(farm):
     assert lease.proc.wait(30) == 0
     assert wait_all_free(farm, limit=10)["free"] == 2
     lease.release()
+
+
+def test_ctrl_c_during_farm_sim_start_leaves_no_farm_running(tmp_path):
+    d = tmp_path / "farm"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "farm-sim", "start", "--dir",
+                             str(d)], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 30
+    while not (d / "farm").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the supervisor has begun building the farm
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert not (d / "state.json").exists() and not (d / "farm").exists()
+    assert not mentioning(str(d))  # no coordinator, exporter or board of it runs

@@ -74,15 +74,19 @@ def cmd_start(args: argparse.Namespace) -> int:
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT * 2
-    while not (d / "state.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-            why = (d / "failed.txt").read_text() if (d / "failed.txt").exists() else \
-                (d / "farm.log").read_text(errors="replace")[-600:].strip()
-            raise HarnessError(f"farm-sim: the farm did not start: {why}")
-        time.sleep(0.05)
+    try:
+        while not (d / "state.json").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = (d / "failed.txt").read_text() if (d / "failed.txt").exists() else \
+                    ((d / "farm.log").read_text(errors="replace").strip().splitlines()
+                     or ["no output"])[-1]
+                raise HarnessError(f"farm-sim: the farm did not start: {why}")
+            time.sleep(0.05)
+    except BaseException:  # not up (or Ctrl-C): the supervisor stops what it started
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(START_TIMEOUT)
+        raise
     seconds = time.perf_counter() - t0
     st = _state(d)
     use = (f"--lg-coordinator {st['coordinator']} --lg-pool {st['pool']} "
