@@ -276,16 +276,14 @@ class Lease:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         try:
-            for _ in self._events():
-                pass
-            self.proc.wait(RELEASE_TIMEOUT)
+            self.proc.wait(RELEASE_TIMEOUT)  # its last line or two fit in the pipe
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            if self.log:
-                for p in self.places:
-                    self.log(f"labgrid: place {p.name} may still be acquired; free it with: "
-                             + release_hint(self.req.coordinator, p.name))
+            say = self.log or (lambda m: print(m, file=sys.stderr, flush=True))
+            for p in self.places:
+                say(f"labgrid: place {p.name} may still be acquired; free it with: "
+                    + release_hint(self.req.coordinator, p.name))
         finally:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
