@@ -290,7 +290,9 @@ def board_leg(ctx: RunContext, out: Leg) -> None:
         ctx.step("board: decode parity (voicecc-format stand-in fed the reference's ids)")
         from harness.reference.cli import board_reference_ids
         ids, ref_note = board_reference_ids(ctx.work)
-        dp, res = voicecc_decode_parity(board, fixture_program("voicecc"), ids, emulated=not real)
+        from harness.board.facts import emulated_arch  # a farm's board may be qemu too
+        dp, res = voicecc_decode_parity(board, fixture_program("voicecc"), ids,
+                                        emulated=not real or emulated_arch(prof) is not None)
         out.add("decode parity pipeline (voicecc-format stand-in)",
                 "pass" if dp.ids_match and res.ok else "FAIL", None, res.timings.get("total"),
                 dp.report().replace("\n", "; ") + "; " + ref_note)
