@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.gate.stale",
     "harness.board.cli",
     "harness.board.sim_cli",
+    "harness.board.farm_cli",
     "harness.footprint",
     "harness.reference.cli",
     "harness.jvm.cli",

@@ -3,8 +3,14 @@
 Any project's tests can use them once skainet-oracle is installed:
 - `cref`: ggml's C reference library (built on first use, cached);
 - `board`: a connected `BoardSession` — the real board given by `--board user@host[:port]`
-  or `--board-profile FILE.toml`, else a board-in-a-box started for the session and
-  stopped at its end;
+  or `--board-profile FILE.toml`, or a place of a labgrid board farm (`--lg-coordinator
+  HOST:PORT` with `--lg-place NAME` or `--lg-pool TAG=VALUE`: reserved, queued behind other
+  users, acquired for the session and released at its end; under pytest-xdist each worker
+  takes a place of its own, and a run with more workers than free places stops at once),
+  else a board-in-a-box started for the session and stopped at its end;
+- `board_farm_sim`: a labgrid farm of two boards-in-a-box on this machine
+  (`harness.board.farm.FarmSim`: coordinator on 127.0.0.1, exporter, places tagged
+  pool=skoracle_farm), for the session;
 - marker `board`: tests that need a board target (select with `-m board`);
 - `skainet_jvm`: a JVM worker handle (`harness.jvm.worker.Worker`, pinned JIT, the found
   JDK) on the SKaiNET build given by `--skainet-classpath`, with `.kernels` (discovered),
@@ -20,7 +26,8 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager
+                     ) -> None:
     group = parser.getgroup("skainet", "skainet-oracle targets")
     group.addoption("--board", default=None, metavar="USER@HOST[:PORT]",
                     help="run board tests on this real board instead of the board-in-a-box")
@@ -28,6 +35,61 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="board profile (host key pin, identity, exec prefix, limits)")
     group.addoption("--skainet-classpath", default=None, metavar="CP",
                     help="a SKaiNET build (jars/class dirs, ':'-separated) for jvm tests")
+    add_lab_options(group, pluginmanager)
+
+
+def add_lab_options(group: pytest.OptionGroup,
+                    pluginmanager: pytest.PytestPluginManager) -> None:
+    """--lg-place, --lg-pool: the `board` fixture from a labgrid farm. --lg-coordinator is
+    labgrid's own pytest plugin's option (installed with labgrid); it is added here only
+    where that plugin is not loaded (-p no:labgrid)."""
+    import importlib.util
+
+    if pluginmanager.is_blocked("labgrid") or \
+            importlib.util.find_spec("labgrid.pytestplugin") is None:
+        group.addoption("--lg-coordinator", default=None, metavar="HOST:PORT",
+                        dest="lg_coordinator",
+                        help="labgrid coordinator of a board farm (default: $LG_COORDINATOR)")
+    group.addoption("--lg-place", default=None, metavar="NAME",
+                    help="board tests on this labgrid place (exact name), reserved and "
+                         "acquired for the session")
+    group.addoption("--lg-pool", default=None, metavar="TAG=VALUE",
+                    help="board tests on a free labgrid place tagged TAG=VALUE (each xdist "
+                         "worker its own)")
+
+
+def _lab(config: pytest.Config):
+    """The labgrid request of the --lg-* options (None without them); a bad value is a
+    usage error."""
+    from harness.board.source import lab_request
+    from harness.errors import HarnessError
+
+    try:
+        return lab_request(getattr(config.option, "lg_coordinator", None),
+                           config.getoption("--lg-place"), config.getoption("--lg-pool"))
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --lg-* under pytest-xdist, on the controller before any worker starts: more
+    workers than free places is a usage error (harness.board.lab.too_many_workers)."""
+    from harness.board.lab import too_many_workers
+    from harness.errors import HarnessError
+
+    config = session.config
+    lab = _lab(config)
+    workers = len(getattr(config.option, "tx", None) or []) \
+        if getattr(config.option, "dist", "no") != "no" else 0
+    if lab is None or workers < 2 or hasattr(config, "workerinput"):
+        return
+    try:
+        problem = too_many_workers(lab, workers)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,9 +128,19 @@ def board(request: pytest.FixtureRequest):
     from harness.board.source import BoardSpec, open_session
 
     spec = BoardSpec(request.config.getoption("--board-profile"),
-                     request.config.getoption("--board"))
+                     request.config.getoption("--board"), lab=_lab(request.config))
     with open_session(spec) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def board_farm_sim():
+    """A labgrid farm of two boards-in-a-box for the session (`FarmSim`: `.coordinator`,
+    `.places`, `.pool`, `.profile_path`, `.options()`); stopped at its end."""
+    from harness.board.farm import FarmSim
+
+    with FarmSim(2) as farm:
+        yield farm
 
 
 def _jvm_worker(classpath: str, where: str):

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.text import Text
 
 from harness import report
-from harness.board.source import BoardSpec
+from harness.board.source import BoardSpec, lab_from_args
 from harness.console import ResultTable, escape_control, make_console
 from harness.errors import INPUT_ERRORS, HarnessError, exit_code_of
 from harness.footprint import BOARD_BUDGET, add_budget_options, parse_budget
@@ -175,7 +175,8 @@ def build_options(args: argparse.Namespace) -> RunOptions:
         named=frozenset(names if args.only else ()), json=args.json,
         jvm=JvmOptions(classpath=resolve_classpath(args.classpath) if args.classpath else None,
                        jdk=_absolute(args.jdk), lanes=tuple(lanes)),
-        board=BoardOptions(spec=BoardSpec(_absolute(args.board_profile), args.board),
+        board=BoardOptions(spec=BoardSpec(_absolute(args.board_profile), args.board,
+                                          lab=lab_from_args(args)),
                            kernels_archive=Path(archive) if archive else None),
         gate=GateOptions(klibs=tuple(Path(_absolute(k)) for k in args.klib)),
         footprint=FootprintOptions(model=Path(model) if model else None, budget=budget,
@@ -358,6 +359,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", "--board-profile", dest="board_profile", metavar="FILE.toml",
                    help="TOML board profile of a real board; keys in `skoracle board --help` "
                         "(default: board-in-a-box)")
+    from harness.board.source import add_lab_options
+
+    add_lab_options(p)
     p.add_argument("--kernels-archive", metavar="libskainet_kernels.a",
                    help="aarch64 archive for the board leg's kernel parity (default: none, "
                         "reported unavailable)")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# All set-up for a fresh machine, idempotent: Debian packages, the Python package and its
-# test extras, the oracle's compiled twin, and ggml's C reference library built from the
-# llama-cpp-python sdist (cached).
+# All set-up for a fresh machine, idempotent: Debian packages, the Python package with its
+# dependencies (labgrid 26.0.1 for the board farm among them) and its test extras
+# (pytest-xdist among them), the oracle's compiled twin, and ggml's C reference library built
+# from the llama-cpp-python sdist (cached).
 # Every step skips itself when already done, so running it before each command costs seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ fi
 
 # --- Python ----------------------------------------------------------------------------
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import oracle, harness, kernels_ref, refmodel, sentencepiece, google.protobuf, numpy, gguf, jpype, elftools, paramiko, pytest, hypothesis, rich, matplotlib" 2>/dev/null \
+if ! "$PY" -c "import oracle, harness, kernels_ref, refmodel, sentencepiece, google.protobuf, numpy, gguf, jpype, elftools, paramiko, pytest, hypothesis, rich, matplotlib, labgrid.remote.client, xdist" 2>/dev/null \
    || ! "$PY" -m pip show skainet-oracle 2>/dev/null | grep -q "Editable project location: $(pwd)$"; then
   echo "setup: installing the Python package and test extras"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -76,6 +76,11 @@ def _sim_id(pid: int) -> str | None:
     return None
 
 
+def with_sim_id(sim_id: str) -> list[int]:
+    """Live processes carrying this sim's id in their environment."""
+    return [pid for pid in _pids() if _sim_id(pid) == sim_id]
+
+
 def listening(pid: int) -> bool:
     """Does the process hold a TCP socket in LISTEN state (its own, by socket inode)?"""
     try:

@@ -13,6 +13,12 @@
     skoracle board kernel-parity --kernels-archive libskainet_kernels.a
                               (no --board/--profile: on the board-in-a-box)
     skoracle board kernel-parity --fixture   (the project's own test archive)
+    skoracle board kernel-parity --fixture --lg-coordinator HOST:PORT --lg-pool pool=sl2610
+                              --profile sl2610.toml   (every free board of a labgrid pool)
+
+Any action takes a board from a labgrid farm with --lg-coordinator and --lg-place NAME or
+--lg-pool TAG=VALUE (reserved, queued behind other users, released at the end; see the
+README's "Board farm").
 
 Exit codes: 0 ok; 1 the program failed / parity differs; 2 usage, input or connection error.
 """
@@ -32,7 +38,13 @@ from harness.board import profile as board_profile
 from harness.board.parity import DEFAULT_SHAPES, kernel_parity
 from harness.board.profile import resolve_profile
 from harness.board.session import BoardSession
-from harness.board.source import BoardSpec, open_session
+from harness.board.source import (
+    BoardSpec,
+    add_lab_options,
+    lab_from_args,
+    open_boards,
+    open_session,
+)
 from harness.board.target import RunResult
 from harness.board.validate import (
     check_outdir,
@@ -65,13 +77,19 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
                    "none)")
     g.add_argument("--lock-wait", type=float, metavar="SECONDS",
                    help="seconds to wait for the lock (default: the profile's lock_wait, else 60)")
+    add_lab_options(p.add_argument_group(
+        "labgrid board farm (the place gives host, port and user; --profile the rest)"))
 
 
 def _spec(args: argparse.Namespace, in_a_box_when_unset: bool = False) -> BoardSpec:
     return BoardSpec(args.profile, args.board, dict(
         identity_file=args.identity, known_hosts=args.known_hosts,
         exec_prefix=args.exec_prefix, lock_wait=args.lock_wait,
-    ), in_a_box_when_unset=in_a_box_when_unset)
+    ), in_a_box_when_unset=in_a_box_when_unset, lab=lab_from_args(args))
+
+
+def _log(message: str) -> None:
+    print(f"board: {message}", file=sys.stderr, flush=True)
 
 
 def _in_a_box_note() -> None:
@@ -85,8 +103,7 @@ def _session(args: argparse.Namespace,
     """The connected session every `board` subcommand works on (see harness.board.source);
     says so when a new host key was trusted."""
     with open_session(_spec(args, in_a_box_when_unset), on_start=_in_a_box_note,
-                      trust_new=args.trust_new,
-                      log=lambda m: print(f"board: {m}", file=sys.stderr)) as sess:
+                      trust_new=args.trust_new, log=_log) as sess:
         if sess.trusted_new_key:
             print(f"board: trusted new host key {sess.trusted_new_key} (added to "
                   f"{sess.profile.known_hosts})", file=sys.stderr)
@@ -94,7 +111,14 @@ def _session(args: argparse.Namespace,
 
 
 def _profile(args: argparse.Namespace) -> board_profile.BoardProfile:
+    """The profile as far as it is known before connecting (with a labgrid place: the
+    profile file and options, the place's address still unknown)."""
     spec = _spec(args)
+    if spec.lab:
+        from harness.board.lab import LabPlace
+
+        return LabPlace("labgrid place", "localhost", 22, "root").profile(
+            spec.profile_file, spec.overrides)
     return resolve_profile(spec.profile_file, spec.board, **spec.overrides)
 
 
@@ -358,9 +382,19 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
         say(f"kernel parity on {archive}: {FIXTURE_LABEL}")
     build_kernel_driver(archive, formats=args.formats)  # fail fast, exit 2
     shapes = [s for group in (args.shape or []) for s in group] or list(DEFAULT_SHAPES)
-    with _session(args, in_a_box_when_unset=True) as sess:
-        result = kernel_parity(sess, archive, formats=args.formats, shapes=shapes,
-                               seed=args.seed, progress=say, fixture=args.fixture or None)
+    spec = _spec(args, in_a_box_when_unset=True)
+    if spec.lab and spec.lab.pool:  # every free board of the pool, cases spread over them
+        from harness.board.spread import board_sessions, kernel_parity_spread
+
+        with open_boards(spec, log=_log) as profiles, \
+                board_sessions(profiles, trust_new=args.trust_new, log=_log) as sessions:
+            result = kernel_parity_spread(sessions, archive, formats=args.formats,
+                                          shapes=shapes, seed=args.seed, progress=say,
+                                          fixture=args.fixture or None)
+    else:
+        with _session(args, in_a_box_when_unset=True) as sess:
+            result = kernel_parity(sess, archive, formats=args.formats, shapes=shapes,
+                                   seed=args.seed, progress=say, fixture=args.fixture or None)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
         return 0 if result.ok else 1

@@ -4,7 +4,7 @@ SKaiNET native kernels, linked into our driver, against kernels_ref's `skainet_n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,8 @@ class KernelCase:
     fused_final_matches: dict[bool, bool] = field(default_factory=dict)
     detail: str = ""
     failed_run: bool = False
+    #: the board that ran the case, when cases are spread over several (harness.board.spread)
+    board: str = ""
 
     @property
     def verdict(self) -> str:
@@ -110,7 +112,9 @@ class KernelCase:
 
     def row(self) -> str:
         o, i, b = self.shape
-        return f"{self.symbol:26s} {self.qtype:5s} {o}x{i} b{b}: {self.verdict}, {self.measure()}"
+        on = f" [{self.board}]" if self.board else ""
+        return (f"{self.symbol:26s} {self.qtype:5s} {o}x{i} b{b}{on}: {self.verdict}, "
+                f"{self.measure()}")
 
     def measure(self) -> str:
         """The error in words: mismatches, ulps at the output scale, bound use and tightness."""
@@ -311,6 +315,8 @@ class KernelParity:
     cases: list[KernelCase] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     fixture: bool = False
+    #: the boards the cases were spread over (harness.board.spread), else empty
+    boards: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[KernelCase]:
@@ -346,7 +352,12 @@ class KernelParity:
 
     def notes(self) -> list[str]:
         """Everything not in a case row: the inventory and the skipped shapes."""
-        return [*self.inventory.lines(), *self.skipped]
+        spread = []
+        if self.boards:
+            counts = ", ".join(f"{b}: {plural(sum(c.board == b for c in self.cases), 'case')}"
+                               for b in self.boards)
+            spread = [f"spread over {plural(len(self.boards), 'board')} ({counts})"]
+        return [*self.inventory.lines(), *self.skipped, *spread]
 
     def to_dict(self) -> dict[str, object]:
         """The run as JSON-ready data: every case with its verdict and measures."""
@@ -356,14 +367,60 @@ class KernelParity:
             "rule": VERDICT_RULE, "archive": str(inv.archive),
             "inventory": {"run": [k.symbol for k in inv.run], "deselected": inv.deselected,
                           "not_modelled": inv.not_modelled, "absent": inv.absent},
-            "skipped": self.skipped,
-            "cases": [{"symbol": c.symbol, "qtype": c.qtype, "shape": list(c.shape),
+            "skipped": self.skipped, "boards": self.boards,
+            "cases": [{"board": c.board, "symbol": c.symbol, "qtype": c.qtype,
+                       "shape": list(c.shape),
                        "verdict": c.verdict, "reference": c.reference,
                        "mismatches": c.mismatches, "max_ulp": c.max_ulp,
                        "scale_ulps": c.scale_ulps, "bound_used": c.bound_used,
                        "tightness": c.tightness, "detail": c.measure()}
                       for c in self.cases],
         }
+
+
+@dataclass
+class PlannedCase:
+    """One kernel x shape with its inputs, drawn in the run's order from its seed."""
+
+    kernel: KernelSymbol
+    shape: tuple[int, int, int]
+    x: np.ndarray
+    packed: np.ndarray
+
+
+def plan_cases(inv: KernelInventory, shapes: Sequence[tuple[int, int, int]], seed: int,
+               skipped: list[str]) -> Iterator[PlannedCase]:
+    """Every case of a run with its inputs, in order (the same inputs whichever board runs
+    it); shapes a kernel cannot take go to `skipped`, saying why."""
+    from oracle.formats import qtype as qtype_of
+    from oracle.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    for k in inv.run:
+        block = qtype_of(k.qtype).block
+        for shape in shapes:
+            out_dim, in_dim, batch = shape
+            if in_dim % block:
+                skipped.append(f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in "
+                               f"{in_dim} is not a multiple of {k.qtype}'s {block}-"
+                               "element block")
+                continue
+            w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+            x = rng.standard_normal((batch, in_dim)).astype(np.float32)
+            yield PlannedCase(k, shape, x, packed_for(k, quantize(k.qtype, w)))
+
+
+def run_case(runner: BoardRunner, planned: PlannedCase) -> KernelCase:
+    """Run one planned case and judge it (`kernel_verdict` its rule)."""
+    k, (out_dim, in_dim, _) = planned.kernel, planned.shape
+    case = KernelCase(k.symbol, k.qtype, planned.shape)
+    outcome = runner.run(KernelCall(k.symbol, planned.x, planned.packed, out_dim, in_dim))
+    if outcome.status != OK:
+        case.failed_run = True
+        case.detail = outcome.error
+    else:
+        judge(case, outcome.y, reference_outputs(planned.x, planned.packed, k, out_dim, in_dim))
+    return case
 
 
 def kernel_parity(
@@ -378,36 +435,16 @@ def kernel_parity(
 ) -> KernelParity:
     """Run every exported packed kernel on the target (`BoardRunner`) and judge it with the
     one judge (`kernel_verdict` its rule).
-    `fixture` labels the project's own test archive (default: by its file name)."""
-    from oracle.formats import qtype as qtype_of
-    from oracle.quants import quantize
-
+    `fixture` labels the project's own test archive (default: by its file name).
+    (harness.board.spread runs the same cases over several boards.)"""
     driver, inv = build_kernel_driver(archive, formats=formats)
     if fixture is None:
         fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
     result = KernelParity(inv, fixture=fixture)
     runner = BoardRunner(target, driver, timeout)
-    rng = np.random.default_rng(seed)
-    for k in inv.run:
-        block = qtype_of(k.qtype).block
-        for shape in shapes:
-            out_dim, in_dim, batch = shape
-            if in_dim % block:
-                result.skipped.append(f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in "
-                                      f"{in_dim} is not a multiple of {k.qtype}'s {block}-"
-                                      "element block")
-                continue
-            w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
-            x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-            packed = packed_for(k, quantize(k.qtype, w))
-            case = KernelCase(k.symbol, k.qtype, shape)
-            outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
-            if outcome.status != OK:
-                case.failed_run = True
-                case.detail = outcome.error
-            else:
-                judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
-            result.cases.append(case)
-            if progress:
-                progress(case.row())
+    for planned in plan_cases(inv, shapes, seed, result.skipped):
+        case = run_case(runner, planned)
+        result.cases.append(case)
+        if progress:
+            progress(case.row())
     return result

@@ -17,6 +17,7 @@ from harness.legs.base import AlwaysAvailable
 from harness.legs.context import LegContext
 
 if TYPE_CHECKING:
+    from harness.board.profile import BoardProfile
     from harness.board.session import BoardSession
 
 
@@ -26,12 +27,15 @@ class BoardLeg(AlwaysAvailable):
 
     def run(self, ctx: LegContext, out: report.Leg) -> None:
         from harness.board.session import BoardSession
-        from harness.board.source import open_board
+        from harness.board.source import open_boards
 
         spec = ctx.options.board.spec
         with contextlib.ExitStack() as stack:
-            prof = stack.enter_context(open_board(spec, on_start=lambda: ctx.step(
-                "board: starting the board-in-a-box (dropbear + busybox + qemu)")))
+            profs = stack.enter_context(open_boards(spec, on_start=lambda: ctx.step(
+                "board: starting the board-in-a-box (dropbear + busybox + qemu)"),
+                log=lambda m: ctx.step(f"board: {m}"),
+                spread=bool(ctx.options.board.kernels_archive)))
+            prof = profs[0]  # the runner checks run here; kernel parity on every board
             where = spec.where(prof)
             ctx.step(f"board: connecting to {where}")
             t0 = time.perf_counter()
@@ -40,8 +44,8 @@ class BoardLeg(AlwaysAvailable):
                     detail=where)
             self._round_trip(ctx, out, board)
             self._sigill(ctx, out, board)
-            self._decode_parity(ctx, out, board, where)
-            self._kernel_parity(ctx, out, board)
+            self._decode_parity(ctx, out, board, where, prof)
+            self._kernel_parity(ctx, out, board, profs[1:], stack)
         failed = [r.case for r in out.rows if r.verdict in ("FAIL", "error")]
         out.summary = (f"{where}: runner, SIGILL mapping and decode parity"
                        + (f"; {len(failed)} FAILED: {', '.join(failed[:6])}"
@@ -75,15 +79,17 @@ class BoardLeg(AlwaysAvailable):
 
     @staticmethod
     def _decode_parity(ctx: LegContext, out: report.Leg, board: BoardSession,
-                       where: str) -> None:
+                       where: str, prof: BoardProfile) -> None:
         from harness.board.build import fixture_program
         from harness.board.decode import voicecc_decode_parity
+        from harness.board.facts import emulated_arch  # a farm's board may be qemu too
         from harness.reference.cli import board_reference_ids
 
         ctx.step("board: decode parity (voicecc-format stand-in fed the reference's ids)")
         ids, ref_note = board_reference_ids(ctx.work)
         dp, res = voicecc_decode_parity(board, fixture_program("voicecc"), ids,
-                                        emulated=not ctx.options.board.spec.real)
+                                        emulated=not ctx.options.board.spec.real
+                                        or emulated_arch(prof) is not None)
         out.add("decode parity pipeline (voicecc-format stand-in)",
                 "pass" if dp.ids_match and res.ok else "FAIL", None, res.timings.get("total"),
                 dp.report().replace("\n", "; ") + "; " + ref_note)
@@ -94,8 +100,9 @@ class BoardLeg(AlwaysAvailable):
                                                  + where}
 
     @staticmethod
-    def _kernel_parity(ctx: LegContext, out: report.Leg, board: BoardSession) -> None:
-        from harness.board.parity import kernel_parity
+    def _kernel_parity(ctx: LegContext, out: report.Leg, board: BoardSession,
+                       more_boards: list[BoardProfile], stack: contextlib.ExitStack) -> None:
+        from harness.board.spread import board_sessions, kernel_parity_spread
 
         archive: Path | None = ctx.options.board.kernels_archive
         if not archive:
@@ -104,11 +111,13 @@ class BoardLeg(AlwaysAvailable):
                     "pass --kernels-archive PATH")
             return
         ctx.step("board: kernel parity against the real SKaiNET kernels")
-        kp = kernel_parity(board, archive, seed=ctx.options.seed,
-                           progress=lambda s: ctx.step(f"board: {s}"))
+        more = stack.enter_context(board_sessions(more_boards))
+        kp = kernel_parity_spread([board, *more], archive, seed=ctx.options.seed,
+                                  progress=lambda s: ctx.step(f"board: {s}"))
         for case in kp.cases:  # verdicts from the one rule, harness.board.parity
             o, i, b = case.shape
             out.add(f"{case.symbol} {case.qtype} {o}x{i} b{b}", case.verdict,
-                    case.max_ulp, None, case.measure())
+                    case.max_ulp, None, case.measure()
+                    + (f"; on {case.board}" if case.board else ""))
         out.add("kernel parity: inventory and rule", "pass" if kp.ok else "FAIL",
                 detail=" | ".join([kp.summary(), *kp.notes()]))
