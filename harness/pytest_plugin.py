@@ -12,7 +12,11 @@ Any project's tests can use them once skainet-oracle is installed:
   why (nothing stands in for your build);
 - `skoracle_fixture_jvm`: the same over the project's own fixture kernels (fixtures/jvm,
   never SKaiNET), only for tests that ask for it by this name; `.label` says what it is;
-- markers `jvm`, `llamacpp` (the real llama.cpp); the header shows the classpath and JDK.
+- markers `jvm`, `llamacpp` (the real llama.cpp); the header shows the classpath and JDK;
+- `--skainet-parity`: parity cases as test items, one per JVM kernel x shape x lanes x JIT
+  mode, native kernel x shape on a board, or decode (harness.parity.pytest_items), each
+  item's outcome its verdict; under pytest-xdist each worker owns its JVM workers and board
+  session (every session fixture here is per worker too).
 """
 
 from __future__ import annotations
@@ -28,6 +32,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="board profile (host key pin, identity, exec prefix, limits)")
     group.addoption("--skainet-classpath", default=None, metavar="CP",
                     help="a SKaiNET build (jars/class dirs, ':'-separated) for jvm tests")
+    _add_parity_options(group)
+
+
+def _add_parity_options(group: pytest.OptionGroup) -> None:
+    """--skainet-parity and the options of its items (harness.parity.pytest_items)."""
+    from harness.parity.pytest_items import add_options
+
+    add_options(group)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Append the parity items before -k/-m/--deselect/--lf select among all items."""
+    if config.getoption("--skainet-parity"):
+        from harness.parity.pytest_items import collect
+
+        items.extend(collect(session))
+
+
+def pytest_report_collectionfinish(config: pytest.Config,
+                                   items: list[pytest.Item]) -> list[str]:
+    """The parity items per target, the project's fixture kernels labelled as such."""
+    from harness.parity.pytest_items import collection_lines
+
+    return collection_lines(items)
+
+
+def board_spec(config: pytest.Config):
+    """The board the options name (`--board`, `--board-profile`), else the board-in-a-box:
+    for the `board` fixture and the board parity items alike."""
+    from harness.board.source import BoardSpec
+
+    return BoardSpec(config.getoption("--board-profile"), config.getoption("--board"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,11 +101,9 @@ def cref():
 @pytest.fixture(scope="session")
 def board(request: pytest.FixtureRequest):
     """A connected BoardSession for the whole test session (see the module docstring)."""
-    from harness.board.source import BoardSpec, open_session
+    from harness.board.source import open_session
 
-    spec = BoardSpec(request.config.getoption("--board-profile"),
-                     request.config.getoption("--board"))
-    with open_session(spec) as session:
+    with open_session(board_spec(request.config)) as session:
         yield session
 
 

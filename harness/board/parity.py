@@ -366,6 +366,50 @@ class KernelParity:
         }
 
 
+def shape_skip(k: KernelSymbol, shape: tuple[int, int, int]) -> str | None:
+    """Why kernel `k` has no case at `shape` (in_dim not a whole number of its blocks),
+    else None."""
+    from oracle.formats import qtype as qtype_of
+
+    out_dim, in_dim, batch = shape
+    block = qtype_of(k.qtype).block
+    if in_dim % block:
+        return (f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in {in_dim} is not a "
+                f"multiple of {k.qtype}'s {block}-element block")
+    return None
+
+
+def case_inputs(k: KernelSymbol, shape: tuple[int, int, int], seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(x, packed weights in k's block order) of one case, drawn from (seed, kernel,
+    shape) alone: a case selected on its own (pytest -k, one xdist worker) sees the same
+    numbers as in the whole run."""
+    import zlib
+
+    from oracle.quants import quantize
+
+    out_dim, in_dim, batch = shape
+    rng = np.random.default_rng([seed, out_dim, in_dim, batch, zlib.crc32(k.symbol.encode())])
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    x = rng.standard_normal((batch, in_dim)).astype(np.float32)
+    return x, packed_for(k, quantize(k.qtype, w))
+
+
+def kernel_case(runner: BoardRunner, k: KernelSymbol, shape: tuple[int, int, int],
+                seed: int = 0) -> KernelCase:
+    """Run one kernel x shape through `runner` and judge it with the one judge: what
+    `kernel_parity` and the pytest items (harness.parity.pytest_items) both call."""
+    out_dim, in_dim, _ = shape
+    x, packed = case_inputs(k, shape, seed)
+    case = KernelCase(k.symbol, k.qtype, tuple(shape))
+    outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
+    if outcome.status != OK:
+        case.failed_run = True
+        case.detail = outcome.error
+        return case
+    return judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
+
+
 def kernel_parity(
     target: Target,
     archive: Path,
@@ -376,37 +420,21 @@ def kernel_parity(
     progress: Callable[[str], None] | None = None,
     fixture: bool | None = None,
 ) -> KernelParity:
-    """Run every exported packed kernel on the target (`BoardRunner`) and judge it with the
-    one judge (`kernel_verdict` its rule).
+    """Run every exported packed kernel on the target (`BoardRunner`, `kernel_case`) and
+    judge it with the one judge (`kernel_verdict` its rule).
     `fixture` labels the project's own test archive (default: by its file name)."""
-    from oracle.formats import qtype as qtype_of
-    from oracle.quants import quantize
-
     driver, inv = build_kernel_driver(archive, formats=formats)
     if fixture is None:
         fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
     result = KernelParity(inv, fixture=fixture)
     runner = BoardRunner(target, driver, timeout)
-    rng = np.random.default_rng(seed)
     for k in inv.run:
-        block = qtype_of(k.qtype).block
         for shape in shapes:
-            out_dim, in_dim, batch = shape
-            if in_dim % block:
-                result.skipped.append(f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in "
-                                      f"{in_dim} is not a multiple of {k.qtype}'s {block}-"
-                                      "element block")
+            why = shape_skip(k, shape)
+            if why:
+                result.skipped.append(why)
                 continue
-            w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
-            x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-            packed = packed_for(k, quantize(k.qtype, w))
-            case = KernelCase(k.symbol, k.qtype, shape)
-            outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
-            if outcome.status != OK:
-                case.failed_run = True
-                case.detail = outcome.error
-            else:
-                judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
+            case = kernel_case(runner, k, shape, seed)
             result.cases.append(case)
             if progress:
                 progress(case.row())
