@@ -85,9 +85,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         jdk = find_jdk().describe()
     except HarnessError as exc:
         jdk = str(exc)
-    return [f"skainet: --skainet-classpath {cp}" if cp else
-            "skainet: no --skainet-classpath: tests using skainet_jvm are skipped",
-            f"skainet: {jdk}"]
+    lines = [f"skainet: --skainet-classpath {cp}" if cp else
+             "skainet: no --skainet-classpath: tests using skainet_jvm are skipped",
+             f"skainet: {jdk}"]
+    if config.getoption("--skainet-parity") and config.getoption("--skainet-fixtures"):
+        from harness.jvm.fixtures import LABEL
+
+        lines.append(f"skainet: items under fixture-jvm / fixture-board run the project's "
+                     f"own fixture kernels: {LABEL}")
+    return lines
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ fi
 
 # --- Python ----------------------------------------------------------------------------
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import oracle, harness, kernels_ref, refmodel, sentencepiece, google.protobuf, numpy, gguf, jpype, elftools, paramiko, pytest, hypothesis, rich, matplotlib" 2>/dev/null \
+if ! "$PY" -c "import oracle, harness, kernels_ref, refmodel, sentencepiece, google.protobuf, numpy, gguf, jpype, elftools, paramiko, pytest, xdist, hypothesis, rich, matplotlib" 2>/dev/null \
    || ! "$PY" -m pip show skainet-oracle 2>/dev/null | grep -q "Editable project location: $(pwd)$"; then
   echo "setup: installing the Python package and test extras"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
