@@ -52,12 +52,14 @@ def main() -> None:
                     help="case shapes (default: the JVM matrix's four)")
     a = ap.parse_args()
     print(f"JVM parity matrix as pytest items (lanes 4,8,16 x jit pinned,warm, fixture "
-          f"kernels, not SKaiNET), {os.cpu_count()} cores")
+          f"kernels, not SKaiNET), {os.cpu_count()} cores, load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     one, one_line = run(0, a.shape)
     print(f"  -n 0: {one:7.1f} s  ({one_line})")
     many, many_line = run(a.workers, a.shape)
     print(f"  -n {a.workers}: {many:7.1f} s  ({many_line})")
-    print(f"  speed-up -n {a.workers} vs -n 0: {one / many:.2f}x")
+    print(f"  speed-up -n {a.workers} vs -n 0: {one / many:.2f}x (load average at the end "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())})")
 
 
 if __name__ == "__main__":
