@@ -73,6 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "board: needs a board target (real, or board-in-a-box)")
     config.addinivalue_line("markers", "jvm: runs kernels in a JVM worker (skainet_jvm)")
     config.addinivalue_line("markers", "llamacpp: runs the real llama.cpp (built on demand)")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's --dist loadgroup "
+                                       "keeps a group on one worker (parity items: per JVM "
+                                       "configuration)")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

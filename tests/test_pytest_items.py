@@ -196,3 +196,23 @@ def test_bad_options_are_one_line_usage_errors(tmp_path, args, says):
     proc = run_pytest(tmp_path, *args)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_archive_given_as_kernels_archive_is_still_labelled_and_an_unreachable_board_fails(
+        tmp_path):
+    """The fixture archive passed as --kernels-archive is still the project's fixture (its
+    items sit under fixture-board, labelled); a board that refuses the connection fails
+    every item asked for, saying so, after one attempt."""
+    from harness.board.build import fixture_kernel_archive
+
+    xml = tmp_path / "junit.xml"
+    proc = run_pytest(tmp_path, "--kernels-archive", str(fixture_kernel_archive()),
+                      "--board", "root@127.0.0.1:9", "--skainet-formats", "Q8_0",
+                      "--skainet-shape", "32x256x1", f"--junitxml={xml}", timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    cases = junit_cases(xml)
+    assert set(cases) == {"skainet_q8_0_matmul[Q8_0-32x256x1]",
+                          "skainet_q8_0_matmul_rm[Q8_0-32x256x1]"}
+    for c in cases.values():
+        assert c["classname"] == "skainet-parity.fixture-board" and c["outcome"] == "failure"
+        assert c["message"].startswith(f"{BOARD_LABEL}") and "error: board: " in c["message"]

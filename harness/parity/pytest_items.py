@@ -182,6 +182,7 @@ class ParityResources:
         self.jvm: dict[tuple[str, str, str], Any] = {}
         self.drivers: dict[str, Path] = {}
         self._board: Any = None
+        self._board_error: str | None = None
         self._stack = contextlib.ExitStack()
 
     def jvm_session(self, classpath: str, lanes: str, jit: str) -> Any:
@@ -197,11 +198,17 @@ class ParityResources:
     def board(self) -> Any:
         """This process's board session (opened on first use; the board-in-a-box when no
         --board/--board-profile is given)."""
+        if self._board_error is not None:  # one attempt per process, every item says why
+            raise HarnessError(self._board_error)
         if self._board is None:
             from harness.board.source import open_session
             from harness.pytest_plugin import board_spec
 
-            self._board = self._stack.enter_context(open_session(board_spec(self.config)))
+            try:
+                self._board = self._stack.enter_context(open_session(board_spec(self.config)))
+            except HarnessError as exc:
+                self._board_error = f"board: {exc}"
+                raise HarnessError(self._board_error) from None
         return self._board
 
     def driver(self, archive: str) -> Path:
