@@ -18,7 +18,11 @@ Any project's tests can use them once skainet-oracle is installed:
   why (nothing stands in for your build);
 - `skoracle_fixture_jvm`: the same over the project's own fixture kernels (fixtures/jvm,
   never SKaiNET), only for tests that ask for it by this name; `.label` says what it is;
-- markers `jvm`, `llamacpp` (the real llama.cpp); the header shows the classpath and JDK.
+- markers `jvm`, `llamacpp` (the real llama.cpp); the header shows the classpath and JDK;
+- `--skainet-parity`: parity cases as test items, one per JVM kernel x shape x lanes x JIT
+  mode, native kernel x shape on a board, or decode (harness.parity.pytest_items), each
+  item's outcome its verdict; under pytest-xdist each worker owns its JVM workers and board
+  session (every session fixture here is per worker too).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--skainet-classpath", default=None, metavar="CP",
                     help="a SKaiNET build (jars/class dirs, ':'-separated) for jvm tests")
     add_lab_options(group, pluginmanager)
+    _add_parity_options(group)
 
 
 def add_lab_options(group: pytest.OptionGroup,
@@ -92,11 +97,48 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(problem)
 
 
+def _add_parity_options(group: pytest.OptionGroup) -> None:
+    """--skainet-parity and the options of its items (harness.parity.pytest_items)."""
+    from harness.parity.pytest_items import add_options
+
+    add_options(group)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Append the parity items before -k/-m/--deselect/--lf select among all items."""
+    if config.getoption("--skainet-parity"):
+        from harness.parity.pytest_items import collect
+
+        items.extend(collect(session))
+
+
+def pytest_report_collectionfinish(config: pytest.Config,
+                                   items: list[pytest.Item]) -> list[str]:
+    """The parity items per target, the project's fixture kernels labelled as such."""
+    from harness.parity.pytest_items import collection_lines
+
+    return collection_lines(items)
+
+
+def board_spec(config: pytest.Config):
+    """The board the options name (`--board`, `--board-profile`, a labgrid place or pool),
+    else the board-in-a-box: for the `board` fixture and the board parity items alike."""
+    from harness.board.source import BoardSpec
+
+    return BoardSpec(config.getoption("--board-profile"), config.getoption("--board"),
+                     lab=_lab(config))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cref: needs ggml's C reference library (built on demand)")
     config.addinivalue_line("markers", "board: needs a board target (real, or board-in-a-box)")
     config.addinivalue_line("markers", "jvm: runs kernels in a JVM worker (skainet_jvm)")
     config.addinivalue_line("markers", "llamacpp: runs the real llama.cpp (built on demand)")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's --dist loadgroup "
+                                       "keeps a group on one worker (parity items: per JVM "
+                                       "configuration)")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -109,9 +151,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         jdk = find_jdk().describe()
     except HarnessError as exc:
         jdk = str(exc)
-    return [f"skainet: --skainet-classpath {cp}" if cp else
-            "skainet: no --skainet-classpath: tests using skainet_jvm are skipped",
-            f"skainet: {jdk}"]
+    lines = [f"skainet: --skainet-classpath {cp}" if cp else
+             "skainet: no --skainet-classpath: tests using skainet_jvm are skipped",
+             f"skainet: {jdk}"]
+    if config.getoption("--skainet-parity") and config.getoption("--skainet-fixtures"):
+        from harness.jvm.fixtures import LABEL
+
+        lines.append(f"skainet: items under fixture-jvm / fixture-board run the project's "
+                     f"own fixture kernels: {LABEL}")
+    return lines
 
 
 @pytest.fixture(scope="session")
@@ -125,11 +173,9 @@ def cref():
 @pytest.fixture(scope="session")
 def board(request: pytest.FixtureRequest):
     """A connected BoardSession for the whole test session (see the module docstring)."""
-    from harness.board.source import BoardSpec, open_session
+    from harness.board.source import open_session
 
-    spec = BoardSpec(request.config.getoption("--board-profile"),
-                     request.config.getoption("--board"), lab=_lab(request.config))
-    with open_session(spec) as session:
+    with open_session(board_spec(request.config)) as session:
         yield session
 
 

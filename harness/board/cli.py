@@ -56,6 +56,7 @@ from harness.board.validate import (
     stage_pair,
 )
 from harness.errors import HarnessError
+from harness.parity.verdict import Verdict
 
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
@@ -332,7 +333,7 @@ def cmd_decode_parity(args: argparse.Namespace) -> int:
         out_scan, err_scan, expected, started=result.started_at, end_ids=end_ids,
         target_tps=args.target_tps, target_label=args.target_label,
         emulated=emulated_arch(sess.profile) is not None)
-    code = 0 if parity.ids_match and result.ok else 1
+    code = 0 if decode.decode_verdict(parity, result) == Verdict.PASS else 1
     if args.json:
         out = {"ok": code == 0, "parity": parity.to_dict(), "run": result.to_dict()}
         if ref is not None:

@@ -20,6 +20,7 @@ from harness.errors import HarnessError
 
 if TYPE_CHECKING:
     from harness.board.target import RunResult, Target
+    from harness.parity.verdict import Verdict
 
 #: llama.cpp's decode speed for FunctionGemma 270M (same GGUF) on the SL2610's 2 x Cortex-A55.
 DEFAULT_TARGET_TPS = 9.7
@@ -450,18 +451,39 @@ def compare_decode(output: str, expected: Sequence[int],
     return judge_decode(out, err, expected, end_ids=end_ids, target_tps=target_tps)
 
 
+def decode_verdict(parity: DecodeParity, run: RunResult) -> Verdict:
+    """The verdict of a decode run: "pass" when every id matches up to the first end token
+    and the run was ok, else "FAIL" (`board decode-parity`'s exit code and the pytest
+    decode items both read it)."""
+    from harness.parity.verdict import Verdict
+
+    return Verdict.PASS if parity.ids_match and run.ok else Verdict.FAIL
+
+
+def decode_run(target: Target, program: Path, args: Sequence[str],
+               inputs: dict[str, Path | bytes], expected: Sequence[int],
+               end_ids: dict[int, str], fmt: str, emulated: bool,
+               timeout: float | None = None,
+               env: dict[str, str] | None = None) -> tuple[DecodeParity, RunResult]:
+    """Run a decode program on the target and compare the ids it prints (format `fmt`)
+    with `expected` up to the first end token: a pytest decode item, and the run report's
+    voicecc stand-in."""
+    import time
+
+    f = FORMATS[fmt]
+    out, err = scanners(f.token_pattern, f.tps_pattern, f.ms_per_token_pattern)
+    res = target.run(program, args=list(args), inputs=inputs, timeout=timeout, env=env or {},
+                     on_stdout=lambda c: out.feed(c, time.perf_counter()),
+                     on_stderr=lambda c: err.feed(c, time.perf_counter()))
+    return judge_decode(out, err, expected, started=res.started_at, end_ids=end_ids,
+                        emulated=emulated), res
+
+
 def voicecc_decode_parity(target: Target, program: Path, ids: Sequence[int], emulated: bool,
                           delay_ms: int = 20) -> tuple[DecodeParity, RunResult]:
     """Decode parity of the voicecc-format stand-in (fixtures/board/voicecc.c) fed `ids`,
     with VOICECC_PROFILE=1: ids, `[perf]` step times and speed, as the run report's board leg
     shows them. Returns the comparison and the RunResult."""
-    import time
-
-    fmt = FORMATS["voicecc"]
-    out, err = scanners(fmt.token_pattern, fmt.tps_pattern, fmt.ms_per_token_pattern)
-    res = target.run(program, args=["toks.txt", "--delay-ms", str(delay_ms)],
-                     inputs={"toks.txt": ",".join(map(str, ids)).encode()}, timeout=120,
-                     env={"VOICECC_PROFILE": "1"},
-                     on_stdout=lambda c: out.feed(c, time.perf_counter()),
-                     on_stderr=lambda c: err.feed(c, time.perf_counter()))
-    return judge_decode(out, err, ids, started=res.started_at, emulated=emulated), res
+    return decode_run(target, program, ["toks.txt", "--delay-ms", str(delay_ms)],
+                      {"toks.txt": ",".join(map(str, ids)).encode()}, ids, {}, "voicecc",
+                      emulated, timeout=120, env={"VOICECC_PROFILE": "1"})

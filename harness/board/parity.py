@@ -378,49 +378,69 @@ class KernelParity:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlannedCase:
-    """One kernel x shape with its inputs, drawn in the run's order from its seed."""
+    """One kernel x shape of a run; its inputs come from (seed, kernel, shape) alone."""
 
     kernel: KernelSymbol
     shape: tuple[int, int, int]
-    x: np.ndarray
-    packed: np.ndarray
 
 
-def plan_cases(inv: KernelInventory, shapes: Sequence[tuple[int, int, int]], seed: int,
+def plan_cases(inv: KernelInventory, shapes: Sequence[tuple[int, int, int]],
                skipped: list[str]) -> Iterator[PlannedCase]:
-    """Every case of a run with its inputs, in order (the same inputs whichever board runs
-    it); shapes a kernel cannot take go to `skipped`, saying why."""
+    """Every case of a run, in order; shapes a kernel cannot take go to `skipped`, saying
+    why (harness.board.spread hands them to several boards)."""
+    for k in inv.run:
+        for shape in shapes:
+            why = shape_skip(k, shape)
+            if why:
+                skipped.append(why)
+                continue
+            yield PlannedCase(k, tuple(shape))
+
+
+def shape_skip(k: KernelSymbol, shape: tuple[int, int, int]) -> str | None:
+    """Why kernel `k` has no case at `shape` (in_dim not a whole number of its blocks),
+    else None."""
     from oracle.formats import qtype as qtype_of
+
+    out_dim, in_dim, batch = shape
+    block = qtype_of(k.qtype).block
+    if in_dim % block:
+        return (f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in {in_dim} is not a "
+                f"multiple of {k.qtype}'s {block}-element block")
+    return None
+
+
+def case_inputs(k: KernelSymbol, shape: tuple[int, int, int], seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(x, packed weights in k's block order) of one case, drawn from (seed, kernel,
+    shape) alone: a case selected on its own (pytest -k, one xdist worker) sees the same
+    numbers as in the whole run."""
+    import zlib
+
     from oracle.quants import quantize
 
-    rng = np.random.default_rng(seed)
-    for k in inv.run:
-        block = qtype_of(k.qtype).block
-        for shape in shapes:
-            out_dim, in_dim, batch = shape
-            if in_dim % block:
-                skipped.append(f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in "
-                               f"{in_dim} is not a multiple of {k.qtype}'s {block}-"
-                               "element block")
-                continue
-            w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
-            x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-            yield PlannedCase(k, shape, x, packed_for(k, quantize(k.qtype, w)))
+    out_dim, in_dim, batch = shape
+    rng = np.random.default_rng([seed, out_dim, in_dim, batch, zlib.crc32(k.symbol.encode())])
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    x = rng.standard_normal((batch, in_dim)).astype(np.float32)
+    return x, packed_for(k, quantize(k.qtype, w))
 
 
-def run_case(runner: BoardRunner, planned: PlannedCase) -> KernelCase:
-    """Run one planned case and judge it (`kernel_verdict` its rule)."""
-    k, (out_dim, in_dim, _) = planned.kernel, planned.shape
-    case = KernelCase(k.symbol, k.qtype, planned.shape)
-    outcome = runner.run(KernelCall(k.symbol, planned.x, planned.packed, out_dim, in_dim))
+def kernel_case(runner: BoardRunner, k: KernelSymbol, shape: tuple[int, int, int],
+                seed: int = 0) -> KernelCase:
+    """Run one kernel x shape through `runner` and judge it with the one judge: what
+    `kernel_parity` and the pytest items (harness.parity.pytest_items) both call."""
+    out_dim, in_dim, _ = shape
+    x, packed = case_inputs(k, shape, seed)
+    case = KernelCase(k.symbol, k.qtype, tuple(shape))
+    outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
     if outcome.status != OK:
         case.failed_run = True
         case.detail = outcome.error
-    else:
-        judge(case, outcome.y, reference_outputs(planned.x, planned.packed, k, out_dim, in_dim))
-    return case
+        return case
+    return judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
 
 
 def kernel_parity(
@@ -442,8 +462,8 @@ def kernel_parity(
         fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
     result = KernelParity(inv, fixture=fixture)
     runner = BoardRunner(target, driver, timeout)
-    for planned in plan_cases(inv, shapes, seed, result.skipped):
-        case = run_case(runner, planned)
+    for planned in plan_cases(inv, shapes, result.skipped):
+        case = kernel_case(runner, planned.kernel, planned.shape, seed)
         result.cases.append(case)
         if progress:
             progress(case.row())

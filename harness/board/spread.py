@@ -1,9 +1,10 @@
 """Kernel parity spread over several boards (every free board of a labgrid pool).
 
-The cases and their inputs are drawn in one order from the seed (`plan_cases`), exactly as
-a one-board run draws them; each board takes the next case when it is done with its last
-(one thread per board, each with its own SSH session and runner), and the merged result
-lists the cases in that order, each naming the board that ran it. Judging is the one judge
+The cases are planned in one order (`plan_cases`), each case's inputs drawn from (seed,
+kernel, shape) alone, exactly as a one-board run draws them; each board takes the next
+case when it is done with its last (one thread per board, each with its own SSH session
+and runner), and the merged result lists the cases in that order, each naming the board
+that ran it. Judging is the one judge
 of harness.board.parity, whichever board ran the case.
 """
 
@@ -21,8 +22,8 @@ from harness.board.parity import (
     KernelCase,
     KernelParity,
     build_kernel_driver,
+    kernel_case,
     plan_cases,
-    run_case,
 )
 from harness.board.profile import BoardProfile
 from harness.board.session import BoardSession
@@ -71,7 +72,7 @@ def kernel_parity_spread(
     labels = [board_label(s) for s in sessions]
     if len(sessions) > 1:
         result.boards = labels
-    queue = _CaseQueue(plan_cases(inv, shapes, seed, result.skipped), progress,
+    queue = _CaseQueue(plan_cases(inv, shapes, result.skipped), seed, progress,
                        name_boards=len(sessions) > 1)
     runners = [(BoardRunner(s, driver, timeout), label) for s, label in zip(sessions, labels,
                                                                               strict=True)]
@@ -89,9 +90,10 @@ class _CaseQueue:
     """The planned cases, handed out in plan order to whichever board is free; the done
     cases by plan index; the first failure of a board (the others stop after theirs)."""
 
-    def __init__(self, plan: Iterator, progress: Callable[[str], None] | None,
+    def __init__(self, plan: Iterator, seed: int, progress: Callable[[str], None] | None,
                  name_boards: bool) -> None:
         self.plan = enumerate(plan)
+        self.seed = seed
         self.progress = progress
         self.name_boards = name_boards
         self.done: dict[int, KernelCase] = {}
@@ -107,7 +109,7 @@ class _CaseQueue:
                 return
             index, planned = nxt
             try:
-                case = run_case(runner, planned)
+                case = kernel_case(runner, planned.kernel, planned.shape, self.seed)
             except BaseException as exc:  # the board failed: the others stop, it is raised
                 self.errors.append(exc)
                 return

@@ -279,7 +279,7 @@ def error_detail(error: dict[str, Any]) -> tuple[str, str]:
     head = cls
     if uf is not None:
         head += f" at {uf[2] or uf[0]}:{uf[3]} in {uf[0].rsplit('.', 1)[-1]}.{uf[1]}"
-    parts = [f"{head}: {msg}" if msg else head]
+    parts = [f"{head}: {msg}" if msg and head else msg or head]
     causes = [f"{c.rsplit('.', 1)[-1]}: {escape_control(m)}" for c, m in error.get("causes", [])]
     if causes:
         parts.append("caused by " + " <- ".join(causes))
@@ -352,63 +352,109 @@ def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, in
     return None
 
 
+class ConfigSession:
+    """One JVM configuration (lanes, JIT mode): its worker, started once and restarted after
+    a hang or a JVM death, and what it learnt (start figures, probed order per kernel,
+    kernels that hung). `run_config` walks a matrix through it; the pytest items
+    (harness.parity.pytest_items) one case at a time: the same code judges both."""
+
+    def __init__(self, jdk: Jdk, classpath: str, lanes: str, jit: str, seed: int = 0,
+                 timeout: float = 60.0, stop: threading.Event | None = None) -> None:
+        self.jdk, self.seed, self.stop = jdk, seed, stop
+        self.run = ConfigRun(lanes, jit)
+        self.calls: int | str = "warm" if jit == "warm" else 2
+        self.worker = Worker(JvmConfig(str(jdk.home), classpath, lanes, jit, jdk.has_vector),
+                             timeout=timeout)
+        self.worker.stop = stop
+        self.runner = JvmRunner(self.worker, self.calls)
+        self.hung: set[str] = set()
+        self.ran = False  # the last case ran (not skipped before a call)
+        self._started = False
+
+    @property
+    def actual_lanes(self) -> int | None:
+        return self.run.info.get("lanes")
+
+    def start(self) -> None:
+        """Start the JVM once; a JVM that cannot start sets `run.error` (every case then
+        says why), Ctrl-C while starting sets info["interrupted"]."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            self.run.info = dict(self.worker.start())
+        except KeyboardInterrupt:
+            self.run.info["interrupted"] = True
+        except Exception as exc:  # a JVM that cannot start: every case says why
+            self.run.error = str(exc)
+
+    def case(self, k: Kernel, shape: tuple[int, int, int, int]) -> Case:
+        """Run and judge one kernel x shape in this configuration. A class the build cannot
+        load sets `run.error` to the one line naming it and its jar (a set-up error)."""
+        self.start()
+        run, shape = self.run, tuple(shape)
+        case = Case(k.short, k.fmt, k.provider, shape, run.lanes, run.jit, "skipped",
+                    actual_lanes=self.actual_lanes)
+        run.cases.append(case)
+        not_run = _not_run(run, self.jdk, k, shape, run.lanes, self.actual_lanes,
+                           k.short in self.hung, self.stop)
+        self.ran = not not_run
+        if not_run:
+            case.verdict, case.detail = not_run
+            return case
+        x, _, arr = case_data(k.fmt, shape, self.seed)
+        res = self.runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
+                                         shape[3])).extras["result"]
+        if res.status == "timeout":
+            self.hung.add(k.short)
+        order = None
+        if k.provider == PANAMA and res.status == "ok":
+            order = run.probes.get(k.short)
+            if order is None:
+                order = run.probes[k.short] = probe_order(self.worker, k, shape,
+                                                          self.actual_lanes or 0, self.calls)
+        judge(case, res, k, self.seed, self.actual_lanes, order)
+        missing = missing_class(res.error) if res.status == "crash" else None
+        if missing:
+            run.error = missing_class_message(missing, k.cls)
+        return case
+
+    def close(self) -> ConfigRun:
+        """Stop the worker (and whatever the code under test left running); the run."""
+        self.run.info["worker_starts"] = self.worker.starts
+        self.worker.close()
+        self.run.killed = self.worker.killed
+        return self.run
+
+
 def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, jit: str,
                shapes: Sequence[tuple[int, int, int, int]], seed: int, timeout: float,
                progress: Callable[[str], None] | None = None,
                stop: threading.Event | None = None,
                explicit_lanes: Sequence[int] = ()) -> ConfigRun:
-    """Every kernel x shape in one JVM configuration (one worker, restarted after a hang
-    or a JVM death). `stop` set: the remaining cases are not run. `auto` whose width is
-    one of `explicit_lanes` is not run (that width is judged once). A class the build
-    cannot load ends the configuration with `error` set (a setup error, not a verdict)."""
-    run = ConfigRun(lanes, jit)
-    config = JvmConfig(str(jdk.home), classpath, lanes, jit, jdk.has_vector)
-    calls: int | str = "warm" if jit == "warm" else 2
-    with Worker(config, timeout=timeout) as wk:
-        wk.stop = stop
-        runner = JvmRunner(wk, calls)
-        try:
-            run.info = dict(wk.start())
-        except KeyboardInterrupt:
-            run.info["interrupted"] = True
-        except Exception as exc:  # a JVM that cannot start: every case says why
-            run.error = str(exc)
-        actual = run.info.get("lanes")
-        if lanes == "auto" and actual in explicit_lanes:
-            run.same_as = f"{actual} lanes"
+    """Every kernel x shape in one JVM configuration (a `ConfigSession`). `stop` set: the
+    remaining cases are not run. `auto` whose width is one of `explicit_lanes` is not run
+    (that width is judged once). A class the build cannot load ends the configuration with
+    `error` set (a setup error, not a verdict)."""
+    cs = ConfigSession(jdk, classpath, lanes, jit, seed, timeout, stop)
+    run = cs.run
+    try:
+        cs.start()
+        if lanes == "auto" and cs.actual_lanes in explicit_lanes:
+            run.same_as = f"{cs.actual_lanes} lanes"
             kernels = []
         for k in kernels:
-            hung = False
             for shape in shapes:
-                case = Case(k.short, k.fmt, k.provider, tuple(shape), lanes, jit, "skipped",
-                            actual_lanes=actual)
-                run.cases.append(case)
-                not_run = _not_run(run, jdk, k, shape, lanes, actual, hung, stop)
-                if not_run:
-                    case.verdict, case.detail = not_run
-                    continue
-                x, _, arr = case_data(k.fmt, tuple(shape), seed)
-                res = runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
-                                            shape[3])).extras["result"]
-                hung = res.status == "timeout"
-                order = None
-                if k.provider == PANAMA and res.status == "ok":
-                    order = run.probes.get(k.short)
-                    if order is None:
-                        order = run.probes[k.short] = probe_order(wk, k, tuple(shape),
-                                                                  actual or 0, calls)
-                judge(case, res, k, seed, actual, order)
-                missing = missing_class(res.error) if res.status == "crash" else None
-                if missing:
-                    run.error = missing_class_message(missing, k.cls)
+                case = cs.case(k, shape)
+                if run.error.startswith("--classpath"):
                     if stop is not None:
                         stop.set()
                     return run
-                if progress:
+                if progress and cs.ran:
                     progress(f"{k.short} {k.fmt} {shape[:3]} lanes={lanes} {jit}: "
                              f"{case.verdict}")
-        run.info["worker_starts"] = wk.starts
-    run.killed = wk.killed
+    finally:
+        cs.close()
     return run
 
 
@@ -512,5 +558,6 @@ def drift_summary(run: ParityRun) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_LANES", "DEFAULT_SHAPES", "FAILING", "FFM", "LANE_CHOICES", "Case", "ParityRun",
-           "drift_summary", "failure_summary", "judge", "parse_lanes", "run_matrix"]
+__all__ = ["DEFAULT_LANES", "DEFAULT_SHAPES", "FAILING", "FFM", "LANE_CHOICES", "Case",
+           "ConfigSession", "ParityRun", "drift_summary", "failure_summary", "judge",
+           "parse_lanes", "run_matrix"]

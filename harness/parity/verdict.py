@@ -55,3 +55,26 @@ def report_verdict(v: str) -> Verdict:
 def worse(a: str, b: str) -> Verdict:
     """The worse of two case verdicts by `CASE_RANK`."""
     return Verdict(max(a, b, key=lambda v: CASE_RANK.index(Verdict(v))))
+
+
+#: A case that could not be judged here (no Vector API, a lane width this CPU lacks): a
+#: failure when the user asked for it, a skip with the reason when a default brought it.
+UNAVAILABLE_VERDICTS: tuple[Verdict, ...] = (V.UNAVAILABLE, V.NOT_RUNNABLE)
+ITEM_PASSED, ITEM_FAILED, ITEM_SKIPPED, ITEM_XFAILED = "passed", "failed", "skipped", "xfailed"
+
+
+def item_outcome(v: str, asked: bool = False) -> str:
+    """A verdict as a test item's outcome (pytest, junit XML): bit-exact, within-bound and
+    pass pass; FAIL, crash, timeout and error fail; unavailable fails when `asked`, else
+    it is skipped; a known failure is xfailed; a case not run or not judged is skipped
+    (never a pass)."""
+    v = Verdict(v)
+    if v in (*CASE_PASSING, V.PASS):
+        return ITEM_PASSED
+    if v in (*CASE_FAILING, V.ERROR):
+        return ITEM_FAILED
+    if v in UNAVAILABLE_VERDICTS:
+        return ITEM_FAILED if asked else ITEM_SKIPPED
+    if v == V.KNOWN_FAILURE:
+        return ITEM_XFAILED
+    return ITEM_SKIPPED
