@@ -122,6 +122,16 @@ def fsub(a: Any, b: Any) -> np.ndarray:
         return f32(f32(a) - f32(b))
 
 
+def dense_gemm(a: np.ndarray, b: np.ndarray, fused: bool) -> np.ndarray:
+    """C = A.B with one float32 accumulator per element from +0 and p ascending: each step
+    fma(a[i,p], b[p,j], c) when `fused`, else c + a[i,p]*b[p,j] rounded twice."""
+    c = np.zeros((a.shape[0], b.shape[1]), F32)
+    for p in range(a.shape[1]):
+        col, row = a[:, p : p + 1], b[p][None, :]
+        c = fma32(col, row, c) if fused else fadd(c, fmul(col, row))
+    return c
+
+
 def as_f32(ints: np.ndarray) -> np.ndarray:
     """C's (float) conversion of integers: round to nearest even (exact below 2**24)."""
     return ints.astype(np.int64).astype(F32)
@@ -246,6 +256,12 @@ class Exact(Semantics):
     def prepare(self, fmt, x):
         return x.astype(np.float64)
 
+    def gemm(self, a, b):
+        """C = A.B for float32 A (m, k), B (k, n): float64 sums of exact products, rounded
+        once (the yardstick of the dense kernels)."""
+        with np.errstate(all="ignore"):
+            return (a.astype(np.float64) @ b.astype(np.float64)).astype(F32)
+
 
 def lane_tree_sum(products: np.ndarray, lanes: int) -> np.ndarray:
     """Sum over the last axis in a fixed order, in the products' own dtype: `lanes`
@@ -345,6 +361,11 @@ class SkainetScalar(Semantics):
 
     def q6_k(self, x, p, prep):
         return seq_add(flat_blocks(fmul(em_x(x, 256), q6k_weights(p))))
+
+    def gemm(self, a, b):
+        """C = A.B, each element from +0 over p ascending: c + a[i,p]*b[p,j], rounded twice
+        (the scalar C loop of the dense kernels without contraction)."""
+        return dense_gemm(a, b, fused=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -558,6 +579,28 @@ class SkainetNeon(Semantics):
     def q8_0(self, x, p, prep):
         bs = self._neon_dot(x, em_codes(p["qs"]).astype(F32), 32)
         return self._accumulate_blocks(bs, em_scale(p["d"], 1))
+
+    def gemm(self, a, b):
+        """The dense kernels (fp32_matmul.c, bf16_matmul.c, fp16_matmul.c): i-p-j, each
+        C element from +0 with p ascending; `vfmaq_f32` over 4 columns (fp32) or gcc's
+        contraction of `c += a*b` (bf16, fp16, the column tail): c = fma(a[i,p], b[p,j], c).
+        fp16's column tiles and decoded rows change no element's order. fused_final=False:
+        c + a*b rounded twice (a build without -ffast-math contraction)."""
+        return dense_gemm(a, b, fused=self.fused)
+
+    def bitnet_tq2_0(self, act, act_scale, codes, d):
+        """bitnet_gemv.c (skainet_bitnet_gemv_tq2_0): per TQ2_0 block an exact int32 sum of
+        code*activation (`sdot`, or the scalar tail block; codes in {-1, 0, 1, 2}), then
+        sum = fma((float)partial, d, sum) over the blocks in order, then sum*activation_scale
+        (fused_final=False: sum + partial*d rounded twice). act: int8 (batch, blocks*256)
+        zero-padded; codes: int8 (rows, blocks, 256); d: float32 (rows, blocks)."""
+        partial = np.einsum("bke,rke->bkr", act.reshape(act.shape[0], -1, 256).astype(np.int64),
+                            codes.astype(np.int64)).astype(F32)  # exact: |partial| < 2**24
+        acc = np.zeros((act.shape[0], codes.shape[0]), F32)
+        for blk in range(codes.shape[1]):
+            term, scale = partial[:, blk, :], d[None, :, blk]
+            acc = fma32(term, scale, acc) if self.fused else fadd(acc, fmul(term, scale))
+        return fmul(acc, act_scale[:, None])
 
     def q4_0(self, x, p, prep):
         return self.q8_0(x, p, prep)  # unpack gives the signed codes nibble - 8, in order

@@ -1,5 +1,6 @@
 """Parity modes on a target: decode parity (a user's program) and kernel parity (the real
-SKaiNET native kernels, linked into our driver, against kernels_ref's `skainet_neon`).
+SKaiNET native kernels, linked into our driver, against kernels_ref's `skainet_neon`, or
+for the ternary kernels the exact result within a rigorous bound: harness.board.kernelkinds).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from harness.board.decode import (  # decode parity lives there; re-exported for
     compare_decode,
     read_token_list,
 )
+from harness.board.kernelkinds import MODELLED_KINDS, OTHER_KERNELS, KernelSymbol
+from harness.board.kernelkinds import case_inputs as other_case_inputs
+from harness.board.kernelkinds import reference as other_reference
+from harness.board.kernelkinds import skip_reason as other_skip_reason
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
 from harness.parity.judge import FAILED, OK, Expectation, Outcome, verdict_rule
@@ -33,18 +38,6 @@ __all__ = ["DEFAULT_TARGET_TPS", "DEFAULT_TOKEN_PATTERN", "DEFAULT_TPS_PATTERN",
 
 # -- kernel parity -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class KernelSymbol:
-    symbol: str
-    qtype: str
-    order: str  # oracle.layout block order the kernel reads
-
-    @property
-    def kernel_order(self) -> str:
-        """skainet_neon's `kernel_order` for this entry: "rm" for `_rm`, else "feed"."""
-        return "rm" if self.order == "row_major" else "feed"
-
-
 KERNEL_SYMBOLS: tuple[KernelSymbol, ...] = tuple(
     KernelSymbol(f"skainet_{stem}_matmul{suffix}", qt, order)
     for stem, qt in (("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q5_0", "Q5_0"), ("q5_1", "Q5_1"),
@@ -52,15 +45,14 @@ KERNEL_SYMBOLS: tuple[KernelSymbol, ...] = tuple(
     for suffix, order in (("", "input_block_major"), ("_rm", "row_major"))
 )
 
+#: Every kernel kernel-parity runs: the packed matmuls, then the other kinds.
+ALL_KERNELS: tuple[KernelSymbol, ...] = KERNEL_SYMBOLS + OTHER_KERNELS
+
 #: Why other `skainet_*` symbols an archive defines are not run (prefix -> reason).
 NOT_MODELLED: tuple[tuple[str, str], ...] = (
-    ("skainet_fp32_", "float32 weights: no packed format, kernels_ref models packed ones"),
-    ("skainet_fp16_", "float16 weights: no packed format, kernels_ref models packed ones"),
-    ("skainet_bf16_", "bfloat16 weights: no packed format, kernels_ref models packed ones"),
-    ("skainet_bitnet", "ternary (BitNet) weights: a format kernels_ref does not model"),
-    ("skainet_ternary", "ternary weights: a format kernels_ref does not model"),
+    ("skainet_smoke_", "the FFI smoke test (output = 2*input), not a kernel"),
 )
-OTHER_SYMBOL = "not a packed matmul kernel with the (input, weight, dims, output) signature"
+OTHER_SYMBOL = "not a kernel with a signature the driver knows (packed, dense, BitNet, ternary)"
 
 #: (out_dim, in_dim, batch): small, a K-quant row, batch > 1, and out >= 512 (the threaded
 #: path of the native kernels), plus in = 640 (FunctionGemma's n_embd; K-quants skip it).
@@ -71,10 +63,12 @@ DRIVER_SOURCE = FIXTURE_DIR / "skainet_kernel_driver.c"
 
 #: The one verdict rule, stated where every verdict is printed.
 VERDICT_RULE = ("a kernel with an order model in kernels_ref passes only bit-exact with "
-                "skainet_neon(fused_final=True); a kernel without one can at best be "
-                "'within-bound' of the exact result")
+                "skainet_neon(fused_final=True); a kernel without one (the ternary GEMV "
+                "and lm-head) can at best be 'within-bound' of the exact result")
 FIXTURE_ARCHIVE_NAME = "libfixture_kernels.a"
-FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kernels), "
+#: the project's archive of deliberately wrong kernels, one per non-packed kind
+FIXTURE_WRONG_ARCHIVE_NAME = "libfixture_kernels_wrong.a"
+FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kernels*), "
                  "not SKaiNET's result")
 
 
@@ -224,8 +218,8 @@ def inventory(archive: Path, formats: Sequence[str] | None = None) -> KernelInve
     defined = {s for s in archive_symbols(archive) if s.startswith("skainet_")}
     wanted = {f.upper() for f in formats} if formats else None
     inv = KernelInventory(archive)
-    known = {k.symbol: k for k in KERNEL_SYMBOLS}
-    for k in KERNEL_SYMBOLS:
+    known = {k.symbol: k for k in ALL_KERNELS}
+    for k in ALL_KERNELS:
         if k.symbol not in defined:
             inv.absent.append(k.symbol)
         elif wanted is None or k.qtype in wanted:
@@ -237,7 +231,7 @@ def inventory(archive: Path, formats: Sequence[str] | None = None) -> KernelInve
                                       if sym.startswith(prefix)), OTHER_SYMBOL)
     if not inv.run:
         raise HarnessError(
-            f"--kernels-archive {archive}: defines none of the SKaiNET packed matmul kernels "
+            f"--kernels-archive {archive}: defines none of the SKaiNET kernels "
             f"({', '.join(k.symbol for k in KERNEL_SYMBOLS[:2])}, ...)"
             + (f" for {', '.join(sorted(wanted))}" if wanted else "")
             + "; some releases ship an empty archive: pick one whose archive holds them"
@@ -268,14 +262,17 @@ def packed_for(k: KernelSymbol, raw: np.ndarray) -> np.ndarray:
 
 
 def run_kernel(target: Target, driver: Path, k: KernelSymbol, x: np.ndarray,
-               packed: np.ndarray, out_dim: int, timeout: float = 300.0
-               ) -> tuple[np.ndarray | None, RunResult]:
-    """One driver run of kernel `k`: float32 (batch, out_dim) outputs, or None if it failed."""
-    batch, in_dim = x.shape
+               packed: np.ndarray, out_dim: int, timeout: float = 300.0,
+               in_dim: int | None = None) -> tuple[np.ndarray | None, RunResult]:
+    """One driver run of kernel `k`: float32 (batch, out_dim) outputs, or None if it failed.
+    `x` is float32 activations, or bytes (uint8) in the kind's input encoding."""
+    batch = x.shape[0]
+    in_dim = x.shape[1] if in_dim is None else in_dim
+    x_bytes = x.tobytes() if x.dtype == np.uint8 else x.astype("<f4").tobytes()
     res: RunResult = target.run(
         driver,
         args=[k.symbol, "w.bin", "x.bin", str(in_dim), str(out_dim), str(batch), "y.bin"],
-        inputs={"w.bin": packed.tobytes(), "x.bin": x.astype("<f4").tobytes()},
+        inputs={"w.bin": packed.tobytes(), "x.bin": x_bytes},
         outputs=["y.bin"], timeout=timeout,
     )
     if not res.ok:
@@ -376,38 +373,69 @@ def kernel_parity(
     progress: Callable[[str], None] | None = None,
     fixture: bool | None = None,
 ) -> KernelParity:
-    """Run every exported packed kernel on the target (`BoardRunner`) and judge it with the
+    """Run every exported kernel the harness knows (packed, dense, BitNet, ternary) on the
+    target (`BoardRunner`), with the driver's entry for its signature, and judge it with the
     one judge (`kernel_verdict` its rule).
     `fixture` labels the project's own test archive (default: by its file name)."""
-    from oracle.formats import qtype as qtype_of
-    from oracle.quants import quantize
 
     driver, inv = build_kernel_driver(archive, formats=formats)
     if fixture is None:
-        fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
+        fixture = Path(archive).name in (FIXTURE_ARCHIVE_NAME, FIXTURE_WRONG_ARCHIVE_NAME)
     result = KernelParity(inv, fixture=fixture)
     runner = BoardRunner(target, driver, timeout)
     rng = np.random.default_rng(seed)
     for k in inv.run:
-        block = qtype_of(k.qtype).block
         for shape in shapes:
-            out_dim, in_dim, batch = shape
-            if in_dim % block:
-                result.skipped.append(f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in "
-                                      f"{in_dim} is not a multiple of {k.qtype}'s {block}-"
-                                      "element block")
+            why = case_skip_reason(k, shape)
+            if why:
+                result.skipped.append(f"skipped {k.symbol} {shape[0]}x{shape[1]} b{shape[2]}: "
+                                      f"{why}")
                 continue
-            w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
-            x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-            packed = packed_for(k, quantize(k.qtype, w))
-            case = KernelCase(k.symbol, k.qtype, shape)
-            outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
-            if outcome.status != OK:
-                case.failed_run = True
-                case.detail = outcome.error
-            else:
-                judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
+            case = run_case(runner, k, shape, rng)
             result.cases.append(case)
             if progress:
                 progress(case.row())
     return result
+
+
+def case_skip_reason(k: KernelSymbol, shape: tuple[int, int, int]) -> str | None:
+    """Why kernel `k` cannot run at (out, in, batch), or None."""
+    from oracle.formats import qtype as qtype_of
+
+    if k.kind != "packed":
+        return other_skip_reason(k, shape)
+    block = qtype_of(k.qtype).block
+    if shape[1] % block:
+        return f"in {shape[1]} is not a multiple of {k.qtype}'s {block}-element block"
+    return None
+
+
+def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(driver input, weight bytes, reference) of one case: random weights and inputs of
+    the kernel's kind and what kernels_ref says the outputs must be."""
+    from oracle.quants import quantize
+
+    out_dim, in_dim, _ = shape
+    if k.kind != "packed":
+        x, packed = other_case_inputs(k, rng, shape)
+        return x, packed, other_reference(k, x, packed, out_dim, in_dim)
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    x = rng.standard_normal((shape[2], in_dim)).astype(np.float32)
+    packed = packed_for(k, quantize(k.qtype, w))
+    return x, packed, reference_outputs(x, packed, k, out_dim, in_dim)
+
+
+def run_case(runner: BoardRunner, k: KernelSymbol, shape: tuple[int, int, int],
+             rng: np.random.Generator) -> KernelCase:
+    """One kernel x shape through the runner, judged by the one judge."""
+    x, packed, ref = case_data(k, shape, rng)
+    case = KernelCase(k.symbol, k.qtype, shape,
+                      reference="skainet_neon" if k.kind in MODELLED_KINDS else "bound")
+    outcome = runner.run(KernelCall(k.symbol, x, packed, shape[0], shape[1]))
+    if outcome.status != OK:
+        case.failed_run = True
+        case.detail = outcome.error
+    else:
+        judge(case, outcome.y, ref)
+    return case
