@@ -72,14 +72,20 @@ def _dense_inputs(k: KernelSymbol, rng: np.random.Generator, shape: tuple[int, i
 
 
 def _bitnet_inputs(rng: np.random.Generator, shape: tuple[int, int, int]):
-    """int8 activations over the whole range with positive scales; TQ2_0 rows."""
+    """TQ2_0 rows sharing a common sign pattern, and int8 activations over the whole range
+    that follow it on the first and every other batch row: block sums near 2**15, so
+    partial*d is inexact and fused accumulation differs from unfused. Positive scales."""
     from oracle.quants import quantize
 
     out_dim, in_dim, batch = shape
     blocks = -(-in_dim // 256)
+    common = np.sign(rng.standard_normal(in_dim))
     w = np.zeros((out_dim, blocks * 256), np.float32)
-    w[:, :in_dim] = rng.standard_normal((out_dim, in_dim))
-    act = rng.integers(-128, 128, (batch, in_dim)).astype(np.int8)
+    w[:, :in_dim] = common * rng.uniform(0.6, 1.0, (out_dim, 1)) + 0.3 * rng.standard_normal(
+        (out_dim, in_dim))
+    act = rng.integers(-128, 128, (batch, in_dim))
+    act[::2] = np.clip(np.sign(common) * 127 + rng.integers(-8, 9, in_dim), -128, 127)
+    act = act.astype(np.int8)
     scale = (np.abs(rng.standard_normal(batch)) * 0.01 + 1e-4).astype("<f4")
     x = np.concatenate([scale.reshape(batch, 1).view(np.uint8), act.view(np.uint8)], axis=1)
     return x, np.ascontiguousarray(quantize("TQ2_0", w), np.uint8).reshape(-1)
