@@ -8,12 +8,13 @@
 - ternary GEMV, float32 activations against 2-bit codes (4 per byte, low bit pair first,
   value = code - 1), row-major, in/4 bytes per row (`skainet_ternary_f32_gemv`), and the
   lm-head stage 1 over four such planes with weight sum_p (code_p - 1) / 3**p times an
-  fp16 row scale (`skainet_ternary_lmhead_stage1`): `ternary_gemv`, `lmhead_stage1`, each
-  the exact result with a rigorous bound (their NEON body is a vendored NeoGPU file whose
-  order is not modelled).
+  fp16 row scale (`skainet_ternary_lmhead_stage1`): `ternary_gemv_model`,
+  `lmhead_stage1_model` in NeoGPU's LUT order (the vendored body), and `ternary_gemv`,
+  `lmhead_stage1`: the exact result with a rigorous bound for any order.
 
 The orders are methods of the semantics registry (`kernels_ref.semantics`: `gemm`,
-`bitnet_tq2_0`); the bounds follow Higham's gamma_n as `kernels_ref.bounds` does.
+`bitnet_tq2_0`, `ternary_f32`, `lmhead_stage1`); the bounds follow Higham's gamma_n as
+`kernels_ref.bounds` does.
 """
 
 from __future__ import annotations
@@ -117,6 +118,27 @@ def ternary_gemv(x: np.ndarray, w_raw: object, out_dim: int, in_dim: int
     return {"exact": exact, "bound": bound}
 
 
+def ternary_gemv_model(x: np.ndarray, w_raw: object, out_dim: int, in_dim: int,
+                       semantics: str = "skainet_neon", **opts: Any) -> np.ndarray:
+    """skainet_ternary_f32_gemv in the order of `semantics` (skainet_neon: NeoGPU's LUT
+    kernel)."""
+    flat = _checked(w_raw, out_dim * in_dim // 4, f"ternary [{out_dim} x {in_dim}]")
+    values = ternary_codes(flat, out_dim, in_dim).astype(F32)
+    return make(semantics, **opts).ternary_f32(np.asarray(x, F32).reshape(-1, in_dim), values)
+
+
+def lmhead_stage1_model(x: np.ndarray, planes_raw: object, row_scale_bits: np.ndarray,
+                        out_dim: int, in_dim: int, semantics: str = "skainet_neon",
+                        **opts: Any) -> np.ndarray:
+    """skainet_ternary_lmhead_stage1 in the order of `semantics`."""
+    plane = out_dim * in_dim // 4
+    flat = _checked(planes_raw, 4 * plane, f"ternary planes 4 x [{out_dim} x {in_dim}]")
+    planes = np.stack([ternary_codes(flat[p * plane:(p + 1) * plane], out_dim, in_dim)
+                       for p in range(4)]).astype(F32)
+    return make(semantics, **opts).lmhead_stage1(np.asarray(x, F32).reshape(-1, in_dim),
+                                                 planes, lmhead_row_scale(row_scale_bits))
+
+
 def lmhead_row_scale(bits: np.ndarray) -> np.ndarray:
     """The row scale as SKaiNET decodes it: ((e + 112) << 23) | (m << 13), sign ignored
     (equal to the fp16 value for normal positive scales)."""
@@ -145,4 +167,5 @@ def lmhead_stage1(x: np.ndarray, planes_raw: object, row_scale_bits: np.ndarray,
 
 
 __all__ = ["DENSE_TYPES", "bitnet_gemv", "dense_values", "gemm", "gemm_bound",
-           "lmhead_row_scale", "lmhead_stage1", "ternary_codes", "ternary_gemv"]
+           "lmhead_row_scale", "lmhead_stage1", "lmhead_stage1_model", "ternary_codes",
+           "ternary_gemv", "ternary_gemv_model"]

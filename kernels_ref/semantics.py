@@ -132,6 +132,27 @@ def dense_gemm(a: np.ndarray, b: np.ndarray, fused: bool) -> np.ndarray:
     return c
 
 
+def lut_dot(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """NeoGPU's ternary LUT dot, (batch, K) x (rows, K) -> (batch, rows): byte bi (elements
+    4bi..4bi+3, one per lane) goes to vector accumulator bi % 4 by `vfmaq_f32` while four
+    whole bytes remain, the tail bytes to accumulator 0; then per lane
+    acc0 + ((acc1 + acc2) + acc3) and `vaddvq_f32` = (l0 + l1) + (l2 + l3). The source
+    writes (acc0 + acc1) + (acc2 + acc3); aarch64-linux-gnu-gcc 12.2 at -O3 -ffast-math
+    (-march=armv8-a and armv8.2-a+fp16+dotprod alike) sums acc1..acc3 once the main loop
+    ends and adds acc0 after the tail (read from its disassembly, checked bit for bit)."""
+    batch, k = x.shape
+    nbytes = k // 4
+    main = nbytes & ~3
+    xe, ue = x.reshape(batch, 1, nbytes, 4), u.reshape(1, u.shape[0], nbytes, 4)
+    acc = np.zeros((batch, u.shape[0], 4, 4), F32)  # (.., accumulator, lane)
+    for t in range(0, main, 4):
+        acc = fma32(ue[:, :, t:t + 4], xe[:, :, t:t + 4], acc)
+    for bi in range(main, nbytes):
+        acc[:, :, 0] = fma32(ue[:, :, bi], xe[:, :, bi], acc[:, :, 0])
+    lanes = fadd(acc[:, :, 0], fadd(fadd(acc[:, :, 1], acc[:, :, 2]), acc[:, :, 3]))
+    return fadd(fadd(lanes[..., 0], lanes[..., 1]), fadd(lanes[..., 2], lanes[..., 3]))
+
+
 def as_f32(ints: np.ndarray) -> np.ndarray:
     """C's (float) conversion of integers: round to nearest even (exact below 2**24)."""
     return ints.astype(np.int64).astype(F32)
@@ -601,6 +622,27 @@ class SkainetNeon(Semantics):
             term, scale = partial[:, blk, :], d[None, :, blk]
             acc = fma32(term, scale, acc) if self.fused else fadd(acc, fmul(term, scale))
         return fmul(acc, act_scale[:, None])
+
+    def ternary_f32(self, x, values):
+        """skainet_ternary_f32.c over the vendored NeoGPU hs_ml_ternary_neon.c
+        (anjaustin/neogpu at 083710a9, the version exporting the three symbols SKaiNET's
+        vendor README names), `proj_rows`: values code - 1 from its 256-entry LUT (code 3
+        gives +2), `lut_dot`. Its 4 threads split rows only. values: float32 (rows, K)."""
+        return lut_dot(x, values)
+
+    #: NeoGPU's plane weights W1..W3, float32 constants 1/3, 1/9, 1/27
+    PLANE_WEIGHTS: ClassVar[tuple[np.float32, ...]] = tuple(
+        F32(1.0) / F32(v) for v in (3.0, 9.0, 27.0))
+
+    def lmhead_stage1(self, x, planes, row_scale):
+        """hs_ml_lmhead_stage1 (same file), `lmhead_stage1_rows`: per element
+        u = fma(v3, 1/27, fma(v2, 1/9, fma(v1, 1/3, v0))) of the four planes' LUT values
+        (`vfmaq_n_f32`), `lut_dot` of u with x, then times the row scale. planes: float32
+        (4, rows, K); row_scale: float32 (rows,) as the kernel decodes it."""
+        u = planes[0]
+        for plane, weight in zip(planes[1:], self.PLANE_WEIGHTS, strict=True):
+            u = fma32(plane, weight, u)
+        return fmul(lut_dot(x, u), row_scale[None, :])
 
     def q4_0(self, x, p, prep):
         return self.q8_0(x, p, prep)  # unpack gives the signed codes nibble - 8, in order

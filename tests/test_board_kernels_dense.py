@@ -25,8 +25,8 @@ from oracle.quants import quantize
 ROOT = Path(__file__).resolve().parent.parent
 NEW_FORMATS = "F32,BF16,F16,TQ2_0,TERNARY,TERNARY4"
 MODELLED = ("skainet_fp32_matmul", "skainet_bf16_matmul", "skainet_fp16_matmul",
-            "skainet_bitnet_gemv_tq2_0")
-BOUNDED = ("skainet_ternary_f32_gemv", "skainet_ternary_lmhead_stage1")
+            "skainet_bitnet_gemv_tq2_0", "skainet_ternary_f32_gemv",
+            "skainet_ternary_lmhead_stage1")
 WRONG = ("skainet_fp32_matmul", "skainet_bitnet_gemv_tq2_0", "skainet_ternary_f32_gemv",
          "skainet_ternary_lmhead_stage1")
 
@@ -129,6 +129,40 @@ def test_ternary_bounds_hold_for_any_order_and_catch_a_flipped_code():
     assert (np.abs(flipped - ref["exact"][0].astype(np.float64)) > ref["bound"][0]).all()
 
 
+def literal_lut_dot(x: np.ndarray, u: np.ndarray) -> float:
+    """NeoGPU's LUT dot for one row, scalar by scalar, in its compiled order."""
+    acc = np.zeros((4, 4), np.float32)
+    nbytes = len(x) // 4
+    for bi in range(nbytes):
+        g = bi % 4 if bi < nbytes & ~3 else 0
+        for lane in range(4):
+            acc[g, lane] = fma32(u[4 * bi + lane], x[4 * bi + lane], acc[g, lane])
+    lanes = [np.float32(acc[0, i] + np.float32(np.float32(acc[1, i] + acc[2, i]) + acc[3, i]))
+             for i in range(4)]
+    return np.float32(np.float32(lanes[0] + lanes[1]) + np.float32(lanes[2] + lanes[3]))
+
+
+@pytest.mark.parametrize("in_dim", [48, 56, 256])  # whole groups of 4 bytes, and a tail
+def test_ternary_models_match_literal_loops(in_dim):
+    rng = np.random.default_rng(in_dim)
+    out_dim = 3
+    x = rng.standard_normal((2, in_dim)).astype(np.float32)
+    planes = [rng.integers(0, 256, out_dim * in_dim // 4).astype(np.uint8) for _ in range(4)]
+    scales = f32_to_fp16(np.float32([0.5, 0.031, 2.0]))
+    got = dense.ternary_gemv_model(x, planes[0], out_dim, in_dim)
+    lm = dense.lmhead_stage1_model(x, np.concatenate(planes), scales, out_dim, in_dim)
+    third = [np.float32(1) / np.float32(v) for v in (3, 9, 27)]
+    vals = [dense.ternary_codes(p, out_dim, in_dim).astype(np.float32) for p in planes]
+    for r in range(out_dim):
+        u = vals[0][r]
+        for p in range(1, 4):
+            u = fma32(vals[p][r], third[p - 1], u)
+        scale = scales.view(np.float16).astype(np.float32)[r]
+        for b in range(2):
+            assert got[b, r] == literal_lut_dot(x[b], vals[0][r])
+            assert lm[b, r] == np.float32(literal_lut_dot(x[b], u) * scale)
+
+
 def test_lmhead_row_scale_decode_is_fp16_for_positive_normals():
     vals = np.float32([0.01, 0.5, 1.0, 3.25, 1000.0])
     bits = f32_to_fp16(vals)
@@ -138,8 +172,8 @@ def test_lmhead_row_scale_decode_is_fp16_for_positive_normals():
 # -- board kernel-parity on the board-in-a-box -----------------------------------------------
 
 def test_cli_kernel_parity_fixture_runs_every_new_kind():
-    """`board kernel-parity --fixture` (it starts the board-in-a-box): the dense and BitNet
-    fixtures bit-exact, the ternary ones within the bound, exit 0, labelled a fixture."""
+    """`board kernel-parity --fixture` (it starts the board-in-a-box): every new kind's
+    fixture bit-exact with its model, exit 0, labelled a fixture."""
     proc = subprocess.run([sys.executable, "-m", "harness", "board", "kernel-parity",
                            "--fixture", "--formats", NEW_FORMATS, "--shape",
                            "600x512,37x640x2,8x48", "--json"],
@@ -149,8 +183,7 @@ def test_cli_kernel_parity_fixture_runs_every_new_kind():
     assert data["fixture"] and data["ok"] and "not SKaiNET's result" in data["summary"]
     verdicts = {(c["symbol"], tuple(c["shape"])): c["verdict"] for c in data["cases"]}
     shapes = {(600, 512, 1), (37, 640, 2), (8, 48, 1)}
-    assert verdicts == {**{(s, sh): "bit-exact" for s in MODELLED for sh in shapes},
-                        **{(s, sh): "within-bound" for s in BOUNDED for sh in shapes}}
+    assert verdicts == {(s, sh): "bit-exact" for s in MODELLED for sh in shapes}
     assert data["inventory"]["not_modelled"] == {
         "skainet_smoke_double": "the FFI smoke test (output = 2*input), not a kernel"}
     assert "Traceback" not in proc.stderr
@@ -176,3 +209,15 @@ def test_wrong_fixture_summary_names_each_wrong_kernel(wrong_parity):
     line = wrong_parity.summary()
     assert not wrong_parity.ok and line.startswith("[TEST FIXTURE")
     assert f"FAILING: {', '.join(sorted(WRONG))}" in line
+
+
+def test_bitnet_and_dense_cases_tell_fused_from_unfused():
+    """The case data kernel-parity draws must separate the two orders, or a build without
+    contraction would pass as bit-exact."""
+    from harness.board.kernelkinds import OTHER_KERNELS
+    from harness.board.parity import case_data
+
+    rng = np.random.default_rng(0)
+    for k in OTHER_KERNELS[:4]:
+        _, _, ref = case_data(k, (600, 512, 1), rng)
+        assert (ref["fused"] != ref["unfused"]).sum() >= 5, k.symbol

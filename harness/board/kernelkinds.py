@@ -6,8 +6,9 @@ signature each: what kernel-parity feeds the driver and what kernels_ref says co
 - bitnet (`skainet_bitnet_gemv_tq2_0`): int8 activations and their scale against TQ2_0 rows;
   modelled (skainet_neon bitnet_tq2_0): bit-exact or FAIL;
 - ternary (`skainet_ternary_f32_gemv`) and lmhead (`skainet_ternary_lmhead_stage1`): 2-bit
-  ternary codes; their NEON body is a vendored NeoGPU file whose order is not modelled, so
-  they are judged against the exact result within a rigorous bound.
+  ternary codes through the vendored NeoGPU LUT kernel; modelled (skainet_neon ternary_f32,
+  lmhead_stage1): bit-exact or FAIL. Its intrinsics fix every rounding, so there is no
+  unfused alternative.
 The driver input of a kind is one array: float32 activations, or for bitnet per row the
 float32 scale's 4 bytes then the int8 activations (uint8).
 """
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: kinds whose float order kernels_ref models (the others are judged by a bound)
-MODELLED_KINDS = ("packed", "dense", "bitnet")
+#: kinds whose float order kernels_ref models (any other would be judged by a bound)
+MODELLED_KINDS = ("packed", "dense", "bitnet", "ternary", "lmhead")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def case_inputs(k: KernelSymbol, rng: np.random.Generator, shape: tuple[int, int
 def reference(k: KernelSymbol, x: np.ndarray, w: np.ndarray, out_dim: int, in_dim: int
               ) -> dict[str, np.ndarray]:
     """What kernels_ref says a non-packed kernel outputs: {"fused", "unfused"} (skainet_neon
-    with fused_final True / False) for the modelled kinds, else {"exact", "bound"}."""
+    with fused_final True / False), or {"fused"} alone where intrinsics fix every rounding."""
     from kernels_ref import dense
 
     if k.kind == "dense":
@@ -131,10 +132,10 @@ def reference(k: KernelSymbol, x: np.ndarray, w: np.ndarray, out_dim: int, in_di
         return {name: dense.bitnet_gemv(act, scale, w, out_dim, in_dim, fused_final=f)
                 for name, f in (("fused", True), ("unfused", False))}
     if k.kind == "ternary":
-        return dense.ternary_gemv(x, w, out_dim, in_dim)
+        return {"fused": dense.ternary_gemv_model(x, w, out_dim, in_dim)}
     plane = out_dim * in_dim // 4
     bits = np.ascontiguousarray(w[4 * plane:]).view("<u2")
-    return dense.lmhead_stage1(x, w[:4 * plane], bits, out_dim, in_dim)
+    return {"fused": dense.lmhead_stage1_model(x, w[:4 * plane], bits, out_dim, in_dim)}
 
 
 __all__ = ["MODELLED_KINDS", "OTHER_KERNELS", "KernelSymbol", "case_inputs", "reference",
