@@ -463,8 +463,9 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
                    help="run the project's own test archive (fixtures/board/kernels, built "
                         "with SKaiNET's flags) instead: checks the harness, not SKaiNET")
     p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f], metavar="LIST",
-                   help="comma-separated formats, e.g. Q8_0,Q4_K (default: all the archive "
-                        "exports)")
+                   help="comma-separated formats, e.g. Q8_0,Q4_K; also F32, BF16, F16 (dense "
+                        "GEMM), TQ2_0 (BitNet GEMV), TERNARY, TERNARY4 (ternary GEMV, "
+                        "lm-head) (default: all the archive exports)")
     p.add_argument("--shape", action="append", type=_shapes, metavar="OUTxIN[xBATCH][,...]",
                    help="case shapes: repeat the option or separate shapes with commas "
                         "(default: the built-in set of shapes)")
@@ -548,7 +549,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("kernel-parity", "real SKaiNET native kernels vs kernels_ref skainet_neon",
                "Link the project's C driver against a libskainet_kernels.a, run every "
-               "exported packed matmul kernel on the board (the board-in-a-box when no "
+               "exported kernel it knows (packed matmuls, dense fp32/bf16/fp16 GEMM, BitNet "
+               "and ternary GEMV, ternary lm-head) on the board (the board-in-a-box when no "
                "--board/--profile is given) and judge each output with the one verdict rule.")
     _add_kernel_options(p)
     p.set_defaults(func=cmd_kernel_parity)
