@@ -29,6 +29,7 @@ MODELLED = ("skainet_fp32_matmul", "skainet_bf16_matmul", "skainet_fp16_matmul",
             "skainet_ternary_lmhead_stage1")
 WRONG = ("skainet_fp32_matmul", "skainet_bitnet_gemv_tq2_0", "skainet_ternary_f32_gemv",
          "skainet_ternary_lmhead_stage1")
+OVERRUN = "skainet_bf16_matmul"  # ignores c_stride: writes into the driver's guard cells
 
 
 # -- kernels_ref models against literal loops ----------------------------------------------
@@ -193,7 +194,7 @@ def test_cli_kernel_parity_fixture_runs_every_new_kind():
 def wrong_parity():
     with BoardSim() as sim, BoardSession(sim.profile) as s:
         result = kernel_parity(s, fixture_kernel_archive(wrong=True),
-                               shapes=((64, 256, 1), (37, 640, 2)))
+                               shapes=((64, 256, 2), (37, 640, 2)))
     return result
 
 
@@ -205,10 +206,16 @@ def test_wrong_fixture_kernel_fails_per_kind(wrong_parity, symbol):
     assert cases[0].row().startswith(f"{symbol}") and ": FAIL," in cases[0].row()
 
 
+def test_dense_kernel_writing_outside_its_block_fails_naming_it(wrong_parity):
+    cases = [c for c in wrong_parity.cases if c.symbol == OVERRUN]
+    assert len(cases) == 2 and all(c.verdict == "FAIL" and c.failed_run for c in cases)
+    assert all("wrote outside its output block" in c.row() for c in cases), cases[0].row()
+
+
 def test_wrong_fixture_summary_names_each_wrong_kernel(wrong_parity):
     line = wrong_parity.summary()
     assert not wrong_parity.ok and line.startswith("[TEST FIXTURE")
-    assert f"FAILING: {', '.join(sorted(WRONG))}" in line
+    assert f"FAILING: {', '.join(sorted((*WRONG, OVERRUN)))}" in line
 
 
 def test_bitnet_and_dense_cases_tell_fused_from_unfused():
