@@ -228,3 +228,24 @@ def test_bitnet_and_dense_cases_tell_fused_from_unfused():
     for k in OTHER_KERNELS[:4]:
         _, _, ref = case_data(k, (600, 512, 1), rng)
         assert (ref["fused"] != ref["unfused"]).sum() >= 5, k.symbol
+
+
+def test_inventory_names_why_each_other_symbol_is_not_run(tmp_path):
+    """The helpers SKaiNET's archive exports next to its kernels are listed with what they
+    are; an unknown `skainet_*` symbol still gets a reason; the new kinds are run."""
+    from harness.board.build import CROSS_CC
+    from harness.board.parity import inventory
+
+    src = tmp_path / "helpers.c"
+    src.write_text("void skainet_run_rows(void) {}\nint skainet_cpu_has_dotprod(void) "
+                   "{ return 1; }\nvoid skainet_something_new(void) {}\n"
+                   "void skainet_fp16_matmul(void) {}\n")
+    obj = tmp_path / "helpers.o"
+    subprocess.run([CROSS_CC, "-c", str(src), "-o", str(obj)], check=True)
+    archive = tmp_path / "libskainet_kernels.a"
+    subprocess.run(["aarch64-linux-gnu-ar", "rc", str(archive), str(obj)], check=True)
+    inv = inventory(archive)
+    assert [k.symbol for k in inv.run] == ["skainet_fp16_matmul"]
+    assert inv.not_modelled["skainet_run_rows"].startswith("the row-range thread pool")
+    assert inv.not_modelled["skainet_cpu_has_dotprod"] == "a CPU feature probe, not a kernel"
+    assert "signature the driver knows" in inv.not_modelled["skainet_something_new"]

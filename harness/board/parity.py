@@ -51,6 +51,8 @@ ALL_KERNELS: tuple[KernelSymbol, ...] = KERNEL_SYMBOLS + OTHER_KERNELS
 #: Why other `skainet_*` symbols an archive defines are not run (prefix -> reason).
 NOT_MODELLED: tuple[tuple[str, str], ...] = (
     ("skainet_smoke_", "the FFI smoke test (output = 2*input), not a kernel"),
+    ("skainet_run_rows", "the row-range thread pool the packed kernels share, not a kernel"),
+    ("skainet_cpu_has_", "a CPU feature probe, not a kernel"),
 )
 OTHER_SYMBOL = "not a kernel with a signature the driver knows (packed, dense, BitNet, ternary)"
 
