@@ -7,6 +7,7 @@ kind), never SKaiNET's result."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,20 @@ def test_inventory_names_why_each_other_symbol_is_not_run(tmp_path):
     assert inv.not_modelled["skainet_run_rows"].startswith("the row-range thread pool")
     assert inv.not_modelled["skainet_cpu_has_dotprod"] == "a CPU feature probe, not a kernel"
     assert "signature the driver knows" in inv.not_modelled["skainet_something_new"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: dense.gemm(np.zeros((1, 4), np.float32), bytes(15), "F32", 4, 1),
+     "F32 B [4 x 1]: expected 16 uint8 bytes, got 15"),
+    (lambda: dense.gemm(np.zeros((1, 4), np.float32), bytes(8), "Q8_0", 4, 1),
+     "dense weight type 'Q8_0'"),
+    (lambda: dense.ternary_gemv(np.zeros((1, 6), np.float32), bytes(3), 2, 6),
+     "in_dim 6 is not a multiple of 4"),
+    (lambda: dense.bitnet_gemv(np.zeros((1, 256), np.int8), np.float32([1]), bytes(65), 1, 256),
+     "TQ2_0 [1 x 256]: expected 66 uint8 bytes"),
+])
+def test_dense_models_refuse_bad_input_with_one_line(call, message):
+    from oracle import OracleError
+
+    with pytest.raises(OracleError, match=re.escape(message)):
+        call()
