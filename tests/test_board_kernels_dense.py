@@ -191,6 +191,30 @@ def test_cli_kernel_parity_fixture_runs_every_new_kind():
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_kernel_parity_fixture_wrong_fails_naming_each():
+    """`board kernel-parity --fixture-wrong`: exit 1, every wrong kernel named FAIL on the
+    terminal, the overrun with the driver's own words, labelled a fixture."""
+    proc = subprocess.run([sys.executable, "-m", "harness", "board", "kernel-parity",
+                           "--fixture-wrong", "--shape", "16x64x2"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "TEST FIXTURE" in out and "not SKaiNET's result" in out
+    for symbol in (*WRONG, OVERRUN):
+        assert re.search(rf"^  FAIL {symbol} .*16x64 b2: FAIL", out, re.M), symbol
+    assert "wrote outside its output block" in out
+    assert f"FAILING: {', '.join(sorted((*WRONG, OVERRUN)))}" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_kernel_parity_needs_exactly_one_archive():
+    proc = subprocess.run([sys.executable, "-m", "harness", "board", "kernel-parity",
+                           "--fixture", "--fixture-wrong"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and "give exactly one of --kernels-archive" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def wrong_parity():
     with BoardSim() as sim, BoardSession(sim.profile) as s:
