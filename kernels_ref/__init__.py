@@ -4,6 +4,10 @@
     e = gather_rows(table_raw, "Q8_0", rows, cols, ids, scale=None, order="row_major")
     b = error_bound(x, w_raw, "Q8_0", out_dim, in_dim)   # rigorous |kernel - exact| bound
 
+kernels_ref.dense models SKaiNET's other native kernels from their bytes: the dense
+fp32/bf16/fp16 GEMM (`gemm`), the BitNet TQ2_0 GEMV (`bitnet_gemv`), the ternary GEMV and
+lm-head stage 1 (`ternary_gemv_model`, `lmhead_stage1_model`).
+
 SEMANTICS maps each semantics name to a one-line description; the classes in
 `kernels_ref.semantics` name the source functions they model.
 """

@@ -122,6 +122,37 @@ def fsub(a: Any, b: Any) -> np.ndarray:
         return f32(f32(a) - f32(b))
 
 
+def dense_gemm(a: np.ndarray, b: np.ndarray, fused: bool) -> np.ndarray:
+    """C = A.B with one float32 accumulator per element from +0 and p ascending: each step
+    fma(a[i,p], b[p,j], c) when `fused`, else c + a[i,p]*b[p,j] rounded twice."""
+    c = np.zeros((a.shape[0], b.shape[1]), F32)
+    for p in range(a.shape[1]):
+        col, row = a[:, p : p + 1], b[p][None, :]
+        c = fma32(col, row, c) if fused else fadd(c, fmul(col, row))
+    return c
+
+
+def lut_dot(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """NeoGPU's ternary LUT dot, (batch, K) x (rows, K) -> (batch, rows): byte bi (elements
+    4bi..4bi+3, one per lane) goes to vector accumulator bi % 4 by `vfmaq_f32` while four
+    whole bytes remain, the tail bytes to accumulator 0; then per lane
+    acc0 + ((acc1 + acc2) + acc3) and `vaddvq_f32` = (l0 + l1) + (l2 + l3). The source
+    writes (acc0 + acc1) + (acc2 + acc3); aarch64-linux-gnu-gcc 12.2 at -O3 -ffast-math
+    (-march=armv8-a and armv8.2-a+fp16+dotprod alike) sums acc1..acc3 once the main loop
+    ends and adds acc0 after the tail (read from its disassembly, checked bit for bit)."""
+    batch, k = x.shape
+    nbytes = k // 4
+    main = nbytes & ~3
+    xe, ue = x.reshape(batch, 1, nbytes, 4), u.reshape(1, u.shape[0], nbytes, 4)
+    acc = np.zeros((batch, u.shape[0], 4, 4), F32)  # (.., accumulator, lane)
+    for t in range(0, main, 4):
+        acc = fma32(ue[:, :, t:t + 4], xe[:, :, t:t + 4], acc)
+    for bi in range(main, nbytes):
+        acc[:, :, 0] = fma32(ue[:, :, bi], xe[:, :, bi], acc[:, :, 0])
+    lanes = fadd(acc[:, :, 0], fadd(fadd(acc[:, :, 1], acc[:, :, 2]), acc[:, :, 3]))
+    return fadd(fadd(lanes[..., 0], lanes[..., 1]), fadd(lanes[..., 2], lanes[..., 3]))
+
+
 def as_f32(ints: np.ndarray) -> np.ndarray:
     """C's (float) conversion of integers: round to nearest even (exact below 2**24)."""
     return ints.astype(np.int64).astype(F32)
@@ -246,6 +277,12 @@ class Exact(Semantics):
     def prepare(self, fmt, x):
         return x.astype(np.float64)
 
+    def gemm(self, a, b):
+        """C = A.B for float32 A (m, k), B (k, n): float64 sums of exact products, rounded
+        once (the yardstick of the dense kernels)."""
+        with np.errstate(all="ignore"):
+            return (a.astype(np.float64) @ b.astype(np.float64)).astype(F32)
+
 
 def lane_tree_sum(products: np.ndarray, lanes: int) -> np.ndarray:
     """Sum over the last axis in a fixed order, in the products' own dtype: `lanes`
@@ -345,6 +382,11 @@ class SkainetScalar(Semantics):
 
     def q6_k(self, x, p, prep):
         return seq_add(flat_blocks(fmul(em_x(x, 256), q6k_weights(p))))
+
+    def gemm(self, a, b):
+        """C = A.B, each element from +0 over p ascending: c + a[i,p]*b[p,j], rounded twice
+        (the scalar C loop of the dense kernels without contraction)."""
+        return dense_gemm(a, b, fused=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -558,6 +600,49 @@ class SkainetNeon(Semantics):
     def q8_0(self, x, p, prep):
         bs = self._neon_dot(x, em_codes(p["qs"]).astype(F32), 32)
         return self._accumulate_blocks(bs, em_scale(p["d"], 1))
+
+    def gemm(self, a, b):
+        """The dense kernels (fp32_matmul.c, bf16_matmul.c, fp16_matmul.c): i-p-j, each
+        C element from +0 with p ascending; `vfmaq_f32` over 4 columns (fp32) or gcc's
+        contraction of `c += a*b` (bf16, fp16, the column tail): c = fma(a[i,p], b[p,j], c).
+        fp16's column tiles and decoded rows change no element's order. fused_final=False:
+        c + a*b rounded twice (a build without -ffast-math contraction)."""
+        return dense_gemm(a, b, fused=self.fused)
+
+    def bitnet_tq2_0(self, act, act_scale, codes, d):
+        """bitnet_gemv.c (skainet_bitnet_gemv_tq2_0): per TQ2_0 block an exact int32 sum of
+        code*activation (`sdot`, or the scalar tail block; codes in {-1, 0, 1, 2}), then
+        sum = fma((float)partial, d, sum) over the blocks in order, then sum*activation_scale
+        (fused_final=False: sum + partial*d rounded twice). act: int8 (batch, blocks*256)
+        zero-padded; codes: int8 (rows, blocks, 256); d: float32 (rows, blocks)."""
+        partial = np.einsum("bke,rke->bkr", act.reshape(act.shape[0], -1, 256).astype(np.int64),
+                            codes.astype(np.int64)).astype(F32)  # exact: |partial| < 2**24
+        acc = np.zeros((act.shape[0], codes.shape[0]), F32)
+        for blk in range(codes.shape[1]):
+            term, scale = partial[:, blk, :], d[None, :, blk]
+            acc = fma32(term, scale, acc) if self.fused else fadd(acc, fmul(term, scale))
+        return fmul(acc, act_scale[:, None])
+
+    def ternary_f32(self, x, values):
+        """skainet_ternary_f32.c over the vendored NeoGPU hs_ml_ternary_neon.c
+        (anjaustin/neogpu at 083710a9, the version exporting the three symbols SKaiNET's
+        vendor README names), `proj_rows`: values code - 1 from its 256-entry LUT (code 3
+        gives +2), `lut_dot`. Its 4 threads split rows only. values: float32 (rows, K)."""
+        return lut_dot(x, values)
+
+    #: NeoGPU's plane weights W1..W3, float32 constants 1/3, 1/9, 1/27
+    PLANE_WEIGHTS: ClassVar[tuple[np.float32, ...]] = tuple(
+        F32(1.0) / F32(v) for v in (3.0, 9.0, 27.0))
+
+    def lmhead_stage1(self, x, planes, row_scale):
+        """hs_ml_lmhead_stage1 (same file), `lmhead_stage1_rows`: per element
+        u = fma(v3, 1/27, fma(v2, 1/9, fma(v1, 1/3, v0))) of the four planes' LUT values
+        (`vfmaq_n_f32`), `lut_dot` of u with x, then times the row scale. planes: float32
+        (4, rows, K); row_scale: float32 (rows,) as the kernel decodes it."""
+        u = planes[0]
+        for plane, weight in zip(planes[1:], self.PLANE_WEIGHTS, strict=True):
+            u = fma32(plane, weight, u)
+        return fmul(lut_dot(x, u), row_scale[None, :])
 
     def q4_0(self, x, p, prep):
         return self.q8_0(x, p, prep)  # unpack gives the signed codes nibble - 8, in order

@@ -611,12 +611,12 @@ def test_fixture_parity_names_wrong_absent_and_unmodelled(fixture_parity):
     assert not fixture_parity.ok
     inv = fixture_parity.inventory
     assert inv.absent == ["skainet_q5k_matmul_rm"]
-    assert "skainet_fp32_matmul" in inv.not_modelled
+    assert "skainet_smoke_double" in inv.not_modelled
     line = fixture_parity.summary()
     assert line.startswith("[TEST FIXTURE") and f"FAILING: {FIXTURE_WRONG}" in line
     notes = "\n".join(fixture_parity.notes())
     assert "ABSENT from the archive (1): skainet_q5k_matmul_rm" in notes
-    assert "not run: skainet_fp32_matmul" in notes
+    assert "not run: skainet_smoke_double" in notes
     assert ("skipped skainet_q8_0_matmul 8x48 b1: in 48 is not a multiple of Q8_0's "
             "32-element block") in notes
     assert ("skipped skainet_q6k_matmul_rm 37x640 b1: in 640 is not a multiple of Q6_K's "

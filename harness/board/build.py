@@ -126,17 +126,20 @@ def archive_symbols(archive: Path) -> set[str]:
     return syms
 
 
-def fixture_kernel_archive(out_dir: Path | None = None) -> Path:
+def fixture_kernel_archive(out_dir: Path | None = None, wrong: bool = False) -> Path:
     """The project's own test archive: fixtures/board/kernels/*.c compiled with SKaiNET's
     kernel flags and archived as libfixture_kernels.a (cached by a hash of sources and
-    flags). A test fixture of the harness, never SKaiNET's kernels."""
+    flags). `wrong`: fixtures/board/kernels_wrong/*.c, one deliberately wrong kernel per
+    non-packed kind, as libfixture_kernels_wrong.a. A test fixture of the harness, never
+    SKaiNET's kernels (the file name marks it: kernel-parity labels it TEST FIXTURE)."""
     cc, ar = tool(CROSS_CC, "gcc-aarch64-linux-gnu"), tool(CROSS_AR, "binutils-aarch64-linux-gnu")
-    srcs = sorted((FIXTURE_DIR / "kernels").glob("*.c"))
+    src_dir = FIXTURE_DIR / ("kernels_wrong" if wrong else "kernels")
+    srcs = sorted(src_dir.glob("*.c"))
     h = hashlib.sha256("\0".join(SKAINET_KERNEL_FLAGS).encode())
-    for s in sorted((FIXTURE_DIR / "kernels").glob("*.[ch]")):
+    for s in sorted({*src_dir.glob("*.[ch]"), *(FIXTURE_DIR / "kernels").glob("*.h")}):
         h.update(s.name.encode() + b"\0" + s.read_bytes())
-    target = (out_dir or default_cache()) / h.hexdigest()[:16] / "libfixture_kernels.a"  # name
-    # marks it as the fixture: kernel-parity labels it TEST FIXTURE
+    name = "libfixture_kernels_wrong.a" if wrong else "libfixture_kernels.a"
+    target = (out_dir or default_cache()) / h.hexdigest()[:16] / name
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@
     skoracle board kernel-parity --fixture   (the project's own test archive)
     skoracle board kernel-parity --fixture --lg-coordinator HOST:PORT --lg-pool pool=sl2610
                               --profile sl2610.toml   (every free board of a labgrid pool)
+    skoracle board kernel-parity --fixture-wrong   (its deliberately wrong kernels)
 
 Any action takes a board from a labgrid farm with --lg-coordinator and --lg-place NAME or
 --lg-pool TAG=VALUE (reserved, queued behind other users, released at the end; see the
@@ -374,12 +375,15 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
     from harness.board.build import fixture_kernel_archive
     from harness.board.parity import FIXTURE_LABEL, build_kernel_driver
 
-    if args.fixture == (args.kernels_archive is not None):
+    fixture = args.fixture or args.fixture_wrong
+    if [args.fixture, args.fixture_wrong, args.kernels_archive is not None].count(True) != 1:
         raise HarnessError("kernel-parity: give exactly one of --kernels-archive PATH (a "
-                           "SKaiNET build) and --fixture (the project's own test archive)")
-    archive = fixture_kernel_archive() if args.fixture else Path(args.kernels_archive)
+                           "SKaiNET build), --fixture (the project's own test archive) and "
+                           "--fixture-wrong (its deliberately wrong kernels)")
+    archive = (fixture_kernel_archive(wrong=args.fixture_wrong) if fixture
+               else Path(args.kernels_archive))
     say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
-    if args.fixture:
+    if fixture:
         say(f"kernel parity on {archive}: {FIXTURE_LABEL}")
     build_kernel_driver(archive, formats=args.formats)  # fail fast, exit 2
     shapes = [s for group in (args.shape or []) for s in group] or list(DEFAULT_SHAPES)
@@ -391,11 +395,11 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
                 board_sessions(profiles, trust_new=args.trust_new, log=_log) as sessions:
             result = kernel_parity_spread(sessions, archive, formats=args.formats,
                                           shapes=shapes, seed=args.seed, progress=say,
-                                          fixture=args.fixture or None)
+                                          fixture=fixture or None)
     else:
         with _session(args, in_a_box_when_unset=True) as sess:
             result = kernel_parity(sess, archive, formats=args.formats, shapes=shapes,
-                                   seed=args.seed, progress=say, fixture=args.fixture or None)
+                                   seed=args.seed, progress=say, fixture=fixture or None)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
         return 0 if result.ok else 1
@@ -497,9 +501,14 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixture", action="store_true",
                    help="run the project's own test archive (fixtures/board/kernels, built "
                         "with SKaiNET's flags) instead: checks the harness, not SKaiNET")
+    p.add_argument("--fixture-wrong", action="store_true",
+                   help="run the project's archive of deliberately wrong kernels "
+                        "(fixtures/board/kernels_wrong, one per dense, BitNet, ternary and "
+                        "lm-head kind): every kernel in it must FAIL")
     p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f], metavar="LIST",
-                   help="comma-separated formats, e.g. Q8_0,Q4_K (default: all the archive "
-                        "exports)")
+                   help="comma-separated formats, e.g. Q8_0,Q4_K; also F32, BF16, F16 (dense "
+                        "GEMM), TQ2_0 (BitNet GEMV), TERNARY, TERNARY4 (ternary GEMV, "
+                        "lm-head) (default: all the archive exports)")
     p.add_argument("--shape", action="append", type=_shapes, metavar="OUTxIN[xBATCH][,...]",
                    help="case shapes: repeat the option or separate shapes with commas "
                         "(default: the built-in set of shapes)")
@@ -583,7 +592,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("kernel-parity", "real SKaiNET native kernels vs kernels_ref skainet_neon",
                "Link the project's C driver against a libskainet_kernels.a, run every "
-               "exported packed matmul kernel on the board (the board-in-a-box when no "
+               "exported kernel it knows (packed matmuls, dense fp32/bf16/fp16 GEMM, BitNet "
+               "and ternary GEMV, ternary lm-head) on the board (the board-in-a-box when no "
                "--board/--profile is given) and judge each output with the one verdict rule.")
     _add_kernel_options(p)
     p.set_defaults(func=cmd_kernel_parity)

@@ -1,5 +1,6 @@
 """Parity modes on a target: decode parity (a user's program) and kernel parity (the real
-SKaiNET native kernels, linked into our driver, against kernels_ref's `skainet_neon`).
+SKaiNET native kernels, linked into our driver, against kernels_ref's `skainet_neon`, or
+for the ternary kernels the exact result within a rigorous bound: harness.board.kernelkinds).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from harness.board.decode import (  # decode parity lives there; re-exported for
     compare_decode,
     read_token_list,
 )
+from harness.board.kernelkinds import MODELLED_KINDS, OTHER_KERNELS, KernelSymbol
+from harness.board.kernelkinds import case_inputs as other_case_inputs
+from harness.board.kernelkinds import reference as other_reference
+from harness.board.kernelkinds import skip_reason as other_skip_reason
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
 from harness.parity.judge import FAILED, OK, Expectation, Outcome, verdict_rule
@@ -33,18 +38,6 @@ __all__ = ["DEFAULT_TARGET_TPS", "DEFAULT_TOKEN_PATTERN", "DEFAULT_TPS_PATTERN",
 
 # -- kernel parity -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class KernelSymbol:
-    symbol: str
-    qtype: str
-    order: str  # oracle.layout block order the kernel reads
-
-    @property
-    def kernel_order(self) -> str:
-        """skainet_neon's `kernel_order` for this entry: "rm" for `_rm`, else "feed"."""
-        return "rm" if self.order == "row_major" else "feed"
-
-
 KERNEL_SYMBOLS: tuple[KernelSymbol, ...] = tuple(
     KernelSymbol(f"skainet_{stem}_matmul{suffix}", qt, order)
     for stem, qt in (("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q5_0", "Q5_0"), ("q5_1", "Q5_1"),
@@ -52,15 +45,16 @@ KERNEL_SYMBOLS: tuple[KernelSymbol, ...] = tuple(
     for suffix, order in (("", "input_block_major"), ("_rm", "row_major"))
 )
 
+#: Every kernel kernel-parity runs: the packed matmuls, then the other kinds.
+ALL_KERNELS: tuple[KernelSymbol, ...] = KERNEL_SYMBOLS + OTHER_KERNELS
+
 #: Why other `skainet_*` symbols an archive defines are not run (prefix -> reason).
 NOT_MODELLED: tuple[tuple[str, str], ...] = (
-    ("skainet_fp32_", "float32 weights: no packed format, kernels_ref models packed ones"),
-    ("skainet_fp16_", "float16 weights: no packed format, kernels_ref models packed ones"),
-    ("skainet_bf16_", "bfloat16 weights: no packed format, kernels_ref models packed ones"),
-    ("skainet_bitnet", "ternary (BitNet) weights: a format kernels_ref does not model"),
-    ("skainet_ternary", "ternary weights: a format kernels_ref does not model"),
+    ("skainet_smoke_", "the FFI smoke test (output = 2*input), not a kernel"),
+    ("skainet_run_rows", "the row-range thread pool the packed kernels share, not a kernel"),
+    ("skainet_cpu_has_", "a CPU feature probe, not a kernel"),
 )
-OTHER_SYMBOL = "not a packed matmul kernel with the (input, weight, dims, output) signature"
+OTHER_SYMBOL = "not a kernel with a signature the driver knows (packed, dense, BitNet, ternary)"
 
 #: (out_dim, in_dim, batch): small, a K-quant row, batch > 1, and out >= 512 (the threaded
 #: path of the native kernels), plus in = 640 (FunctionGemma's n_embd; K-quants skip it).
@@ -74,7 +68,9 @@ VERDICT_RULE = ("a kernel with an order model in kernels_ref passes only bit-exa
                 "skainet_neon(fused_final=True); a kernel without one can at best be "
                 "'within-bound' of the exact result")
 FIXTURE_ARCHIVE_NAME = "libfixture_kernels.a"
-FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kernels), "
+#: the project's archive of deliberately wrong kernels, one per non-packed kind
+FIXTURE_WRONG_ARCHIVE_NAME = "libfixture_kernels_wrong.a"
+FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kernels*), "
                  "not SKaiNET's result")
 
 
@@ -170,7 +166,8 @@ def expectation(ref: dict[str, np.ndarray]) -> Expectation:
     binding model (fused_final=False checked for the detail only), else exact and bound."""
     if "fused" in ref:
         return Expectation([("fused", ref["fused"])], binding=True,
-                           alternatives=[("unfused", ref["unfused"])])
+                           alternatives=[("unfused", ref["unfused"])] if "unfused" in ref
+                           else [])
     return Expectation(exact=ref["exact"], bound=ref["bound"])
 
 
@@ -181,7 +178,7 @@ def judge(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> Kernel
     case.max_ulp, case.mismatches, case.scale_ulps = j.max_ulp, j.mismatches, j.scale_ulps
     if "fused" in ref:
         case.fused_final_matches = {True: j.model_matches["fused"],
-                                    False: j.model_matches["unfused"]}
+                                    False: j.model_matches.get("unfused", False)}
         case.bit_exact = case.fused_final_matches[True]
         if not case.bit_exact and case.fused_final_matches[False]:
             case.detail = ("bit-exact with fused_final=False instead: built without "
@@ -228,8 +225,8 @@ def inventory(archive: Path, formats: Sequence[str] | None = None) -> KernelInve
     defined = {s for s in archive_symbols(archive) if s.startswith("skainet_")}
     wanted = {f.upper() for f in formats} if formats else None
     inv = KernelInventory(archive)
-    known = {k.symbol: k for k in KERNEL_SYMBOLS}
-    for k in KERNEL_SYMBOLS:
+    known = {k.symbol: k for k in ALL_KERNELS}
+    for k in ALL_KERNELS:
         if k.symbol not in defined:
             inv.absent.append(k.symbol)
         elif wanted is None or k.qtype in wanted:
@@ -241,7 +238,7 @@ def inventory(archive: Path, formats: Sequence[str] | None = None) -> KernelInve
                                       if sym.startswith(prefix)), OTHER_SYMBOL)
     if not inv.run:
         raise HarnessError(
-            f"--kernels-archive {archive}: defines none of the SKaiNET packed matmul kernels "
+            f"--kernels-archive {archive}: defines none of the SKaiNET kernels "
             f"({', '.join(k.symbol for k in KERNEL_SYMBOLS[:2])}, ...)"
             + (f" for {', '.join(sorted(wanted))}" if wanted else "")
             + "; some releases ship an empty archive: pick one whose archive holds them"
@@ -272,14 +269,17 @@ def packed_for(k: KernelSymbol, raw: np.ndarray) -> np.ndarray:
 
 
 def run_kernel(target: Target, driver: Path, k: KernelSymbol, x: np.ndarray,
-               packed: np.ndarray, out_dim: int, timeout: float = 300.0
-               ) -> tuple[np.ndarray | None, RunResult]:
-    """One driver run of kernel `k`: float32 (batch, out_dim) outputs, or None if it failed."""
-    batch, in_dim = x.shape
+               packed: np.ndarray, out_dim: int, timeout: float = 300.0,
+               in_dim: int | None = None) -> tuple[np.ndarray | None, RunResult]:
+    """One driver run of kernel `k`: float32 (batch, out_dim) outputs, or None if it failed.
+    `x` is float32 activations, or bytes (uint8) in the kind's input encoding."""
+    batch = x.shape[0]
+    in_dim = x.shape[1] if in_dim is None else in_dim
+    x_bytes = x.tobytes() if x.dtype == np.uint8 else x.astype("<f4").tobytes()
     res: RunResult = target.run(
         driver,
         args=[k.symbol, "w.bin", "x.bin", str(in_dim), str(out_dim), str(batch), "y.bin"],
-        inputs={"w.bin": packed.tobytes(), "x.bin": x.astype("<f4").tobytes()},
+        inputs={"w.bin": packed.tobytes(), "x.bin": x_bytes},
         outputs=["y.bin"], timeout=timeout,
     )
     if not res.ok:
@@ -400,47 +400,44 @@ def plan_cases(inv: KernelInventory, shapes: Sequence[tuple[int, int, int]],
 
 
 def shape_skip(k: KernelSymbol, shape: tuple[int, int, int]) -> str | None:
-    """Why kernel `k` has no case at `shape` (in_dim not a whole number of its blocks),
-    else None."""
+    """Why kernel `k` has no case at `shape` (a packed kernel's in_dim not a whole number of
+    its blocks; the other kinds' own limits), as a "skipped ..." line, else None."""
     from oracle.formats import qtype as qtype_of
 
     out_dim, in_dim, batch = shape
-    block = qtype_of(k.qtype).block
-    if in_dim % block:
-        return (f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: in {in_dim} is not a "
-                f"multiple of {k.qtype}'s {block}-element block")
-    return None
+    if k.kind != "packed":
+        why = other_skip_reason(k, shape)
+    else:
+        block = qtype_of(k.qtype).block
+        why = (f"in {in_dim} is not a multiple of {k.qtype}'s {block}-element block"
+               if in_dim % block else None)
+    return f"skipped {k.symbol} {out_dim}x{in_dim} b{batch}: {why}" if why else None
 
 
-def case_inputs(k: KernelSymbol, shape: tuple[int, int, int], seed: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(x, packed weights in k's block order) of one case, drawn from (seed, kernel,
-    shape) alone: a case selected on its own (pytest -k, one xdist worker) sees the same
-    numbers as in the whole run."""
+def case_rng(k: KernelSymbol, shape: tuple[int, int, int], seed: int) -> np.random.Generator:
+    """The random stream of one case, from (seed, kernel, shape) alone: a case selected on
+    its own (pytest -k, one xdist worker, one board of a pool) sees the same numbers as in
+    the whole run."""
     import zlib
 
-    from oracle.quants import quantize
-
     out_dim, in_dim, batch = shape
-    rng = np.random.default_rng([seed, out_dim, in_dim, batch, zlib.crc32(k.symbol.encode())])
-    w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
-    x = rng.standard_normal((batch, in_dim)).astype(np.float32)
-    return x, packed_for(k, quantize(k.qtype, w))
+    return np.random.default_rng([seed, out_dim, in_dim, batch, zlib.crc32(k.symbol.encode())])
 
 
 def kernel_case(runner: BoardRunner, k: KernelSymbol, shape: tuple[int, int, int],
                 seed: int = 0) -> KernelCase:
-    """Run one kernel x shape through `runner` and judge it with the one judge: what
-    `kernel_parity` and the pytest items (harness.parity.pytest_items) both call."""
-    out_dim, in_dim, _ = shape
-    x, packed = case_inputs(k, shape, seed)
-    case = KernelCase(k.symbol, k.qtype, tuple(shape))
-    outcome = runner.run(KernelCall(k.symbol, x, packed, out_dim, in_dim))
+    """Run one kernel x shape through `runner` (the driver's entry for its signature) and
+    judge it with the one judge: what `kernel_parity`, the pool spread and the pytest items
+    (harness.parity.pytest_items) all call."""
+    x, packed, ref = case_data(k, shape, case_rng(k, shape, seed))
+    case = KernelCase(k.symbol, k.qtype, tuple(shape),
+                      reference="skainet_neon" if k.kind in MODELLED_KINDS else "bound")
+    outcome = runner.run(KernelCall(k.symbol, x, packed, shape[0], shape[1]))
     if outcome.status != OK:
         case.failed_run = True
         case.detail = outcome.error
         return case
-    return judge(case, outcome.y, reference_outputs(x, packed, k, out_dim, in_dim))
+    return judge(case, outcome.y, ref)
 
 
 def kernel_parity(
@@ -453,13 +450,14 @@ def kernel_parity(
     progress: Callable[[str], None] | None = None,
     fixture: bool | None = None,
 ) -> KernelParity:
-    """Run every exported packed kernel on the target (`BoardRunner`) and judge it with the
+    """Run every exported kernel the harness knows (packed, dense, BitNet, ternary) on the
+    target (`BoardRunner`), with the driver's entry for its signature, and judge it with the
     one judge (`kernel_verdict` its rule).
     `fixture` labels the project's own test archive (default: by its file name).
     (harness.board.spread runs the same cases over several boards.)"""
     driver, inv = build_kernel_driver(archive, formats=formats)
     if fixture is None:
-        fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
+        fixture = Path(archive).name in (FIXTURE_ARCHIVE_NAME, FIXTURE_WRONG_ARCHIVE_NAME)
     result = KernelParity(inv, fixture=fixture)
     runner = BoardRunner(target, driver, timeout)
     for planned in plan_cases(inv, shapes, result.skipped):
@@ -468,3 +466,19 @@ def kernel_parity(
         if progress:
             progress(case.row())
     return result
+
+
+def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(driver input, weight bytes, reference) of one case: random weights and inputs of
+    the kernel's kind and what kernels_ref says the outputs must be."""
+    from oracle.quants import quantize
+
+    out_dim, in_dim, _ = shape
+    if k.kind != "packed":
+        x, packed = other_case_inputs(k, rng, shape)
+        return x, packed, other_reference(k, x, packed, out_dim, in_dim)
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
+    x = rng.standard_normal((shape[2], in_dim)).astype(np.float32)
+    packed = packed_for(k, quantize(k.qtype, w))
+    return x, packed, reference_outputs(x, packed, k, out_dim, in_dim)

@@ -63,14 +63,21 @@ class BoardRunner:
         self.target, self.driver, self.timeout = target, driver, timeout
 
     def run(self, call: KernelCall) -> Outcome:
-        from harness.board.parity import KERNEL_SYMBOLS, run_kernel
+        from harness.board.parity import ALL_KERNELS, run_kernel
 
-        k = next(k for k in KERNEL_SYMBOLS if k.symbol == call.kernel)
+        k = next(k for k in ALL_KERNELS if k.symbol == call.kernel)
         y, res = run_kernel(self.target, self.driver, k, call.x, call.weights, call.out_dim,
-                            self.timeout)
+                            self.timeout, in_dim=call.in_dim)
         return Outcome(OK if y is not None else FAILED, y,
-                       None if y is not None else f"driver failed: {res.reason}",
+                       None if y is not None else driver_failure(res),
                        seconds=res.timings.get("total") or 0.0, extras={"result": res})
+
+
+def driver_failure(res: Any) -> str:
+    """A failed driver run in words: the target's reason and the driver's last stderr line
+    (it names the kernel and what went wrong, e.g. a write outside the output block)."""
+    lines = bytes(res.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+    return f"driver failed: {res.reason}" + (f": {lines[-1][:300]}" if lines else "")
 
 
 class LocalRunner:
