@@ -155,7 +155,7 @@ def test_run_spreads_its_board_legs_kernel_parity_over_the_pool_in_one_report(fa
     assert res.returncode == 1, res.stderr  # the fixture's one deliberately wrong kernel
     leg = json.loads((tmp_path / "rep" / "report.json").read_text())["legs"][0]
     cases = [r for r in leg["rows"] if r["case"].startswith("skainet_")]
-    assert len(cases) == 47
+    assert len(cases) == 71  # 47 packed + 24 dense, BitNet and ternary
     on = {r["detail"].rsplit("; on ", 1)[1] for r in cases}
     assert on == set(farm.places)  # each case names its board; both boards ran cases
     failed = {r["case"].split()[0] for r in cases if r["verdict"] == "FAIL"}
