@@ -363,7 +363,7 @@ def test_farm_sim_cli_stop_ends_exactly_what_start_started_even_after_a_kill_9(t
 
 
 def test_farm_sim_stop_never_kills_a_process_it_did_not_start(tmp_path):
-    stranger = subprocess.Popen(["sleep", "60"])
+    stranger = subprocess.Popen(["sleep", "60"], preexec_fn=default_sigint)
     try:
         d = tmp_path / "farm"
         d.mkdir()
