@@ -8,6 +8,7 @@ SEMANTICS maps each semantics name to a one-line description; the classes in
 `kernels_ref.semantics` name the source functions they model.
 """
 
+from kernels_ref import q8reference  # noqa: F401  (registers skainet_q8_reference)
 from kernels_ref.bounds import error_bound
 from kernels_ref.compare import ulp_distance
 from kernels_ref.fma import fma32

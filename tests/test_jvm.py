@@ -25,6 +25,9 @@ SHAPES = [(16, 256, 2, 0), (7, 512, 1, 40)]
 #: fixtures for the surfaces, judged in test_jvm_cli.py
 NOT_IN_MATRIX = ("Overreads4LaneQ8_0MatmulKernel", "WritesPastRowQ8_0MatmulKernel",
                  "LeavesProcessQ8_0MatmulKernel")
+#: fixtures in the order of SKaiNET's Q8-activation reference kernels (their own test)
+Q8_ACTIVATION = ("Q4_KQ8ActivationReferenceKernel", "Q6_KQ8ActivationReferenceKernel",
+                 "ScaleDistributedQ4_KQ8ActivationReferenceKernel")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,8 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
                        "PanamaVectorQ8_0MatmulKernel", "PanamaVectorQ4_0Kernel",
                        "DropsLastBlockMatmulKernel", "ThrowingQ8_0MatmulKernel",
                        "NeverReturnsQ8_0MatmulKernel", "Overreads4LaneQ8_0MatmulKernel",
-                       "WritesPastRowQ8_0MatmulKernel", "LeavesProcessQ8_0MatmulKernel"}
+                       "WritesPastRowQ8_0MatmulKernel", "LeavesProcessQ8_0MatmulKernel",
+                       *Q8_ACTIVATION}
     # (Blocks, VectorBlocks and the interfaces are not kernels)
     assert ks["DropsLastBlockMatmulKernel"].fmt == "Q8_0"  # from its interface
     assert ks["PanamaVectorQ4_0Kernel"].provider == PANAMA
@@ -70,7 +74,7 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
 
 
 def test_matrix_verdicts_crash_hang_and_order(jdk, cp):
-    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX]
+    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX + Q8_ACTIVATION]
     run = run_matrix(jdk, cp, ks, lanes=("4",), jit=("pinned", "warm"), shapes=SHAPES,
                      timeout=8)
     by = {(c.kernel, c.jit, c.shape): c for c in run.cases}
@@ -147,3 +151,42 @@ def test_a_jvm_that_dies_mid_case_is_a_crash_result_and_the_worker_restarts(jdk,
         assert r.status == "crash" and r.error["class"] == "JVM died", r.error
         r = wk.call("skoracle.fixture.ScalarQ8_0MatmulKernel", x, raw, 32, 1)
         assert r.status == "ok" and wk.starts == 2 and wk.pid != pid
+
+
+def test_q8_activation_kernels_are_judged_bit_exact_by_their_own_model(jdk, cp):
+    ks = {k.short: k for k in discover(cp) if k.short in Q8_ACTIVATION}
+    assert {k.model for k in ks.values()} == {"skainet_q8_reference"}
+    assert ks["Q6_KQ8ActivationReferenceKernel"].fmt == "Q6_K"
+    run = run_config(jdk, cp, list(ks.values()), "auto", "pinned", SHAPES, 0, 30)
+    by = {(c.kernel, c.shape): c for c in run.cases}
+    for s in SHAPES:
+        for name in Q8_ACTIVATION[:2]:
+            assert by[name, s].verdict == "bit-exact", by[name, s].detail
+            assert by[name, s].reference == "skainet_q8_reference"
+        wrong = by["ScaleDistributedQ4_KQ8ActivationReferenceKernel", s]
+        # inside any bound, yet FAIL: the order is modelled, so only equal bits pass
+        assert wrong.verdict == "FAIL", wrong.detail
+        assert wrong.detail.startswith("not bit-exact vs skainet_q8_reference:")
+
+
+def test_q8_activation_fixture_matches_the_model_on_rounding_ties_and_tiny_blocks(jdk, cp):
+    from harness.jvm.worker import JvmConfig, Worker
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 768)).astype(np.float32)
+    x[0, :256] = 0.0
+    x[0, 0] = 127.0  # inv = 1: x itself is rounded, on every tie and just below a half
+    x[0, 1:161] = (np.arange(-80, 80) + 0.5).astype(np.float32)
+    x[0, 161] = np.nextafter(np.float32(0.5), np.float32(0))
+    x[1, 256:512] = 0.0  # an all-zero block
+    x[2, 512:] = 0.0
+    x[2, 600] = np.float32(1e-45)  # 127/maxAbs overflows: codes from inf and NaN
+    with Worker(JvmConfig(str(jdk.home), cp), timeout=60) as wk:
+        for fmt, name in (("Q4_K", Q8_ACTIVATION[0]), ("Q6_K", Q8_ACTIVATION[1])):
+            raw = quantize(fmt, rng.standard_normal((5, 768)).astype(np.float32))
+            r = wk.call(f"skoracle.fixture.{name}", x, to_input_block_major(raw, fmt), 768, 5)
+            want = matmul_wt(x, raw, fmt, 5, 768, semantics="skainet_q8_reference")
+            native = matmul_wt(x, raw, fmt, 5, 768, semantics="skainet_neon",
+                               fused_final=False)
+            assert r.status == "ok" and r.y.tobytes() == want.tobytes(), (fmt, r.error)
+            assert r.y.tobytes() != native.tobytes()  # the ties tell the quantizers apart

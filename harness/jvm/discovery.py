@@ -23,6 +23,11 @@ ACC_STATIC = 0x0008
 SCALAR, PANAMA, FFM = "scalar", "panama-vector", "native-ffm"
 #: Format spellings in names (Q4_K, Q4K, q4k, Q8_0 ...) -> the oracle's format name.
 _FORMAT_RE = re.compile(r"Q([4568])_?(0|1|K)", re.I)
+#: Kernels whose float order is a kernels_ref semantics of its own, by class name: SKaiNET's
+#: Q8-activation reference kernels (Q4_KQ8ActivationReferenceKernel, Q6_K...) quantize the
+#: activations to int8 per 256 by design, so the exact-float bound cannot judge them.
+ORDER_MODELS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"Q8ActivationReference"), "skainet_q8_reference"),)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class Kernel:
     provider: str
     source: str
     interfaces: tuple[str, ...] = field(default_factory=tuple)
+    #: the kernels_ref semantics that models this class's own float order (ORDER_MODELS),
+    #: judged bit for bit; None: the provider's semantics (scalar, Panama) as candidates
+    model: str | None = None
 
     @property
     def short(self) -> str:
@@ -144,6 +152,12 @@ def format_of(*names: str) -> str | None:
     return None
 
 
+def model_of(cls: str) -> str | None:
+    """The semantics modelling this class's own order (ORDER_MODELS), by its simple name."""
+    short = cls.rsplit(".", 1)[-1]
+    return next((sem for pat, sem in ORDER_MODELS if pat.search(short)), None)
+
+
 def provider_of(info: ClassInfo, classes: dict[str, ClassInfo] | None = None) -> str:
     """What the kernel runs on, from the classes it refers to, following references into
     the other classes of the classpath (a kernel may reach the Vector API via a helper)."""
@@ -220,5 +234,5 @@ def discover(classpath: str) -> list[Kernel]:
             continue
         fmt = format_of(*info.interfaces, info.name)
         found.append(Kernel(info.name, fmt, provider_of(info, classes), where_of[info.name],
-                            info.interfaces))
+                            info.interfaces, model_of(info.name)))
     return sorted(found, key=lambda k: (k.fmt or "~", k.cls))

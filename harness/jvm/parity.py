@@ -188,6 +188,8 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     the real lane count in every reduction order (the probed one first); candidates, not a
     binding model (the kernel may use an order none models: then the bound judges)."""
     fmt = k.fmt
+    if k.model is not None:
+        return model_expectation(k, shape, seed)
     models: list[tuple[str, np.ndarray]] = []
     if k.provider == SCALAR:
         models = [("skainet_scalar", reference(fmt, shape, seed, "skainet_scalar"))]
@@ -202,6 +204,17 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     x, raw, _ = case_data(fmt, shape, seed)
     return Expectation(models, binding=False, exact=reference(fmt, shape, seed, "exact"),
                        bound=error_bound(x, raw, fmt, shape[0], shape[1]))
+
+
+def model_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int) -> Expectation:
+    """A class whose own order kernels_ref models (`Kernel.model`): that model, binding
+    (JVM float arithmetic is strict, so the order is the class's, whatever the JIT does);
+    the bound, with the model's activation quantization, names how far a miss is."""
+    x, raw, _ = case_data(k.fmt, shape, seed)
+    return Expectation([(k.model, reference(k.fmt, shape, seed, k.model))], binding=True,
+                       exact=reference(k.fmt, shape, seed, "exact"),
+                       bound=error_bound(x, raw, k.fmt, shape[0], shape[1],
+                                         semantics=k.model))
 
 
 def _notes(res: CallResult) -> tuple[str, str]:
@@ -225,12 +238,24 @@ def _detail(j: Judgement, exp: Expectation, res: CallResult, order: str | None) 
     if j.verdict == Verdict.WITHIN_BOUND:
         return (f"matches no modelled order ({', '.join(n for n, _ in exp.models)});"
                 if exp.models else "order not modelled;") + f" inside error_bound{drift}{warm}"
+    if exp.modelled:
+        return _binding_miss(j, exp, res.y) + drift + warm
     y, bad = res.y, j.outside
     if bad is None or not len(bad):
         return f"non-finite output{drift}"
     return (f"OUTSIDE error_bound at {len(bad)} outputs, first (row {bad[0][0]}, "
             f"out {bad[0][1]}): got {y[tuple(bad[0])]!r}, exact "
             f"{exp.exact[tuple(bad[0])]!r}{drift}{warm}")
+
+
+def _binding_miss(j: Judgement, exp: Expectation, y: np.ndarray) -> str:
+    """A binding model missed: how many outputs differ, by how many ulps, the first one."""
+    ref = dict(exp.models)[j.reference]
+    first = np.argwhere(y.view(np.uint32) != ref.view(np.uint32))
+    where = (f", first (row {first[0][0]}, out {first[0][1]}): got {y[tuple(first[0])]!r}, "
+             f"model {ref[tuple(first[0])]!r}") if len(first) else ""
+    return (f"not bit-exact vs {j.reference}: {j.mismatches} of {y.size} outputs differ, "
+            f"max {j.max_ulp} ulp{where}")
 
 
 def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
