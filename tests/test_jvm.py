@@ -5,6 +5,7 @@ handling, worker reuse. These kernels are test fixtures, never SKaiNET."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.jvm.discovery import PANAMA, SCALAR, discover, format_of
+from harness.jvm.discovery import PANAMA, SCALAR, discover, format_of, inventory
 from harness.jvm.fixtures import fixture_classpath
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import run_config, run_matrix
@@ -71,6 +72,40 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
     assert sorted(k.cls for k in discover(str(jar))) == sorted(k.cls for k in ks.values())
     with pytest.raises(HarnessError, match="no such file"):
         discover(str(tmp_path / "missing.jar"))
+
+
+def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp, tmp_path):
+    """The fixture interfaces under fixtures/jvm/.../sk/ainet/backend/api/kernel mirror
+    SKaiNET's names; discovery follows superclasses and superinterfaces to them."""
+    listed = {(k.short, k.kind): k for k in inventory(cp)}
+    reasons = {(name, kind): k.reason for (name, kind), k in listed.items() if not k.runnable}
+    assert reasons == {
+        ("ConstructedQ4KMatmulKernel", "packed"): "implements Q4KMatmulKernel but has no "
+        "static INSTANCE of its own type (not a Kotlin object): no instance to call",
+        ("Q4_KQ8ActivationReferenceMemSegKernel", "memseg"):
+            "no runner for Q4KMemSegMatmulKernel yet (packed weights in a MemorySegment)",
+        ("ScalarFp32MatmulKernel", "fp32"):
+            "no model for Fp32MatmulKernel yet (dense fp32 GEMM: m, n, k, strides)",
+        ("ScalarBf16MatmulKernel", "bf16"):  # through its abstract superclass
+            "no model for Bf16MatmulKernel yet (fp32 x bf16 GEMM)",
+        ("ScalarFp16MatmulKernel", "narrow-float"):  # Fp16MatmulKernel extends NarrowFloat...
+            "no model for Fp16MatmulKernel yet (fp32 x 16-bit float GEMM, codec read at run "
+            "time)",
+        ("TernaryGemvViewKernel", "view"): "no runner for ViewKernel yet (TensorView "
+        "operands, built with a KernelKey: TernaryF32GemvKernel, BitNetGemvKernel, "
+        "PackedViewMatmulKernel, ...)",
+        ("FixtureKernelProvider", "other"):
+            "implements KernelProvider: not a kernel interface, nothing to judge",
+    }
+    assert {k.short for k in discover(cp)} == {n for (n, _), k in listed.items() if k.runnable}
+    # the interfaces, the abstract base and the helpers are no kernels
+    assert not {"Bf16KernelBase", "NarrowFloats", "Q8Activations", "Fp32MatmulKernel"} & \
+        {n for n, _ in listed}
+    # without its superclass on the classpath, a subclass's interface cannot be seen
+    part = tmp_path / "part"
+    shutil.copytree(cp, part)
+    (part / "skoracle" / "fixture" / "Bf16KernelBase.class").unlink()
+    assert "ScalarBf16MatmulKernel" not in {k.short for k in inventory(str(part))}
 
 
 def test_matrix_verdicts_crash_hang_and_order(jdk, cp):

@@ -67,7 +67,8 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
 
 def _nothing_found(classpath: str, formats: list[str] | None = None) -> HarnessError:
     return HarnessError(f"--classpath {classpath or '(empty)'}: no packed matmul kernel found "
-                        f"(a class with a static INSTANCE and matmul{MATMUL_DESCRIPTOR})"
+                        "(a class implementing a kernel interface of sk.ainet.backend.api."
+                        f"kernel, or with a static INSTANCE and matmul{MATMUL_DESCRIPTOR})"
                         + (f" for {', '.join(formats)}" if formats else ""))
 
 
