@@ -16,8 +16,9 @@ from harness.errors import HarnessError
 from harness.jvm.discovery import PANAMA, SCALAR, discover, format_of, inventory
 from harness.jvm.fixtures import fixture_classpath
 from harness.jvm.jdk import find_jdk
-from harness.jvm.parity import run_config, run_matrix
+from harness.jvm.parity import GEMM_SHAPES, run_config, run_matrix
 from kernels_ref import matmul_wt
+from kernels_ref.dense import gemm
 from kernels_ref.semantics import PANAMA_REDUCTIONS
 from oracle import quantize, to_input_block_major
 
@@ -29,6 +30,9 @@ NOT_IN_MATRIX = ("Overreads4LaneQ8_0MatmulKernel", "WritesPastRowQ8_0MatmulKerne
 #: fixtures in the order of SKaiNET's Q8-activation reference kernels (their own test)
 Q8_ACTIVATION = ("Q4_KQ8ActivationReferenceKernel", "Q6_KQ8ActivationReferenceKernel",
                  "ScaleDistributedQ4_KQ8ActivationReferenceKernel")
+#: the Fp32MatmulKernel fixtures (their own test)
+FP32_KERNELS = ("ScalarFp32MatmulKernel", "PanamaVectorFp32MatmulKernel",
+                "DropsLastProductFp32MatmulKernel")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
                        "DropsLastBlockMatmulKernel", "ThrowingQ8_0MatmulKernel",
                        "NeverReturnsQ8_0MatmulKernel", "Overreads4LaneQ8_0MatmulKernel",
                        "WritesPastRowQ8_0MatmulKernel", "LeavesProcessQ8_0MatmulKernel",
-                       *Q8_ACTIVATION}
+                       *Q8_ACTIVATION, *FP32_KERNELS}
     # (Blocks, VectorBlocks and the interfaces are not kernels)
     assert ks["DropsLastBlockMatmulKernel"].fmt == "Q8_0"  # from its interface
     assert ks["PanamaVectorQ4_0Kernel"].provider == PANAMA
@@ -84,8 +88,6 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
         "static INSTANCE of its own type (not a Kotlin object): no instance to call",
         ("Q4_KQ8ActivationReferenceMemSegKernel", "memseg"):
             "no runner for Q4KMemSegMatmulKernel yet (packed weights in a MemorySegment)",
-        ("ScalarFp32MatmulKernel", "fp32"):
-            "no model for Fp32MatmulKernel yet (dense fp32 GEMM: m, n, k, strides)",
         ("ScalarBf16MatmulKernel", "bf16"):  # through its abstract superclass
             "no model for Bf16MatmulKernel yet (fp32 x bf16 GEMM)",
         ("ScalarFp16MatmulKernel", "narrow-float"):  # Fp16MatmulKernel extends NarrowFloat...
@@ -109,7 +111,7 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
 
 
 def test_matrix_verdicts_crash_hang_and_order(jdk, cp):
-    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX + Q8_ACTIVATION]
+    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX + Q8_ACTIVATION + FP32_KERNELS]
     run = run_matrix(jdk, cp, ks, lanes=("4",), jit=("pinned", "warm"), shapes=SHAPES,
                      timeout=8)
     by = {(c.kernel, c.jit, c.shape): c for c in run.cases}
@@ -225,3 +227,33 @@ def test_q8_activation_fixture_matches_the_model_on_rounding_ties_and_tiny_block
                                fused_final=False)
             assert r.status == "ok" and r.y.tobytes() == want.tobytes(), (fmt, r.error)
             assert r.y.tobytes() != native.tobytes()  # the ties tell the quantizers apart
+
+
+def test_fp32_gemm_kernels_are_judged_against_the_dense_models(jdk, cp):
+    ks = [k for k in discover(cp) if k.kind == "fp32"]
+    assert {k.short: (k.fmt, k.provider) for k in ks} == {
+        "ScalarFp32MatmulKernel": ("F32", SCALAR), "PanamaVectorFp32MatmulKernel": ("F32", PANAMA),
+        "DropsLastProductFp32MatmulKernel": ("F32", SCALAR)}
+    run = run_config(jdk, cp, ks, "4", "pinned", SHAPES, 0, 30)
+    by = {(c.kernel, c.shape): c for c in run.cases}
+    assert {s for _, s in by} == set(GEMM_SHAPES)  # their own shapes, with strides
+    for s in GEMM_SHAPES:
+        assert by["ScalarFp32MatmulKernel", s].reference == "skainet_scalar"
+        panama = by["PanamaVectorFp32MatmulKernel", s]
+        assert panama.verdict == "bit-exact" and "lanes=4, sequential" in panama.reference
+        assert by["ScalarFp32MatmulKernel", s].verdict == "bit-exact"
+        wrong = by["DropsLastProductFp32MatmulKernel", s]
+        assert wrong.verdict == "FAIL" and "OUTSIDE error_bound" in wrong.detail
+
+
+def test_a_gemm_call_reads_strided_operands_at_offsets(jdk, cp):
+    from harness.jvm.parity import gemm_data
+    from harness.jvm.worker import JvmConfig, Worker
+
+    a, b, a_arr, b_arr, out_len, dims = gemm_data(GEMM_SHAPES[2], 0)
+    assert dims[1] > a.shape[1] and dims[3] > b.shape[1] and dims[5] > b.shape[1]
+    with Worker(JvmConfig(str(jdk.home), cp), timeout=60) as wk:
+        ok = wk.call_gemm("skoracle.fixture.ScalarFp32MatmulKernel", a_arr, b_arr, out_len,
+                          dims)
+        assert ok.status == "ok" and not ok.violations
+        assert ok.y.tobytes() == gemm(a, b, "skainet_scalar").tobytes()

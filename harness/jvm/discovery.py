@@ -22,6 +22,9 @@ from harness.errors import HarnessError
 
 MATMUL_NAME = "matmul"
 MATMUL_DESCRIPTOR = "([FI[BIII[FI)V"  # float[],int,byte[],int,int,int,float[],int
+#: Fp32MatmulKernel.matmul(a, aOffset, aStride, b, bOffset, bStride, out, outOffset,
+#: outStride, m, n, k)
+GEMM_DESCRIPTOR = "([FII[FII[FIIIII)V"
 ACC_STATIC = 0x0008
 
 SCALAR, PANAMA, FFM = "scalar", "panama-vector", "native-ffm"
@@ -41,10 +44,11 @@ KERNEL_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (NARROW, re.compile(r"^(NarrowFloat|Fp16)MatmulKernel$")),
     (VIEW, re.compile(r"^ViewKernel$")),
 )
+#: Kinds the worker runs, by the matmul descriptor it calls.
+RUNNABLE_KINDS: dict[str, str] = {PACKED: MATMUL_DESCRIPTOR, FP32: GEMM_DESCRIPTOR}
 #: Why a kind is listed, not run (the interface's simple name fills {iface}).
 NOT_RUN_YET: dict[str, str] = {
     MEMSEG: "no runner for {iface} yet (packed weights in a MemorySegment)",
-    FP32: "no model for {iface} yet (dense fp32 GEMM: m, n, k, strides)",
     BF16: "no model for {iface} yet (fp32 x bf16 GEMM)",
     NARROW: "no model for {iface} yet (fp32 x 16-bit float GEMM, codec read at run time)",
     VIEW: "no runner for {iface} yet (TensorView operands, built with a KernelKey: "
@@ -89,7 +93,7 @@ class Kernel:
 
     @property
     def runnable(self) -> bool:
-        return self.kind == PACKED and not self.reason
+        return self.kind in RUNNABLE_KINDS and not self.reason
 
     @property
     def short(self) -> str:
@@ -298,11 +302,11 @@ def kinds_of(interfaces: tuple[str, ...]) -> dict[str, str]:
     return kinds
 
 
-def _packed_reason(info: ClassInfo, iface: str) -> str:
-    """Why a class of the packed kind cannot be called ("" when it can)."""
+def _call_reason(info: ClassInfo, iface: str, descriptor: str = MATMUL_DESCRIPTOR) -> str:
+    """Why a class of a kind the worker runs cannot be called ("" when it can)."""
     own = "L" + info.name.replace(".", "/") + ";"
-    if (MATMUL_NAME, MATMUL_DESCRIPTOR) not in info.methods:
-        return f"implements {iface} without matmul{MATMUL_DESCRIPTOR}"
+    if (MATMUL_NAME, descriptor) not in info.methods:
+        return f"implements {iface} without matmul{descriptor}"
     if info.static_fields.get("INSTANCE") != own:
         return (f"implements {iface} but has no static INSTANCE of its own type (not a "
                 "Kotlin object): no instance to call")
@@ -316,17 +320,20 @@ def kernels_of(info: ClassInfo, classes: dict[str, ClassInfo], source: str) -> l
         return []
     kinds = kinds_of(kernel_interfaces(info, classes))
     if not kinds:  # no SKaiNET interface: a packed kernel by its signature and INSTANCE
-        if _packed_reason(info, "a kernel interface"):
+        if _call_reason(info, "a kernel interface"):
             return []
         kinds = {PACKED: ""}
     fmt = format_of(*info.interfaces, info.name)
     provider = provider_of(info, classes)
     out = []
     for kind, iface in kinds.items():
-        reason = (_packed_reason(info, iface) if kind == PACKED
-                  else NOT_RUN_YET[kind].format(iface=iface))
-        out.append(Kernel(info.name, fmt, provider, source, info.interfaces,
-                          model_of(info.name) if kind == PACKED else None, kind, reason))
+        if kind in RUNNABLE_KINDS:
+            reason = _call_reason(info, iface, RUNNABLE_KINDS[kind])
+        else:
+            reason = NOT_RUN_YET[kind].format(iface=iface)
+        out.append(Kernel(info.name, fmt if kind != FP32 else "F32", provider, source,
+                          info.interfaces, model_of(info.name) if kind == PACKED else None,
+                          kind, reason))
     return out
 
 
@@ -337,7 +344,7 @@ def inventory(classpath: str) -> list[Kernel]:
     classes, where_of = read_classpath(classpath)
     found = [k for info in classes.values()
              for k in kernels_of(info, classes, where_of[info.name])]
-    order = {kind: i for i, kind in enumerate((PACKED, *NOT_RUN_YET))}
+    order = {kind: i for i, kind in enumerate((*RUNNABLE_KINDS, *NOT_RUN_YET))}
     return sorted(found, key=lambda k: (order[k.kind], k.fmt or "~", k.cls))
 
 

@@ -25,14 +25,22 @@ import numpy as np
 
 from harness.console import escape_control
 from harness.errors import HarnessError
-from harness.jvm.discovery import FFM, PANAMA, SCALAR, Kernel
+from harness.jvm.discovery import FFM, FP32, PACKED, PANAMA, SCALAR, Kernel
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
-from harness.jvm.worker import JIT_MODES, PLATFORM_PACKAGES, CallResult, JvmConfig, Worker
+from harness.jvm.worker import (
+    GUARD,
+    JIT_MODES,
+    PLATFORM_PACKAGES,
+    CallResult,
+    JvmConfig,
+    Worker,
+)
 from harness.parity.judge import Expectation, Judgement, Outcome
 from harness.parity.judge import judge as judge_outcome
 from harness.parity.runner import JvmRunner, KernelCall
 from harness.parity.verdict import CASE_FAILING, Verdict
 from kernels_ref import error_bound, matmul_wt
+from kernels_ref.dense import gemm, gemm_error_bound
 from kernels_ref.semantics import PANAMA_REDUCTIONS
 from oracle import qtype, quantize, to_input_block_major
 
@@ -48,6 +56,11 @@ LANES_HELP = ("comma-separated lane widths from auto,4,8,16: auto is the host's,
               "board's NEON; auto is run once when it equals a width given (default "
               f"{DEFAULT_LANES})")
 PROBE_FORMATS = ("Q8_0", "Q4_0")  # formats whose probe weight is crafted byte by byte
+#: Fp32MatmulKernel cases as (n, k, m, offset): C(m, n) = A(m, k) . B(k, n); k not a multiple
+#: of the lane counts, so a Panama kernel's scalar tail runs too.
+GEMM_SHAPES: tuple[tuple[int, int, int, int], ...] = ((17, 37, 3, 5), (16, 256, 2, 0),
+                                                      (33, 101, 4, 7))
+GEMM_WARM_CALLS = 200
 
 
 @dataclass
@@ -143,6 +156,37 @@ def reference(fmt: str, shape: tuple[int, int, int, int], seed: int, semantics: 
     return matmul_wt(x, raw, fmt, shape[0], shape[1], semantics=semantics, **dict(opts))
 
 
+@functools.lru_cache(maxsize=64)
+def gemm_data(shape: tuple[int, int, int, int], seed: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, tuple[int, ...]]:
+    """(A (m, k), B (k, n), the flat a and b arrays handed to the kernel, the output array's
+    length, the call's dims) of a GEMM case whose shape is (n, k, m, offset): every operand
+    starts at `offset` and has a row stride wider than its row (k+3, n+2, n+1), so the gaps
+    between output rows are guard cells too."""
+    n, k, m, off = shape
+    rng = np.random.default_rng([seed, n, k, m, off, 3200])
+    a, b = (rng.standard_normal(dims).astype(np.float32) for dims in ((m, k), (k, n)))
+    a_str, b_str, o_str = k + 3, n + 2, n + 1
+    a_arr = rng.standard_normal(off + m * a_str).astype(np.float32)
+    b_arr = rng.standard_normal(off + k * b_str).astype(np.float32)
+    a_arr[off:].reshape(m, a_str)[:, :k] = a
+    b_arr[off:].reshape(k, b_str)[:, :n] = b
+    dims = (off, a_str, off, b_str, off, o_str, m, n, k)
+    return a, b, a_arr, b_arr, off + m * o_str + GUARD, dims
+
+
+def _call(wk: Worker, runner: JvmRunner, k: Kernel, shape: tuple[int, int, int, int],
+          seed: int, calls: int | str) -> CallResult:
+    """Run one case of kernel `k` in the worker: a packed matmul, or an Fp32MatmulKernel's
+    GEMM (GEMM_WARM_CALLS calls in warm mode, C2 not checked)."""
+    if k.kind == FP32:
+        _, _, a_arr, b_arr, out_len, dims = gemm_data(shape, seed)
+        return wk.call_gemm(k.cls, a_arr, b_arr, out_len, dims,
+                            GEMM_WARM_CALLS if calls == "warm" else int(calls))
+    x, _, arr = case_data(k.fmt, shape, seed)
+    return runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1], shape[3])).extras["result"]
+
+
 def probe_data(fmt: str, shape: tuple[int, int, int, int], lanes: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Crafted (x, row-major W): every weight 1.0 exactly (scale 1.0, code 1); per block the
@@ -188,6 +232,8 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     the real lane count in every reduction order (the probed one first); candidates, not a
     binding model (the kernel may use an order none models: then the bound judges)."""
     fmt = k.fmt
+    if k.kind == FP32:
+        return gemm_expectation(k, shape, seed, lanes)
     if k.model is not None:
         return model_expectation(k, shape, seed)
     models: list[tuple[str, np.ndarray]] = []
@@ -204,6 +250,20 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     x, raw, _ = case_data(fmt, shape, seed)
     return Expectation(models, binding=False, exact=reference(fmt, shape, seed, "exact"),
                        bound=error_bound(x, raw, fmt, shape[0], shape[1]))
+
+
+def gemm_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int,
+                     lanes: int | None) -> Expectation:
+    """kernels_ref.dense's orders for an Fp32MatmulKernel (skainet_scalar, or skainet_panama
+    at the real lane count in every reduction order), as candidates; exact and its bound."""
+    a, b = gemm_data(shape, seed)[:2]
+    models: list[tuple[str, np.ndarray]] = []
+    if k.provider == SCALAR:
+        models = [("skainet_scalar", gemm(a, b, "skainet_scalar"))]
+    elif k.provider == PANAMA and lanes:
+        models = [(f"skainet_panama(lanes={lanes}, {r})",
+                   gemm(a, b, "skainet_panama", lanes, r)) for r in PANAMA_REDUCTIONS]
+    return Expectation(models, binding=False, exact=gemm(a, b), bound=gemm_error_bound(a, b))
 
 
 def model_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int) -> Expectation:
@@ -362,7 +422,7 @@ def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, in
         return skip, f"JVM did not start: {run.error}"
     if k.fmt is None:
         return skip, "format not recognised from the class or interface names"
-    if shape[1] % qtype(k.fmt).block:
+    if k.kind == PACKED and shape[1] % qtype(k.fmt).block:
         return skip, f"in_dim {shape[1]} is not a whole number of blocks"
     if k.provider == PANAMA and not jdk.has_vector:
         return (Verdict.NOT_RUNNABLE,
@@ -404,7 +464,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
             kernels = []
         for k in kernels:
             hung = False
-            for shape in shapes:
+            for shape in (GEMM_SHAPES if k.kind == FP32 else shapes):
                 case = Case(k.short, k.fmt, k.provider, tuple(shape), lanes, jit, "skipped",
                             actual_lanes=actual)
                 run.cases.append(case)
@@ -412,9 +472,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                 if not_run:
                     case.verdict, case.detail = not_run
                     continue
-                x, _, arr = case_data(k.fmt, tuple(shape), seed)
-                res = runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
-                                            shape[3])).extras["result"]
+                res = _call(wk, runner, k, tuple(shape), seed, calls)
                 hung = res.status == "timeout"
                 order = None
                 if k.provider == PANAMA and res.status == "ok":

@@ -114,6 +114,21 @@ class CallRequest:
 
 
 @dataclass(frozen=True)
+class GemmRequest:
+    """Parent to child: `cls.INSTANCE.matmul(a, aOffset, aStride, b, bOffset, bStride, out,
+    outOffset, outStride, m, n, k)` (an Fp32MatmulKernel), `calls` times, on an output array
+    of `out_len` cells whose every cell outside the m x n block is a guard cell."""
+
+    cls: str
+    a: np.ndarray
+    b: np.ndarray
+    out_len: int
+    dims: tuple[int, int, int, int, int, int, int, int, int]  # aOff, aStr, bOff, bStr,
+    #                                                           outOff, outStr, m, n, k
+    calls: int
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """Parent to child: stop the JVM and exit."""
 
@@ -241,12 +256,14 @@ class _CaseRunner:
         """The JVM's code cache listing (jcmd Compiler.codelist)."""
         return str(self.server.invoke(self.dcmd, "compilerCodelist", None, None))
 
-    def serve(self, req: CallRequest) -> None:
+    def serve(self, req: CallRequest | GemmRequest) -> None:
         """Run one case and send its result."""
         t0 = time.perf_counter()
-        batch = req.x.shape[0]
         try:
-            self._run(req, batch, t0)
+            if isinstance(req, GemmRequest):
+                self._run_gemm(req, t0)
+            else:
+                self._run(req, req.x.shape[0], t0)
         except self.jpype.JException as exc:
             self.conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
                                       error=_java_error(exc)))
@@ -288,6 +305,38 @@ class _CaseRunner:
                                   compiled=(rep.seen_at is not None if req.calls == "warm"
                                             else None),
                                   warmup_calls=rep.seen_at, violations=violations))
+
+    def _run_gemm(self, req: GemmRequest, t0: float) -> None:
+        """A dense GEMM case: `calls` whole calls, then the m x n block, and what the kernel
+        wrote outside it (the gaps between rows too) or into a and b."""
+        inst = self.instances.get(req.cls)
+        if inst is None:
+            inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
+        a_off, a_str, b_off, b_str, o_off, o_str, m, n, k = req.dims
+        ja, jb = self.jfloat(req.a), self.jfloat(req.b)
+        jo = self.jfloat(np.full(req.out_len, SENTINEL_BITS, np.uint32).view(np.float32))
+        cells = (o_off + o_str * np.arange(m)[:, None] + np.arange(n)[None]).reshape(-1)
+        rep = _Repeats()
+        while rep.done < req.calls:
+            inst.matmul(ja, a_off, a_str, jb, b_off, b_str, jo, o_off, o_str, m, n, k)
+            full = np.array(jo, dtype=np.float32)
+            rep.y = full[cells].reshape(m, n)
+            rep.done += 1
+            self.conn.send(Heartbeat(rep.done))
+            if rep.first is None:
+                rep.first = rep.y
+            elif rep.y.tobytes() != rep.first.tobytes():
+                rep.drifted += 1
+        outside = np.ones(req.out_len, bool)
+        outside[cells] = False
+        bad = np.flatnonzero(outside & (full.view(np.uint32) != SENTINEL_BITS))
+        violations = [f"wrote out[{int(i)}], outside the m x n block (outOffset {o_off}, "
+                      f"outStride {o_str})" for i in bad[:MAX_VIOLATIONS]]
+        violations += changed_cells("a", np.array(ja, dtype=np.float32), req.a, 0)
+        violations += changed_cells("b", np.array(jb, dtype=np.float32), req.b, 0)
+        self.conn.send(CallResult("ok", y=rep.y, first=rep.first, calls=rep.done,
+                                  drifted=rep.drifted, seconds=time.perf_counter() - t0,
+                                  violations=violations))
 
     def _enough(self, req: CallRequest, rep: _Repeats, prev: np.ndarray | None,
                 t0: float) -> bool:
@@ -459,9 +508,25 @@ class Worker:
         t0 = time.perf_counter()
         x = np.ascontiguousarray(x, np.float32)
         w = np.ascontiguousarray(w, np.uint8).reshape(-1)
-        limit = self.timeout if timeout is None else timeout
         self._conn.send(CallRequest(cls, x, w, int(w_offset), int(in_dim), int(out_dim),
                                     calls, WARM_MAX_SECONDS))
+        return self._await(t0, self.timeout if timeout is None else timeout)
+
+    def call_gemm(self, cls: str, a: np.ndarray, b: np.ndarray, out_len: int,
+                  dims: tuple[int, ...], calls: int = 1) -> CallResult:
+        """Run an Fp32MatmulKernel's `cls.INSTANCE.matmul` on the flat arrays a and b with
+        dims (aOffset, aStride, bOffset, bStride, outOffset, outStride, m, n, k), `calls`
+        times, on a guarded output of `out_len` cells; the result's y is the m x n block."""
+        self.start()
+        t0 = time.perf_counter()
+        self._conn.send(GemmRequest(cls, np.ascontiguousarray(a, np.float32).reshape(-1),
+                                    np.ascontiguousarray(b, np.float32).reshape(-1),
+                                    int(out_len), tuple(int(d) for d in dims), int(calls)))
+        return self._await(t0, self.timeout)
+
+    def _await(self, t0: float, limit: float) -> CallResult:
+        """The case's result, restarting the hang clock at each Heartbeat (a crash result if
+        the JVM dies, a timeout one if a call does not return within `limit`)."""
         deadline = time.perf_counter() + limit  # for each call of the kernel, not the case
         while True:
             if self._conn.poll(min(0.2, max(0.0, deadline - time.perf_counter()))):
