@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.jvm.discovery import PANAMA, SCALAR, discover, format_of, inventory
+from harness.jvm.discovery import FFM, PANAMA, SCALAR, discover, format_of, inventory
 from harness.jvm.fixtures import fixture_classpath
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import GEMM_SHAPES, run_config, run_matrix
@@ -63,7 +64,7 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
                        "DropsLastBlockMatmulKernel", "ThrowingQ8_0MatmulKernel",
                        "NeverReturnsQ8_0MatmulKernel", "Overreads4LaneQ8_0MatmulKernel",
                        "WritesPastRowQ8_0MatmulKernel", "LeavesProcessQ8_0MatmulKernel",
-                       *Q8_ACTIVATION, *FP32_KERNELS}
+                       *Q8_ACTIVATION, *FP32_KERNELS, "Q4_KQ8ActivationReferenceMemSegKernel"}
     # (Blocks, VectorBlocks and the interfaces are not kernels)
     assert ks["DropsLastBlockMatmulKernel"].fmt == "Q8_0"  # from its interface
     assert ks["PanamaVectorQ4_0Kernel"].provider == PANAMA
@@ -86,8 +87,6 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
     assert reasons == {
         ("ConstructedQ4KMatmulKernel", "packed"): "implements Q4KMatmulKernel but has no "
         "static INSTANCE of its own type (not a Kotlin object): no instance to call",
-        ("Q4_KQ8ActivationReferenceMemSegKernel", "memseg"):
-            "no runner for Q4KMemSegMatmulKernel yet (packed weights in a MemorySegment)",
         ("ScalarBf16MatmulKernel", "bf16"):  # through its abstract superclass
             "no model for Bf16MatmulKernel yet (fp32 x bf16 GEMM)",
         ("ScalarFp16MatmulKernel", "narrow-float"):  # Fp16MatmulKernel extends NarrowFloat...
@@ -111,7 +110,8 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
 
 
 def test_matrix_verdicts_crash_hang_and_order(jdk, cp):
-    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX + Q8_ACTIVATION + FP32_KERNELS]
+    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX + Q8_ACTIVATION + FP32_KERNELS
+          and k.kind == "packed"]
     run = run_matrix(jdk, cp, ks, lanes=("4",), jit=("pinned", "warm"), shapes=SHAPES,
                      timeout=8)
     by = {(c.kernel, c.jit, c.shape): c for c in run.cases}
@@ -257,3 +257,13 @@ def test_a_gemm_call_reads_strided_operands_at_offsets(jdk, cp):
                           dims)
         assert ok.status == "ok" and not ok.violations
         assert ok.y.tobytes() == gemm(a, b, "skainet_scalar").tobytes()
+
+
+def test_a_memory_segment_kernel_reads_weights_mapped_from_a_file(jdk, cp):
+    ks = [k for k in discover(cp) if k.kind == "memseg"]
+    assert [(k.short, k.fmt, k.provider, k.model) for k in ks] == [
+        ("Q4_KQ8ActivationReferenceMemSegKernel", "Q4_K", FFM, "skainet_q8_reference")]
+    run = run_config(jdk, cp, ks, "auto", "pinned", SHAPES, 0, 30)
+    for c in run.cases:  # the weights start at weightByteOffset 40 in the second shape
+        assert c.verdict == "bit-exact" and c.reference == "skainet_q8_reference", c.detail
+    assert not list(Path(tempfile.gettempdir()).glob("skoracle-jvm-*.weights"))

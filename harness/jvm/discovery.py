@@ -25,6 +25,9 @@ MATMUL_DESCRIPTOR = "([FI[BIII[FI)V"  # float[],int,byte[],int,int,int,float[],i
 #: Fp32MatmulKernel.matmul(a, aOffset, aStride, b, bOffset, bStride, out, outOffset,
 #: outStride, m, n, k)
 GEMM_DESCRIPTOR = "([FII[FII[FIIIII)V"
+#: Q4KMemSegMatmulKernel.matmul(input, inputOffset, MemorySegment weight, long
+#: weightByteOffset, inputDim, outputDim, output, outputOffset)
+MEMSEG_DESCRIPTOR = "([FILjava/lang/foreign/MemorySegment;JII[FI)V"
 ACC_STATIC = 0x0008
 
 SCALAR, PANAMA, FFM = "scalar", "panama-vector", "native-ffm"
@@ -45,10 +48,10 @@ KERNEL_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (VIEW, re.compile(r"^ViewKernel$")),
 )
 #: Kinds the worker runs, by the matmul descriptor it calls.
-RUNNABLE_KINDS: dict[str, str] = {PACKED: MATMUL_DESCRIPTOR, FP32: GEMM_DESCRIPTOR}
+RUNNABLE_KINDS: dict[str, str] = {PACKED: MATMUL_DESCRIPTOR, MEMSEG: MEMSEG_DESCRIPTOR,
+                                   FP32: GEMM_DESCRIPTOR}
 #: Why a kind is listed, not run (the interface's simple name fills {iface}).
 NOT_RUN_YET: dict[str, str] = {
-    MEMSEG: "no runner for {iface} yet (packed weights in a MemorySegment)",
     BF16: "no model for {iface} yet (fp32 x bf16 GEMM)",
     NARROW: "no model for {iface} yet (fp32 x 16-bit float GEMM, codec read at run time)",
     VIEW: "no runner for {iface} yet (TensorView operands, built with a KernelKey: "
@@ -332,7 +335,7 @@ def kernels_of(info: ClassInfo, classes: dict[str, ClassInfo], source: str) -> l
         else:
             reason = NOT_RUN_YET[kind].format(iface=iface)
         out.append(Kernel(info.name, fmt if kind != FP32 else "F32", provider, source,
-                          info.interfaces, model_of(info.name) if kind == PACKED else None,
+                          info.interfaces, model_of(info.name) if kind != FP32 else None,
                           kind, reason))
     return out
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from harness.console import escape_control
 from harness.errors import HarnessError
-from harness.jvm.discovery import FFM, FP32, PACKED, PANAMA, SCALAR, Kernel
+from harness.jvm.discovery import FFM, FP32, MEMSEG, PANAMA, SCALAR, Kernel
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
 from harness.jvm.worker import (
     GUARD,
@@ -177,13 +177,18 @@ def gemm_data(shape: tuple[int, int, int, int], seed: int
 
 def _call(wk: Worker, runner: JvmRunner, k: Kernel, shape: tuple[int, int, int, int],
           seed: int, calls: int | str) -> CallResult:
-    """Run one case of kernel `k` in the worker: a packed matmul, or an Fp32MatmulKernel's
-    GEMM (GEMM_WARM_CALLS calls in warm mode, C2 not checked)."""
+    """Run one case of kernel `k` in the worker: a packed matmul (its weights in a byte
+    array, or for a MemSeg kernel in a MemorySegment mapped from a file), or an
+    Fp32MatmulKernel's GEMM. MemSeg and GEMM kernels get GEMM_WARM_CALLS calls in warm mode
+    (C2 code for them is not looked for)."""
     if k.kind == FP32:
         _, _, a_arr, b_arr, out_len, dims = gemm_data(shape, seed)
         return wk.call_gemm(k.cls, a_arr, b_arr, out_len, dims,
                             GEMM_WARM_CALLS if calls == "warm" else int(calls))
     x, _, arr = case_data(k.fmt, shape, seed)
+    if k.kind == MEMSEG:  # weights mapped from a file; warm: C2 not checked
+        return wk.call(k.cls, x, arr, shape[1], shape[0], shape[3],
+                       GEMM_WARM_CALLS if calls == "warm" else calls, memseg=True)
     return runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1], shape[3])).extras["result"]
 
 
@@ -422,7 +427,7 @@ def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, in
         return skip, f"JVM did not start: {run.error}"
     if k.fmt is None:
         return skip, "format not recognised from the class or interface names"
-    if k.kind == PACKED and shape[1] % qtype(k.fmt).block:
+    if k.kind != FP32 and shape[1] % qtype(k.fmt).block:
         return skip, f"in_dim {shape[1]} is not a whole number of blocks"
     if k.provider == PANAMA and not jdk.has_vector:
         return (Verdict.NOT_RUNNABLE,

@@ -51,6 +51,8 @@ GUARD = 16
 SENTINEL_BITS = np.uint32(0x7FE5C3E1)
 MAX_VIOLATIONS = 4
 MAX_FRAMES = 40
+#: The weights file of a MemorySegment case: next to the worker's log, removed with it.
+WEIGHTS_SUFFIX = ".weights"
 #: Frames of these packages are the platform's; the first frame outside is the user's line.
 PLATFORM_PACKAGES = ("java.", "jdk.", "sun.", "com.sun.", "org.jpype.", "jpype.")
 
@@ -111,6 +113,9 @@ class CallRequest:
     out_dim: int
     calls: int | str
     budget: float
+    #: the weights as a MemorySegment mapped read-only from a file (a MemSeg kernel:
+    #: matmul(float[], int, MemorySegment, long, int, int, float[], int))
+    memseg: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,12 +279,47 @@ class _CaseRunner:
 
     def _run(self, req: CallRequest, batch: int, t0: float) -> None:
         """The case's calls on guarded arrays, then the ok result with what the kernel
-        wrote outside its output ranges or into its input and weight."""
-        x, w, w_off, out_dim = req.x, req.w, req.w_offset, req.out_dim
+        wrote outside its output ranges or into its input and weight (a byte array, or a
+        read-only MemorySegment mapped from a file)."""
+        x, w = req.x, req.w
         inst = self.instances.get(req.cls)
         if inst is None:
             inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
-        jx, jw = self.jfloat(x.reshape(-1)), self.jbyte(w.view(np.int8))
+        jx = self.jfloat(x.reshape(-1))
+        arena = None
+        if req.memseg:
+            arena, jw = self._mapped(w)
+        else:
+            jw = self.jbyte(w.view(np.int8))
+        try:
+            self._calls(req, inst, jx, jw, t0, arena is None)
+        finally:
+            if arena is not None:
+                arena.close()
+
+    def _mapped(self, w: np.ndarray) -> tuple[Any, Any]:
+        """(arena, segment): the weight bytes written to the worker's weights file (removed
+        with the worker's log whatever happens) and mapped read-only, as a packed model
+        load maps its GGUF file; the file is unlinked at once, the mapping stays."""
+        path = str(self.log) + WEIGHTS_SUFFIX
+        with open(path, "wb") as f:
+            f.write(w.tobytes())
+        jp = self.jpype
+        channel_cls = jp.JClass("java.nio.channels.FileChannel")
+        read = jp.JClass("java.nio.file.StandardOpenOption").READ
+        arena = jp.JClass("java.lang.foreign.Arena").ofConfined()
+        ch = channel_cls.open(jp.JClass("java.nio.file.Path").of(path), read)
+        try:
+            seg = ch.map(channel_cls.MapMode.READ_ONLY, 0, max(1, w.size), arena)
+        finally:
+            ch.close()
+            os.unlink(path)
+        return arena, seg
+
+    def _calls(self, req: CallRequest, inst: Any, jx: Any, jw: Any, t0: float,
+               check_weight: bool) -> None:
+        """The case's calls and its result (see _run)."""
+        x, w, w_off, out_dim, batch = req.x, req.w, req.w_offset, req.out_dim, req.x.shape[0]
         offsets, guarded = guarded_output(batch, out_dim)
         jy = self.jfloat(guarded)
         rep = _Repeats()
@@ -299,7 +339,8 @@ class _CaseRunner:
                 break
         violations = guard_violations(rep.full, offsets, out_dim)
         violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
-        violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
+        if check_weight:  # a mapped segment is read-only: the JVM refuses a write
+            violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
         self.conn.send(CallResult("ok", y=rep.y, first=rep.first, calls=rep.done,
                                   drifted=rep.drifted, seconds=time.perf_counter() - t0,
                                   compiled=(rep.seen_at is not None if req.calls == "warm"
@@ -465,7 +506,8 @@ class Worker:
             self._wp = WorkerProcess(
                 "harness.jvm.worker:main",
                 [str(theirs.fileno()), json.dumps(asdict(self.config)), self._log],
-                pass_fds=[theirs.fileno()], cleanup=[self._log], stdin=subprocess.DEVNULL)
+                pass_fds=[theirs.fileno()], cleanup=[self._log, self._log + WEIGHTS_SUFFIX],
+                stdin=subprocess.DEVNULL)
         parent = self._conn = Connection(ours.detach())
         self.starts += 1
         deadline = time.perf_counter() + self.start_timeout
@@ -496,7 +538,7 @@ class Worker:
 
     def call(self, cls: str, x: np.ndarray, w: np.ndarray, in_dim: int, out_dim: int,
              w_offset: int = 0, calls: int | str = 1,
-             timeout: float | None = None) -> CallResult:
+             timeout: float | None = None, memseg: bool = False) -> CallResult:
         """Run `cls.INSTANCE.matmul` on every row of x (batch, in_dim) with the packed
         weight bytes w (input-block-major, starting at w_offset): `calls` times, or
         "warm" (until C2 code for it is installed and the bits settle). A Java exception is
@@ -509,7 +551,7 @@ class Worker:
         x = np.ascontiguousarray(x, np.float32)
         w = np.ascontiguousarray(w, np.uint8).reshape(-1)
         self._conn.send(CallRequest(cls, x, w, int(w_offset), int(in_dim), int(out_dim),
-                                    calls, WARM_MAX_SECONDS))
+                                    calls, WARM_MAX_SECONDS, memseg))
         return self._await(t0, self.timeout if timeout is None else timeout)
 
     def call_gemm(self, cls: str, a: np.ndarray, b: np.ndarray, out_len: int,
@@ -570,4 +612,5 @@ class Worker:
             conn.close()
         if self._log:
             Path(self._log).unlink(missing_ok=True)
+            Path(self._log + WEIGHTS_SUFFIX).unlink(missing_ok=True)
             self._log = None
