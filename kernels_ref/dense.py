@@ -9,6 +9,12 @@ rigorous bound for any order.
   accumulator from 0 fed by FMA over the first loopBound(k) = k - k % lanes elements (lane l
   takes p = l, l+lanes, ...), `reduceLanes(ADD)` in `reduction` order (semantics.
   PANAMA_REDUCTIONS), then the tail `sum += a*b` in order, rounded.
+- `skainet_panama_outer(lanes)` (PanamaVectorBf16MatmulKernel): i-p-j outer products into
+  `out` from 0: for p in order, the first loopBound(n) columns `out = fma(a, b, out)`, the
+  remaining columns `out += a*b` (product and sum rounded).
+
+16-bit B operands (Bf16MatmulKernel, Fp16MatmulKernel) are decoded exactly to float32
+first (`decode_b16`): every order above then applies unchanged.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from kernels_ref.semantics import PANAMA_REDUCTIONS, fadd, fmul
 from oracle import OracleError
 from oracle.cfloat import F32
 
-DENSE_SEMANTICS = ("exact", "skainet_scalar", "skainet_panama")
+DENSE_SEMANTICS = ("exact", "skainet_scalar", "skainet_panama", "skainet_panama_outer")
+#: 16-bit float encodings of a B operand
+B16_CODECS = ("BF16", "F16")
 ETA = 2.0**-149
 
 
@@ -59,6 +67,28 @@ def _panama(a: np.ndarray, b: np.ndarray, lanes: int, reduction: str) -> np.ndar
     return total.astype(F32)
 
 
+def decode_b16(raw: np.ndarray, codec: str) -> np.ndarray:
+    """Little-endian 16-bit floats (uint8 pairs, or uint16) as float32, exactly: BF16 is the
+    high half of a float32 (`bits << 16`), F16 IEEE binary16."""
+    bits = np.ascontiguousarray(raw).view(np.uint16)
+    if codec == "BF16":
+        return (bits.astype(np.uint32) << 16).view(F32)
+    if codec == "F16":
+        return bits.view(np.float16).astype(F32)
+    raise OracleError(f"decode_b16: codec must be one of {', '.join(B16_CODECS)}, got {codec!r}")
+
+
+def _panama_outer(a: np.ndarray, b: np.ndarray, lanes: int) -> np.ndarray:
+    n = b.shape[1]
+    body = n - n % lanes
+    out = np.zeros((a.shape[0], n), F32)
+    for p in range(a.shape[1]):
+        col = a[:, p, None]
+        out[:, :body] = fma32(col, b[None, p, :body], out[:, :body])
+        out[:, body:] = fadd(out[:, body:], fmul(col, b[None, p, body:]))
+    return out
+
+
 def gemm(a: object, b: object, semantics: str = "exact", lanes: int = 8,
          reduction: str = "sequential") -> np.ndarray:
     """C = A . B in float32, in the order of `semantics` (module docstring)."""
@@ -68,11 +98,12 @@ def gemm(a: object, b: object, semantics: str = "exact", lanes: int = 8,
             return (a.astype(np.float64) @ b.astype(np.float64)).astype(F32)
     if semantics == "skainet_scalar":
         return _scalar(a, b)
-    if semantics == "skainet_panama":
+    if semantics in ("skainet_panama", "skainet_panama_outer"):
         if lanes not in (2, 4, 8, 16) or reduction not in PANAMA_REDUCTIONS:
             raise OracleError(f"gemm: skainet_panama needs lanes 2/4/8/16 and a reduction "
                               f"of {', '.join(PANAMA_REDUCTIONS)}, got {lanes}, {reduction}")
-        return _panama(a, b, lanes, reduction)
+        return (_panama(a, b, lanes, reduction) if semantics == "skainet_panama"
+                else _panama_outer(a, b, lanes))
     raise OracleError(f"gemm: unknown semantics {semantics!r}: expected one of "
                       f"{', '.join(DENSE_SEMANTICS)}")
 

@@ -33,7 +33,9 @@ Q8_ACTIVATION = ("Q4_KQ8ActivationReferenceKernel", "Q6_KQ8ActivationReferenceKe
                  "ScaleDistributedQ4_KQ8ActivationReferenceKernel")
 #: the Fp32MatmulKernel fixtures (their own test)
 FP32_KERNELS = ("ScalarFp32MatmulKernel", "PanamaVectorFp32MatmulKernel",
-                "DropsLastProductFp32MatmulKernel")
+                "DropsLastProductFp32MatmulKernel", "ScalarBf16MatmulKernel",
+                "PanamaVectorBf16MatmulKernel", "ByteSwappedBf16MatmulKernel",
+                "ScalarFp16MatmulKernel")
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +89,9 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
     assert reasons == {
         ("ConstructedQ4KMatmulKernel", "packed"): "implements Q4KMatmulKernel but has no "
         "static INSTANCE of its own type (not a Kotlin object): no instance to call",
-        ("ScalarBf16MatmulKernel", "bf16"):  # through its abstract superclass
-            "no model for Bf16MatmulKernel yet (fp32 x bf16 GEMM)",
-        ("ScalarFp16MatmulKernel", "narrow-float"):  # Fp16MatmulKernel extends NarrowFloat...
-            "no model for Fp16MatmulKernel yet (fp32 x 16-bit float GEMM, codec read at run "
-            "time)",
+        ("CodecNarrowFloatMatmulKernel", "narrow-float"): "implements "
+        "NarrowFloatMatmulKernel with a codec read at run time: no model for that yet "
+        "(Fp16MatmulKernel is run)",
         ("TernaryGemvViewKernel", "view"): "no runner for ViewKernel yet (TensorView "
         "operands, built with a KernelKey: TernaryF32GemvKernel, BitNetGemvKernel, "
         "PackedViewMatmulKernel, ...)",
@@ -229,21 +229,31 @@ def test_q8_activation_fixture_matches_the_model_on_rounding_ties_and_tiny_block
             assert r.y.tobytes() != native.tobytes()  # the ties tell the quantizers apart
 
 
-def test_fp32_gemm_kernels_are_judged_against_the_dense_models(jdk, cp):
-    ks = [k for k in discover(cp) if k.kind == "fp32"]
-    assert {k.short: (k.fmt, k.provider) for k in ks} == {
-        "ScalarFp32MatmulKernel": ("F32", SCALAR), "PanamaVectorFp32MatmulKernel": ("F32", PANAMA),
-        "DropsLastProductFp32MatmulKernel": ("F32", SCALAR)}
+def test_dense_kernels_are_judged_against_the_dense_models(jdk, cp):
+    ks = [k for k in discover(cp) if k.short in FP32_KERNELS]
+    assert {k.short: (k.kind, k.fmt, k.provider) for k in ks} == {
+        "ScalarFp32MatmulKernel": ("fp32", "F32", SCALAR),
+        "PanamaVectorFp32MatmulKernel": ("fp32", "F32", PANAMA),
+        "DropsLastProductFp32MatmulKernel": ("fp32", "F32", SCALAR),
+        "ScalarBf16MatmulKernel": ("bf16", "BF16", SCALAR),  # through its abstract superclass
+        "PanamaVectorBf16MatmulKernel": ("bf16", "BF16", PANAMA),
+        "ByteSwappedBf16MatmulKernel": ("bf16", "BF16", SCALAR),
+        "ScalarFp16MatmulKernel": ("narrow-float", "F16", SCALAR),  # via its superinterface
+    }
     run = run_config(jdk, cp, ks, "4", "pinned", SHAPES, 0, 30)
     by = {(c.kernel, c.shape): c for c in run.cases}
     assert {s for _, s in by} == set(GEMM_SHAPES)  # their own shapes, with strides
     for s in GEMM_SHAPES:
-        assert by["ScalarFp32MatmulKernel", s].reference == "skainet_scalar"
+        for name in ("ScalarFp32MatmulKernel", "ScalarBf16MatmulKernel",
+                     "ScalarFp16MatmulKernel"):
+            assert by[name, s].verdict == "bit-exact" and by[name, s].reference == \
+                "skainet_scalar", by[name, s].detail
         panama = by["PanamaVectorFp32MatmulKernel", s]
         assert panama.verdict == "bit-exact" and "lanes=4, sequential" in panama.reference
-        assert by["ScalarFp32MatmulKernel", s].verdict == "bit-exact"
-        wrong = by["DropsLastProductFp32MatmulKernel", s]
-        assert wrong.verdict == "FAIL" and "OUTSIDE error_bound" in wrong.detail
+        outer = by["PanamaVectorBf16MatmulKernel", s]
+        assert outer.verdict == "bit-exact" and outer.reference == "skainet_panama_outer(lanes=4)"
+        for wrong in ("DropsLastProductFp32MatmulKernel", "ByteSwappedBf16MatmulKernel"):
+            assert by[wrong, s].verdict == "FAIL" and "OUTSIDE" in by[wrong, s].detail
 
 
 def test_a_gemm_call_reads_strided_operands_at_offsets(jdk, cp):

@@ -348,7 +348,8 @@ def test_kernels_listing_names_each_source_once(cp, tmp_path):
     assert r.stdout.count(str(jar)) == 1
     assert len([line for line in r.stdout.splitlines()
                 if line.startswith("skoracle.fixture.")]) == len(inventory(str(jar)))
-    assert "not run: no model for Bf16MatmulKernel yet" in r.stdout
+    assert "not run: implements NarrowFloatMatmulKernel with a codec read at run time" \
+        in r.stdout
 
 
 def test_a_name_is_never_split_in_a_narrow_terminal():

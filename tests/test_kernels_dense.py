@@ -84,3 +84,22 @@ def test_bad_operands_are_one_clear_error() -> None:
         gemm(a, b, "skainet_neon")
     with pytest.raises(OracleError, match="lanes 2/4/8/16"):
         gemm(a, b, "skainet_panama", lanes=3)
+
+
+def test_b16_decoding_is_exact_and_the_outer_order_is_the_literal_loop() -> None:
+    from kernels_ref.dense import decode_b16
+
+    bits = np.array([0x3F80, 0xC000, 0x0001, 0x7F80], np.uint16)
+    assert decode_b16(bits, "BF16").tolist() == [1.0, -2.0, float(np.uint32(0x10000).view(F32)),
+                                                 np.inf]
+    assert decode_b16(bits, "F16").tolist() == [float(v) for v in bits.view(np.float16)]
+    with pytest.raises(OracleError, match="codec must be one of"):
+        decode_b16(bits, "F32")
+    a, b = operands(2, 9, 7, seed=9)
+    out = np.zeros((2, 7), F32)
+    for i in range(2):
+        for p in range(9):
+            for j in range(7):
+                prod = a[i, p] * b[p, j]
+                out[i, j] = fma32(a[i, p], b[p, j], out[i, j]) if j < 4 else F32(out[i, j] + prod)
+    assert gemm(a, b, "skainet_panama_outer", 4).tobytes() == out.tobytes()

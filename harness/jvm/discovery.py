@@ -28,6 +28,8 @@ GEMM_DESCRIPTOR = "([FII[FII[FIIIII)V"
 #: Q4KMemSegMatmulKernel.matmul(input, inputOffset, MemorySegment weight, long
 #: weightByteOffset, inputDim, outputDim, output, outputOffset)
 MEMSEG_DESCRIPTOR = "([FILjava/lang/foreign/MemorySegment;JII[FI)V"
+#: Bf16MatmulKernel / NarrowFloatMatmulKernel.matmul: B as bytes, its offset and stride in bytes
+B16_DESCRIPTOR = "([FII[BII[FIIIII)V"
 ACC_STATIC = 0x0008
 
 SCALAR, PANAMA, FFM = "scalar", "panama-vector", "native-ffm"
@@ -49,11 +51,14 @@ KERNEL_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 #: Kinds the worker runs, by the matmul descriptor it calls.
 RUNNABLE_KINDS: dict[str, str] = {PACKED: MATMUL_DESCRIPTOR, MEMSEG: MEMSEG_DESCRIPTOR,
-                                   FP32: GEMM_DESCRIPTOR}
+                                   FP32: GEMM_DESCRIPTOR, BF16: B16_DESCRIPTOR,
+                                   NARROW: B16_DESCRIPTOR}
+#: The dense kinds' formats (of B); Fp16MatmulKernel is the narrow-float one with a known codec.
+DENSE_FORMATS: dict[str, str] = {FP32: "F32", BF16: "BF16", NARROW: "F16"}
 #: Why a kind is listed, not run (the interface's simple name fills {iface}).
 NOT_RUN_YET: dict[str, str] = {
-    BF16: "no model for {iface} yet (fp32 x bf16 GEMM)",
-    NARROW: "no model for {iface} yet (fp32 x 16-bit float GEMM, codec read at run time)",
+    NARROW: "implements {iface} with a codec read at run time: no model for that yet "
+            "(Fp16MatmulKernel is run)",
     VIEW: "no runner for {iface} yet (TensorView operands, built with a KernelKey: "
           "TernaryF32GemvKernel, BitNetGemvKernel, PackedViewMatmulKernel, ...)",
     OTHER: "implements {iface}: not a kernel interface, nothing to judge",
@@ -330,13 +335,13 @@ def kernels_of(info: ClassInfo, classes: dict[str, ClassInfo], source: str) -> l
     provider = provider_of(info, classes)
     out = []
     for kind, iface in kinds.items():
-        if kind in RUNNABLE_KINDS:
+        if kind in RUNNABLE_KINDS and not (kind == NARROW and iface != "Fp16MatmulKernel"):
             reason = _call_reason(info, iface, RUNNABLE_KINDS[kind])
         else:
             reason = NOT_RUN_YET[kind].format(iface=iface)
-        out.append(Kernel(info.name, fmt if kind != FP32 else "F32", provider, source,
-                          info.interfaces, model_of(info.name) if kind != FP32 else None,
-                          kind, reason))
+        out.append(Kernel(info.name, DENSE_FORMATS.get(kind, fmt), provider, source,
+                          info.interfaces,
+                          None if kind in DENSE_FORMATS else model_of(info.name), kind, reason))
     return out
 
 
@@ -347,7 +352,7 @@ def inventory(classpath: str) -> list[Kernel]:
     classes, where_of = read_classpath(classpath)
     found = [k for info in classes.values()
              for k in kernels_of(info, classes, where_of[info.name])]
-    order = {kind: i for i, kind in enumerate((*RUNNABLE_KINDS, *NOT_RUN_YET))}
+    order = {kind: i for i, kind in enumerate(dict.fromkeys((*RUNNABLE_KINDS, *NOT_RUN_YET)))}
     return sorted(found, key=lambda k: (order[k.kind], k.fmt or "~", k.cls))
 
 

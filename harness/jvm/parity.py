@@ -25,7 +25,7 @@ import numpy as np
 
 from harness.console import escape_control
 from harness.errors import HarnessError
-from harness.jvm.discovery import FFM, FP32, MEMSEG, PANAMA, SCALAR, Kernel
+from harness.jvm.discovery import DENSE_FORMATS, FFM, MEMSEG, PANAMA, SCALAR, Kernel
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
 from harness.jvm.worker import (
     GUARD,
@@ -40,7 +40,7 @@ from harness.parity.judge import judge as judge_outcome
 from harness.parity.runner import JvmRunner, KernelCall
 from harness.parity.verdict import CASE_FAILING, Verdict
 from kernels_ref import error_bound, matmul_wt
-from kernels_ref.dense import gemm, gemm_error_bound
+from kernels_ref.dense import decode_b16, gemm, gemm_error_bound
 from kernels_ref.semantics import PANAMA_REDUCTIONS
 from oracle import qtype, quantize, to_input_block_major
 
@@ -157,20 +157,29 @@ def reference(fmt: str, shape: tuple[int, int, int, int], seed: int, semantics: 
 
 
 @functools.lru_cache(maxsize=64)
-def gemm_data(shape: tuple[int, int, int, int], seed: int
+def gemm_data(shape: tuple[int, int, int, int], seed: int, fmt: str = "F32"
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, tuple[int, ...]]:
-    """(A (m, k), B (k, n), the flat a and b arrays handed to the kernel, the output array's
-    length, the call's dims) of a GEMM case whose shape is (n, k, m, offset): every operand
-    starts at `offset` and has a row stride wider than its row (k+3, n+2, n+1), so the gaps
-    between output rows are guard cells too."""
+    """(A (m, k), B (k, n) as float32, the flat a and b arrays handed to the kernel, the
+    output array's length, the call's dims) of a GEMM case whose shape is (n, k, m, offset):
+    every operand starts at `offset` and has a row stride wider than its row (k+3, n+2,
+    n+1), so the gaps between output rows are guard cells too. For fmt BF16/F16, b is bytes
+    (16-bit floats, offset and stride in bytes) and B their exact float32 values."""
     n, k, m, off = shape
-    rng = np.random.default_rng([seed, n, k, m, off, 3200])
+    rng = np.random.default_rng([seed, n, k, m, off, 3200, sum(map(ord, fmt))])
     a, b = (rng.standard_normal(dims).astype(np.float32) for dims in ((m, k), (k, n)))
     a_str, b_str, o_str = k + 3, n + 2, n + 1
     a_arr = rng.standard_normal(off + m * a_str).astype(np.float32)
-    b_arr = rng.standard_normal(off + k * b_str).astype(np.float32)
     a_arr[off:].reshape(m, a_str)[:, :k] = a
-    b_arr[off:].reshape(k, b_str)[:, :n] = b
+    if fmt == "F32":
+        b_arr = rng.standard_normal(off + k * b_str).astype(np.float32)
+        b_arr[off:].reshape(k, b_str)[:, :n] = b
+    else:
+        bits = (b.view(np.uint32) >> 16).astype(np.uint16) if fmt == "BF16" else \
+            b.astype(np.float16).view(np.uint16)
+        b = decode_b16(bits, fmt).reshape(k, n)
+        b_str *= 2
+        b_arr = rng.integers(0, 256, off + k * b_str, dtype=np.uint8)
+        b_arr[off:].reshape(k, b_str)[:, :2 * n] = bits.view(np.uint8).reshape(k, 2 * n)
     dims = (off, a_str, off, b_str, off, o_str, m, n, k)
     return a, b, a_arr, b_arr, off + m * o_str + GUARD, dims
 
@@ -181,8 +190,8 @@ def _call(wk: Worker, runner: JvmRunner, k: Kernel, shape: tuple[int, int, int, 
     array, or for a MemSeg kernel in a MemorySegment mapped from a file), or an
     Fp32MatmulKernel's GEMM. MemSeg and GEMM kernels get GEMM_WARM_CALLS calls in warm mode
     (C2 code for them is not looked for)."""
-    if k.kind == FP32:
-        _, _, a_arr, b_arr, out_len, dims = gemm_data(shape, seed)
+    if k.kind in DENSE_FORMATS:
+        _, _, a_arr, b_arr, out_len, dims = gemm_data(shape, seed, k.fmt)
         return wk.call_gemm(k.cls, a_arr, b_arr, out_len, dims,
                             GEMM_WARM_CALLS if calls == "warm" else int(calls))
     x, _, arr = case_data(k.fmt, shape, seed)
@@ -237,7 +246,7 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     the real lane count in every reduction order (the probed one first); candidates, not a
     binding model (the kernel may use an order none models: then the bound judges)."""
     fmt = k.fmt
-    if k.kind == FP32:
+    if k.kind in DENSE_FORMATS:
         return gemm_expectation(k, shape, seed, lanes)
     if k.model is not None:
         return model_expectation(k, shape, seed)
@@ -261,13 +270,16 @@ def gemm_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int,
                      lanes: int | None) -> Expectation:
     """kernels_ref.dense's orders for an Fp32MatmulKernel (skainet_scalar, or skainet_panama
     at the real lane count in every reduction order), as candidates; exact and its bound."""
-    a, b = gemm_data(shape, seed)[:2]
+    a, b = gemm_data(shape, seed, k.fmt)[:2]
     models: list[tuple[str, np.ndarray]] = []
     if k.provider == SCALAR:
         models = [("skainet_scalar", gemm(a, b, "skainet_scalar"))]
     elif k.provider == PANAMA and lanes:
         models = [(f"skainet_panama(lanes={lanes}, {r})",
                    gemm(a, b, "skainet_panama", lanes, r)) for r in PANAMA_REDUCTIONS]
+        if k.fmt != "F32":  # PanamaVectorBf16MatmulKernel's outer-product order first
+            models.insert(0, (f"skainet_panama_outer(lanes={lanes})",
+                              gemm(a, b, "skainet_panama_outer", lanes)))
     return Expectation(models, binding=False, exact=gemm(a, b), bound=gemm_error_bound(a, b))
 
 
@@ -427,7 +439,7 @@ def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, in
         return skip, f"JVM did not start: {run.error}"
     if k.fmt is None:
         return skip, "format not recognised from the class or interface names"
-    if k.kind != FP32 and shape[1] % qtype(k.fmt).block:
+    if k.kind not in DENSE_FORMATS and shape[1] % qtype(k.fmt).block:
         return skip, f"in_dim {shape[1]} is not a whole number of blocks"
     if k.provider == PANAMA and not jdk.has_vector:
         return (Verdict.NOT_RUNNABLE,
@@ -469,7 +481,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
             kernels = []
         for k in kernels:
             hung = False
-            for shape in (GEMM_SHAPES if k.kind == FP32 else shapes):
+            for shape in (GEMM_SHAPES if k.kind in DENSE_FORMATS else shapes):
                 case = Case(k.short, k.fmt, k.provider, tuple(shape), lanes, jit, "skipped",
                             actual_lanes=actual)
                 run.cases.append(case)

@@ -354,7 +354,8 @@ class _CaseRunner:
         if inst is None:
             inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
         a_off, a_str, b_off, b_str, o_off, o_str, m, n, k = req.dims
-        ja, jb = self.jfloat(req.a), self.jfloat(req.b)
+        ja = self.jfloat(req.a)
+        jb = self.jbyte(req.b.view(np.int8)) if req.b.dtype == np.uint8 else self.jfloat(req.b)
         jo = self.jfloat(np.full(req.out_len, SENTINEL_BITS, np.uint32).view(np.float32))
         cells = (o_off + o_str * np.arange(m)[:, None] + np.arange(n)[None]).reshape(-1)
         rep = _Repeats()
@@ -374,7 +375,8 @@ class _CaseRunner:
         violations = [f"wrote out[{int(i)}], outside the m x n block (outOffset {o_off}, "
                       f"outStride {o_str})" for i in bad[:MAX_VIOLATIONS]]
         violations += changed_cells("a", np.array(ja, dtype=np.float32), req.a, 0)
-        violations += changed_cells("b", np.array(jb, dtype=np.float32), req.b, 0)
+        violations += changed_cells("b", np.array(jb, dtype=req.b.view(
+            np.int8 if req.b.dtype == np.uint8 else np.float32).dtype), req.b, 0)
         self.conn.send(CallResult("ok", y=rep.y, first=rep.first, calls=rep.done,
                                   drifted=rep.drifted, seconds=time.perf_counter() - t0,
                                   violations=violations))
@@ -556,13 +558,16 @@ class Worker:
 
     def call_gemm(self, cls: str, a: np.ndarray, b: np.ndarray, out_len: int,
                   dims: tuple[int, ...], calls: int = 1) -> CallResult:
-        """Run an Fp32MatmulKernel's `cls.INSTANCE.matmul` on the flat arrays a and b with
-        dims (aOffset, aStride, bOffset, bStride, outOffset, outStride, m, n, k), `calls`
-        times, on a guarded output of `out_len` cells; the result's y is the m x n block."""
+        """Run a dense kernel's `cls.INSTANCE.matmul` on the flat arrays a and b (float32
+        for an Fp32MatmulKernel; uint8 16-bit floats for a Bf16/Fp16MatmulKernel, b's offset
+        and stride then in bytes) with dims (aOffset, aStride, bOffset, bStride, outOffset,
+        outStride, m, n, k), `calls` times, on a guarded output of `out_len` cells; the
+        result's y is the m x n block."""
         self.start()
         t0 = time.perf_counter()
-        self._conn.send(GemmRequest(cls, np.ascontiguousarray(a, np.float32).reshape(-1),
-                                    np.ascontiguousarray(b, np.float32).reshape(-1),
+        b = np.ascontiguousarray(b, np.uint8 if np.asarray(b).dtype == np.uint8
+                                 else np.float32).reshape(-1)
+        self._conn.send(GemmRequest(cls, np.ascontiguousarray(a, np.float32).reshape(-1), b,
                                     int(out_len), tuple(int(d) for d in dims), int(calls)))
         return self._await(t0, self.timeout)
 
