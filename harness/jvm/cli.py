@@ -16,6 +16,7 @@ from rich.console import Console
 from harness.console import ResultTable, cell, make_console
 from harness.errors import HarnessError
 from harness.jvm.discovery import (
+    DENSE_FORMATS,
     MATMUL_DESCRIPTOR,
     PANAMA,
     SCALAR,
@@ -37,6 +38,9 @@ from harness.jvm.parity import (
 )
 from harness.jvm.worker import JIT_MODES
 from oracle import PACKED_TYPES
+
+#: What --formats selects: the packed formats, and the dense kernels' B operand (F32, BF16, F16).
+JVM_FORMATS = (*PACKED_TYPES, *DENSE_FORMATS.values())
 
 
 def _list_arg(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -112,7 +116,7 @@ def kernels_cmd(args: argparse.Namespace) -> int:
 
 def parity_cmd(args: argparse.Namespace) -> int:
     jdk = find_jdk(args.jdk)
-    formats = _list_arg(args.formats, PACKED_TYPES, "--formats") if args.formats else None
+    formats = _list_arg(args.formats, JVM_FORMATS, "--formats") if args.formats else None
     lanes = parse_lanes(args.lanes)
     jit = _list_arg(args.jit, JIT_MODES, "--jit")
     shapes = ([s for text in args.shape for s in parse_shapes(text)] if args.shape
@@ -213,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         epilog=JVM_EXIT_CODES["parity"],
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--formats", metavar="FORMATS",
-                   help=f"comma-separated subset of {','.join(PACKED_TYPES)} "
+                   help=f"comma-separated subset of {','.join(JVM_FORMATS)} "
                    "(default: every format a kernel on the classpath implements)")
     q.add_argument("--shape", action="append", metavar="OUTxINxBATCH[+OFFSET]",
                    help="case shape (repeatable; default "

@@ -492,7 +492,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                 res = _call(wk, runner, k, tuple(shape), seed, calls)
                 hung = res.status == "timeout"
                 order = None
-                if k.provider == PANAMA and res.status == "ok":
+                if k.provider == PANAMA and res.status == "ok" and k.fmt in PROBE_FORMATS:
                     order = run.probes.get(k.short)
                     if order is None:
                         order = run.probes[k.short] = probe_order(wk, k, tuple(shape),
