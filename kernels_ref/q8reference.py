@@ -79,9 +79,11 @@ class SkainetQ8Reference(semantics.SkainetNeon):
         return False
 
     def prepare(self, fmt: str, x: np.ndarray) -> Any:
-        return skainet_jvm_q8(x)
+        return skainet_jvm_q8(x) if fmt in self.quantizes_activations else None
 
     def activation_values(self, fmt: str, x: np.ndarray) -> np.ndarray | None:
+        if fmt not in self.quantizes_activations:
+            return None
         a = skainet_jvm_q8(x)
         with np.errstate(all="ignore"):
             return (a["qs"].astype(F32) * a["d"][..., None]).reshape(x.shape)
