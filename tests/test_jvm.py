@@ -66,7 +66,8 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
                        "DropsLastBlockMatmulKernel", "ThrowingQ8_0MatmulKernel",
                        "NeverReturnsQ8_0MatmulKernel", "Overreads4LaneQ8_0MatmulKernel",
                        "WritesPastRowQ8_0MatmulKernel", "LeavesProcessQ8_0MatmulKernel",
-                       *Q8_ACTIVATION, *FP32_KERNELS, "Q4_KQ8ActivationReferenceMemSegKernel"}
+                       *Q8_ACTIVATION, *FP32_KERNELS, "Q4_KQ8ActivationReferenceMemSegKernel",
+                       "IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel"}
     # (Blocks, VectorBlocks and the interfaces are not kernels)
     assert ks["DropsLastBlockMatmulKernel"].fmt == "Q8_0"  # from its interface
     assert ks["PanamaVectorQ4_0Kernel"].provider == PANAMA
@@ -272,8 +273,14 @@ def test_a_gemm_call_reads_strided_operands_at_offsets(jdk, cp):
 def test_a_memory_segment_kernel_reads_weights_mapped_from_a_file(jdk, cp):
     ks = [k for k in discover(cp) if k.kind == "memseg"]
     assert [(k.short, k.fmt, k.provider, k.model) for k in ks] == [
-        ("Q4_KQ8ActivationReferenceMemSegKernel", "Q4_K", FFM, "skainet_q8_reference")]
+        (f"{wrong}Q4_KQ8ActivationReferenceMemSegKernel", "Q4_K", FFM, "skainet_q8_reference")
+        for wrong in ("IgnoresOffset", "")]
     run = run_config(jdk, cp, ks, "auto", "pinned", SHAPES, 0, 30)
-    for c in run.cases:  # the weights start at weightByteOffset 40 in the second shape
-        assert c.verdict == "bit-exact" and c.reference == "skainet_q8_reference", c.detail
+    by = {(c.kernel, c.shape[3]): c for c in run.cases}
+    for off in (0, 40):  # the weights start at weightByteOffset 40 in the second shape
+        ok = by["Q4_KQ8ActivationReferenceMemSegKernel", off]
+        assert ok.verdict == "bit-exact" and ok.reference == "skainet_q8_reference", ok.detail
+    assert by["IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel", 0].verdict == "bit-exact"
+    wrong = by["IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel", 40]
+    assert wrong.verdict == "FAIL" and "not bit-exact" in wrong.detail
     assert not list(Path(tempfile.gettempdir()).glob("skoracle-jvm-*.weights"))
