@@ -6,12 +6,14 @@
 
 kernels_ref.dense models SKaiNET's other native kernels from their bytes: the dense
 fp32/bf16/fp16 GEMM (`gemm`), the BitNet TQ2_0 GEMV (`bitnet_gemv`), the ternary GEMV and
-lm-head stage 1 (`ternary_gemv_model`, `lmhead_stage1_model`).
+lm-head stage 1 (`ternary_gemv_model`, `lmhead_stage1_model`); kernels_ref.dense_jvm the
+fp32/bf16/fp16 GEMM orders of SKaiNET's JVM kernels (scalar, Panama lanes x reductions).
 
 SEMANTICS maps each semantics name to a one-line description; the classes in
 `kernels_ref.semantics` name the source functions they model.
 """
 
+from kernels_ref import q8reference  # noqa: F401  (registers skainet_q8_reference)
 from kernels_ref.bounds import error_bound
 from kernels_ref.compare import ulp_distance
 from kernels_ref.fma import fma32

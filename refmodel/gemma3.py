@@ -39,8 +39,9 @@ from refmodel.weights import EMBEDDING, Matrix, Weights
 
 F32 = np.float32
 FAST = "fast"
-#: semantics names the forward accepts: kernels_ref's plus `fast` (`fast_reference`)
-SEMANTICS_NAMES: tuple[str, ...] = (*REGISTRY, FAST)
+#: semantics names the forward accepts: kernels_ref's whole-model ones (those that refuse no
+#: packed format; skainet_q8_reference models two kernels only) plus `fast` (`fast_reference`)
+SEMANTICS_NAMES: tuple[str, ...] = (*(n for n, c in REGISTRY.items() if not c.refused), FAST)
 #: weight elements one `fast` chunk covers (the NumPy definition expands them to float32)
 FAST_CHUNK_ELEMENTS = 1 << 20
 #: float32 accumulators of the `fast` order (lane l: elements l, l+FAST_LANES, ...)

@@ -15,7 +15,15 @@ from rich.console import Console
 
 from harness.console import ResultTable, cell, make_console
 from harness.errors import HarnessError
-from harness.jvm.discovery import MATMUL_DESCRIPTOR, discover, resolve_classpath
+from harness.jvm.discovery import (
+    DENSE_FORMATS,
+    MATMUL_DESCRIPTOR,
+    PANAMA,
+    SCALAR,
+    Kernel,
+    inventory,
+    resolve_classpath,
+)
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import (
     DEFAULT_LANES,
@@ -30,6 +38,9 @@ from harness.jvm.parity import (
 )
 from harness.jvm.worker import JIT_MODES
 from oracle import PACKED_TYPES
+
+#: What --formats selects: the packed formats, and the dense kernels' B operand (F32, BF16, F16).
+JVM_FORMATS = (*PACKED_TYPES, *DENSE_FORMATS.values())
 
 
 def _list_arg(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -60,28 +71,40 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
 
 def _nothing_found(classpath: str, formats: list[str] | None = None) -> HarnessError:
     return HarnessError(f"--classpath {classpath or '(empty)'}: no packed matmul kernel found "
-                        f"(a class with a static INSTANCE and matmul{MATMUL_DESCRIPTOR})"
+                        "(a class implementing a kernel interface of sk.ainet.backend.api."
+                        f"kernel, or with a static INSTANCE and matmul{MATMUL_DESCRIPTOR})"
                         + (f" for {', '.join(formats)}" if formats else ""))
+
+
+def judged_by(k: Kernel) -> str:
+    """How `jvm parity` judges a kernel, or why it does not run it."""
+    if k.reason:
+        return f"not run: {k.reason}"
+    if k.model:
+        return f"{k.model} (its own order, bit-exact only)"
+    return {SCALAR: "skainet_scalar", PANAMA: "skainet_panama (probed order)"}.get(
+        k.provider, "exact + error_bound (order not modelled)")
 
 
 def kernels_cmd(args: argparse.Namespace) -> int:
     jdk = find_jdk(args.jdk)
     cp = resolve_classpath(args.classpath)
-    ks = discover(cp)
+    ks = inventory(cp)
     if not ks:
         raise _nothing_found(args.classpath)
     if args.json:
-        json.dump({"jdk": jdk.describe(), "classpath": cp, "kernels": [vars(k) for k in ks]},
+        json.dump({"jdk": jdk.describe(), "classpath": cp,
+                   "kernels": [vars(k) | {"judged_by": judged_by(k)} for k in ks]},
                   sys.stdout, indent=1)
         print()
         return 0
     sources = list(dict.fromkeys(k.source for k in ks))
     one = len(sources) == 1
-    t = ResultTable(f"packed matmul kernels in {sources[0] if one else 'the classpath'} — "
-                    f"{jdk.describe()}", ("class", "format", "provider")
+    t = ResultTable(f"kernels in {sources[0] if one else 'the classpath'} — "
+                    f"{jdk.describe()}", ("class", "kind", "format", "provider", "judged by")
                     + (() if one else ("found in",)), names=("class",))
     for k in ks:
-        t.add_row(k.cls, k.fmt or "?", k.provider,
+        t.add_row(k.cls, k.kind, k.fmt or "?", k.provider, judged_by(k),
                   *(() if one else (f"[{sources.index(k.source) + 1}]",)))
     out = make_console()
     t.print(out)
@@ -93,13 +116,15 @@ def kernels_cmd(args: argparse.Namespace) -> int:
 
 def parity_cmd(args: argparse.Namespace) -> int:
     jdk = find_jdk(args.jdk)
-    formats = _list_arg(args.formats, PACKED_TYPES, "--formats") if args.formats else None
+    formats = _list_arg(args.formats, JVM_FORMATS, "--formats") if args.formats else None
     lanes = parse_lanes(args.lanes)
     jit = _list_arg(args.jit, JIT_MODES, "--jit")
     shapes = ([s for text in args.shape for s in parse_shapes(text)] if args.shape
               else list(DEFAULT_SHAPES))
     cp = resolve_classpath(args.classpath)
-    ks = [k for k in discover(cp) if formats is None or k.fmt in formats]
+    listed = [k for k in inventory(cp) if formats is None or k.fmt in formats]
+    ks = [k for k in listed if k.runnable]
+    not_run = [k for k in listed if not k.runnable]
     if not ks:
         raise _nothing_found(args.classpath, formats)
     err = make_console(stderr=True)
@@ -107,10 +132,15 @@ def parity_cmd(args: argparse.Namespace) -> int:
                      progress=(lambda s: err.print(cell(s))) if args.verbose else None)
     bad = [c for c in run.cases if c.verdict in FAILING]
     if args.json:
-        json.dump(run.to_json() | {"widths": run.widths}, sys.stdout, indent=1, default=str)
+        json.dump(run.to_json() | {"widths": run.widths, "not_run": [
+            {"class": k.cls, "kind": k.kind, "format": k.fmt, "reason": k.reason}
+            for k in not_run]}, sys.stdout, indent=1, default=str)
         print()
     else:
-        print_parity(run, make_console())
+        out = make_console()
+        print_parity(run, out)
+        for k in not_run:
+            out.print(cell(f"not run: {k.short} ({k.kind}): {k.reason}"))
     if run.interrupted:
         print("skoracle jvm parity: interrupted: the cases above were judged, the rest not run",
               file=sys.stderr)
@@ -170,8 +200,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="JDK home (default: JAVA_HOME, then /usr/lib/jvm/*)")
     common.add_argument("--json", action="store_true", help="JSON on stdout")
     k = jsub.add_parser("kernels", parents=[common], help="list the kernels on a classpath",
-                        description="List the packed matmul kernels a SKaiNET classpath "
-                                    "provides (class, format, provider, where found).",
+                        description="List every kernel class a SKaiNET classpath provides "
+                                    "(every class implementing an interface of "
+                                    "sk.ainet.backend.api.kernel, and packed kernels by "
+                                    "their signature): kind, format, provider, how parity "
+                                    "judges it or why it does not run it, where found.",
                         epilog=JVM_EXIT_CODES["kernels"],
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     k.set_defaults(func=kernels_cmd)
@@ -184,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         epilog=JVM_EXIT_CODES["parity"],
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--formats", metavar="FORMATS",
-                   help=f"comma-separated subset of {','.join(PACKED_TYPES)} "
+                   help=f"comma-separated subset of {','.join(JVM_FORMATS)} "
                    "(default: every format a kernel on the classpath implements)")
     q.add_argument("--shape", action="append", metavar="OUTxINxBATCH[+OFFSET]",
                    help="case shape (repeatable; default "

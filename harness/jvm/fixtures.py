@@ -1,4 +1,5 @@
-"""The project's own Java test kernels (fixtures/jvm, package `skoracle.fixture`), compiled
+"""The project's own Java test kernels (fixtures/jvm, package `skoracle.fixture`; the
+interfaces under `sk/ainet/backend/api/kernel` mirror SKaiNET's names for discovery), compiled
 with the found JDK's javac on first use and cached by source hash. They exercise the JVM
 plumbing (discovery, JIT modes, drift, crash and hang handling); they are never SKaiNET."""
 
@@ -23,12 +24,19 @@ def _sources(part: str) -> list[Path]:
     return sorted((SOURCE_DIR / part).rglob("*.java"))
 
 
+#: The first JDK with the final FFM API (java.lang.foreign), which the MemorySegment
+#: fixtures use.
+FFM_FEATURE = 22
+
+
 def fixture_classpath(jdk: Jdk) -> str:
-    """A class directory holding the fixture kernels: the scalar ones (Java 17 bytecode) and,
-    when `jdk` has the Vector API, the Panama ones. Compiled once per source hash and JDK."""
+    """A class directory holding the fixture kernels: the scalar ones (Java 17 bytecode),
+    when `jdk` has the Vector API the Panama ones, and from JDK 22 the MemorySegment ones.
+    Compiled once per source hash and JDK."""
     scalar, vector = _sources("scalar"), _sources("vector") if jdk.has_vector else []
+    ffm = _sources("ffm") if jdk.feature >= FFM_FEATURE else []
     h = hashlib.sha256(jdk.version.encode())
-    for f in scalar + vector:
+    for f in scalar + vector + ffm:
         h.update(f.relative_to(SOURCE_DIR).as_posix().encode() + b"\0" + f.read_bytes())
     cache = cache_root() / "jvm-fixtures"
     out = cache / h.hexdigest()[:16]
@@ -41,6 +49,8 @@ def fixture_classpath(jdk: Jdk) -> str:
         if vector:
             steps.append([str(jdk.javac), "--add-modules", VECTOR_MODULE, "-cp", str(tmp),
                           "-d", str(tmp), *map(str, vector)])
+        if ffm:
+            steps.append([str(jdk.javac), "-cp", str(tmp), "-d", str(tmp), *map(str, ffm)])
         for cmd in steps:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if r.returncode:

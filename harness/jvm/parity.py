@@ -25,14 +25,22 @@ import numpy as np
 
 from harness.console import escape_control
 from harness.errors import HarnessError
-from harness.jvm.discovery import FFM, PANAMA, SCALAR, Kernel
+from harness.jvm.discovery import DENSE_FORMATS, FFM, MEMSEG, PANAMA, SCALAR, Kernel
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
-from harness.jvm.worker import JIT_MODES, PLATFORM_PACKAGES, CallResult, JvmConfig, Worker
+from harness.jvm.worker import (
+    GUARD,
+    JIT_MODES,
+    PLATFORM_PACKAGES,
+    CallResult,
+    JvmConfig,
+    Worker,
+)
 from harness.parity.judge import Expectation, Judgement, Outcome
 from harness.parity.judge import judge as judge_outcome
 from harness.parity.runner import JvmRunner, KernelCall
 from harness.parity.verdict import CASE_FAILING, Verdict
 from kernels_ref import error_bound, matmul_wt
+from kernels_ref.dense_jvm import decode_b16, gemm, gemm_error_bound
 from kernels_ref.semantics import PANAMA_REDUCTIONS
 from oracle import qtype, quantize, to_input_block_major
 
@@ -48,6 +56,11 @@ LANES_HELP = ("comma-separated lane widths from auto,4,8,16: auto is the host's,
               "board's NEON; auto is run once when it equals a width given (default "
               f"{DEFAULT_LANES})")
 PROBE_FORMATS = ("Q8_0", "Q4_0")  # formats whose probe weight is crafted byte by byte
+#: Fp32MatmulKernel cases as (n, k, m, offset): C(m, n) = A(m, k) . B(k, n); k not a multiple
+#: of the lane counts, so a Panama kernel's scalar tail runs too.
+GEMM_SHAPES: tuple[tuple[int, int, int, int], ...] = ((17, 37, 3, 5), (16, 256, 2, 0),
+                                                      (33, 101, 4, 7))
+GEMM_WARM_CALLS = 200
 
 
 @dataclass
@@ -143,6 +156,51 @@ def reference(fmt: str, shape: tuple[int, int, int, int], seed: int, semantics: 
     return matmul_wt(x, raw, fmt, shape[0], shape[1], semantics=semantics, **dict(opts))
 
 
+@functools.lru_cache(maxsize=64)
+def gemm_data(shape: tuple[int, int, int, int], seed: int, fmt: str = "F32"
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, tuple[int, ...]]:
+    """(A (m, k), B (k, n) as float32, the flat a and b arrays handed to the kernel, the
+    output array's length, the call's dims) of a GEMM case whose shape is (n, k, m, offset):
+    every operand starts at `offset` and has a row stride wider than its row (k+3, n+2,
+    n+1), so the gaps between output rows are guard cells too. For fmt BF16/F16, b is bytes
+    (16-bit floats, offset and stride in bytes) and B their exact float32 values."""
+    n, k, m, off = shape
+    rng = np.random.default_rng([seed, n, k, m, off, 3200, sum(map(ord, fmt))])
+    a, b = (rng.standard_normal(dims).astype(np.float32) for dims in ((m, k), (k, n)))
+    a_str, b_str, o_str = k + 3, n + 2, n + 1
+    a_arr = rng.standard_normal(off + m * a_str).astype(np.float32)
+    a_arr[off:].reshape(m, a_str)[:, :k] = a
+    if fmt == "F32":
+        b_arr = rng.standard_normal(off + k * b_str).astype(np.float32)
+        b_arr[off:].reshape(k, b_str)[:, :n] = b
+    else:
+        bits = (b.view(np.uint32) >> 16).astype(np.uint16) if fmt == "BF16" else \
+            b.astype(np.float16).view(np.uint16)
+        b = decode_b16(bits, fmt).reshape(k, n)
+        b_str *= 2
+        b_arr = rng.integers(0, 256, off + k * b_str, dtype=np.uint8)
+        b_arr[off:].reshape(k, b_str)[:, :2 * n] = bits.view(np.uint8).reshape(k, 2 * n)
+    dims = (off, a_str, off, b_str, off, o_str, m, n, k)
+    return a, b, a_arr, b_arr, off + m * o_str + GUARD, dims
+
+
+def _call(wk: Worker, runner: JvmRunner, k: Kernel, shape: tuple[int, int, int, int],
+          seed: int, calls: int | str) -> CallResult:
+    """Run one case of kernel `k` in the worker: a packed matmul (its weights in a byte
+    array, or for a MemSeg kernel in a MemorySegment mapped from a file), or an
+    Fp32MatmulKernel's GEMM. MemSeg and GEMM kernels get GEMM_WARM_CALLS calls in warm mode
+    (C2 code for them is not looked for)."""
+    if k.kind in DENSE_FORMATS:
+        _, _, a_arr, b_arr, out_len, dims = gemm_data(shape, seed, k.fmt)
+        return wk.call_gemm(k.cls, a_arr, b_arr, out_len, dims,
+                            GEMM_WARM_CALLS if calls == "warm" else int(calls))
+    x, _, arr = case_data(k.fmt, shape, seed)
+    if k.kind == MEMSEG:  # weights mapped from a file; warm: C2 not checked
+        return wk.call(k.cls, x, arr, shape[1], shape[0], shape[3],
+                       GEMM_WARM_CALLS if calls == "warm" else calls, memseg=True)
+    return runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1], shape[3])).extras["result"]
+
+
 def probe_data(fmt: str, shape: tuple[int, int, int, int], lanes: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """Crafted (x, row-major W): every weight 1.0 exactly (scale 1.0, code 1); per block the
@@ -188,6 +246,10 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     the real lane count in every reduction order (the probed one first); candidates, not a
     binding model (the kernel may use an order none models: then the bound judges)."""
     fmt = k.fmt
+    if k.kind in DENSE_FORMATS:
+        return gemm_expectation(k, shape, seed, lanes)
+    if k.model is not None:
+        return model_expectation(k, shape, seed)
     models: list[tuple[str, np.ndarray]] = []
     if k.provider == SCALAR:
         models = [("skainet_scalar", reference(fmt, shape, seed, "skainet_scalar"))]
@@ -202,6 +264,34 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     x, raw, _ = case_data(fmt, shape, seed)
     return Expectation(models, binding=False, exact=reference(fmt, shape, seed, "exact"),
                        bound=error_bound(x, raw, fmt, shape[0], shape[1]))
+
+
+def gemm_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int,
+                     lanes: int | None) -> Expectation:
+    """kernels_ref.dense_jvm's orders for an Fp32MatmulKernel (skainet_scalar, or skainet_panama
+    at the real lane count in every reduction order), as candidates; exact and its bound."""
+    a, b = gemm_data(shape, seed, k.fmt)[:2]
+    models: list[tuple[str, np.ndarray]] = []
+    if k.provider == SCALAR:
+        models = [("skainet_scalar", gemm(a, b, "skainet_scalar"))]
+    elif k.provider == PANAMA and lanes:
+        models = [(f"skainet_panama(lanes={lanes}, {r})",
+                   gemm(a, b, "skainet_panama", lanes, r)) for r in PANAMA_REDUCTIONS]
+        if k.fmt != "F32":  # PanamaVectorBf16MatmulKernel's outer-product order first
+            models.insert(0, (f"skainet_panama_outer(lanes={lanes})",
+                              gemm(a, b, "skainet_panama_outer", lanes)))
+    return Expectation(models, binding=False, exact=gemm(a, b), bound=gemm_error_bound(a, b))
+
+
+def model_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int) -> Expectation:
+    """A class whose own order kernels_ref models (`Kernel.model`): that model, binding
+    (JVM float arithmetic is strict, so the order is the class's, whatever the JIT does);
+    the bound, with the model's activation quantization, names how far a miss is."""
+    x, raw, _ = case_data(k.fmt, shape, seed)
+    return Expectation([(k.model, reference(k.fmt, shape, seed, k.model))], binding=True,
+                       exact=reference(k.fmt, shape, seed, "exact"),
+                       bound=error_bound(x, raw, k.fmt, shape[0], shape[1],
+                                         semantics=k.model))
 
 
 def _notes(res: CallResult) -> tuple[str, str]:
@@ -225,12 +315,24 @@ def _detail(j: Judgement, exp: Expectation, res: CallResult, order: str | None) 
     if j.verdict == Verdict.WITHIN_BOUND:
         return (f"matches no modelled order ({', '.join(n for n, _ in exp.models)});"
                 if exp.models else "order not modelled;") + f" inside error_bound{drift}{warm}"
+    if exp.modelled:
+        return _binding_miss(j, exp, res.y) + drift + warm
     y, bad = res.y, j.outside
     if bad is None or not len(bad):
         return f"non-finite output{drift}"
     return (f"OUTSIDE error_bound at {len(bad)} outputs, first (row {bad[0][0]}, "
             f"out {bad[0][1]}): got {y[tuple(bad[0])]!r}, exact "
             f"{exp.exact[tuple(bad[0])]!r}{drift}{warm}")
+
+
+def _binding_miss(j: Judgement, exp: Expectation, y: np.ndarray) -> str:
+    """A binding model missed: how many outputs differ, by how many ulps, the first one."""
+    ref = dict(exp.models)[j.reference]
+    first = np.argwhere(y.view(np.uint32) != ref.view(np.uint32))
+    where = (f", first (row {first[0][0]}, out {first[0][1]}): got {y[tuple(first[0])]!r}, "
+             f"model {ref[tuple(first[0])]!r}") if len(first) else ""
+    return (f"not bit-exact vs {j.reference}: {j.mismatches} of {y.size} outputs differ, "
+            f"max {j.max_ulp} ulp{where}")
 
 
 def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
@@ -337,7 +439,7 @@ def _not_run(run: ConfigRun, jdk: Jdk, k: Kernel, shape: tuple[int, int, int, in
         return skip, f"JVM did not start: {run.error}"
     if k.fmt is None:
         return skip, "format not recognised from the class or interface names"
-    if shape[1] % qtype(k.fmt).block:
+    if k.kind not in DENSE_FORMATS and shape[1] % qtype(k.fmt).block:
         return skip, f"in_dim {shape[1]} is not a whole number of blocks"
     if k.provider == PANAMA and not jdk.has_vector:
         return (Verdict.NOT_RUNNABLE,
@@ -402,13 +504,11 @@ class ConfigSession:
         if not_run:
             case.verdict, case.detail = not_run
             return case
-        x, _, arr = case_data(k.fmt, shape, self.seed)
-        res = self.runner.run(KernelCall(k.cls, x, arr, shape[0], shape[1],
-                                         shape[3])).extras["result"]
+        res = _call(self.worker, self.runner, k, shape, self.seed, self.calls)
         if res.status == "timeout":
             self.hung.add(k.short)
         order = None
-        if k.provider == PANAMA and res.status == "ok":
+        if k.provider == PANAMA and res.status == "ok" and k.fmt in PROBE_FORMATS:
             order = run.probes.get(k.short)
             if order is None:
                 order = run.probes[k.short] = probe_order(self.worker, k, shape,
@@ -444,7 +544,7 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
             run.same_as = f"{cs.actual_lanes} lanes"
             kernels = []
         for k in kernels:
-            for shape in shapes:
+            for shape in (GEMM_SHAPES if k.kind in DENSE_FORMATS else shapes):
                 case = cs.case(k, shape)
                 if run.error.startswith("--classpath"):
                     if stop is not None:

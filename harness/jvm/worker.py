@@ -51,6 +51,8 @@ GUARD = 16
 SENTINEL_BITS = np.uint32(0x7FE5C3E1)
 MAX_VIOLATIONS = 4
 MAX_FRAMES = 40
+#: The weights file of a MemorySegment case: next to the worker's log, removed with it.
+WEIGHTS_SUFFIX = ".weights"
 #: Frames of these packages are the platform's; the first frame outside is the user's line.
 PLATFORM_PACKAGES = ("java.", "jdk.", "sun.", "com.sun.", "org.jpype.", "jpype.")
 
@@ -111,6 +113,24 @@ class CallRequest:
     out_dim: int
     calls: int | str
     budget: float
+    #: the weights as a MemorySegment mapped read-only from a file (a MemSeg kernel:
+    #: matmul(float[], int, MemorySegment, long, int, int, float[], int))
+    memseg: bool = False
+
+
+@dataclass(frozen=True)
+class GemmRequest:
+    """Parent to child: `cls.INSTANCE.matmul(a, aOffset, aStride, b, bOffset, bStride, out,
+    outOffset, outStride, m, n, k)` (an Fp32MatmulKernel), `calls` times, on an output array
+    of `out_len` cells whose every cell outside the m x n block is a guard cell."""
+
+    cls: str
+    a: np.ndarray
+    b: np.ndarray
+    out_len: int
+    dims: tuple[int, int, int, int, int, int, int, int, int]  # aOff, aStr, bOff, bStr,
+    #                                                           outOff, outStr, m, n, k
+    calls: int
 
 
 @dataclass(frozen=True)
@@ -241,12 +261,14 @@ class _CaseRunner:
         """The JVM's code cache listing (jcmd Compiler.codelist)."""
         return str(self.server.invoke(self.dcmd, "compilerCodelist", None, None))
 
-    def serve(self, req: CallRequest) -> None:
+    def serve(self, req: CallRequest | GemmRequest) -> None:
         """Run one case and send its result."""
         t0 = time.perf_counter()
-        batch = req.x.shape[0]
         try:
-            self._run(req, batch, t0)
+            if isinstance(req, GemmRequest):
+                self._run_gemm(req, t0)
+            else:
+                self._run(req, req.x.shape[0], t0)
         except self.jpype.JException as exc:
             self.conn.send(CallResult("crash", seconds=time.perf_counter() - t0,
                                       error=_java_error(exc)))
@@ -257,12 +279,47 @@ class _CaseRunner:
 
     def _run(self, req: CallRequest, batch: int, t0: float) -> None:
         """The case's calls on guarded arrays, then the ok result with what the kernel
-        wrote outside its output ranges or into its input and weight."""
-        x, w, w_off, out_dim = req.x, req.w, req.w_offset, req.out_dim
+        wrote outside its output ranges or into its input and weight (a byte array, or a
+        read-only MemorySegment mapped from a file)."""
+        x, w = req.x, req.w
         inst = self.instances.get(req.cls)
         if inst is None:
             inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
-        jx, jw = self.jfloat(x.reshape(-1)), self.jbyte(w.view(np.int8))
+        jx = self.jfloat(x.reshape(-1))
+        arena = None
+        if req.memseg:
+            arena, jw = self._mapped(w)
+        else:
+            jw = self.jbyte(w.view(np.int8))
+        try:
+            self._calls(req, inst, jx, jw, t0, arena is None)
+        finally:
+            if arena is not None:
+                arena.close()
+
+    def _mapped(self, w: np.ndarray) -> tuple[Any, Any]:
+        """(arena, segment): the weight bytes written to the worker's weights file (removed
+        with the worker's log whatever happens) and mapped read-only, as a packed model
+        load maps its GGUF file; the file is unlinked at once, the mapping stays."""
+        path = str(self.log) + WEIGHTS_SUFFIX
+        with open(path, "wb") as f:
+            f.write(w.tobytes())
+        jp = self.jpype
+        channel_cls = jp.JClass("java.nio.channels.FileChannel")
+        read = jp.JClass("java.nio.file.StandardOpenOption").READ
+        arena = jp.JClass("java.lang.foreign.Arena").ofConfined()
+        ch = channel_cls.open(jp.JClass("java.nio.file.Path").of(path), read)
+        try:
+            seg = ch.map(channel_cls.MapMode.READ_ONLY, 0, max(1, w.size), arena)
+        finally:
+            ch.close()
+            os.unlink(path)
+        return arena, seg
+
+    def _calls(self, req: CallRequest, inst: Any, jx: Any, jw: Any, t0: float,
+               check_weight: bool) -> None:
+        """The case's calls and its result (see _run)."""
+        x, w, w_off, out_dim, batch = req.x, req.w, req.w_offset, req.out_dim, req.x.shape[0]
         offsets, guarded = guarded_output(batch, out_dim)
         jy = self.jfloat(guarded)
         rep = _Repeats()
@@ -282,12 +339,47 @@ class _CaseRunner:
                 break
         violations = guard_violations(rep.full, offsets, out_dim)
         violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
-        violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
+        if check_weight:  # a mapped segment is read-only: the JVM refuses a write
+            violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
         self.conn.send(CallResult("ok", y=rep.y, first=rep.first, calls=rep.done,
                                   drifted=rep.drifted, seconds=time.perf_counter() - t0,
                                   compiled=(rep.seen_at is not None if req.calls == "warm"
                                             else None),
                                   warmup_calls=rep.seen_at, violations=violations))
+
+    def _run_gemm(self, req: GemmRequest, t0: float) -> None:
+        """A dense GEMM case: `calls` whole calls, then the m x n block, and what the kernel
+        wrote outside it (the gaps between rows too) or into a and b."""
+        inst = self.instances.get(req.cls)
+        if inst is None:
+            inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
+        a_off, a_str, b_off, b_str, o_off, o_str, m, n, k = req.dims
+        ja = self.jfloat(req.a)
+        jb = self.jbyte(req.b.view(np.int8)) if req.b.dtype == np.uint8 else self.jfloat(req.b)
+        jo = self.jfloat(np.full(req.out_len, SENTINEL_BITS, np.uint32).view(np.float32))
+        cells = (o_off + o_str * np.arange(m)[:, None] + np.arange(n)[None]).reshape(-1)
+        rep = _Repeats()
+        while rep.done < req.calls:
+            inst.matmul(ja, a_off, a_str, jb, b_off, b_str, jo, o_off, o_str, m, n, k)
+            full = np.array(jo, dtype=np.float32)
+            rep.y = full[cells].reshape(m, n)
+            rep.done += 1
+            self.conn.send(Heartbeat(rep.done))
+            if rep.first is None:
+                rep.first = rep.y
+            elif rep.y.tobytes() != rep.first.tobytes():
+                rep.drifted += 1
+        outside = np.ones(req.out_len, bool)
+        outside[cells] = False
+        bad = np.flatnonzero(outside & (full.view(np.uint32) != SENTINEL_BITS))
+        violations = [f"wrote out[{int(i)}], outside the m x n block (outOffset {o_off}, "
+                      f"outStride {o_str})" for i in bad[:MAX_VIOLATIONS]]
+        violations += changed_cells("a", np.array(ja, dtype=np.float32), req.a, 0)
+        violations += changed_cells("b", np.array(jb, dtype=req.b.view(
+            np.int8 if req.b.dtype == np.uint8 else np.float32).dtype), req.b, 0)
+        self.conn.send(CallResult("ok", y=rep.y, first=rep.first, calls=rep.done,
+                                  drifted=rep.drifted, seconds=time.perf_counter() - t0,
+                                  violations=violations))
 
     def _enough(self, req: CallRequest, rep: _Repeats, prev: np.ndarray | None,
                 t0: float) -> bool:
@@ -416,7 +508,8 @@ class Worker:
             self._wp = WorkerProcess(
                 "harness.jvm.worker:main",
                 [str(theirs.fileno()), json.dumps(asdict(self.config)), self._log],
-                pass_fds=[theirs.fileno()], cleanup=[self._log], stdin=subprocess.DEVNULL)
+                pass_fds=[theirs.fileno()], cleanup=[self._log, self._log + WEIGHTS_SUFFIX],
+                stdin=subprocess.DEVNULL)
         parent = self._conn = Connection(ours.detach())
         self.starts += 1
         deadline = time.perf_counter() + self.start_timeout
@@ -447,7 +540,7 @@ class Worker:
 
     def call(self, cls: str, x: np.ndarray, w: np.ndarray, in_dim: int, out_dim: int,
              w_offset: int = 0, calls: int | str = 1,
-             timeout: float | None = None) -> CallResult:
+             timeout: float | None = None, memseg: bool = False) -> CallResult:
         """Run `cls.INSTANCE.matmul` on every row of x (batch, in_dim) with the packed
         weight bytes w (input-block-major, starting at w_offset): `calls` times, or
         "warm" (until C2 code for it is installed and the bits settle). A Java exception is
@@ -459,9 +552,28 @@ class Worker:
         t0 = time.perf_counter()
         x = np.ascontiguousarray(x, np.float32)
         w = np.ascontiguousarray(w, np.uint8).reshape(-1)
-        limit = self.timeout if timeout is None else timeout
         self._conn.send(CallRequest(cls, x, w, int(w_offset), int(in_dim), int(out_dim),
-                                    calls, WARM_MAX_SECONDS))
+                                    calls, WARM_MAX_SECONDS, memseg))
+        return self._await(t0, self.timeout if timeout is None else timeout)
+
+    def call_gemm(self, cls: str, a: np.ndarray, b: np.ndarray, out_len: int,
+                  dims: tuple[int, ...], calls: int = 1) -> CallResult:
+        """Run a dense kernel's `cls.INSTANCE.matmul` on the flat arrays a and b (float32
+        for an Fp32MatmulKernel; uint8 16-bit floats for a Bf16/Fp16MatmulKernel, b's offset
+        and stride then in bytes) with dims (aOffset, aStride, bOffset, bStride, outOffset,
+        outStride, m, n, k), `calls` times, on a guarded output of `out_len` cells; the
+        result's y is the m x n block."""
+        self.start()
+        t0 = time.perf_counter()
+        b = np.ascontiguousarray(b, np.uint8 if np.asarray(b).dtype == np.uint8
+                                 else np.float32).reshape(-1)
+        self._conn.send(GemmRequest(cls, np.ascontiguousarray(a, np.float32).reshape(-1), b,
+                                    int(out_len), tuple(int(d) for d in dims), int(calls)))
+        return self._await(t0, self.timeout)
+
+    def _await(self, t0: float, limit: float) -> CallResult:
+        """The case's result, restarting the hang clock at each Heartbeat (a crash result if
+        the JVM dies, a timeout one if a call does not return within `limit`)."""
         deadline = time.perf_counter() + limit  # for each call of the kernel, not the case
         while True:
             if self._conn.poll(min(0.2, max(0.0, deadline - time.perf_counter()))):
@@ -505,4 +617,5 @@ class Worker:
             conn.close()
         if self._log:
             Path(self._log).unlink(missing_ok=True)
+            Path(self._log + WEIGHTS_SUFFIX).unlink(missing_ok=True)
             self._log = None

@@ -44,7 +44,7 @@ class JvmLeg:
     def run(self, ctx: LegContext, out: report.Leg) -> None:
         """The parity matrix of the kernels on the classpath, judged at the widths of
         `--lanes` (default the host's and the board's 4), into `out`."""
-        from harness.jvm.discovery import discover
+        from harness.jvm.discovery import inventory
         from harness.jvm.jdk import find_jdk
         from harness.jvm.parity import run_matrix
 
@@ -52,7 +52,8 @@ class JvmLeg:
         jdk = find_jdk(opts.jdk)
         cp = opts.classpath
         ctx.step(f"jvm: scanning {cp}")
-        kernels = discover(cp)
+        listed = inventory(cp)
+        kernels = [k for k in listed if k.runnable]
         if not kernels:
             raise HarnessError(f"--classpath {cp}: no class with a static INSTANCE "
                                "and the packed matmul(float[],int,byte[],int,int,int,float[],int)")
@@ -60,6 +61,7 @@ class JvmLeg:
                          seed=ctx.options.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
         fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
         _add_cases(out, run, fixtures)
+        _add_not_run(out, [k for k in listed if not k.runnable])
         _add_summary(out, run, cp, len(kernels), bool(fixtures))
         if run.interrupted:
             raise KeyboardInterrupt  # the rows above stay in the (partial) report
@@ -83,6 +85,16 @@ def _add_cases(out: report.Leg, run: ParityRun, fixtures: set[str]) -> None:
     cols = sorted({k.split("|")[1] for k in cells})
     out.data["jvm_matrix"] = {"title": "JVM kernel x lanes/JIT mode (worst case verdict)",
                               "rows": rows, "cols": cols, "cells": cells}
+
+
+def _add_not_run(out: report.Leg, not_run: list) -> None:
+    """One "unavailable" row per kernel class listed but not run, with the reason."""
+    from harness.jvm.fixtures import LABEL as FIXTURE_LABEL
+    from harness.parity.verdict import Verdict
+
+    for k in not_run:
+        tag = f" [{FIXTURE_LABEL}]" if k.cls.startswith("skoracle.fixture.") else ""
+        out.add(f"{k.short}{tag} {k.kind}", Verdict.UNAVAILABLE, detail=f"not run: {k.reason}")
 
 
 def _add_summary(out: report.Leg, run: ParityRun, cp: str, n_kernels: int,

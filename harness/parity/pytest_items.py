@@ -357,12 +357,16 @@ def _jvm_groups(parent: pytest.Collector, o: ParityOptions) -> Iterator[ParityGr
                                + (f" for {', '.join(o.formats)}" if o.formats else ""))
 
         def make(group: ParityGroup, cp: str = cp, kernels: list = kernels) -> Iterator:
+            from harness.jvm.discovery import DENSE_FORMATS
+            from harness.jvm.parity import GEMM_SHAPES
+
             # configuration-major: a worker's consecutive cases share one JVM
             for lanes in o.lanes:
                 for jit in o.jit:
                     for k in kernels:
                         label = LABEL if k.cls.startswith("skoracle.fixture.") else ""
-                        for shape in o.jvm_shapes:
+                        for shape in (GEMM_SHAPES if k.kind in DENSE_FORMATS
+                                      else o.jvm_shapes):
                             dims = "x".join(map(str, shape[:3])) + \
                                 (f"+{shape[3]}" if shape[3] else "")
                             yield _item(group, f"{k.short}[{k.fmt}-{dims}-lanes{lanes}-{jit}]",
