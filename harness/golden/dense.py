@@ -1,0 +1,89 @@
+"""Golden cases of SKaiNET's dense GEMM kernels: C(m, n) = A(m, k) . B(k, n), A float32,
+B float32, BF16 or F16 bytes in (k, n) row-major order, with the expected output of every
+float order `kernels_ref` models (native: kernels_ref.dense; JVM: kernels_ref.dense_jvm)
+and one bound that holds for any order.
+
+In a case, `shape.out` is n, `shape.in` is k and `shape.batch` is m; `weight` is B stored
+under its own GGML type (F32 = 0, F16 = 1, BF16 = 30) as a `[k x n]` matrix (ne `[n, k]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+import oracle
+from kernels_ref import dense, dense_jvm
+from oracle.cfloat import F32
+
+KIND = "gemm"
+FORMATS = ("F32", "BF16", "F16")
+T_BOUND_ANY = "bound.any_order"
+
+
+@dataclass(frozen=True)
+class DenseVariant:
+    """One stored expected output of a dense case: its id, how it was computed, the model."""
+
+    id: str
+    text: str
+    run: Callable[[np.ndarray, np.ndarray, str, int, int], np.ndarray]
+
+
+def _native(a, b_raw, dtype, k, n, *, semantics: str, **opts) -> np.ndarray:
+    return dense.gemm(a, b_raw, dtype, k, n, semantics, **opts)
+
+
+def _jvm(a, b_raw, dtype, k, n, *, semantics: str, **opts) -> np.ndarray:
+    b = dense.dense_values(b_raw, dtype, k, n)
+    return dense_jvm.gemm(np.asarray(a, F32), b, semantics, **opts)
+
+
+def _variants() -> tuple[DenseVariant, ...]:
+    v = [DenseVariant("exact", "exact", partial(_native, semantics="exact")),
+         DenseVariant("skainet_scalar", "skainet_scalar (JVM ScalarMatmulKernel)",
+                      partial(_jvm, semantics="skainet_scalar"))]
+    for fused in (True, False):
+        v.append(DenseVariant(f"skainet_neon.{'fused' if fused else 'unfused'}",
+                              f"skainet_neon fused_final={str(fused).lower()}",
+                              partial(_native, semantics="skainet_neon", fused_final=fused)))
+    for lanes in (4, 8, 16):
+        for red in ("sequential", "pairwise", "halving"):
+            v.append(DenseVariant(f"skainet_panama.lanes{lanes}.{red}",
+                                  f"skainet_panama lanes={lanes} reduction={red}",
+                                  partial(_jvm, semantics="skainet_panama", lanes=lanes,
+                                          reduction=red)))
+    for lanes in (4, 8, 16):
+        v.append(DenseVariant(f"skainet_panama_outer.lanes{lanes}",
+                              f"skainet_panama_outer lanes={lanes}",
+                              partial(_jvm, semantics="skainet_panama_outer", lanes=lanes)))
+    return tuple(v)
+
+
+#: Every expected output a dense case stores, in file order.
+VARIANTS: tuple[DenseVariant, ...] = _variants()
+
+
+def weight_bytes(w: np.ndarray, dtype: str) -> np.ndarray:
+    """B (k, n) float32 as its stored bytes, uint8 (k, n * element bytes)."""
+    return oracle.quantize(dtype, np.asarray(w, F32))
+
+
+def bound_any_order(a: np.ndarray, b_raw: np.ndarray, dtype: str, k: int, n: int
+                    ) -> np.ndarray:
+    """dense_jvm's rigorous bound on |any float32 order - exact|, rounded up to float32."""
+    b = dense_jvm.gemm_error_bound(np.asarray(a, F32), dense.dense_values(b_raw, dtype, k, n))
+    b32 = b.astype(F32)
+    low = b32.astype(np.float64) < b
+    b32[low] = np.nextafter(b32[low], F32(np.inf))
+    return np.ascontiguousarray(b32)
+
+
+def expected(a: np.ndarray, b_raw: np.ndarray, dtype: str, k: int, n: int
+             ) -> dict[str, np.ndarray]:
+    """{variant id: C (m, n) float32} for every stored variant."""
+    return {v.id: np.ascontiguousarray(v.run(a, b_raw, dtype, k, n), F32).reshape(-1, n)
+            for v in VARIANTS}
