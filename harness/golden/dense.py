@@ -87,3 +87,20 @@ def expected(a: np.ndarray, b_raw: np.ndarray, dtype: str, k: int, n: int
     """{variant id: C (m, n) float32} for every stored variant."""
     return {v.id: np.ascontiguousarray(v.run(a, b_raw, dtype, k, n), F32).reshape(-1, n)
             for v in VARIANTS}
+
+
+# --- BitNet GEMV: int8 activations with one float32 scale per row, TQ2_0 weight rows ------
+
+BITNET_KIND = "bitnet_gemv"
+BITNET_FORMAT = "TQ2_0"
+#: (variant id, fused_final) of skainet_bitnet_gemv_tq2_0 (kernels_ref.dense.bitnet_gemv)
+BITNET_VARIANTS: tuple[tuple[str, bool], ...] = (("skainet_neon.fused", True),
+                                                 ("skainet_neon.unfused", False))
+
+
+def bitnet_expected(act: np.ndarray, scale: np.ndarray, w_raw: np.ndarray, out_dim: int,
+                    in_dim: int) -> dict[str, np.ndarray]:
+    """{variant id: y (batch, out) float32} for the BitNet TQ2_0 GEMV."""
+    return {vid: np.ascontiguousarray(
+        dense.bitnet_gemv(act, scale, w_raw, out_dim, in_dim, fused_final=fused), F32)
+        for vid, fused in BITNET_VARIANTS}
