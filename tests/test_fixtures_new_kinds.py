@@ -23,6 +23,8 @@ GOLDEN = ROOT / "fixtures" / "golden"
 Q8_1 = "dequantize-q8_1-edge-o9-i256.gguf"
 GEMM_BF16 = "gemm-bf16-random-o9-i37-b3.gguf"
 BITNET = "bitnet_gemv-tq2_0-random-o9-i1024-b4.gguf"
+TERNARY = "ternary_gemv-ternary-random-o9-i100-b3.gguf"
+NEW_KINDS = ("gemm", "bitnet_gemv", "ternary_gemv")
 
 
 def manifest() -> dict:
@@ -31,7 +33,7 @@ def manifest() -> dict:
 
 def new_kind_files() -> list[str]:
     return [f["name"] for f in manifest()["files"]
-            if f.get("format") in oracle.READ_TYPES or f.get("kind") in ("gemm", "bitnet_gemv")]
+            if f.get("format") in oracle.READ_TYPES or f.get("kind") in NEW_KINDS]
 
 
 def test_every_new_kind_has_its_cases():
@@ -46,6 +48,9 @@ def test_every_new_kind_has_its_cases():
         assert {f["shape"]["batch"] == 1 for f in gemm} == {True, False}
     bitnet = [f for f in files if f["kind"] == "bitnet_gemv"]
     assert bitnet and all(f["format"] == "TQ2_0" for f in bitnet)
+    ternary = [f for f in files if f["kind"] == "ternary_gemv"]
+    assert ternary and all(f["semantics"] == ["exact", "skainet_neon"] for f in ternary)
+    assert any(f["shape"]["in"] % 16 for f in ternary)
 
 
 def test_committed_new_cases_recompute_bit_exact():
@@ -74,6 +79,10 @@ def test_dense_and_bitnet_cases_tell_the_orders_apart():
     _, t = casefile.read(GOLDEN / BITNET)
     fused, unfused = (t[S.T_EXPECTED + f"skainet_neon.{k}"][1] for k in ("fused", "unfused"))
     assert not np.array_equal(fused.view(np.uint32), unfused.view(np.uint32))
+    _, t = casefile.read(GOLDEN / TERNARY)
+    assert t[S.T_WEIGHT][0] == S.GGML_I8
+    exact, lut = (t[S.T_EXPECTED + k][1] for k in ("exact", "skainet_neon"))
+    assert not np.array_equal(exact.view(np.uint32), lut.view(np.uint32))
 
 
 def _tensor_offset(path: Path, name: str) -> int:
@@ -88,6 +97,7 @@ def _tensor_offset(path: Path, name: str) -> int:
     (GEMM_BF16, "expected.skainet_panama_outer.lanes4"),
     ("gemm-f16-random-o17-i64-b1.gguf", "expected.skainet_neon.fused"),
     (BITNET, "expected.skainet_neon.unfused"),
+    (TERNARY, "expected.skainet_neon"),
 ])
 def test_a_corrupted_new_case_fails_verify_naming_it(tmp_path, name, tensor):
     root = tmp_path / "set"

@@ -104,3 +104,29 @@ def bitnet_expected(act: np.ndarray, scale: np.ndarray, w_raw: np.ndarray, out_d
     return {vid: np.ascontiguousarray(
         dense.bitnet_gemv(act, scale, w_raw, out_dim, in_dim, fused_final=fused), F32)
         for vid, fused in BITNET_VARIANTS}
+
+
+# --- ternary GEMV: float32 activations against 2-bit codes (skainet_ternary_f32_gemv) -----
+
+TERNARY_KIND = "ternary_gemv"
+TERNARY_VARIANTS: tuple[tuple[str, str], ...] = (
+    ("exact", "exact"),
+    ("skainet_neon", "skainet_neon (NeoGPU's LUT kernel, lut_dot)"),
+)
+
+
+def _up_to_f32(b: np.ndarray) -> np.ndarray:
+    b32 = np.asarray(b, np.float64).astype(F32)
+    low = b32.astype(np.float64) < b
+    b32[low] = np.nextafter(b32[low], F32(np.inf))
+    return np.ascontiguousarray(b32)
+
+
+def ternary_expected(x: np.ndarray, w_raw: np.ndarray, out_dim: int, in_dim: int
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({variant id: y (batch, out)}, the any-order bound rounded up to float32)."""
+    ref = dense.ternary_gemv(x, w_raw, out_dim, in_dim)
+    model = dense.ternary_gemv_model(x, w_raw, out_dim, in_dim)
+    outs = {"exact": np.ascontiguousarray(ref["exact"], F32),
+            "skainet_neon": np.ascontiguousarray(model, F32).reshape(-1, out_dim)}
+    return outs, _up_to_f32(ref["bound"])
