@@ -24,7 +24,8 @@ Q8_1 = "dequantize-q8_1-edge-o9-i256.gguf"
 GEMM_BF16 = "gemm-bf16-random-o9-i37-b3.gguf"
 BITNET = "bitnet_gemv-tq2_0-random-o9-i1024-b4.gguf"
 TERNARY = "ternary_gemv-ternary-random-o9-i100-b3.gguf"
-NEW_KINDS = ("gemm", "bitnet_gemv", "ternary_gemv")
+LMHEAD = "ternary_lmhead-ternary-random-o11-i100-b2.gguf"
+NEW_KINDS = ("gemm", "bitnet_gemv", "ternary_gemv", "ternary_lmhead")
 
 
 def manifest() -> dict:
@@ -51,6 +52,7 @@ def test_every_new_kind_has_its_cases():
     ternary = [f for f in files if f["kind"] == "ternary_gemv"]
     assert ternary and all(f["semantics"] == ["exact", "skainet_neon"] for f in ternary)
     assert any(f["shape"]["in"] % 16 for f in ternary)
+    assert [f["name"] for f in files if f["kind"] == "ternary_lmhead"] == [LMHEAD]
 
 
 def test_committed_new_cases_recompute_bit_exact():
@@ -85,6 +87,15 @@ def test_dense_and_bitnet_cases_tell_the_orders_apart():
     assert not np.array_equal(exact.view(np.uint32), lut.view(np.uint32))
 
 
+def test_lmhead_case_holds_four_planes_and_adversarial_row_scales():
+    _, t = casefile.read(GOLDEN / LMHEAD)
+    assert t[S.T_WEIGHT][1].shape == (4 * 11, 100 // 4)
+    bits = t[S.T_ROW_SCALE][1].view(np.uint16)
+    assert bits[1] & 0x8000 and not bits[2] & 0x7C00  # a negative and a subnormal scale
+    exact, lut = (t[S.T_EXPECTED + k][1] for k in ("exact", "skainet_neon"))
+    assert not np.array_equal(exact.view(np.uint32), lut.view(np.uint32))
+
+
 def _tensor_offset(path: Path, name: str) -> int:
     r = gguf.GGUFReader(path)
     return int(next(t for t in r.tensors if t.name == name).data_offset)
@@ -98,6 +109,7 @@ def _tensor_offset(path: Path, name: str) -> int:
     ("gemm-f16-random-o17-i64-b1.gguf", "expected.skainet_neon.fused"),
     (BITNET, "expected.skainet_neon.unfused"),
     (TERNARY, "expected.skainet_neon"),
+    (LMHEAD, "expected.exact"),
 ])
 def test_a_corrupted_new_case_fails_verify_naming_it(tmp_path, name, tensor):
     root = tmp_path / "set"

@@ -122,11 +122,18 @@ def _up_to_f32(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b32)
 
 
-def ternary_expected(x: np.ndarray, w_raw: np.ndarray, out_dim: int, in_dim: int
+def ternary_expected(x: np.ndarray, w_raw: np.ndarray, out_dim: int, in_dim: int,
+                     row_scale_bits: np.ndarray | None = None
                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """({variant id: y (batch, out)}, the any-order bound rounded up to float32)."""
-    ref = dense.ternary_gemv(x, w_raw, out_dim, in_dim)
-    model = dense.ternary_gemv_model(x, w_raw, out_dim, in_dim)
+    """({variant id: y (batch, out)}, the any-order bound rounded up to float32) for the
+    ternary GEMV, or with fp16 row scales for the lm-head stage 1 over four planes."""
+    flat = np.ascontiguousarray(w_raw, np.uint8).reshape(-1)
+    if row_scale_bits is None:
+        ref = dense.ternary_gemv(x, flat, out_dim, in_dim)
+        model = dense.ternary_gemv_model(x, flat, out_dim, in_dim)
+    else:
+        ref = dense.lmhead_stage1(x, flat, row_scale_bits, out_dim, in_dim)
+        model = dense.lmhead_stage1_model(x, flat, row_scale_bits, out_dim, in_dim)
     outs = {"exact": np.ascontiguousarray(ref["exact"], F32),
             "skainet_neon": np.ascontiguousarray(model, F32).reshape(-1, out_dim)}
     return outs, _up_to_f32(ref["bound"])
