@@ -126,3 +126,23 @@ def test_a_corrupted_new_case_fails_verify_naming_it(tmp_path, name, tensor):
     bad = [(r.file, r.check) for r in report.rows if r.status != OK]
     assert (name, tensor) in bad
     assert {f for f, _ in bad} == {name}
+
+
+@pytest.mark.parametrize("fmt", oracle.READ_TYPES)
+def test_edge_rows_of_the_read_formats_reach_their_targets(fmt):
+    """The adversarial rows are adversarial for every read-only format too: fp16-subnormal
+    and underflowing scales (Q8_K's d is a float32: neither happens there), top-binade
+    scales, all-zero blocks, finite dequantized values."""
+    w, kinds = S.edge_weights(fmt, len(S.EDGE_ROWS), 2 * oracle.QK_K, S.case_rng(0, fmt))
+    raw = oracle.quantize(fmt, w)
+    p = oracle.unpack(fmt, raw.reshape(-1, oracle.qtype(fmt).nbytes))
+    d = np.abs(np.asarray(p["d"], np.float64)).reshape(len(kinds), -1)
+    deq = oracle.dequantize(fmt, raw).reshape(len(kinds), -1)
+    row = {k: i for i, k in enumerate(kinds)}
+    assert np.all(d[row["zero"]] == 0) and np.all(deq[row["zero"]] == 0)
+    assert np.all((d[row["max_scale"]] >= 2.0**15) & (d[row["max_scale"]] <= 65504))
+    assert np.all(np.isfinite(deq))
+    if fmt != "Q8_K":
+        assert np.all((d[row["subnormal"]] > 0) & (d[row["subnormal"]] < 2.0**-14))
+        assert np.all(d[row["underflow"]] == 0)
+    assert (fmt in S.MIN_FORMATS) == bool({"m", "dmin"} & set(p))
