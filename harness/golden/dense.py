@@ -1,10 +1,14 @@
-"""Golden cases of SKaiNET's dense GEMM kernels: C(m, n) = A(m, k) . B(k, n), A float32,
-B float32, BF16 or F16 bytes in (k, n) row-major order, with the expected output of every
-float order `kernels_ref` models (native: kernels_ref.dense; JVM: kernels_ref.dense_jvm)
-and one bound that holds for any order.
+"""Golden cases of SKaiNET's non-packed kernels, with the expected output of every float
+order `kernels_ref` models:
 
-In a case, `shape.out` is n, `shape.in` is k and `shape.batch` is m; `weight` is B stored
-under its own GGML type (F32 = 0, F16 = 1, BF16 = 30) as a `[k x n]` matrix (ne `[n, k]`).
+- `gemm`: C(m, n) = A(m, k) . B(k, n), A float32, B float32, BF16 or F16 bytes in (k, n)
+  row-major order (native: kernels_ref.dense; JVM: kernels_ref.dense_jvm), and one bound
+  that holds for any order. `shape.out` is n, `shape.in` k, `shape.batch` m; `weight` is B
+  under its own GGML type (F32 = 0, F16 = 1, BF16 = 30), a `[k x n]` matrix (ne `[n, k]`).
+- `bitnet_gemv`: int8 activations with one float32 scale per row against TQ2_0 rows.
+- `ternary_gemv` / `ternary_lmhead`: float32 activations against 2-bit ternary codes (one
+  plane, or four planes with fp16 row scales), the exact result, NeoGPU's LUT order and an
+  any-order bound.
 """
 
 from __future__ import annotations
