@@ -407,8 +407,12 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
 
 def _host_kernel_parity(args: argparse.Namespace) -> int:
     """`kernel-parity --host`: the library built for this machine, each case in a child."""
-    from harness.board.hostkernels import (HOST_FIXTURE_LABEL, fixture_host_library,
-                                           host_kernel_parity, host_library)
+    from harness.board.hostkernels import (
+        HOST_FIXTURE_LABEL,
+        fixture_host_library,
+        host_kernel_parity,
+        host_library,
+    )
 
     fixture = args.fixture or args.fixture_wrong
     say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))

@@ -183,8 +183,14 @@ def host_kernel_parity(library: Path, formats: Sequence[str] | None = None,
     """Every packed kernel the library exports, run here (`HostRunner`) on the board's
     case plan and judged by the one judge within the rigorous bound (`HOST_NOTE`).
     `label`: the path to name in the inventory (the user's file, not a temporary link)."""
-    from harness.board.parity import (DEFAULT_SHAPES, KERNEL_SYMBOLS, KernelParity, inventory,
-                                      kernel_case, plan_cases)
+    from harness.board.parity import (
+        DEFAULT_SHAPES,
+        KERNEL_SYMBOLS,
+        KernelParity,
+        inventory,
+        kernel_case,
+        plan_cases,
+    )
     from harness.parity.runner import HostRunner
 
     inv = inventory(Path(library), formats, symbols=library_symbols(library))
