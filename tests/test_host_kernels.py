@@ -109,3 +109,8 @@ def test_non_elf_or_wrong_arch_is_one_line_exit_2(tmp_path: Path, make: str) -> 
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(lib) in lines[0] and expect in lines[0], res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_host_with_a_board_option_is_a_usage_error() -> None:
+    res = _cli("--fixture", "--board", "root@192.0.2.1")
+    assert res.returncode == 2 and "--host runs on this machine" in res.stderr

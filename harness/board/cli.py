@@ -415,6 +415,10 @@ def _host_kernel_parity(args: argparse.Namespace) -> int:
     )
 
     fixture = args.fixture or args.fixture_wrong
+    spec = _spec(args)
+    if spec.profile_file or spec.board or spec.lab:
+        raise HarnessError("kernel-parity --host runs on this machine: drop --profile, "
+                           "--board and the labgrid options (or drop --host)")
     say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
     shapes = [s for group in (args.shape or []) for s in group] or list(DEFAULT_SHAPES)
     if fixture:
