@@ -380,6 +380,8 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
         raise HarnessError("kernel-parity: give exactly one of --kernels-archive PATH (a "
                            "SKaiNET build), --fixture (the project's own test archive) and "
                            "--fixture-wrong (its deliberately wrong kernels)")
+    if args.host:
+        return _host_kernel_parity(args)
     archive = (fixture_kernel_archive(wrong=args.fixture_wrong) if fixture
                else Path(args.kernels_archive))
     say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
@@ -400,7 +402,39 @@ def cmd_kernel_parity(args: argparse.Namespace) -> int:
         with _session(args, in_a_box_when_unset=True) as sess:
             result = kernel_parity(sess, archive, formats=args.formats, shapes=shapes,
                                    seed=args.seed, progress=say, fixture=fixture or None)
-    if args.json:
+    return _print_kernel_parity(result, args.json)
+
+
+def _host_kernel_parity(args: argparse.Namespace) -> int:
+    """`kernel-parity --host`: the library built for this machine, each case in a child."""
+    from harness.board.hostkernels import (
+        HOST_FIXTURE_LABEL,
+        fixture_host_library,
+        host_kernel_parity,
+        host_library,
+    )
+
+    fixture = args.fixture or args.fixture_wrong
+    spec = _spec(args)
+    if spec.profile_file or spec.board or spec.lab:
+        raise HarnessError("kernel-parity --host runs on this machine: drop --profile, "
+                           "--board and the labgrid options (or drop --host)")
+    say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    shapes = [s for group in (args.shape or []) for s in group] or list(DEFAULT_SHAPES)
+    if fixture:
+        say(f"kernel parity on the host: {HOST_FIXTURE_LABEL}")
+    source = (fixture_host_library(wrong=args.fixture_wrong) if fixture
+              else host_library(Path(args.kernels_archive)))
+    with source as lib:
+        result = host_kernel_parity(lib, formats=args.formats, shapes=shapes, seed=args.seed,
+                                    progress=say, fixture=fixture,
+                                    label=None if fixture else Path(args.kernels_archive))
+    return _print_kernel_parity(result, args.json)
+
+
+def _print_kernel_parity(result, as_json: bool) -> int:
+    """The notes, failing rows and summary (or JSON); the exit status."""
+    if as_json:
         print(json.dumps(result.to_dict(), indent=1))
         return 0 if result.ok else 1
     for note in result.notes():
@@ -505,6 +539,12 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
                    help="run the project's archive of deliberately wrong kernels "
                         "(fixtures/board/kernels_wrong, one per dense, BitNet, ternary and "
                         "lm-head kind): every kernel in it must FAIL")
+    p.add_argument("--host", action="store_true",
+                   help="run the kernels on this machine instead of a board: ARCHIVE is a "
+                        "build for this host (lib.so, or lib.a linked here into a temporary "
+                        ".so), each case in a child process through ctypes; with --fixture, "
+                        "the project's scalar fixtures/host kernels; judged within the "
+                        "rigorous bound (the x86-64 build's float order is not modelled)")
     p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f], metavar="LIST",
                    help="comma-separated formats, e.g. Q8_0,Q4_K; also F32, BF16, F16 (dense "
                         "GEMM), TQ2_0 (BitNet GEMV), TERNARY, TERNARY4 (ternary GEMV, "

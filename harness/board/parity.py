@@ -28,7 +28,7 @@ from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
 from harness.parity.judge import FAILED, OK, Expectation, Outcome, verdict_rule
 from harness.parity.judge import judge as judge_outcome
-from harness.parity.runner import BoardRunner, KernelCall
+from harness.parity.runner import BoardRunner, CaseRunner, KernelCall
 from harness.parity.verdict import CASE_PASSING, Verdict
 from harness.report import plural
 
@@ -95,6 +95,8 @@ class KernelCase:
     fused_final_matches: dict[bool, bool] = field(default_factory=dict)
     detail: str = ""
     failed_run: bool = False
+    #: a failed run's status (crash, timeout, ...; "failed" for any other failure)
+    status: str = FAILED
     #: the board that ran the case, when cases are spread over several (harness.board.spread)
     board: str = ""
 
@@ -135,7 +137,7 @@ def kernel_verdict(case: KernelCase) -> str:
     tests all reach through here): "bit-exact" or "FAIL" for a modelled kernel;
     "within-bound" or "FAIL" for one without a model."""
     modelled = case.reference == "skainet_neon"
-    return verdict_rule(FAILED if case.failed_run else OK, modelled=modelled,
+    return verdict_rule(case.status if case.failed_run else OK, modelled=modelled,
                         matched=modelled and case.bit_exact, within_bound=case.within_bound)
 
 
@@ -214,15 +216,19 @@ class KernelInventory:
         return out
 
 
-def inventory(archive: Path, formats: Sequence[str] | None = None) -> KernelInventory:
+def inventory(archive: Path, formats: Sequence[str] | None = None,
+              symbols: set[str] | None = None) -> KernelInventory:
     """Sort the archive's `skainet_*` symbols (HarnessError, exit 2, when none is a packed
-    kernel the harness runs)."""
+    kernel the harness runs). `symbols`: the library's defined symbols when already read
+    (a shared library on the host), else the archive's."""
     archive = Path(archive)
     if not archive.exists():
         raise HarnessError(f"--kernels-archive {archive}: no such file (the real "
                            "libskainet_kernels.a from the linuxarm64 klib of "
                            "sk.ainet.core:skainet-backend-native-cpu is needed)")
-    defined = {s for s in archive_symbols(archive) if s.startswith("skainet_")}
+    if symbols is None:
+        symbols = archive_symbols(archive)
+    defined = {s for s in symbols if s.startswith("skainet_")}
     wanted = {f.upper() for f in formats} if formats else None
     inv = KernelInventory(archive)
     known = {k.symbol: k for k in ALL_KERNELS}
@@ -317,6 +323,10 @@ class KernelParity:
     fixture: bool = False
     #: the boards the cases were spread over (harness.board.spread), else empty
     boards: list[str] = field(default_factory=list)
+    #: the fixture label (the board's archive, or the host's fixtures/host library)
+    fixture_label: str = FIXTURE_LABEL
+    #: said after the rule (e.g. the host build's order has no model)
+    note: str = ""
 
     @property
     def failed(self) -> list[KernelCase]:
@@ -338,7 +348,8 @@ class KernelParity:
                 + (f"; FAILING: {', '.join(failing)}" if failing else "")
                 + (f"; {plural(len(self.inventory.absent), 'known kernel')} absent"
                    if self.inventory.absent else "")
-                + f". Rule: {VERDICT_RULE}.")
+                + f". Rule: {VERDICT_RULE}."
+                + (f" {self.note}." if self.note else ""))
         unfused = [c for c in self.failed if c.fused_final_matches.get(False)]
         if unfused and len(unfused) == len(self.failed):
             line += (" Every failing case is bit-exact with fused_final=False: the archive "
@@ -347,7 +358,7 @@ class KernelParity:
             line += (f" {plural(len(unfused), 'failing case')} match "
                      "fused_final=False (built without -ffast-math?)")
         if self.fixture:
-            line = f"[{FIXTURE_LABEL}] {line}"
+            line = f"[{self.fixture_label}] {line}"
         return line
 
     def notes(self) -> list[str]:
@@ -424,17 +435,20 @@ def case_rng(k: KernelSymbol, shape: tuple[int, int, int], seed: int) -> np.rand
     return np.random.default_rng([seed, out_dim, in_dim, batch, zlib.crc32(k.symbol.encode())])
 
 
-def kernel_case(runner: BoardRunner, k: KernelSymbol, shape: tuple[int, int, int],
-                seed: int = 0) -> KernelCase:
+def kernel_case(runner: CaseRunner, k: KernelSymbol, shape: tuple[int, int, int],
+                seed: int = 0, unmodelled: str = "") -> KernelCase:
     """Run one kernel x shape through `runner` (the driver's entry for its signature) and
     judge it with the one judge: what `kernel_parity`, the pool spread and the pytest items
-    (harness.parity.pytest_items) all call."""
-    x, packed, ref = case_data(k, shape, case_rng(k, shape, seed))
+    (harness.parity.pytest_items) all call. `unmodelled`: why the build's float order has
+    no model (e.g. an x86-64 build): the case is judged within the rigorous bound and its
+    row says so."""
+    x, packed, ref = case_data(k, shape, case_rng(k, shape, seed), modelled=not unmodelled)
+    modelled = k.kind in MODELLED_KINDS and not unmodelled
     case = KernelCase(k.symbol, k.qtype, tuple(shape),
-                      reference="skainet_neon" if k.kind in MODELLED_KINDS else "bound")
+                      reference="skainet_neon" if modelled else "bound", detail=unmodelled)
     outcome = runner.run(KernelCall(k.symbol, x, packed, shape[0], shape[1]))
     if outcome.status != OK:
-        case.failed_run = True
+        case.failed_run, case.status = True, outcome.status
         case.detail = outcome.error
         return case
     return judge(case, outcome.y, ref)
@@ -468,10 +482,12 @@ def kernel_parity(
     return result
 
 
-def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Generator
+def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Generator,
+              modelled: bool = True
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(driver input, weight bytes, reference) of one case: random weights and inputs of
-    the kernel's kind and what kernels_ref says the outputs must be."""
+    the kernel's kind and what kernels_ref says the outputs must be (`modelled` False: the
+    exact result and its rigorous bound only)."""
     from oracle.quants import quantize
 
     out_dim, in_dim, _ = shape
@@ -481,4 +497,10 @@ def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Gener
     w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     x = rng.standard_normal((shape[2], in_dim)).astype(np.float32)
     packed = packed_for(k, quantize(k.qtype, w))
+    if not modelled:
+        from kernels_ref import error_bound, matmul_wt
+
+        args = (x, packed, k.qtype, out_dim, in_dim)
+        return x, packed, {"exact": matmul_wt(*args, order=k.order, semantics="exact"),
+                           "bound": error_bound(*args, order=k.order)}
     return x, packed, reference_outputs(x, packed, k, out_dim, in_dim)

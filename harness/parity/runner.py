@@ -3,6 +3,7 @@ an `Outcome` (outputs, status, timings, extras); the one judge does the rest.
 
 - `JvmRunner`: a kernel class in the JVM worker (harness.jvm.worker), at its lanes and mode;
 - `BoardRunner`: an exported native kernel through the kernel driver on a board session;
+- `HostRunner`: a host build of the native kernels, called in a child process;
 - `LocalRunner`: host code (ggml's C library, the project's fixture C kernels under qemu,
   kernels_ref itself) called in this process.
 """
@@ -80,6 +81,20 @@ def driver_failure(res: Any) -> str:
     return f"driver failed: {res.reason}" + (f": {lines[-1][:300]}" if lines else "")
 
 
+class HostRunner:
+    """A build of the C kernels for this machine (a shared library), each call in a child
+    process through ctypes (harness.board.hostkernels): a crash is a `crash` outcome."""
+
+    def __init__(self, library: Path, timeout: float = 120.0) -> None:
+        self.library, self.timeout = library, timeout
+
+    def run(self, call: KernelCall) -> Outcome:
+        from harness.board.hostkernels import run_host_kernel
+
+        return run_host_kernel(self.library, call.kernel, call.x, call.weights, call.in_dim,
+                               call.out_dim, self.timeout)
+
+
 class LocalRunner:
     """Host code: `fn(call)` returns the outputs. A HarnessError or OracleError from it (a
     library that cannot be built, a format the code has no model of) is "unavailable"."""
@@ -99,4 +114,4 @@ class LocalRunner:
         return Outcome(OK, y, seconds=time.perf_counter() - t0)
 
 
-__all__ = ["BoardRunner", "CaseRunner", "JvmRunner", "KernelCall", "LocalRunner"]
+__all__ = ["BoardRunner", "CaseRunner", "HostRunner", "JvmRunner", "KernelCall", "LocalRunner"]

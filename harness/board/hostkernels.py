@@ -1,0 +1,238 @@
+"""Kernel parity on the host: a build of SKaiNET's C kernels for THIS machine (a shared
+library, or a static archive linked here into a temporary one) called through ctypes in a
+child process per case, so a kernel that crashes ends its child, never the harness.
+
+The cases, the inventory and the judge are the board's (harness.board.parity). The float
+order of an x86-64 build (-O3 -ffast-math -funroll-loops, no -march, NEON compiled out) has
+no model in kernels_ref: every case is judged within the rigorous bound, and says so.
+
+Child: python3 -m harness.board.hostkernels LIB SYMBOL DIR IN_DIM OUT_DIM BATCH
+(DIR holds w.bin and x.bin; the child writes DIR/y.bin, one call per batch row, as the
+board's driver calls a packed kernel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.parity.judge import FAILED, OK, Outcome
+from harness.parity.verdict import Verdict
+
+#: Said in every host row: no order model, judged within the bound.
+HOST_NOTE = "x86-64 build: order not modelled, judged within the rigorous bound"
+HOST_FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "host"
+HOST_FIXTURE_LABEL = ("TEST FIXTURE: the project's own scalar C kernels (fixtures/host), "
+                      "built for this host, not SKaiNET's result")
+#: ELF e_machine of the machines a host library may be built for
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
+AR_MAGIC = b"!<arch>\n"
+
+
+def _elf_machine(head: bytes) -> int | None:
+    """e_machine of a little-endian 64-bit ELF header, else None."""
+    if head[:4] != b"\x7fELF" or len(head) < 20 or head[4] != 2 or head[5] != 1:
+        return None
+    return int.from_bytes(head[18:20], "little")
+
+
+def _archive_machine(data: bytes, label: str) -> int | None:
+    """e_machine of the first ELF member of an `ar` archive, else None."""
+    from harness.gate.arfile import ArchiveError, iter_members
+
+    try:
+        for member in iter_members(data, label=label):
+            if not member.special and bytes(member.data[:4]) == b"\x7fELF":
+                return _elf_machine(bytes(member.data[:20]))
+    except ArchiveError as exc:
+        raise HarnessError(str(exc)) from None
+    return None
+
+
+def check_host_library(path: Path) -> str:
+    """"so" or "a" for a library built for this machine (HarnessError, one line, else)."""
+    label = f"--kernels-archive {path}"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise HarnessError(f"{label}: {exc.strerror or exc}") from None
+    kind = "a" if data[:8] == AR_MAGIC else "so"
+    machine = _archive_machine(data, label) if kind == "a" else _elf_machine(data[:20])
+    want = ELF_MACHINES.get(platform.machine())
+    if machine is None:
+        raise HarnessError(f"{label}: not a 64-bit little-endian ELF shared library or an "
+                           "`ar` archive of ELF objects")
+    if machine != want:
+        raise HarnessError(f"{label}: built for ELF machine {machine}, this host "
+                           f"({platform.machine()}) is {want}: --host needs a build for it")
+    return kind
+
+
+def library_symbols(lib: Path) -> set[str]:
+    """The defined global and weak dynamic symbols of a shared library (pyelftools)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    try:
+        with open(lib, "rb") as fh:
+            elf = ELFFile(fh)
+            return {sym.name for sec in elf.iter_sections()
+                    if isinstance(sec, SymbolTableSection)
+                    for sym in sec.iter_symbols()
+                    if sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK")
+                    and sym["st_shndx"] != "SHN_UNDEF" and sym.name}
+    except (ELFError, OSError) as exc:
+        raise HarnessError(f"--kernels-archive {lib}: unreadable ELF ({exc})") from None
+
+
+def _gcc(args: Sequence[str], what: str) -> None:
+    """Run the host gcc (HarnessError with its last line on failure)."""
+    try:
+        res = subprocess.run(["gcc", *args], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HarnessError(f"{what}: host gcc failed to run ({exc})") from None
+    if res.returncode:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HarnessError(f"{what}: host gcc failed: {last[:300]}")
+
+
+@contextlib.contextmanager
+def host_library(path: Path) -> Iterator[Path]:
+    """A shared library for `path`: itself, or a static archive linked into a temporary
+    one (whole archive, in a temp dir removed afterwards)."""
+    if check_host_library(path) == "so":
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="skoracle-host-") as tmp:
+        lib = Path(tmp) / "libskainet_kernels_host.so"
+        _gcc(["-shared", "-o", str(lib), "-Wl,--whole-archive", str(Path(path).resolve()),
+              "-Wl,--no-whole-archive", "-lpthread", "-lm"], f"linking {path} for the host")
+        yield lib
+
+
+@contextlib.contextmanager
+def fixture_host_library(wrong: bool = False) -> Iterator[Path]:
+    """The project's scalar fixture kernels (fixtures/host) built here with SKaiNET's x86
+    flags into a temporary shared library: `wrong` the one deliberately wrong kernel."""
+    src = HOST_FIXTURE_DIR / ("host_kernels_wrong.c" if wrong else "host_kernels.c")
+    with tempfile.TemporaryDirectory(prefix="skoracle-host-fixture-") as tmp:
+        lib = Path(tmp) / ("libfixture_host_wrong.so" if wrong else "libfixture_host.so")
+        _gcc(["-O3", "-ffast-math", "-funroll-loops", "-fPIC", "-shared", "-o", str(lib),
+              str(src)], f"building the host fixture {src.name}")
+        yield lib
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the harness goes away (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def _signal_name(rc: int) -> str:
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+def run_host_kernel(lib: Path, symbol: str, x: np.ndarray, weights: np.ndarray,
+                    in_dim: int, out_dim: int, timeout: float = 120.0) -> Outcome:
+    """One kernel call in a child process: outputs, or a crash/timeout/failed outcome."""
+    batch = x.shape[0]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="skoracle-hostcase-") as tmp:
+        Path(tmp, "x.bin").write_bytes(np.ascontiguousarray(x, "<f4").tobytes())
+        Path(tmp, "w.bin").write_bytes(np.ascontiguousarray(weights, np.uint8).tobytes())
+        cmd = [sys.executable, "-m", "harness.board.hostkernels", str(lib), symbol, tmp,
+               str(in_dim), str(out_dim), str(batch)]
+        try:
+            res = subprocess.run(cmd, capture_output=True, timeout=timeout, env=os.environ,
+                                 preexec_fn=_die_with_parent)
+        except subprocess.TimeoutExpired:
+            return Outcome(Verdict.TIMEOUT, error=f"{symbol}: no result in {timeout:g} s",
+                           seconds=time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if res.returncode < 0:
+            return Outcome(Verdict.CRASH, error=f"{symbol} crashed the child: killed by "
+                           f"{_signal_name(res.returncode)}", seconds=seconds)
+        if res.returncode:
+            last = (res.stderr.decode("utf-8", "replace").strip().splitlines() or ["?"])[-1]
+            return Outcome(FAILED, error=f"{symbol}: child exit {res.returncode}: "
+                           f"{last[:300]}", seconds=seconds)
+        y = np.fromfile(Path(tmp, "y.bin"), "<f4").reshape(batch, out_dim)
+    return Outcome(OK, y, seconds=seconds)
+
+
+def host_kernel_parity(library: Path, formats: Sequence[str] | None = None,
+                       shapes: Sequence[tuple[int, int, int]] | None = None, seed: int = 0,
+                       progress: Callable[[str], None] | None = None,
+                       fixture: bool = False, label: Path | None = None):
+    """Every packed kernel the library exports, run here (`HostRunner`) on the board's
+    case plan and judged by the one judge within the rigorous bound (`HOST_NOTE`).
+    `label`: the path to name in the inventory (the user's file, not a temporary link)."""
+    from harness.board.parity import (
+        DEFAULT_SHAPES,
+        KERNEL_SYMBOLS,
+        KernelParity,
+        inventory,
+        kernel_case,
+        plan_cases,
+    )
+    from harness.parity.runner import HostRunner
+
+    inv = inventory(Path(library), formats, symbols=library_symbols(library))
+    packed = set(KERNEL_SYMBOLS)
+    for k in [k for k in inv.run if k not in packed]:
+        inv.run.remove(k)
+        inv.not_modelled[k.symbol] = "the host runner calls the packed matmuls only"
+    if not inv.run:
+        raise HarnessError(f"--kernels-archive {label or library}: exports none of the "
+                           "packed matmul kernels the host runner calls")
+    inv.archive = Path(label or library)
+    inv.absent = [a for a in inv.absent if a in {k.symbol for k in packed}]
+    result = KernelParity(inv, fixture=fixture, fixture_label=HOST_FIXTURE_LABEL,
+                          note=f"Host: {HOST_NOTE}")
+    runner = HostRunner(library)
+    for planned in plan_cases(inv, shapes or DEFAULT_SHAPES, result.skipped):
+        case = kernel_case(runner, planned.kernel, planned.shape, seed, unmodelled=HOST_NOTE)
+        result.cases.append(case)
+        if progress:
+            progress(case.row())
+    return result
+
+
+def child_main(argv: Sequence[str]) -> int:
+    """The child: load the library, call SYMBOL once per batch row, write y.bin."""
+    import ctypes
+
+    lib, symbol, tmp = argv[0], argv[1], Path(argv[2])
+    in_dim, out_dim, batch = (int(a) for a in argv[3:6])
+    fn = getattr(ctypes.CDLL(lib), symbol)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
+                   ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
+    x = np.fromfile(tmp / "x.bin", "<f4")
+    w = np.fromfile(tmp / "w.bin", np.uint8)
+    y = np.zeros(batch * out_dim, "<f4")
+    for b in range(batch):
+        fn(x.ctypes.data, b * in_dim, w.ctypes.data, 0, in_dim, out_dim,
+           y.ctypes.data + 4 * b * out_dim, 0)
+    y.tofile(tmp / "y.bin")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))
