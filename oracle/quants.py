@@ -638,6 +638,17 @@ class Q5_K(_KQuantMinFormat):
         np.bitwise_or(q, hi.view(np.uint8), out=q)
 
 
+def _largest_magnitude(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of group scales, the signed scale of largest magnitude (the first on ties;
+    0 when all are 0 or NaN: the C loop's `if (abs > max)` never takes a NaN) and that
+    magnitude. Q3_K and Q6_K pick their super-block scale this way."""
+    a = np.abs(scales)
+    a = np.where(a > 0, a, F32(0))
+    max_abs = a.max(axis=1)
+    pick = np.argmax(a, axis=1)[:, None]
+    return np.where(max_abs > 0, np.take_along_axis(scales, pick, axis=1)[:, 0], F32(0)), max_abs
+
+
 @register
 class Q6_K(BlockFormat):
     """u8 ql[128]; u8 qh[64]; i8 scales[16]; half d; value = d*sc*(q-32) per 16-group."""
@@ -654,11 +665,7 @@ class Q6_K(BlockFormat):
         g = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, G) element-major
         L, scales = _make_qx_quants(g, 32)
         scales = scales.reshape(nb, 16)
-        a = np.abs(scales)
-        a = np.where(a > 0, a, F32(0))  # `if (abs_scale > max_abs_scale)` never takes a NaN
-        max_abs = a.max(axis=1)
-        pick = np.argmax(a, axis=1)[:, None]
-        max_scale = np.where(max_abs > 0, np.take_along_axis(scales, pick, axis=1)[:, 0], F32(0))
+        max_scale, max_abs = _largest_magnitude(scales)
         empty = max_abs < GROUP_MAX_EPS
         with np.errstate(all="ignore"):
             iscale = F32(-128) / max_scale
@@ -979,11 +986,7 @@ class Q3_K(BlockFormat):
         g = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # (16, G) element-major
         L, scales = _make_q3_quants(g, 4)
         scales = scales.reshape(nb, 16)
-        a = np.abs(scales)
-        a = np.where(a > 0, a, F32(0))  # `if (scale > amax)` never takes a NaN
-        pick = np.argmax(a, axis=1)[:, None]
-        max_scale = np.where(a.max(axis=1) > 0, np.take_along_axis(scales, pick, axis=1)[:, 0],
-                             F32(0))
+        max_scale, _ = _largest_magnitude(scales)
         has = max_scale != 0
         with np.errstate(all="ignore"):
             iscale = F32(-32) / np.where(has, max_scale, F32(1))
