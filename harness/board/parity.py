@@ -454,6 +454,16 @@ def kernel_case(runner: CaseRunner, k: KernelSymbol, shape: tuple[int, int, int]
     return judge(case, outcome.y, ref)
 
 
+def start_parity(archive: Path, formats: Sequence[str] | None, fixture: bool | None
+                 ) -> tuple[Path, KernelParity]:
+    """The driver linked against `archive` and the empty result with its inventory;
+    `fixture` None: the project's own test archives (right or deliberately wrong) by name."""
+    driver, inv = build_kernel_driver(archive, formats=formats)
+    if fixture is None:
+        fixture = Path(archive).name in (FIXTURE_ARCHIVE_NAME, FIXTURE_WRONG_ARCHIVE_NAME)
+    return driver, KernelParity(inv, fixture=fixture)
+
+
 def kernel_parity(
     target: Target,
     archive: Path,
@@ -469,12 +479,9 @@ def kernel_parity(
     one judge (`kernel_verdict` its rule).
     `fixture` labels the project's own test archive (default: by its file name).
     (harness.board.spread runs the same cases over several boards.)"""
-    driver, inv = build_kernel_driver(archive, formats=formats)
-    if fixture is None:
-        fixture = Path(archive).name in (FIXTURE_ARCHIVE_NAME, FIXTURE_WRONG_ARCHIVE_NAME)
-    result = KernelParity(inv, fixture=fixture)
+    driver, result = start_parity(archive, formats, fixture)
     runner = BoardRunner(target, driver, timeout)
-    for planned in plan_cases(inv, shapes, result.skipped):
+    for planned in plan_cases(result.inventory, shapes, result.skipped):
         case = kernel_case(runner, planned.kernel, planned.shape, seed)
         result.cases.append(case)
         if progress:

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from harness.board.parity import (
     DEFAULT_SHAPES,
-    FIXTURE_ARCHIVE_NAME,
     KernelCase,
     KernelParity,
-    build_kernel_driver,
     kernel_case,
     plan_cases,
+    start_parity,
 )
 from harness.board.profile import BoardProfile
 from harness.board.session import BoardSession
@@ -65,14 +64,11 @@ def kernel_parity_spread(
 ) -> KernelParity:
     """`harness.board.parity.kernel_parity` over every session at once; with more than one,
     each case names its board and the result the boards (`KernelParity.boards`)."""
-    driver, inv = build_kernel_driver(archive, formats=formats)
-    if fixture is None:
-        fixture = Path(archive).name == FIXTURE_ARCHIVE_NAME
-    result = KernelParity(inv, fixture=fixture)
+    driver, result = start_parity(archive, formats, fixture)
     labels = [board_label(s) for s in sessions]
     if len(sessions) > 1:
         result.boards = labels
-    queue = _CaseQueue(plan_cases(inv, shapes, result.skipped), seed, progress,
+    queue = _CaseQueue(plan_cases(result.inventory, shapes, result.skipped), seed, progress,
                        name_boards=len(sessions) > 1)
     runners = [(BoardRunner(s, driver, timeout), label) for s, label in zip(sessions, labels,
                                                                               strict=True)]
