@@ -169,6 +169,8 @@ def dispatch_cmd(args: argparse.Namespace) -> int:
     props = parse_props(args.jvm_prop)
     cp = resolve_classpath(args.classpath)
     d = ask_dispatch(jdk, cp, props, _dispatch_formats(formats), args.timeout)
+    if d.error:
+        raise HarnessError(f"--classpath {args.classpath}: {d.error}")
     if args.json:
         json.dump(asdict(d), sys.stdout, indent=1)
         print()
@@ -176,8 +178,6 @@ def dispatch_cmd(args: argparse.Namespace) -> int:
         out = make_console()
         for line in d.lines():
             out.print(cell(line))
-    if d.error:
-        raise HarnessError(f"--classpath {args.classpath}: {d.error}")
     return 0
 
 

@@ -162,8 +162,9 @@ def query_registry(jpype: Any, formats: Sequence[str]) -> tuple[dict[str, Any], 
     Dispatch, class name -> the kernel object the registry handed out)."""
     try:
         registry = jpype.JClass(REGISTRY).INSTANCE
-    except Exception as exc:  # no skainet-backend-api on the classpath
-        return {"error": f"{REGISTRY} is not on the classpath ({type(exc).__name__})"}, {}
+    except Exception:  # JPype: "Class ... is not found"
+        return {"error": f"{REGISTRY} is not on the classpath (SKaiNET's "
+                         "skainet-backend-api jar, or its jvm classes)"}, {}
     d: dict[str, Any] = {"installed": [], "install_error": ""}
     if registry.providers().isEmpty():
         try:
