@@ -38,6 +38,8 @@ HOST_FIXTURE_LABEL = ("TEST FIXTURE: the project's own scalar C kernels (fixture
 #: ELF e_machine of the machines a host library may be built for
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 AR_MAGIC = b"!<arch>\n"
+#: SKaiNET's x86 build flags, with which the host fixture kernels are built
+FIXTURE_CFLAGS = ("-O3", "-ffast-math", "-funroll-loops", "-fPIC", "-shared")
 
 
 def _elf_machine(head: bytes) -> int | None:
@@ -122,16 +124,26 @@ def host_library(path: Path) -> Iterator[Path]:
         yield lib
 
 
+def fixture_host_source(wrong: bool = False) -> Path:
+    """The C file of the host fixture kernels: `wrong` the one deliberately wrong kernel."""
+    return HOST_FIXTURE_DIR / ("host_kernels_wrong.c" if wrong else "host_kernels.c")
+
+
+def build_fixture_host_library(lib: Path, wrong: bool = False) -> Path:
+    """Build the project's scalar fixture kernels (fixtures/host) with SKaiNET's x86 flags
+    (`FIXTURE_CFLAGS`) into the shared library `lib` (HarnessError if gcc fails)."""
+    src = fixture_host_source(wrong)
+    _gcc([*FIXTURE_CFLAGS, "-o", str(lib), str(src)], f"building the host fixture {src.name}")
+    return Path(lib)
+
+
 @contextlib.contextmanager
 def fixture_host_library(wrong: bool = False) -> Iterator[Path]:
     """The project's scalar fixture kernels (fixtures/host) built here with SKaiNET's x86
     flags into a temporary shared library: `wrong` the one deliberately wrong kernel."""
-    src = HOST_FIXTURE_DIR / ("host_kernels_wrong.c" if wrong else "host_kernels.c")
     with tempfile.TemporaryDirectory(prefix="skoracle-host-fixture-") as tmp:
-        lib = Path(tmp) / ("libfixture_host_wrong.so" if wrong else "libfixture_host.so")
-        _gcc(["-O3", "-ffast-math", "-funroll-loops", "-fPIC", "-shared", "-o", str(lib),
-              str(src)], f"building the host fixture {src.name}")
-        yield lib
+        yield build_fixture_host_library(
+            Path(tmp) / ("libfixture_host_wrong.so" if wrong else "libfixture_host.so"), wrong)
 
 
 def _die_with_parent() -> None:
