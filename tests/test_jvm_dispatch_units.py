@@ -64,6 +64,7 @@ def test_lines_name_choice_fallbacks_and_unavailable_reason() -> None:
     assert "Q8_0 -> panama-vector PanamaVectorQ8_0MatmulKernel; fallback scalar " \
            "ScalarQ8_0MatmulKernel" in lines
     assert "Q4_K -> no available provider carries it" in lines
+    assert "TEST FIXTURE" not in lines[0]
 
 
 def test_dispatched_kernels_first_and_marked() -> None:

@@ -46,6 +46,9 @@ LIBRARY_NAMES = {"linux": "libskainet_kernels.so", "macos": "libskainet_kernels.
 #: Symbols a native provider needs, checked when its library loads yet it says unavailable.
 NATIVE_SYMBOLS = ("skainet_q4k_matmul", "skainet_q8_0_matmul", "skainet_q4_0_matmul",
                   "skainet_q6k_matmul")
+#: The project's own fixture classes (fixtures/jvm), and what every dispatch over them says.
+FIXTURE_PACKAGE = "skoracle.fixture."
+FIXTURE_NOTE = "TEST FIXTURE: the project's own providers and kernels, not SKaiNET"
 #: The first JDK whose FFM API (java.lang.foreign) is final.
 FFM_JDK = 22
 #: What the registry does not decide, said in every dispatch report.
@@ -135,7 +138,13 @@ class Dispatch:
             out.append(f"KernelServiceLoader.installAll() failed: {self.install_error}")
         out += [f"{p.name} (priority {p.priority}, {short(p.cls)}) is registered but "
                 f"unavailable: {p.reason}" for p in self.providers if not p.available]
-        out += [c.describe() for c in self.choices]
+        out += [c.describe() for c in self.choices if c.kernel]
+        none = [c.fmt for c in self.choices if not c.kernel]
+        if none:
+            out.append(f"{', '.join(none)} -> no available provider carries "
+                       + ("it" if len(none) == 1 else "them"))
+        if any(p.cls.startswith(FIXTURE_PACKAGE) for p in self.providers):
+            out[0] += f" [{FIXTURE_NOTE}]"
         return out + list(self.notes)
 
 

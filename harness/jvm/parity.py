@@ -256,7 +256,7 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
         return gemm_expectation(k, shape, seed, lanes)
     if k.model is not None:
         return model_expectation(k, shape, seed)
-    if k.provider == FFM and k.kind == PACKED:
+    if k.provider == FFM and k.kind in NATIVE_KINDS:
         return native_expectation(k, shape, seed)
     models: list[tuple[str, np.ndarray]] = []
     if k.provider == SCALAR:
@@ -278,6 +278,9 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
 #: does): the exact-float bound cannot judge them; SKaiNET's own Q8-activation reference
 #: kernel's order is the candidate, and the bound includes that quantization.
 Q8_ACTIVATION_NATIVE = ("Q4_K", "Q6_K")
+#: Kinds of native (FFM) kernel judged against the C build: byte-array and MemorySegment
+#: weights alike call the same C symbol.
+NATIVE_KINDS = (PACKED, MEMSEG)
 
 
 def native_models(fmt: str) -> tuple[list[tuple[str, str, tuple]], str]:
@@ -285,8 +288,7 @@ def native_models(fmt: str) -> tuple[list[tuple[str, str, tuple]], str]:
     ([(label, semantics, opts)]), and the note every such case carries."""
     models = [("skainet_q8_reference", "skainet_q8_reference", ())] \
         if fmt in Q8_ACTIVATION_NATIVE else []
-    return models, "SKaiNET's C kernel through FFM as built for this host: order not " \
-                   "modelled, judged within the derived bound"
+    return models, "C kernel through FFM, this host's build: order not modelled"
 
 
 def native_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int) -> Expectation:
@@ -390,8 +392,11 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     j = judge_outcome(outcome, exp)
     case.verdict, case.reference, case.max_ulp = j.verdict, j.reference, j.max_ulp
     case.detail = _detail(j, exp, res, order)
-    if k.provider == FFM and k.kind == PACKED and j.verdict == Verdict.WITHIN_BOUND:
-        case.detail += f"; {native_models(k.fmt)[1]}"
+    if k.provider == FFM and k.kind in NATIVE_KINDS and j.verdict == Verdict.WITHIN_BOUND:
+        note = native_models(k.fmt)[1]
+        case.detail = (case.detail.replace("order not modelled;", f"{note};", 1)
+                       if case.detail.startswith("order not modelled;")
+                       else f"{case.detail}; {note}")
 
 
 # ------------------------------------------------------------------------------ errors
@@ -556,7 +561,7 @@ class ConfigSession:
                                                           self.actual_lanes or 0, self.calls)
         judge(case, res, k, self.seed, self.actual_lanes, order)
         if case.dispatched:
-            case.detail = f"SKaiNET runs this for {case.dispatched}; {case.detail}"
+            case.detail += f"; SKaiNET runs this for {case.dispatched}"
         missing = missing_class(res.error) if res.status == "crash" else None
         if missing:
             run.error = missing_class_message(missing, k.cls)
@@ -673,7 +678,7 @@ def _reason(c: Case) -> str:
         return f"crash {head}"
     if c.verdict == "timeout":
         return "timeout (a call did not return)"
-    return "FAIL " + c.detail.split(";", 1)[0].split(" (row", 1)[0]
+    return "FAIL " + c.detail.split(";", 1)[0].split(" (row", 1)[0].split(": row", 1)[0]
 
 
 def failure_summary(run: ParityRun, limit: int = 4) -> str:
@@ -683,7 +688,9 @@ def failure_summary(run: ParityRun, limit: int = 4) -> str:
     groups: dict[tuple[str, str], list[str]] = {}
     for c in run.cases:
         if c.verdict in FAILING:
-            widths = groups.setdefault((c.kernel, _reason(c)), [])
+            kernel = c.kernel + (f" (SKaiNET runs it for {c.dispatched})"
+                                 if c.dispatched else "")
+            widths = groups.setdefault((kernel, _reason(c)), [])
             if c.width not in widths:
                 widths.append(c.width)
     if not groups:
