@@ -114,3 +114,38 @@ def test_non_elf_or_wrong_arch_is_one_line_exit_2(tmp_path: Path, make: str) -> 
 def test_host_with_a_board_option_is_a_usage_error() -> None:
     res = _cli("--fixture", "--board", "root@192.0.2.1")
     assert res.returncode == 2 and "--host runs on this machine" in res.stderr
+
+
+def test_native_cpu_jar_is_judged_through_the_library_it_bundles(tmp_path: Path) -> None:
+    """SKaiNET's native-cpu JAR as --kernels-archive: the library its JVM would extract and
+    load (native/linux-x86_64/libskainet_kernels.so), judged in both block orders."""
+    import zipfile
+
+    jar = tmp_path / "skainet-backend-native-cpu-jvm.jar"
+    with fixture_host_library() as built, zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
+        zf.write(built, "native/linux-x86_64/libskainet_kernels.so")
+        zf.writestr("native/macos-arm64/libskainet_kernels.dylib", b"not for this host")
+    with host_library(jar) as lib:
+        extracted = lib.parent
+        result = host_kernel_parity(lib, formats=["Q8_0"], shapes=SHAPES[:1], label=jar)
+    assert not extracted.exists()
+    assert result.ok
+    assert [c.symbol for c in result.cases] == ["skainet_q8_0_matmul", "skainet_q8_0_matmul_rm"]
+
+
+def test_jar_without_this_hosts_library_is_one_line_exit_2(tmp_path: Path) -> None:
+    import zipfile
+
+    jar = tmp_path / "skainet-backend-native-cpu-jvm.jar"
+    with zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("native/macos-arm64/libskainet_kernels.dylib", b"\xcf\xfa\xed\xfe")
+    res = _cli("--kernels-archive", str(jar))
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith(
+        f"--kernels-archive {jar}: a zip/JAR without native/linux-x86_64/libskainet_kernels.so "
+        "(SKaiNET's skainet-backend-native-cpu JAR bundles it for this machine)")
+    assert "Traceback" not in res.stderr
+    jar.write_bytes(b"PK\x03\x04" + b"\0" * 40)  # a corrupt zip
+    res = _cli("--kernels-archive", str(jar))
+    assert res.returncode == 2 and "corrupt zip container" in res.stderr

@@ -62,14 +62,44 @@ def _archive_machine(data: bytes, label: str) -> int | None:
     return None
 
 
+#: Where SKaiNET's native-cpu JAR bundles the library for this machine (NativeLibraryLoader's
+#: resource convention), e.g. native/linux-x86_64/libskainet_kernels.so.
+JAR_LIBRARY = "native/linux-{arch}/libskainet_kernels.so"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def jar_library(path: Path, data: bytes) -> bytes:
+    """The library a SKaiNET native-cpu JAR bundles for this machine: the very bytes its
+    JVM extracts and loads (HarnessError naming the JAR and the member, else)."""
+    from harness.gate.errors import GateError
+    from harness.gate.ziputil import zip_member
+
+    arch = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    member = JAR_LIBRARY.format(arch=arch)
+    try:
+        lib = zip_member(f"--kernels-archive {path}", data, member)
+    except GateError as exc:
+        raise HarnessError(str(exc)) from None
+    if lib is None:
+        raise HarnessError(f"--kernels-archive {path}: a zip/JAR without {member} (SKaiNET's "
+                           "skainet-backend-native-cpu JAR bundles it for this machine)")
+    return lib
+
+
 def check_host_library(path: Path) -> str:
-    """"so" or "a" for a library built for this machine (HarnessError, one line, else)."""
+    """"so", "a" or "jar" (SKaiNET's native-cpu JAR: the library it bundles for this
+    machine) for a library built for this machine (HarnessError, one line, else)."""
     label = f"--kernels-archive {path}"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise HarnessError(f"{label}: {exc.strerror or exc}") from None
-    kind = "a" if data[:8] == AR_MAGIC else "so"
+    if data[:4] == ZIP_MAGIC:
+        data = jar_library(Path(path), data)
+        label += f"!/{JAR_LIBRARY.split('{')[0]}..."
+        kind = "jar"
+    else:
+        kind = "a" if data[:8] == AR_MAGIC else "so"
     machine = _archive_machine(data, label) if kind == "a" else _elf_machine(data[:20])
     want = ELF_MACHINES.get(platform.machine())
     if machine is None:
@@ -112,13 +142,19 @@ def _gcc(args: Sequence[str], what: str) -> None:
 
 @contextlib.contextmanager
 def host_library(path: Path) -> Iterator[Path]:
-    """A shared library for `path`: itself, or a static archive linked into a temporary
-    one (whole archive, in a temp dir removed afterwards)."""
-    if check_host_library(path) == "so":
+    """A shared library for `path`: itself, the one a SKaiNET native-cpu JAR bundles for
+    this machine (extracted), or a static archive linked into a temporary one (whole
+    archive); temporaries in a temp dir removed afterwards."""
+    kind = check_host_library(path)
+    if kind == "so":
         yield Path(path)
         return
     with tempfile.TemporaryDirectory(prefix="skoracle-host-") as tmp:
         lib = Path(tmp) / "libskainet_kernels_host.so"
+        if kind == "jar":
+            lib.write_bytes(jar_library(Path(path), Path(path).read_bytes()))
+            yield lib
+            return
         _gcc(["-shared", "-o", str(lib), "-Wl,--whole-archive", str(Path(path).resolve()),
               "-Wl,--no-whole-archive", "-lpthread", "-lm"], f"linking {path} for the host")
         yield lib

@@ -132,5 +132,22 @@ def zip_members(label: str, data: bytes | memoryview, budget: UnpackBudget | Non
             yield mlabel, _read_member(zf, info, mlabel, budget)
 
 
+def zip_member(label: str, data: bytes | memoryview, name: str,
+               budget: UnpackBudget | None = None) -> bytes | None:
+    """The decompressed bytes of the member `name` (None when the zip has none), read under
+    the same checks as zip_members (overlaps, CRC-32, the budget) without inflating the
+    other members."""
+    budget = budget if budget is not None else UnpackBudget()
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except _READ_ERRORS as exc:
+        raise GateError(f"{label}: corrupt zip container: {exc}") from None
+    with zf:
+        check_overlaps(label, data, infos)
+        info = next((i for i in infos if i.filename == name), None)
+        return None if info is None else _read_member(zf, info, f"{label}!/{name}", budget)
+
+
 __all__ = ["CHUNK", "DEFAULT_MAX_UNPACKED", "MAX_UNPACKED_TEXT", "UnpackBudget", "check_overlaps",
-           "zip_members"]
+           "zip_member", "zip_members"]
