@@ -804,6 +804,8 @@ class SkainetX86(SkainetNeon):
     """
 
     name = "skainet_x86"
+    #: the compiler whose build the order was read from
+    ESTABLISHED_ON: ClassVar[str] = "gcc 12.2.0 (Debian 12.2.0-14)"
     description = ("SKaiNET native C kernel on x86-64 (gcc -O3 -ffast-math, SSE2): in-block "
                    "sums reassociated over 4 lanes, no FMA (param kernel_order)")
     params: ClassVar[dict[str, Any]] = {"kernel_order": "feed"}
