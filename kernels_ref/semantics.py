@@ -837,6 +837,22 @@ class SkainetX86(SkainetNeon):
     def _row_major(self) -> bool:
         return self.opts["kernel_order"] == "rm"
 
+    def _not_read(self, kernel: str) -> None:
+        raise OracleError(f"semantics 'skainet_x86' has no order for {kernel}: its x86-64 "
+                          "build was not read")
+
+    def gemm(self, a, b):
+        self._not_read("the dense GEMM")
+
+    def bitnet_tq2_0(self, act, act_scale, codes, d):
+        self._not_read("the BitNet TQ2_0 GEMV")
+
+    def ternary_f32(self, x, values):
+        self._not_read("the ternary GEMV")
+
+    def lmhead_stage1(self, x, planes, row_scale):
+        self._not_read("the ternary lm-head stage 1")
+
     def q8_0(self, x, p, prep):
         bs = sse_sum32(fmul(em_x(x, 32), em_codes(p["qs"]).astype(F32)))
         return seq_add(fmul(bs, em_scale(p["d"], 1)))
