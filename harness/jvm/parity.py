@@ -283,6 +283,11 @@ Q8_ACTIVATION_NATIVE = ("Q4_K", "Q6_K")
 NATIVE_KINDS = (PACKED, MEMSEG)
 
 
+#: What a dense native (FFM) kernel's rows say: no model of its C build's order yet.
+NATIVE_DENSE_NOTE = ("C kernel through FFM: the order of a dense kernel's host build is not "
+                     "modelled, judged within the rigorous bound")
+
+
 def native_models(fmt: str) -> tuple[str | None, str]:
     """(the order model of SKaiNET's C kernel for `fmt` as the JVM loads it on this host,
     binding; or None: judged within the bound), and what its rows say
@@ -404,6 +409,8 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     case.detail = _detail(j, exp, res, order)
     if k.provider == FFM and k.kind in NATIVE_KINDS:
         case.detail += f"; {native_models(k.fmt)[1]}"
+    elif k.provider == FFM and k.kind in DENSE_FORMATS:
+        case.detail += f"; {NATIVE_DENSE_NOTE}"
 
 
 # ------------------------------------------------------------------------------ errors
