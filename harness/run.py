@@ -163,6 +163,7 @@ def build_options(args: argparse.Namespace) -> RunOptions:
     """The typed options of a run, every input checked before anything starts
     (HarnessError, exit 2): the legs, --out, the paths, the budget, the lanes."""
     from harness.jvm.discovery import resolve_classpath
+    from harness.jvm.dispatch import parse_props
 
     names = selected_legs(args.only)
     out_dir = check_report_dir(args.out, args.force)
@@ -174,7 +175,8 @@ def build_options(args: argparse.Namespace) -> RunOptions:
         seed=args.seed, out=out_dir, legs=tuple(names),
         named=frozenset(names if args.only else ()), json=args.json,
         jvm=JvmOptions(classpath=resolve_classpath(args.classpath) if args.classpath else None,
-                       jdk=_absolute(args.jdk), lanes=tuple(lanes)),
+                       jdk=_absolute(args.jdk), lanes=tuple(lanes),
+                       props=parse_props(args.jvm_prop)),
         board=BoardOptions(spec=BoardSpec(_absolute(args.board_profile), args.board,
                                           lab=lab_from_args(args)),
                            kernels_archive=Path(archive) if archive else None),
@@ -381,4 +383,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the JVM leg's " + LANES_HELP)
     p.add_argument("--jdk", metavar="HOME",
                    help="JDK for the JVM leg (default: JAVA_HOME, then /usr/lib/jvm/*)")
+    p.add_argument("--jvm-prop", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Java system property for the JVM leg's JVMs (repeatable), e.g. "
+                        "skainet.strict.kernels=true")
     p.set_defaults(func=run)

@@ -36,6 +36,21 @@ def _saturating_int(v: np.ndarray, bits: int) -> np.ndarray:
     return np.where(v >= lim, top, inside)
 
 
+def _indefinite_int(v: np.ndarray, bits: int) -> np.ndarray:
+    """x86-64 float->int conversion (cvtss2si): NaN and every value outside the `bits`-bit
+    range give the "integer indefinite" -2**(bits-1); int64 result."""
+    lim = 2.0 ** (bits - 1)
+    v = np.asarray(v, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = (v >= -lim) & (v < lim)
+        return np.where(inside, np.where(inside, v, 0.0).astype(np.int64), np.int64(-lim))
+
+
+#: float->int conversions of the native build, by target: AArch64 saturates, x86-64 gives
+#: the integer indefinite
+CONVERSIONS = {"aarch64": _saturating_int, "x86": _indefinite_int}
+
+
 def _low_bits(v: np.ndarray, bits: int) -> np.ndarray:
     """A C narrowing conversion: keep the low `bits` bits, two's complement."""
     m = np.int64(1) << np.int64(bits)
@@ -109,12 +124,16 @@ def ggml_q8_k(x: np.ndarray) -> dict[str, np.ndarray]:
 RECIP_127 = F32(1) / F32(127)
 
 
-def skainet_native_q8(x: np.ndarray, fast_math: bool = True) -> dict[str, np.ndarray]:
+def skainet_native_q8(x: np.ndarray, fast_math: bool = True,
+                      conversion: str = "aarch64") -> dict[str, np.ndarray]:
     """The activation quantizer of SKaiNET's native Q4_K/Q6_K kernels (q4k_matmul.c
     `skainet_q8_quantize_block`, q6k_matmul.c `skainet_q6k_q8_quantize_block`), per 256-block:
     d_in = maxabs/127, inv = 127/maxabs (a separate division), q = lrintf(x*inv) (ties to
     even) clamped to +-127; an all-zero block gives d_in = 0. With `fast_math` the division
-    by the constant is the multiply by float32(1/127) that gcc -ffast-math emits."""
+    by the constant is the multiply by float32(1/127) that gcc -ffast-math emits.
+    `conversion` (a key of CONVERSIONS) is how lrintf treats what does not fit an int64 (an
+    infinite x*inv when maxabs is so small that 127/maxabs overflows): AArch64's fcvtns
+    saturates, x86-64's cvtss2si gives the integer indefinite (its low 32 bits: 0)."""
     xb = _blocks(x, QK_K)
     maxabs = np.abs(xb).max(axis=-1).astype(F32)
     zero = maxabs == 0
@@ -124,6 +143,6 @@ def skainet_native_q8(x: np.ndarray, fast_math: bool = True) -> dict[str, np.nda
         inv = (F32(127) / safe).astype(F32)
         r = np.rint(xb * inv[..., None])
     # (int) lrintf(v): a saturating 64-bit conversion, then the low 32 bits; then the clamp
-    q = np.clip(_low_bits(_saturating_int(r, 64), 32), -127, 127)
+    q = np.clip(_low_bits(CONVERSIONS[conversion](r, 64), 32), -127, 127)
     return {"d": np.where(zero, F32(0), d_in).astype(F32),
             "qs": np.where(zero[..., None], 0, q).astype(np.int8)}

@@ -107,6 +107,27 @@ def reduce_halving(v: np.ndarray) -> np.ndarray:
     return v[:, 0]
 
 
+def pair_chain(v: np.ndarray) -> np.ndarray:
+    """Over axis 1 (even length >= 4): adjacent pairs p_j = v[2j] + v[2j+1], then
+    ((p0 + p1) + p2) + p3 + ... in order: the reduction tree gcc 12 -O3 -ffast-math emits on
+    x86-64 for an unrolled float sum (e.g. (((P0+P1)+(P2+P3))+(P4+P5))+(P6+P7) over the 8
+    four-lane partial vectors of a 32-element loop)."""
+    with np.errstate(all="ignore"):
+        p = v[:, 0::2] + v[:, 1::2]
+        acc = p[:, 0] + p[:, 1]
+        for j in range(2, p.shape[1]):
+            acc = acc + p[:, j]
+    return f32(acc)
+
+
+def sse_sum32(t: np.ndarray) -> np.ndarray:
+    """A 32-element float loop sum as gcc vectorizes it for SSE2 (4 float lanes), over axis 1:
+    vector partial i holds elements 4i..4i+3 (lane j: elements j, j+4, ...), the 8 partials
+    are combined by `pair_chain`, and the lanes by movhlps/shufps: (l0+l2)+(l1+l3)."""
+    v = t.reshape(t.shape[0], 8, 4, *t.shape[2:])
+    return reduce_halving(pair_chain(v))
+
+
 def fmul(a: Any, b: Any) -> np.ndarray:
     with np.errstate(all="ignore"):
         return f32(f32(a) * f32(b))
@@ -697,15 +718,19 @@ class SkainetNeon(Semantics):
                 local = fadd(local, term)
         return seq_add(local)
 
+    def _quantize(self, x):
+        """The Q4_K/Q6_K kernels' activation quantizer as this build compiles it."""
+        return activations.skainet_native_q8(x, fast_math=self.fused)
+
     def prepare(self, fmt, x):
         if fmt in self.quantizes_activations:
-            return activations.skainet_native_q8(x, fast_math=self.fused)
+            return self._quantize(x)
         return None
 
     def activation_values(self, fmt, x):
         if fmt not in self.quantizes_activations:
             return None
-        a = activations.skainet_native_q8(x, fast_math=self.fused)
+        a = self._quantize(x)
         with np.errstate(all="ignore"):
             return (a["qs"].astype(F32) * a["d"][..., None]).reshape(x.shape)
 
@@ -743,6 +768,136 @@ class SkainetNeon(Semantics):
             else:
                 acc = fadd(acc, fmul(fmul(d[b], di[b]), fw[b]))
         return acc
+
+
+# ----------------------------------------------------------------------------------------
+# SKaiNET native C kernels on x86-64 (SSE2, the scalar C auto-vectorized)
+
+
+@register
+class SkainetX86(SkainetNeon):
+    """SKaiNET's native C kernels as built for linux-x86_64 (skainet-backend-native-cpu/
+    native/CMakeLists.txt: -O3 -ffast-math -funroll-loops, no -march): the NEON bodies compile
+    out, the scalar C is vectorized for SSE2 (4 float lanes) and reassociated, and there is
+    no FMA (every product and sum rounded). Read from the disassembly of Debian's gcc 12.2.0
+    build of these sources (SKaiNET-developers/SKaiNET, src/: q8_0_matmul.c, q4_0_matmul.c,
+    q5_1_matmul.c, q5k_matmul.c, q4k_matmul.c, q6k_matmul.c with the shared block terms and
+    skainet_row_threads.c; q5_0_matmul.c at 3127b31b, feed order only) and checked bit for
+    bit against it. Another compiler, or another gcc, may reassociate differently.
+
+    `sse_sum32` is the in-block sum of a 32-element loop; `kernel_order` as skainet_neon's.
+
+    - Q8_0: block_sum = sse_sum32(x*code); acc = acc + block_sum*d.
+    - Q4_0: pair sums s_k = x[k]*(lo_k-8) + x[k+16]*(hi_k-8), k = 0..15, combined by
+      `pair_chain`; acc = acc + block_sum*d.
+    - Q5_0 (feed only: the row-major entry's source was not read): code_dot = the pair
+      sums x[k]*c_k + x[k+16]*c_{k+16} (unsigned 5-bit codes) added in order; input_sum =
+      sse_sum32(x); acc = acc + (code_dot - 16*input_sum)*d.
+    - Q5_1: code_dot and input_sum as Q5_0; feed: acc = (acc + m*input_sum) + d*code_dot;
+      row-major: acc = acc + (d*code_dot + m*input_sum).
+    - Q5_K: per 32-group code_sum = sse_sum32(x*code), input_sum = sse_sum32(x); per lo/hi
+      group pair A = sc_lo*cs_lo + sc_hi*cs_hi, B = (is*dmin)*mn, local = (local - B_hi) +
+      (A*d - B_lo); acc = acc + local.
+    - Q4_K / Q6_K: skainet_neon's order with fused_final=False (integer dots, then
+      acc + d_in*(d*A - dmin*B) and acc + (d*d_in)*W), the activations quantized as there
+      but lrintf is cvtss2si (a non-finite x*inv gives code 0).
+    """
+
+    name = "skainet_x86"
+    #: the compiler whose build the order was read from
+    ESTABLISHED_ON: ClassVar[str] = "gcc 12.2.0 (Debian 12.2.0-14)"
+    description = ("SKaiNET native C kernel on x86-64 (gcc -O3 -ffast-math, SSE2): in-block "
+                   "sums reassociated over 4 lanes, no FMA (param kernel_order)")
+    params: ClassVar[dict[str, Any]] = {"kernel_order": "feed"}
+    #: (format, kernel_order) pairs whose x86 order was not established, and why
+    UNREAD: ClassVar[dict[tuple[str, str], str]] = {
+        ("Q5_0", "rm"): "the source of skainet_q5_0_matmul_rm was not read, so its x86 "
+                        "order is not established"}
+
+    def check_opts(self):
+        if self.opts["kernel_order"] not in self.KERNEL_ORDERS:
+            raise OracleError("semantics 'skainet_x86': kernel_order must be one of "
+                              f"{', '.join(self.KERNEL_ORDERS)}, got {self.opts['kernel_order']!r}")
+
+    def check_format(self, fmt):
+        super().check_format(fmt)
+        why = self.UNREAD.get((fmt, self.opts["kernel_order"]))
+        if why:
+            raise OracleError(f"semantics 'skainet_x86' has no kernel for {fmt} with "
+                              f"kernel_order={self.opts['kernel_order']!r}: {why}")
+
+    @property
+    def fused(self) -> bool:
+        return False
+
+    def _quantize(self, x):
+        return activations.skainet_native_q8(x, fast_math=True, conversion="x86")
+
+    @property
+    def _row_major(self) -> bool:
+        return self.opts["kernel_order"] == "rm"
+
+    def _not_read(self, kernel: str) -> None:
+        raise OracleError(f"semantics 'skainet_x86' has no order for {kernel}: its x86-64 "
+                          "build was not read")
+
+    def gemm(self, a, b):
+        self._not_read("the dense GEMM")
+
+    def bitnet_tq2_0(self, act, act_scale, codes, d):
+        self._not_read("the BitNet TQ2_0 GEMV")
+
+    def ternary_f32(self, x, values):
+        self._not_read("the ternary GEMV")
+
+    def lmhead_stage1(self, x, planes, row_scale):
+        self._not_read("the ternary lm-head stage 1")
+
+    def q8_0(self, x, p, prep):
+        bs = sse_sum32(fmul(em_x(x, 32), em_codes(p["qs"]).astype(F32)))
+        return seq_add(fmul(bs, em_scale(p["d"], 1)))
+
+    def q4_0(self, x, p, prep):
+        t = fmul(em_x(x, 32), em_codes(p["qs"]).astype(F32))
+        return seq_add(fmul(pair_chain(fadd(t[:, :16], t[:, 16:])), em_scale(p["d"], 1)))
+
+    def _q5_sums(self, x, p, offset):
+        xe = em_x(x, 32)
+        t = fmul(xe, (em_codes(p["qs"]).astype(np.int16) + offset).astype(F32))
+        return seq_add(np.moveaxis(fadd(t[:, :16], t[:, 16:]), 1, 0)), sse_sum32(xe)
+
+    def q5_0(self, x, p, prep):
+        code_dot, input_sum = self._q5_sums(x, p, 16)
+        return seq_add(fmul(fsub(code_dot, fmul(F32(16), input_sum)), em_scale(p["d"], 1)))
+
+    def q5_1(self, x, p, prep):
+        code_dot, input_sum = self._q5_sums(x, p, 0)
+        dot = fmul(em_scale(p["d"], 1), code_dot)
+        offset = fmul(em_scale(p["m"], 1), input_sum)
+        if self._row_major:
+            return seq_add(fadd(dot, offset))
+        acc = np.zeros(dot.shape[1:], F32)
+        for b in range(dot.shape[0]):
+            acc = fadd(fadd(acc, offset[b]), dot[b])
+        return acc
+
+    def q5_k(self, x, p, prep):
+        xg = em_x(x, 256, 32)  # (nb, 8, 32, batch, 1)
+        nb = xg.shape[0]
+        flat = xg.reshape(nb * 8, 32, *xg.shape[3:])
+        codes = em_codes(p["qs"], 32).astype(F32)
+        code_sum = sse_sum32(fmul(flat, codes.reshape(nb * 8, 32, *codes.shape[3:])))
+        code_sum = code_sum.reshape(nb, 8, *code_sum.shape[1:])  # (nb, 8, batch, rows)
+        input_sum = sse_sum32(flat).reshape(nb, 8, -1, 1)
+        d, dmin = em_scale(p["d"], 1), em_scale(p["dmin"], 1)
+        sc, mn = em_scale(p["sc"], 1).astype(F32), em_scale(p["mn"], 1).astype(F32)
+        local = np.zeros(code_sum[:, 0].shape, F32)
+        for lo, hi in ((0, 1), (2, 3), (4, 5), (6, 7)):
+            a = fadd(fmul(sc[:, lo], code_sum[:, lo]), fmul(sc[:, hi], code_sum[:, hi]))
+            b_lo = fmul(fmul(input_sum[:, lo], dmin), mn[:, lo])
+            b_hi = fmul(fmul(input_sum[:, hi], dmin), mn[:, hi])
+            local = fadd(fsub(local, b_hi), fsub(fmul(a, d), b_lo))
+        return seq_add(local)
 
 
 # ----------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ SHAPES = [(16, 256, 2, 0), (7, 512, 1, 40)]
 #: fixtures for the surfaces, judged in test_jvm_cli.py
 NOT_IN_MATRIX = ("Overreads4LaneQ8_0MatmulKernel", "WritesPastRowQ8_0MatmulKernel",
                  "LeavesProcessQ8_0MatmulKernel")
+#: the native (FFM) fixtures over the fixture C library (test_jvm_native_fixture.py)
+NATIVE = ("FixtureNativeQ8_0MatmulKernel", "ZeroesBeforeOffsetNativeQ4_0MatmulKernel")
 #: fixtures in the order of SKaiNET's Q8-activation reference kernels (their own test)
 Q8_ACTIVATION = ("Q4_KQ8ActivationReferenceKernel", "Q6_KQ8ActivationReferenceKernel",
                  "ScaleDistributedQ4_KQ8ActivationReferenceKernel")
@@ -67,12 +69,13 @@ def test_discovery_in_class_dirs_and_jars(cp, tmp_path):
                        "NeverReturnsQ8_0MatmulKernel", "Overreads4LaneQ8_0MatmulKernel",
                        "WritesPastRowQ8_0MatmulKernel", "LeavesProcessQ8_0MatmulKernel",
                        *Q8_ACTIVATION, *FP32_KERNELS, "Q4_KQ8ActivationReferenceMemSegKernel",
-                       "IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel"}
+                       "IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel", *NATIVE}
     # (Blocks, VectorBlocks and the interfaces are not kernels)
     assert ks["DropsLastBlockMatmulKernel"].fmt == "Q8_0"  # from its interface
     assert ks["PanamaVectorQ4_0Kernel"].provider == PANAMA
     assert ks["Overreads4LaneQ8_0MatmulKernel"].provider == PANAMA
     assert ks["ScalarQ4_0MatmulKernel"].provider == SCALAR
+    assert {ks[n].provider for n in NATIVE} == {FFM}  # through their FFM helper class
     jar = tmp_path / "k.jar"
     with zipfile.ZipFile(jar, "w") as z:
         for f in Path(cp).rglob("*.class"):
@@ -96,8 +99,10 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
         ("TernaryGemvViewKernel", "view"): "no runner for ViewKernel yet (TensorView "
         "operands, built with a KernelKey: TernaryF32GemvKernel, BitNetGemvKernel, "
         "PackedViewMatmulKernel, ...)",
-        ("FixtureKernelProvider", "other"):
-            "implements KernelProvider: not a kernel interface, nothing to judge",
+        **{(provider, "other"):
+           "implements KernelProvider: not a kernel interface, nothing to judge"
+           for provider in ("FixtureKernelProvider", "FixtureScalarKernelProvider",
+                            "FixturePanamaKernelProvider", "FixtureNativeKernelProvider")},
     }
     assert {k.short for k in discover(cp)} == {n for (n, _), k in listed.items() if k.runnable}
     # the interfaces, the abstract base and the helpers are no kernels
@@ -111,8 +116,8 @@ def test_every_class_implementing_a_kernel_interface_is_listed_with_a_reason(cp,
 
 
 def test_matrix_verdicts_crash_hang_and_order(jdk, cp):
-    ks = [k for k in discover(cp) if k.short not in NOT_IN_MATRIX + Q8_ACTIVATION + FP32_KERNELS
-          and k.kind == "packed"]
+    ks = [k for k in discover(cp) if k.short not in
+          NOT_IN_MATRIX + NATIVE + Q8_ACTIVATION + FP32_KERNELS and k.kind == "packed"]
     run = run_matrix(jdk, cp, ks, lanes=("4",), jit=("pinned", "warm"), shapes=SHAPES,
                      timeout=8)
     by = {(c.kernel, c.jit, c.shape): c for c in run.cases}

@@ -32,6 +32,8 @@ from harness.jvm.worker import SENTINEL_BITS, changed_cells, guard_violations, g
 pytestmark = pytest.mark.jvm
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ("Blocks", "VectorBlocks", "Q8_0MatmulKernel", "Q4_0MatmulKernel")
+#: the mirrors of SKaiNET's interfaces that the scalar fixture kernels implement
+MIRRORS = ("Q8_0MatmulKernel", "Q4_0MatmulKernel")
 ONE_SHAPE = ["--shape", "16x256x2", "--jit", "pinned"]
 
 
@@ -51,6 +53,10 @@ def subset(cp: str, where: Path, *kernels: str, support: tuple[str, ...] = SUPPO
     pkg.mkdir(parents=True, exist_ok=True)
     for name in (*support, *kernels):
         shutil.copy(Path(cp) / "skoracle" / "fixture" / f"{name}.class", pkg)
+    api = Path("sk") / "ainet" / "backend" / "api" / "kernel"
+    (where / api).mkdir(parents=True, exist_ok=True)
+    for name in MIRRORS:
+        shutil.copy(Path(cp) / api / f"{name}.class", where / api)
     return where
 
 

@@ -42,7 +42,7 @@ def bits(a) -> list:
 
 def test_semantics_table() -> None:
     assert set(SEMANTICS) == {"exact", "skainet_scalar", "skainet_neon", "skainet_panama",
-                              "ggml", "skainet_q8_reference"}
+                              "ggml", "skainet_q8_reference", "skainet_x86"}
     for name, line in SEMANTICS.items():
         assert line and "\n" not in line, name
         assert REGISTRY[name].__doc__  # names the source functions modelled

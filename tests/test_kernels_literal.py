@@ -350,3 +350,95 @@ def test_neon_matches_literal_loops(fmt: str, n: int, fused: bool) -> None:
     want = [neon_row(fmt, x, row_parts(fmt, raw, o), fused, act) for o in range(OUT)]
     got = matmul_wt(x, raw, fmt, OUT, n, semantics="skainet_neon", fused_final=fused)
     assert bits(got) == bits(want)
+
+
+# ---------------------------------------------------------------------------- x86-64
+# SKaiNET's C kernels as gcc 12 -O3 -ffast-math builds them for SSE2 (no FMA).
+
+def sse_sum32(v) -> np.float32:
+    """32 floats summed as gcc vectorizes the loop: lane j of partial vector i holds element
+    4i+j; per lane (((P0+P1)+(P2+P3))+(P4+P5))+(P6+P7); the lanes (l0+l2)+(l1+l3)."""
+    lanes = []
+    for j in range(4):
+        p = [F(v[4 * i + j]) for i in range(8)]
+        t = F(F(p[0] + p[1]) + F(p[2] + p[3]))
+        t = F(t + F(p[4] + p[5]))
+        lanes.append(F(t + F(p[6] + p[7])))
+    return F(F(lanes[0] + lanes[2]) + F(lanes[1] + lanes[3]))
+
+
+def x86_pair_sums(fmt: str, x: np.ndarray, p: dict, b: int) -> list[np.float32]:
+    """x[k]*c[k] + x[k+16]*c[k+16] for k = 0..15 (Q5_0 with the unsigned code q + 16)."""
+    off = 16 if fmt == "Q5_0" else 0
+    c = [F(int(q) + off) for q in p["qs"][b]]
+    xb = x[32 * b : 32 * b + 32]
+    return [F(F(xb[k] * c[k]) + F(xb[k + 16] * c[k + 16])) for k in range(16)]
+
+
+def x86_32_block(fmt: str, acc: np.float32, x: np.ndarray, p: dict, b: int,
+                 rm: bool) -> np.float32:
+    """Q8_0 / Q4_0 / Q5_0 / Q5_1: the block term and how it meets the row accumulator."""
+    d, xb = p["d"][b], x[32 * b : 32 * b + 32]
+    if fmt == "Q8_0":
+        return F(acc + F(sse_sum32([F(xb[k] * F(p["qs"][b, k])) for k in range(32)]) * d))
+    s = x86_pair_sums(fmt, x, p, b)
+    if fmt == "Q4_0":  # the pair sums as a pair chain
+        t = F(F(s[0] + s[1]) + F(s[2] + s[3]))
+        for j in range(2, 8):
+            t = F(t + F(s[2 * j] + s[2 * j + 1]))
+        return F(acc + F(t * d))
+    dot = F(0)
+    for v in s:  # Q5_0 / Q5_1: the pair sums in order
+        dot = F(dot + v)
+    isum = sse_sum32(xb)
+    if fmt == "Q5_0":
+        return F(acc + F(F(dot - F(F(16) * isum)) * d))
+    m = p["m"][b]
+    if rm:
+        return F(acc + F(F(d * dot) + F(m * isum)))
+    return F(F(acc + F(m * isum)) + F(d * dot))
+
+
+def x86_q5_k_block(acc: np.float32, x: np.ndarray, p: dict, b: int) -> np.float32:
+    """Q5_K: per lo/hi group pair local = (local - B_hi) + (A*d - B_lo)."""
+    d, dmin, local = p["d"][b], p["dmin"][b], F(0)
+    xb = x[256 * b : 256 * b + 256]
+    cs = [sse_sum32([F(xb[32 * s + k] * F(p["qs"][b, 32 * s + k])) for k in range(32)])
+          for s in range(8)]
+    xs = [sse_sum32(xb[32 * s : 32 * s + 32]) for s in range(8)]
+    sc, mn = [F(v) for v in p["sc"][b]], [F(v) for v in p["mn"][b]]
+    for lo in (0, 2, 4, 6):
+        hi = lo + 1
+        a = F(F(sc[lo] * cs[lo]) + F(sc[hi] * cs[hi]))
+        b_lo, b_hi = F(F(xs[lo] * dmin) * mn[lo]), F(F(xs[hi] * dmin) * mn[hi])
+        local = F(F(local - b_hi) + F(F(a * d) - b_lo))
+    return F(acc + local)
+
+
+def x86_row(fmt: str, x: np.ndarray, p: dict, rm: bool, act: dict | None) -> np.float32:
+    """One output of the x86-64 build: its blocks in order into one float32 sum (Q4_K and
+    Q6_K as the NEON kernels without fused multiply-adds)."""
+    acc = F(0)
+    for b in range(p["d"].shape[0]):
+        if fmt == "Q5_K":
+            acc = x86_q5_k_block(acc, x, p, b)
+        elif fmt in ("Q4_K", "Q6_K"):
+            acc = neon_block(fmt, acc, x, p, b, False, act)
+        else:
+            acc = x86_32_block(fmt, acc, x, p, b, rm)
+    return acc
+
+
+@pytest.mark.parametrize("fmt,n,kernel_order", [
+    (fmt, n, order) for fmt, n in FORMATS for order in ("feed", "rm")
+    if (fmt, order) != ("Q5_0", "rm")])  # refused: test_kernels_x86
+def test_x86_matches_literal_loops(fmt: str, n: int, kernel_order: str) -> None:
+    raw, x = weights(fmt, n, 4), activations(n, 4)
+    act = None
+    if fmt in ("Q4_K", "Q6_K"):
+        a = skainet_native_q8(x[None, :], conversion="x86")
+        act = {"qs": a["qs"][0], "d": a["d"][0]}
+    rm = kernel_order == "rm"
+    want = [x86_row(fmt, x, row_parts(fmt, raw, o), rm, act) for o in range(OUT)]
+    got = matmul_wt(x, raw, fmt, OUT, n, semantics="skainet_x86", kernel_order=kernel_order)
+    assert bits(got) == bits(want)

@@ -2,9 +2,12 @@
 library, or a static archive linked here into a temporary one) called through ctypes in a
 child process per case, so a kernel that crashes ends its child, never the harness.
 
-The cases, the inventory and the judge are the board's (harness.board.parity). The float
-order of an x86-64 build (-O3 -ffast-math -funroll-loops, no -march, NEON compiled out) has
-no model in kernels_ref: every case is judged within the rigorous bound, and says so.
+The cases, the inventory and the judge are the board's (harness.board.parity). On x86-64
+the float order of SKaiNET's build (-O3 -ffast-math -funroll-loops, no -march: NEON compiled
+out, the scalar C vectorized for SSE2) is kernels_ref's `skainet_x86`, read from gcc 12.2.0's
+build of its sources: every kernel it covers must match it bit for bit; a kernel whose order
+was not established (and every kernel on another host) is judged within the rigorous bound,
+and its row says why (`host_order`).
 
 Child: python3 -m harness.board.hostkernels LIB SYMBOL DIR IN_DIM OUT_DIM BATCH
 (DIR holds w.bin and x.bin; the child writes DIR/y.bin, one call per batch row, as the
@@ -30,14 +33,23 @@ from harness.errors import HarnessError
 from harness.parity.judge import FAILED, OK, Outcome
 from harness.parity.verdict import Verdict
 
-#: Said in every host row: no order model, judged within the bound.
-HOST_NOTE = "x86-64 build: order not modelled, judged within the rigorous bound"
+#: The order model of an x86-64 build of SKaiNET's C kernels
+HOST_MODEL = "skainet_x86"
+#: SKaiNET's compile flags for linux-x86_64 (native/CMakeLists.txt, no -march), with which
+#: the project's host fixture is built too
+SKAINET_X86_CFLAGS = ("-std=c11", "-O3", "-ffast-math", "-funroll-loops", "-fPIC",
+                      "-fvisibility=hidden")
 HOST_FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "host"
+#: the formats the host fixture has a kernel for (both block orders)
+HOST_FIXTURE_FORMATS = ("Q8_0", "Q4_0")
 HOST_FIXTURE_LABEL = ("TEST FIXTURE: the project's own scalar C kernels (fixtures/host), "
                       "built for this host, not SKaiNET's result")
 #: ELF e_machine of the machines a host library may be built for
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 AR_MAGIC = b"!<arch>\n"
+#: SKaiNET's x86 build flags, with which the host fixture kernels are built
+#: The fixture library is built exactly as SKaiNET builds its x86-64 library.
+FIXTURE_CFLAGS = (*SKAINET_X86_CFLAGS, "-shared")
 
 
 def _elf_machine(head: bytes) -> int | None:
@@ -60,14 +72,44 @@ def _archive_machine(data: bytes, label: str) -> int | None:
     return None
 
 
+#: Where SKaiNET's native-cpu JAR bundles the library for this machine (NativeLibraryLoader's
+#: resource convention), e.g. native/linux-x86_64/libskainet_kernels.so.
+JAR_LIBRARY = "native/linux-{arch}/libskainet_kernels.so"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def jar_library(path: Path, data: bytes) -> bytes:
+    """The library a SKaiNET native-cpu JAR bundles for this machine: the very bytes its
+    JVM extracts and loads (HarnessError naming the JAR and the member, else)."""
+    from harness.gate.errors import GateError
+    from harness.gate.ziputil import zip_member
+
+    arch = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    member = JAR_LIBRARY.format(arch=arch)
+    try:
+        lib = zip_member(f"--kernels-archive {path}", data, member)
+    except GateError as exc:
+        raise HarnessError(str(exc)) from None
+    if lib is None:
+        raise HarnessError(f"--kernels-archive {path}: a zip/JAR without {member} (SKaiNET's "
+                           "skainet-backend-native-cpu JAR bundles it for this machine)")
+    return lib
+
+
 def check_host_library(path: Path) -> str:
-    """"so" or "a" for a library built for this machine (HarnessError, one line, else)."""
+    """"so", "a" or "jar" (SKaiNET's native-cpu JAR: the library it bundles for this
+    machine) for a library built for this machine (HarnessError, one line, else)."""
     label = f"--kernels-archive {path}"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise HarnessError(f"{label}: {exc.strerror or exc}") from None
-    kind = "a" if data[:8] == AR_MAGIC else "so"
+    if data[:4] == ZIP_MAGIC:
+        data = jar_library(Path(path), data)
+        label += f"!/{JAR_LIBRARY.split('{')[0]}..."
+        kind = "jar"
+    else:
+        kind = "a" if data[:8] == AR_MAGIC else "so"
     machine = _archive_machine(data, label) if kind == "a" else _elf_machine(data[:20])
     want = ELF_MACHINES.get(platform.machine())
     if machine is None:
@@ -110,28 +152,44 @@ def _gcc(args: Sequence[str], what: str) -> None:
 
 @contextlib.contextmanager
 def host_library(path: Path) -> Iterator[Path]:
-    """A shared library for `path`: itself, or a static archive linked into a temporary
-    one (whole archive, in a temp dir removed afterwards)."""
-    if check_host_library(path) == "so":
+    """A shared library for `path`: itself, the one a SKaiNET native-cpu JAR bundles for
+    this machine (extracted), or a static archive linked into a temporary one (whole
+    archive); temporaries in a temp dir removed afterwards."""
+    kind = check_host_library(path)
+    if kind == "so":
         yield Path(path)
         return
     with tempfile.TemporaryDirectory(prefix="skoracle-host-") as tmp:
         lib = Path(tmp) / "libskainet_kernels_host.so"
+        if kind == "jar":
+            lib.write_bytes(jar_library(Path(path), Path(path).read_bytes()))
+            yield lib
+            return
         _gcc(["-shared", "-o", str(lib), "-Wl,--whole-archive", str(Path(path).resolve()),
               "-Wl,--no-whole-archive", "-lpthread", "-lm"], f"linking {path} for the host")
         yield lib
+
+
+def fixture_host_source(wrong: bool = False) -> Path:
+    """The C file of the host fixture kernels: `wrong` the one deliberately wrong kernel."""
+    return HOST_FIXTURE_DIR / ("host_kernels_wrong.c" if wrong else "host_kernels.c")
+
+
+def build_fixture_host_library(lib: Path, wrong: bool = False) -> Path:
+    """Build the project's scalar fixture kernels (fixtures/host) with SKaiNET's x86 flags
+    (`FIXTURE_CFLAGS`) into the shared library `lib` (HarnessError if gcc fails)."""
+    src = fixture_host_source(wrong)
+    _gcc([*FIXTURE_CFLAGS, "-o", str(lib), str(src)], f"building the host fixture {src.name}")
+    return Path(lib)
 
 
 @contextlib.contextmanager
 def fixture_host_library(wrong: bool = False) -> Iterator[Path]:
     """The project's scalar fixture kernels (fixtures/host) built here with SKaiNET's x86
     flags into a temporary shared library: `wrong` the one deliberately wrong kernel."""
-    src = HOST_FIXTURE_DIR / ("host_kernels_wrong.c" if wrong else "host_kernels.c")
     with tempfile.TemporaryDirectory(prefix="skoracle-host-fixture-") as tmp:
-        lib = Path(tmp) / ("libfixture_host_wrong.so" if wrong else "libfixture_host.so")
-        _gcc(["-O3", "-ffast-math", "-funroll-loops", "-fPIC", "-shared", "-o", str(lib),
-              str(src)], f"building the host fixture {src.name}")
-        yield lib
+        yield build_fixture_host_library(
+            Path(tmp) / ("libfixture_host_wrong.so" if wrong else "libfixture_host.so"), wrong)
 
 
 def _die_with_parent() -> None:
@@ -176,12 +234,40 @@ def run_host_kernel(lib: Path, symbol: str, x: np.ndarray, weights: np.ndarray,
     return Outcome(OK, y, seconds=seconds)
 
 
+def established_on() -> str:
+    """The build skainet_x86's order was read from, in words."""
+    from kernels_ref.semantics import SkainetX86
+
+    return f"{SkainetX86.ESTABLISHED_ON} -O3 -ffast-math -funroll-loops (SSE2)"
+
+
+def host_order(qtype: str, kernel_order: str, machine: str | None = None
+               ) -> tuple[str | None, str]:
+    """(the order model a host build of this kernel follows, or None; what its row says):
+    skainet_x86 on x86-64 where its order was established, else the rigorous bound and why."""
+    from kernels_ref.semantics import make
+    from oracle import OracleError
+
+    machine = machine or platform.machine()
+    if machine != "x86_64":
+        return None, (f"{machine} build: order not modelled on this host, judged within the "
+                      "rigorous bound")
+    try:
+        make(HOST_MODEL, kernel_order=kernel_order).check_format(qtype)
+    except OracleError as exc:
+        why = str(exc).split(": ", 1)[-1]
+        return None, (f"x86-64 build: order not established for this kernel ({why}), judged "
+                      "within the rigorous bound")
+    return HOST_MODEL, f"the x86-64 order {established_on()} gives"
+
+
 def host_kernel_parity(library: Path, formats: Sequence[str] | None = None,
                        shapes: Sequence[tuple[int, int, int]] | None = None, seed: int = 0,
                        progress: Callable[[str], None] | None = None,
                        fixture: bool = False, label: Path | None = None):
     """Every packed kernel the library exports, run here (`HostRunner`) on the board's
-    case plan and judged by the one judge within the rigorous bound (`HOST_NOTE`).
+    case plan and judged by the one judge: bit-exact against `host_order`'s model, or within
+    the rigorous bound where there is none (the row says why).
     `label`: the path to name in the inventory (the user's file, not a temporary link)."""
     from harness.board.parity import (
         DEFAULT_SHAPES,
@@ -203,15 +289,34 @@ def host_kernel_parity(library: Path, formats: Sequence[str] | None = None,
                            "packed matmul kernels the host runner calls")
     inv.archive = Path(label or library)
     inv.absent = [a for a in inv.absent if a in {k.symbol for k in packed}]
+    orders = {k.symbol: host_order(k.qtype, k.kernel_order) for k in inv.run}
     result = KernelParity(inv, fixture=fixture, fixture_label=HOST_FIXTURE_LABEL,
-                          note=f"Host: {HOST_NOTE}")
+                          note=host_summary_note(orders))
     runner = HostRunner(library)
     for planned in plan_cases(inv, shapes or DEFAULT_SHAPES, result.skipped):
-        case = kernel_case(runner, planned.kernel, planned.shape, seed, unmodelled=HOST_NOTE)
+        model, note = orders[planned.kernel.symbol]
+        case = kernel_case(runner, planned.kernel, planned.shape, seed, model=model,
+                           note=note)
         result.cases.append(case)
         if progress:
             progress(case.row())
     return result
+
+
+def host_summary_note(orders: dict[str, tuple[str | None, str]]) -> str:
+    """What the summary says of the host's order models: the model and the build it was
+    read from, and every kernel left to the bound, by name."""
+    modelled = [sym for sym, (model, _) in orders.items() if model]
+    bound = [sym for sym, (model, _) in orders.items() if not model]
+    parts = []
+    if modelled:
+        parts.append(f"Host: x86-64 build judged bit-exact against {HOST_MODEL}, the order "
+                     f"{established_on()} gives SKaiNET's sources (another compiler may order "
+                     "the sums differently: such a build fails, its rows say whether inside "
+                     "the rigorous bound)")
+    if bound:
+        parts.append(f"Judged within the rigorous bound, order not modelled: {', '.join(bound)}")
+    return ". ".join(parts)
 
 
 def child_main(argv: Sequence[str]) -> int:

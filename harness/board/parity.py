@@ -64,9 +64,9 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (
 DRIVER_SOURCE = FIXTURE_DIR / "skainet_kernel_driver.c"
 
 #: The one verdict rule, stated where every verdict is printed.
-VERDICT_RULE = ("a kernel with an order model in kernels_ref passes only bit-exact with "
-                "skainet_neon(fused_final=True); a kernel without one can at best be "
-                "'within-bound' of the exact result")
+VERDICT_RULE = ("a kernel with an order model in kernels_ref passes only bit-exact with it "
+                "(skainet_neon(fused_final=True) on the board, skainet_x86 for an x86-64 host "
+                "build); a kernel without one can at best be 'within-bound' of the exact result")
 FIXTURE_ARCHIVE_NAME = "libfixture_kernels.a"
 #: the project's archive of deliberately wrong kernels, one per non-packed kind
 FIXTURE_WRONG_ARCHIVE_NAME = "libfixture_kernels_wrong.a"
@@ -76,8 +76,9 @@ FIXTURE_LABEL = ("TEST FIXTURE: the project's own C kernels (fixtures/board/kern
 
 @dataclass
 class KernelCase:
-    """One kernel x shape. `reference` is "skainet_neon" (an order model: bit-exact expected)
-    or "bound" (no order model: |kernel - exact| <= error_bound)."""
+    """One kernel x shape. `reference` names the order model the build follows (bit-exact
+    expected): "skainet_neon" on the board, "skainet_x86" for an x86-64 host build; or is
+    "bound" (no order model: |kernel - exact| <= error_bound)."""
 
     symbol: str
     qtype: str
@@ -126,7 +127,7 @@ class KernelCase:
             parts.append(f"vs exact: error/bound {self.bound_used:.3g}, bound/max|y| "
                          f"{self.tightness:.3g}; no order model")
         else:
-            parts.append("vs skainet_neon")
+            parts.append(f"vs {self.reference}")
         if self.detail:
             parts.append(self.detail)
         return "; ".join(parts)
@@ -136,38 +137,67 @@ def kernel_verdict(case: KernelCase) -> str:
     """THE rule (harness.parity.judge.verdict_rule, which the CLI, `run`'s board leg and the
     tests all reach through here): "bit-exact" or "FAIL" for a modelled kernel;
     "within-bound" or "FAIL" for one without a model."""
-    modelled = case.reference == "skainet_neon"
+    modelled = case.reference != "bound"
     return verdict_rule(case.status if case.failed_run else OK, modelled=modelled,
                         matched=modelled and case.bit_exact, within_bound=case.within_bound)
 
 
+#: the semantics whose order a board's build follows
+BOARD_MODEL = "skainet_neon"
+#: the keys of a binding order model in `reference_outputs`: skainet_neon(fused_final=True),
+#: or another build's model (e.g. skainet_x86)
+MODEL_KEYS = ("fused", "model")
+
+
 def reference_outputs(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_dim: int,
-                      in_dim: int) -> dict[str, np.ndarray]:
+                      in_dim: int, model: str | None = BOARD_MODEL) -> dict[str, np.ndarray]:
     """What kernels_ref says the kernel must output: {"fused": .., "unfused": ..} under
-    skainet_neon (with the entry's kernel_order), or {"exact": .., "bound": ..} where that
-    semantics has no model of the format."""
+    skainet_neon, {"model": ..} under another `model` (both with the entry's kernel_order),
+    or {"exact": .., "bound": ..} where `model` is None or has no model of the kernel."""
     from oracle.formats import OracleError
 
     try:
-        from kernels_ref import error_bound, matmul_wt
+        from kernels_ref import matmul_wt
     except ImportError as exc:
         raise HarnessError(f"kernels_ref is not importable ({exc}); it is the reference the "
                            "kernel outputs are compared with") from None
     args = (x, packed, k.qtype, out_dim, in_dim)
     try:
-        return {name: matmul_wt(*args, order=k.order, semantics="skainet_neon", fused_final=f,
-                                kernel_order=k.kernel_order)
-                for name, f in (("fused", True), ("unfused", False))}
+        if model == BOARD_MODEL:
+            return {name: matmul_wt(*args, order=k.order, semantics=model, fused_final=f,
+                                    kernel_order=k.kernel_order)
+                    for name, f in (("fused", True), ("unfused", False))}
+        if model is not None:
+            return {"model": matmul_wt(*args, order=k.order, semantics=model,
+                                       kernel_order=k.kernel_order)}
     except OracleError:
-        return {"exact": matmul_wt(*args, order=k.order, semantics="exact"),
-                "bound": error_bound(*args, order=k.order)}
+        pass
+    return bound_reference(x, packed, k, out_dim, in_dim, model)
+
+
+def bound_reference(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_dim: int,
+                    in_dim: int, model: str | None = BOARD_MODEL) -> dict[str, np.ndarray]:
+    """{"exact": .., "bound": ..}: the exact result and its rigorous bound, which for a kernel
+    that quantizes its activations (Q4_K, Q6_K) includes that quantization, as `model` (or,
+    without one, skainet_neon) quantizes them."""
+    from kernels_ref import error_bound, matmul_wt
+
+    args = (x, packed, k.qtype, out_dim, in_dim)
+    return {"exact": matmul_wt(*args, order=k.order, semantics="exact"),
+            "bound": error_bound(*args, order=k.order, semantics=model or BOARD_MODEL)}
+
+
+def model_key(ref: dict[str, np.ndarray]) -> str | None:
+    """The key of the binding order model in `ref`, or None (exact and bound only)."""
+    return next((key for key in MODEL_KEYS if key in ref), None)
 
 
 def expectation(ref: dict[str, np.ndarray]) -> Expectation:
-    """`reference_outputs` as the one judge's expectation: skainet_neon(fused_final=True) a
-    binding model (fused_final=False checked for the detail only), else exact and bound."""
-    if "fused" in ref:
-        return Expectation([("fused", ref["fused"])], binding=True,
+    """`reference_outputs` as the one judge's expectation: the order model binding
+    (fused_final=False checked for the detail only), else exact and bound."""
+    key = model_key(ref)
+    if key:
+        return Expectation([(key, ref[key])], binding=True,
                            alternatives=[("unfused", ref["unfused"])] if "unfused" in ref
                            else [])
     return Expectation(exact=ref["exact"], bound=ref["bound"])
@@ -178,7 +208,10 @@ def judge(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> Kernel
     judge (harness.parity.judge)."""
     j = judge_outcome(Outcome(y=y), expectation(ref))
     case.max_ulp, case.mismatches, case.scale_ulps = j.max_ulp, j.mismatches, j.scale_ulps
-    if "fused" in ref:
+    key = model_key(ref)
+    if key == "model":
+        case.bit_exact = j.model_matches[key]
+    elif key:
         case.fused_final_matches = {True: j.model_matches["fused"],
                                     False: j.model_matches.get("unfused", False)}
         case.bit_exact = case.fused_final_matches[True]
@@ -436,22 +469,38 @@ def case_rng(k: KernelSymbol, shape: tuple[int, int, int], seed: int) -> np.rand
 
 
 def kernel_case(runner: CaseRunner, k: KernelSymbol, shape: tuple[int, int, int],
-                seed: int = 0, unmodelled: str = "") -> KernelCase:
+                seed: int = 0, model: str | None = BOARD_MODEL, note: str = "") -> KernelCase:
     """Run one kernel x shape through `runner` (the driver's entry for its signature) and
-    judge it with the one judge: what `kernel_parity`, the pool spread and the pytest items
-    (harness.parity.pytest_items) all call. `unmodelled`: why the build's float order has
-    no model (e.g. an x86-64 build): the case is judged within the rigorous bound and its
-    row says so."""
-    x, packed, ref = case_data(k, shape, case_rng(k, shape, seed), modelled=not unmodelled)
-    modelled = k.kind in MODELLED_KINDS and not unmodelled
+    judge it with the one judge: what `kernel_parity`, the pool spread, the host runner and
+    the pytest items (harness.parity.pytest_items) all call. `model`: the semantics whose
+    order the build follows (skainet_x86 for an x86-64 host build), None where it has none
+    (the case is judged within the rigorous bound); `note` is said in the row. A packed
+    kernel that misses its model bit for bit is FAIL, and its row says whether it still
+    lies inside the rigorous bound (a build whose compiler ordered the sums differently)."""
+    x, packed, ref = case_data(k, shape, case_rng(k, shape, seed), model=model)
+    modelled = k.kind in MODELLED_KINDS and model_key(ref) is not None
     case = KernelCase(k.symbol, k.qtype, tuple(shape),
-                      reference="skainet_neon" if modelled else "bound", detail=unmodelled)
+                      reference=(model or BOARD_MODEL) if modelled else "bound", detail=note)
     outcome = runner.run(KernelCall(k.symbol, x, packed, shape[0], shape[1]))
     if outcome.status != OK:
         case.failed_run, case.status = True, outcome.status
         case.detail = outcome.error
         return case
-    return judge(case, outcome.y, ref)
+    judge(case, outcome.y, ref)
+    if modelled and k.kind == "packed" and not case.bit_exact:
+        off_model_detail(case, outcome.y, bound_reference(x, packed, k, *shape[:2], model))
+    return case
+
+
+def off_model_detail(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> None:
+    """Add to a case that missed its order model whether its outputs lie inside the
+    rigorous bound of the exact result (the verdict stays FAIL)."""
+    j = judge_outcome(Outcome(y=y), expectation(ref))
+    inside = j.verdict == Verdict.WITHIN_BOUND
+    said = (f"vs exact: error/bound {j.bound_used:.3g}, "
+            + ("inside the rigorous bound: the build orders its sums unlike the model"
+               if inside else "outside the rigorous bound too"))
+    case.detail = f"{case.detail}; {said}" if case.detail else said
 
 
 def start_parity(archive: Path, formats: Sequence[str] | None, fixture: bool | None
@@ -490,11 +539,11 @@ def kernel_parity(
 
 
 def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Generator,
-              modelled: bool = True
+              model: str | None = BOARD_MODEL
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(driver input, weight bytes, reference) of one case: random weights and inputs of
-    the kernel's kind and what kernels_ref says the outputs must be (`modelled` False: the
-    exact result and its rigorous bound only)."""
+    the kernel's kind and what kernels_ref says the outputs must be under `model` (None:
+    the exact result and its rigorous bound only; `reference_outputs`)."""
     from oracle.quants import quantize
 
     out_dim, in_dim, _ = shape
@@ -504,10 +553,4 @@ def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Gener
     w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     x = rng.standard_normal((shape[2], in_dim)).astype(np.float32)
     packed = packed_for(k, quantize(k.qtype, w))
-    if not modelled:
-        from kernels_ref import error_bound, matmul_wt
-
-        args = (x, packed, k.qtype, out_dim, in_dim)
-        return x, packed, {"exact": matmul_wt(*args, order=k.order, semantics="exact"),
-                           "bound": error_bound(*args, order=k.order)}
-    return x, packed, reference_outputs(x, packed, k, out_dim, in_dim)
+    return x, packed, reference_outputs(x, packed, k, out_dim, in_dim, model)

@@ -110,19 +110,31 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, mlabel: str,
     return b"".join(chunks)
 
 
+def _open_checked(label: str, data: bytes | memoryview
+                  ) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """The zip and its entries, every entry's extent checked against the others
+    (GateError naming the container, else)."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except _READ_ERRORS as exc:
+        raise GateError(f"{label}: corrupt zip container: {exc}") from None
+    try:
+        check_overlaps(label, data, infos)
+    except GateError:
+        zf.close()
+        raise
+    return zf, infos
+
+
 def zip_members(label: str, data: bytes | memoryview, budget: UnpackBudget | None = None
                 ) -> Iterator[tuple[str, bytes]]:
     """Yield (container path, decompressed bytes) of every file in a zip; the zip module
     checks each member's CRC-32. Any defect, an overlap or a spent budget becomes a
     GateError naming the member."""
     budget = budget if budget is not None else UnpackBudget()
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except _READ_ERRORS as exc:
-        raise GateError(f"{label}: corrupt zip container: {exc}") from None
+    zf, infos = _open_checked(label, data)
     with zf:
-        check_overlaps(label, data, infos)
         for index, info in enumerate(infos):
             if not info.filename:
                 raise GateError(f"{label}: corrupt zip container: entry {index} has no name")
@@ -132,5 +144,17 @@ def zip_members(label: str, data: bytes | memoryview, budget: UnpackBudget | Non
             yield mlabel, _read_member(zf, info, mlabel, budget)
 
 
+def zip_member(label: str, data: bytes | memoryview, name: str,
+               budget: UnpackBudget | None = None) -> bytes | None:
+    """The decompressed bytes of the member `name` (None when the zip has none), read under
+    the same checks as zip_members (overlaps, CRC-32, the budget) without inflating the
+    other members."""
+    budget = budget if budget is not None else UnpackBudget()
+    zf, infos = _open_checked(label, data)
+    with zf:
+        info = next((i for i in infos if i.filename == name), None)
+        return None if info is None else _read_member(zf, info, f"{label}!/{name}", budget)
+
+
 __all__ = ["CHUNK", "DEFAULT_MAX_UNPACKED", "MAX_UNPACKED_TEXT", "UnpackBudget", "check_overlaps",
-           "zip_members"]
+           "zip_member", "zip_members"]

@@ -1,8 +1,10 @@
-"""`skoracle jvm kernels|parity`: SKaiNET's JVM kernels from a classpath, listed or judged.
+"""`skoracle jvm kernels|parity|dispatch`: SKaiNET's JVM kernels from a classpath, listed,
+judged, or as SKaiNET's own KernelRegistry dispatches them (judged first by `parity`).
 
-    skoracle jvm kernels --classpath CP [--json]
-    skoracle jvm parity  --classpath CP [--formats Q8_0,Q4_K] [--shape 16x256x2 ...]
-                         [--lanes auto,4,8] [--jit pinned,warm] [--json]
+    skoracle jvm kernels  --classpath CP [--json]
+    skoracle jvm parity   --classpath CP [--formats Q8_0,Q4_K] [--shape 16x256x2 ...]
+                          [--lanes auto,4,8] [--jit pinned,warm] [--jvm-prop K=V ...] [--json]
+    skoracle jvm dispatch --classpath CP [--formats Q8_0] [--jvm-prop K=V ...] [--json]
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 
 from rich.console import Console
 
@@ -24,6 +27,7 @@ from harness.jvm.discovery import (
     inventory,
     resolve_classpath,
 )
+from harness.jvm.dispatch import ACCESSORS, Dispatch, dispatched_kernels, parse_props
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import (
     DEFAULT_LANES,
@@ -31,6 +35,7 @@ from harness.jvm.parity import (
     FAILING,
     LANES_HELP,
     ParityRun,
+    ask_dispatch,
     drift_summary,
     failure_summary,
     parse_lanes,
@@ -121,15 +126,18 @@ def parity_cmd(args: argparse.Namespace) -> int:
     jit = _list_arg(args.jit, JIT_MODES, "--jit")
     shapes = ([s for text in args.shape for s in parse_shapes(text)] if args.shape
               else list(DEFAULT_SHAPES))
+    props = parse_props(args.jvm_prop)
     cp = resolve_classpath(args.classpath)
     listed = [k for k in inventory(cp) if formats is None or k.fmt in formats]
-    ks = [k for k in listed if k.runnable]
+    dispatch = ask_dispatch(jdk, cp, props, _dispatch_formats(formats), args.timeout)
+    ks = dispatched_kernels(dispatch, listed)
     not_run = [k for k in listed if not k.runnable]
     if not ks:
         raise _nothing_found(args.classpath, formats)
     err = make_console(stderr=True)
     run = run_matrix(jdk, cp, ks, lanes, jit, shapes, args.seed, args.timeout,
-                     progress=(lambda s: err.print(cell(s))) if args.verbose else None)
+                     progress=(lambda s: err.print(cell(s))) if args.verbose else None,
+                     props=props, dispatch=dispatch)
     bad = [c for c in run.cases if c.verdict in FAILING]
     if args.json:
         json.dump(run.to_json() | {"widths": run.widths, "not_run": [
@@ -148,8 +156,42 @@ def parity_cmd(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _dispatch_formats(formats: list[str] | None) -> tuple[str, ...]:
+    """The formats to ask the registry about: --formats, else every one it has an
+    accessor for."""
+    return tuple(f for f in ACCESSORS if formats is None or f in formats)
+
+
+def dispatch_cmd(args: argparse.Namespace) -> int:
+    """SKaiNET's own answer: which provider and kernel each format gets."""
+    jdk = find_jdk(args.jdk)
+    formats = _list_arg(args.formats, JVM_FORMATS, "--formats") if args.formats else None
+    props = parse_props(args.jvm_prop)
+    cp = resolve_classpath(args.classpath)
+    d = ask_dispatch(jdk, cp, props, _dispatch_formats(formats), args.timeout)
+    if d.error:
+        raise HarnessError(f"--classpath {args.classpath}: {d.error}")
+    if args.json:
+        json.dump(asdict(d), sys.stdout, indent=1)
+        print()
+    else:
+        out = make_console()
+        for line in d.lines():
+            out.print(cell(line))
+    return 0
+
+
+def print_dispatch(d: Dispatch | None, out: Console) -> None:
+    """The registry's answer, a line each ("dispatch: Q8_0 -> native-ffm ...")."""
+    if d is not None:
+        for line in d.lines():
+            out.print(cell(f"dispatch: {line}"))
+
+
 def print_parity(run: ParityRun, out: Console) -> None:
-    """The parity table (one row per case), the configurations, and what failed."""
+    """What SKaiNET dispatches, the parity table (one row per case), the configurations,
+    and what failed."""
+    print_dispatch(run.dispatch, out)
     t = ResultTable(f"JVM parity — {run.jdk}",
                     ("kernel", "format", "shape", "lanes", "jit", "verdict", "detail"),
                     names=("kernel", "format", "shape", "lanes", "jit", "verdict"))
@@ -191,7 +233,7 @@ JVM_EXIT_CODES = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jvm", help="SKaiNET's JVM kernels from a classpath: list, parity",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    jsub = p.add_subparsers(dest="jvm_command", metavar="kernels|parity")
+    jsub = p.add_subparsers(dest="jvm_command", metavar="kernels|parity|dispatch")
     jsub.required = True
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--classpath", required=True, metavar="CP",
@@ -199,6 +241,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--jdk", metavar="DIR",
                         help="JDK home (default: JAVA_HOME, then /usr/lib/jvm/*)")
     common.add_argument("--json", action="store_true", help="JSON on stdout")
+    common.add_argument("--jvm-prop", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Java system property for every JVM (repeatable), e.g. "
+                             "skainet.strict.kernels=true or skainet.cpu.vector.enabled=false")
     k = jsub.add_parser("kernels", parents=[common], help="list the kernels on a classpath",
                         description="List every kernel class a SKaiNET classpath provides "
                                     "(every class implementing an interface of "
@@ -233,3 +278,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed for the weights and activations (default %(default)s)")
     q.add_argument("-v", "--verbose", action="store_true", help="print each case as it ends")
     q.set_defaults(func=parity_cmd)
+    d = jsub.add_parser("dispatch", parents=[common],
+                        help="which kernel SKaiNET's KernelRegistry runs for each format",
+                        description="Ask SKaiNET's own KernelRegistry (providers installed "
+                                    "by KernelServiceLoader, with the --jvm-prop system "
+                                    "properties) which provider and kernel each format gets, "
+                                    "the fallbacks after it, and why a registered provider "
+                                    "is unavailable.",
+                        epilog="exit codes:\n  0  answered\n  2  usage or set-up error (no "
+                               "JDK, no KernelRegistry on the classpath)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--formats", metavar="FORMATS",
+                   help=f"comma-separated subset of {','.join(JVM_FORMATS)}")
+    d.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds for the JVM's answer (default %(default)s)")
+    d.set_defaults(func=dispatch_cmd)

@@ -98,6 +98,10 @@ class Kernel:
     model: str | None = None
     kind: str = PACKED  # the kind of kernel interface (KERNEL_KINDS)
     reason: str = ""  # why it is listed and not run; "" when the worker can run it
+    #: formats SKaiNET's KernelRegistry dispatches to this class (harness.jvm.dispatch),
+    #: and the provider that hands it out
+    dispatched: tuple[str, ...] = ()
+    dispatched_by: str = ""
 
     @property
     def runnable(self) -> bool:

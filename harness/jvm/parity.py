@@ -25,7 +25,8 @@ import numpy as np
 
 from harness.console import escape_control
 from harness.errors import HarnessError
-from harness.jvm.discovery import DENSE_FORMATS, FFM, MEMSEG, PANAMA, SCALAR, Kernel
+from harness.jvm.discovery import DENSE_FORMATS, FFM, MEMSEG, PACKED, PANAMA, SCALAR, Kernel
+from harness.jvm.dispatch import ACCESSORS, Dispatch
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
 from harness.jvm.worker import (
     GUARD,
@@ -83,6 +84,9 @@ class Case:
     seconds: float = 0.0
     actual_lanes: int | None = None
     frame: str = ""  # crash: the first frame outside the platform (class.method(file:line))
+    #: what SKaiNET's KernelRegistry dispatches to this kernel ("Q8_0 via native-ffm"); ""
+    #: for a kernel judged only because it is on the classpath
+    dispatched: str = ""
 
     @property
     def width(self) -> str:
@@ -112,6 +116,8 @@ class ParityRun:
     configs: list[ConfigRun]
     seconds: float = 0.0
     interrupted: bool = False
+    #: SKaiNET's own answer to "which kernel runs" (None: not asked)
+    dispatch: Dispatch | None = None
 
     @property
     def widths(self) -> list[str]:
@@ -250,6 +256,8 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
         return gemm_expectation(k, shape, seed, lanes)
     if k.model is not None:
         return model_expectation(k, shape, seed)
+    if k.provider == FFM and k.kind in NATIVE_KINDS:
+        return native_expectation(k, shape, seed)
     models: list[tuple[str, np.ndarray]] = []
     if k.provider == SCALAR:
         models = [("skainet_scalar", reference(fmt, shape, seed, "skainet_scalar"))]
@@ -264,6 +272,47 @@ def expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int, lanes: i
     x, raw, _ = case_data(fmt, shape, seed)
     return Expectation(models, binding=False, exact=reference(fmt, shape, seed, "exact"),
                        bound=error_bound(x, raw, fmt, shape[0], shape[1]))
+
+
+#: Formats whose SKaiNET C kernels quantize the activations to int8 per 256 first (as ggml
+#: does): without a model of the build, SKaiNET's own Q8-activation reference kernel's order
+#: is the candidate, and the bound includes that quantization.
+Q8_ACTIVATION_NATIVE = ("Q4_K", "Q6_K")
+#: Kinds of native (FFM) kernel judged against the C build: byte-array and MemorySegment
+#: weights alike call the feed-order C symbol (`skainet_<fmt>_matmul`).
+NATIVE_KINDS = (PACKED, MEMSEG)
+
+
+#: What a dense native (FFM) kernel's rows say: no model of its C build's order yet.
+NATIVE_DENSE_NOTE = ("C kernel through FFM: the order of a dense kernel's host build is not "
+                     "modelled, judged within the rigorous bound")
+
+
+def native_models(fmt: str) -> tuple[str | None, str]:
+    """(the order model of SKaiNET's C kernel for `fmt` as the JVM loads it on this host,
+    binding; or None: judged within the bound), and what its rows say
+    (harness.board.hostkernels.host_order: skainet_x86 on x86-64 where established)."""
+    from harness.board.hostkernels import host_order
+
+    model, note = host_order(fmt, "feed")
+    return model, f"C kernel through FFM: {note}"
+
+
+def native_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int) -> Expectation:
+    """A native (FFM) kernel: its C build's order where kernels_ref models it (binding: a
+    build whose compiler ordered the sums otherwise FAILs, and says whether it is inside the
+    bound), else candidates and the bound (with the activation quantization it does)."""
+    x, raw, _ = case_data(k.fmt, shape, seed)
+    model, _ = native_models(k.fmt)
+    act = model or ("skainet_q8_reference" if k.fmt in Q8_ACTIVATION_NATIVE else None)
+    if model:
+        models = [(model, reference(k.fmt, shape, seed, model, (("kernel_order", "feed"),)))]
+    else:
+        models = [(act, reference(k.fmt, shape, seed, act))] if act else []
+    return Expectation(models, binding=model is not None,
+                       exact=reference(k.fmt, shape, seed, "exact"),
+                       bound=error_bound(x, raw, k.fmt, shape[0], shape[1],
+                                         **({"semantics": act} if act else {})))
 
 
 def gemm_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int,
@@ -331,8 +380,12 @@ def _binding_miss(j: Judgement, exp: Expectation, y: np.ndarray) -> str:
     first = np.argwhere(y.view(np.uint32) != ref.view(np.uint32))
     where = (f", first (row {first[0][0]}, out {first[0][1]}): got {y[tuple(first[0])]!r}, "
              f"model {ref[tuple(first[0])]!r}") if len(first) else ""
+    inside = "" if exp.bound is None else (
+        "; inside the rigorous bound (another float order)"
+        if bool(np.all(np.abs(y.astype(np.float64) - exp.exact) <= exp.bound))
+        else "; outside the rigorous bound too")
     return (f"not bit-exact vs {j.reference}: {j.mismatches} of {y.size} outputs differ, "
-            f"max {j.max_ulp} ulp{where}")
+            f"max {j.max_ulp} ulp{where}{inside}")
 
 
 def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
@@ -354,6 +407,10 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     j = judge_outcome(outcome, exp)
     case.verdict, case.reference, case.max_ulp = j.verdict, j.reference, j.max_ulp
     case.detail = _detail(j, exp, res, order)
+    if k.provider == FFM and k.kind in NATIVE_KINDS:
+        case.detail += f"; {native_models(k.fmt)[1]}"
+    elif k.provider == FFM and k.kind in DENSE_FORMATS:
+        case.detail += f"; {NATIVE_DENSE_NOTE}"
 
 
 # ------------------------------------------------------------------------------ errors
@@ -461,12 +518,13 @@ class ConfigSession:
     (harness.parity.pytest_items) one case at a time: the same code judges both."""
 
     def __init__(self, jdk: Jdk, classpath: str, lanes: str, jit: str, seed: int = 0,
-                 timeout: float = 60.0, stop: threading.Event | None = None) -> None:
+                 timeout: float = 60.0, stop: threading.Event | None = None,
+                 props: Sequence[str] = ()) -> None:
         self.jdk, self.seed, self.stop = jdk, seed, stop
         self.run = ConfigRun(lanes, jit)
         self.calls: int | str = "warm" if jit == "warm" else 2
-        self.worker = Worker(JvmConfig(str(jdk.home), classpath, lanes, jit, jdk.has_vector),
-                             timeout=timeout)
+        self.worker = Worker(JvmConfig(str(jdk.home), classpath, lanes, jit, jdk.has_vector,
+                                       tuple(props)), timeout=timeout)
         self.worker.stop = stop
         self.runner = JvmRunner(self.worker, self.calls)
         self.hung: set[str] = set()
@@ -496,7 +554,9 @@ class ConfigSession:
         self.start()
         run, shape = self.run, tuple(shape)
         case = Case(k.short, k.fmt, k.provider, shape, run.lanes, run.jit, "skipped",
-                    actual_lanes=self.actual_lanes)
+                    actual_lanes=self.actual_lanes,
+                    dispatched=(f"{'/'.join(k.dispatched)} via {k.dispatched_by}"
+                                if k.dispatched else ""))
         run.cases.append(case)
         not_run = _not_run(run, self.jdk, k, shape, run.lanes, self.actual_lanes,
                            k.short in self.hung, self.stop)
@@ -514,6 +574,8 @@ class ConfigSession:
                 order = run.probes[k.short] = probe_order(self.worker, k, shape,
                                                           self.actual_lanes or 0, self.calls)
         judge(case, res, k, self.seed, self.actual_lanes, order)
+        if case.dispatched:
+            case.detail += f"; SKaiNET runs this for {case.dispatched}"
         missing = missing_class(res.error) if res.status == "crash" else None
         if missing:
             run.error = missing_class_message(missing, k.cls)
@@ -531,12 +593,12 @@ def run_config(jdk: Jdk, classpath: str, kernels: Sequence[Kernel], lanes: str, 
                shapes: Sequence[tuple[int, int, int, int]], seed: int, timeout: float,
                progress: Callable[[str], None] | None = None,
                stop: threading.Event | None = None,
-               explicit_lanes: Sequence[int] = ()) -> ConfigRun:
+               explicit_lanes: Sequence[int] = (), props: Sequence[str] = ()) -> ConfigRun:
     """Every kernel x shape in one JVM configuration (a `ConfigSession`). `stop` set: the
     remaining cases are not run. `auto` whose width is one of `explicit_lanes` is not run
     (that width is judged once). A class the build cannot load ends the configuration with
     `error` set (a setup error, not a verdict)."""
-    cs = ConfigSession(jdk, classpath, lanes, jit, seed, timeout, stop)
+    cs = ConfigSession(jdk, classpath, lanes, jit, seed, timeout, stop, props)
     run = cs.run
     try:
         cs.start()
@@ -562,12 +624,14 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
                lanes: Sequence[str] = ("auto",), jit: Sequence[str] = JIT_MODES,
                shapes: Sequence[tuple[int, int, int, int]] = DEFAULT_SHAPES, seed: int = 0,
                timeout: float = 60.0, jobs: int | None = None,
-               progress: Callable[[str], None] | None = None) -> ParityRun:
+               progress: Callable[[str], None] | None = None, props: Sequence[str] = (),
+               dispatch: Dispatch | None = None) -> ParityRun:
     """The whole matrix: one worker per (lanes, jit), run in parallel up to the core count.
 
     Ctrl-C (KeyboardInterrupt) stops every worker at once; the cases judged so far are
     returned with `interrupted` set. A class the build cannot load is a HarnessError
-    (exit 2) naming the class and the jar that provides it."""
+    (exit 2) naming the class and the jar that provides it. `props`: the user's system
+    properties, in every JVM; `dispatch` (ask_dispatch) goes into the run as asked."""
     t0 = time.perf_counter()
     lanes = list(dict.fromkeys(lanes))
     explicit = tuple(int(ln) for ln in lanes if ln != "auto")
@@ -578,7 +642,8 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
     interrupted = False
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(run_config, jdk, classpath, kernels, ln, j, shapes, seed,
-                               timeout, progress, stop, explicit) for ln, j in combos]
+                               timeout, progress, stop, explicit, props)
+                   for ln, j in combos]
         while True:
             try:
                 if not wait(futures, timeout=0.2).not_done:
@@ -593,7 +658,18 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
     if errors:
         raise HarnessError(errors[0])
     interrupted = interrupted or any(r.info.get("interrupted") for r in runs)
-    return ParityRun(jdk.describe(), classpath, runs, time.perf_counter() - t0, interrupted)
+    return ParityRun(jdk.describe(), classpath, runs, time.perf_counter() - t0, interrupted,
+                     dispatch)
+
+
+def ask_dispatch(jdk: Jdk, classpath: str, props: Sequence[str] = (),
+                 formats: Sequence[str] = tuple(ACCESSORS), timeout: float = 60.0) -> Dispatch:
+    """SKaiNET's own KernelRegistry's answer, in a JVM with the user's system properties:
+    which provider and kernel each format gets, and why a registered provider is
+    unavailable (harness.jvm.dispatch)."""
+    with Worker(JvmConfig(str(jdk.home), classpath, "auto", "pinned", jdk.has_vector,
+                          tuple(props)), timeout=timeout) as wk:
+        return Dispatch.from_json({**wk.dispatch(formats), "props": tuple(props)})
 
 
 FAILING = CASE_FAILING
@@ -616,7 +692,7 @@ def _reason(c: Case) -> str:
         return f"crash {head}"
     if c.verdict == "timeout":
         return "timeout (a call did not return)"
-    return "FAIL " + c.detail.split(";", 1)[0].split(" (row", 1)[0]
+    return "FAIL " + c.detail.split(";", 1)[0].split(" (row", 1)[0].split(": row", 1)[0]
 
 
 def failure_summary(run: ParityRun, limit: int = 4) -> str:
@@ -626,7 +702,9 @@ def failure_summary(run: ParityRun, limit: int = 4) -> str:
     groups: dict[tuple[str, str], list[str]] = {}
     for c in run.cases:
         if c.verdict in FAILING:
-            widths = groups.setdefault((c.kernel, _reason(c)), [])
+            kernel = c.kernel + (f" (SKaiNET runs it for {c.dispatched})"
+                                 if c.dispatched else "")
+            widths = groups.setdefault((kernel, _reason(c)), [])
             if c.width not in widths:
                 widths.append(c.width)
     if not groups:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -53,6 +55,9 @@ MAX_VIOLATIONS = 4
 MAX_FRAMES = 40
 #: The weights file of a MemorySegment case: next to the worker's log, removed with it.
 WEIGHTS_SUFFIX = ".weights"
+#: The JVM's java.io.tmpdir (a provider's extracted native library, ...): next to the log,
+#: removed with it.
+TMPDIR_SUFFIX = ".tmp"
 #: Frames of these packages are the platform's; the first frame outside is the user's line.
 PLATFORM_PACKAGES = ("java.", "jdk.", "sun.", "com.sun.", "org.jpype.", "jpype.")
 
@@ -67,6 +72,8 @@ class JvmConfig:
     lanes: str = "auto"
     jit: str = "pinned"
     has_vector: bool = True
+    #: the user's system properties ("key=value", --jvm-prop), e.g. skainet.strict.kernels=true
+    props: tuple[str, ...] = ()
 
     def jvm_options(self) -> list[str]:
         opts = list(BASE_FLAGS)
@@ -74,11 +81,11 @@ class JvmConfig:
             opts.append(f"--add-modules={VECTOR_MODULE}")
         if self.lanes != "auto":
             opts.append(f"-XX:MaxVectorSize={4 * int(self.lanes)}")
-        return opts + JIT_FLAGS[self.jit]
+        return opts + JIT_FLAGS[self.jit] + [f"-D{p}" for p in self.props]
 
     @property
     def label(self) -> str:
-        return f"lanes={self.lanes} jit={self.jit}"
+        return f"lanes={self.lanes} jit={self.jit}" + "".join(f" -D{p}" for p in self.props)
 
 
 @dataclass
@@ -134,6 +141,21 @@ class GemmRequest:
 
 
 @dataclass(frozen=True)
+class DispatchRequest:
+    """Parent to child: which kernel SKaiNET's own registry picks for each of `formats`
+    (harness.jvm.dispatch.query_registry)."""
+
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """Child to parent: the registry's answer (harness.jvm.dispatch.query_registry)."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """Parent to child: stop the JVM and exit."""
 
@@ -182,14 +204,14 @@ def _c2_installed(codelist: str, method: str, osr: set[str]) -> bool:
 
 def _child(conn: Any, config: JvmConfig, log: str) -> None:
     """The worker: the JVM's stdout and stderr to `log`, the JVM started (Started sent),
-    then one CallResult per CallRequest until Shutdown or the parent's end of the pipe
-    closes."""
+    then one CallResult per CallRequest (a DispatchResult per DispatchRequest) until
+    Shutdown or the parent's end of the pipe closes."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 1)  # the JVM's stdout: PrintCompilation lines
     os.dup2(fd, 2)
     import jpype
 
-    conn.send(_start_jvm(jpype, config))
+    conn.send(_start_jvm(jpype, config, log + TMPDIR_SUFFIX))
     runner = _CaseRunner(jpype, conn, Path(log))
     while True:
         try:
@@ -201,13 +223,15 @@ def _child(conn: Any, config: JvmConfig, log: str) -> None:
         runner.serve(msg)
 
 
-def _start_jvm(jpype: Any, config: JvmConfig) -> Started:
-    """Start the configuration's JVM in this process (the Vector API loaded too); what
-    the parent learns of it."""
+def _start_jvm(jpype: Any, config: JvmConfig, tmpdir: str) -> Started:
+    """Start the configuration's JVM in this process (the Vector API loaded too), its
+    java.io.tmpdir `tmpdir` (removed with the worker however it ends); what the parent
+    learns of it."""
     jvm = str(Path(config.jdk_home) / "lib" / "server" / "libjvm.so")
     t0 = time.perf_counter()
-    jpype.startJVM(jvm, *config.jvm_options(), classpath=config.classpath.split(":"),
-                   convertStrings=True)
+    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+    jpype.startJVM(jvm, *config.jvm_options(), f"-Djava.io.tmpdir={tmpdir}",
+                   classpath=config.classpath.split(":"), convertStrings=True)
     lanes = _preload_vector_api(jpype) if config.has_vector else None
     runtime = jpype.JClass("java.lang.System")
     return Started(start_s=time.perf_counter() - t0, lanes=lanes,
@@ -261,11 +285,13 @@ class _CaseRunner:
         """The JVM's code cache listing (jcmd Compiler.codelist)."""
         return str(self.server.invoke(self.dcmd, "compilerCodelist", None, None))
 
-    def serve(self, req: CallRequest | GemmRequest) -> None:
-        """Run one case and send its result."""
+    def serve(self, req: CallRequest | GemmRequest | DispatchRequest) -> None:
+        """Run one case and send its result (or answer a dispatch question)."""
         t0 = time.perf_counter()
         try:
-            if isinstance(req, GemmRequest):
+            if isinstance(req, DispatchRequest):
+                self.conn.send(DispatchResult(self._dispatch(req.formats)))
+            elif isinstance(req, GemmRequest):
                 self._run_gemm(req, t0)
             else:
                 self._run(req, req.x.shape[0], t0)
@@ -282,9 +308,7 @@ class _CaseRunner:
         wrote outside its output ranges or into its input and weight (a byte array, or a
         read-only MemorySegment mapped from a file)."""
         x, w = req.x, req.w
-        inst = self.instances.get(req.cls)
-        if inst is None:
-            inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
+        inst = self._instance(req.cls)
         jx = self.jfloat(x.reshape(-1))
         arena = None
         if req.memseg:
@@ -296,6 +320,31 @@ class _CaseRunner:
         finally:
             if arena is not None:
                 arena.close()
+
+    def _dispatch(self, formats: Sequence[str]) -> dict[str, Any]:
+        """SKaiNET's registry's answer; the kernel objects it handed out are kept, so a
+        dispatched case calls that very object."""
+        from harness.jvm.dispatch import query_registry
+
+        data, objects = query_registry(self.jpype, formats)
+        for name, obj in objects.items():
+            self.instances.setdefault(name, obj)
+        return data
+
+    def _instance(self, cls: str) -> Any:
+        """The object to call: one the registry handed out, else the class's static
+        INSTANCE (a Kotlin object); a class with neither is looked up in the registry."""
+        inst = self.instances.get(cls)
+        if inst is None:
+            klass = self.jpype.JClass(cls)
+            if not hasattr(klass, "INSTANCE"):
+                from harness.jvm.dispatch import ACCESSORS
+
+                self._dispatch(tuple(ACCESSORS))
+                if cls in self.instances:
+                    return self.instances[cls]
+            inst = self.instances[cls] = klass.INSTANCE
+        return inst
 
     def _mapped(self, w: np.ndarray) -> tuple[Any, Any]:
         """(arena, segment): the weight bytes written to the worker's weights file (removed
@@ -318,17 +367,25 @@ class _CaseRunner:
 
     def _calls(self, req: CallRequest, inst: Any, jx: Any, jw: Any, t0: float,
                check_weight: bool) -> None:
-        """The case's calls and its result (see _run)."""
+        """The case's calls and its result (see _run). Each row's output is read right after
+        its own call, and what that call changed outside its range is named per call: a
+        kernel that zeroes output[0, outputOffset) is "wrote before its output offset", not
+        a wrong earlier row."""
         x, w, w_off, out_dim, batch = req.x, req.w, req.w_offset, req.out_dim, req.x.shape[0]
         offsets, guarded = guarded_output(batch, out_dim)
         jy = self.jfloat(guarded)
-        rep = _Repeats()
+        rep, violations = _Repeats(), []
         while True:
-            prev = rep.y
+            prev, rows = rep.y, []
             for r in range(batch):  # one call per row, as SKaiNET batches
+                before = np.array(jy, dtype=np.float32) if rep.done == 0 else None
                 inst.matmul(jx, r * req.in_dim, jw, w_off, req.in_dim, out_dim, jy, offsets[r])
-            rep.full = np.array(jy, dtype=np.float32)
-            rep.y = np.stack([rep.full[o:o + out_dim] for o in offsets])
+                after = np.array(jy, dtype=np.float32)
+                rows.append(after[offsets[r]:offsets[r] + out_dim].copy())
+                if before is not None and not violations:
+                    violations = call_violations(before, after, offsets[r], out_dim, r)
+            rep.full = after
+            rep.y = np.stack(rows)
             rep.done += 1
             self.conn.send(Heartbeat(rep.done))  # alive: the parent's hang clock restarts
             if rep.first is None:
@@ -337,7 +394,7 @@ class _CaseRunner:
                 rep.drifted += 1
             if self._enough(req, rep, prev, t0):
                 break
-        violations = guard_violations(rep.full, offsets, out_dim)
+        violations = violations or guard_violations(rep.full, offsets, out_dim)
         violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
         if check_weight:  # a mapped segment is read-only: the JVM refuses a write
             violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
@@ -350,9 +407,7 @@ class _CaseRunner:
     def _run_gemm(self, req: GemmRequest, t0: float) -> None:
         """A dense GEMM case: `calls` whole calls, then the m x n block, and what the kernel
         wrote outside it (the gaps between rows too) or into a and b."""
-        inst = self.instances.get(req.cls)
-        if inst is None:
-            inst = self.instances[req.cls] = self.jpype.JClass(req.cls).INSTANCE
+        inst = self._instance(req.cls)
         a_off, a_str, b_off, b_str, o_off, o_str, m, n, k = req.dims
         ja = self.jfloat(req.a)
         jb = self.jbyte(req.b.view(np.int8)) if req.b.dtype == np.uint8 else self.jfloat(req.b)
@@ -442,6 +497,34 @@ def guard_violations(full: np.ndarray, offsets: list[int], out_dim: int) -> list
     return out
 
 
+def _span(idx: np.ndarray) -> str:
+    """`[a..b]` (or `[a]`) for a sorted index array, with the count when it has gaps."""
+    lo, hi = int(idx[0]), int(idx[-1])
+    text = f"[{lo}]" if lo == hi else f"[{lo}..{hi}]"
+    return text if hi - lo + 1 == len(idx) else f"{text} ({len(idx)} cells)"
+
+
+def call_violations(before: np.ndarray, after: np.ndarray, offset: int, out_dim: int,
+                    row: int) -> list[str]:
+    """What one call (row `row`, outputOffset `offset`) changed in the output array outside
+    [offset, offset + out_dim): before its offset (a wrapper copying its whole off-heap
+    output back from index 0 zeroes every earlier row), or past its range (each cell)."""
+    changed = np.flatnonzero(before.view(np.uint32) != after.view(np.uint32))
+    low, high = changed[changed < offset], changed[changed >= offset + out_dim]
+    out = []
+    if len(low):
+        zero = " to 0.0" if not after[low].any() else ""
+        out.append(f"wrote before its output offset: row {row}'s call (outputOffset "
+                   f"{offset}) set output{_span(low)}{zero}; earlier rows' results and the "
+                   "caller's data before the offset are overwritten")
+    out += [f"wrote output[outputOffset+outputDim+{int(i) - offset - out_dim}] (row {row}'s "
+            f"call, array index {int(i)}), outside its output range"
+            for i in high[:MAX_VIOLATIONS]]
+    if len(high) > MAX_VIOLATIONS:
+        out.append(f"... {len(high) - MAX_VIOLATIONS} more cells written past the range")
+    return out
+
+
 def changed_cells(name: str, after: np.ndarray, before: np.ndarray, offset: int
                   ) -> list[str]:
     """A kernel must not write its input or weight array: the first changed index, if any."""
@@ -508,7 +591,8 @@ class Worker:
             self._wp = WorkerProcess(
                 "harness.jvm.worker:main",
                 [str(theirs.fileno()), json.dumps(asdict(self.config)), self._log],
-                pass_fds=[theirs.fileno()], cleanup=[self._log, self._log + WEIGHTS_SUFFIX],
+                pass_fds=[theirs.fileno()], cleanup=[self._log, self._log + WEIGHTS_SUFFIX,
+                                                    self._log + TMPDIR_SUFFIX],
                 stdin=subprocess.DEVNULL)
         parent = self._conn = Connection(ours.detach())
         self.starts += 1
@@ -571,6 +655,19 @@ class Worker:
                                     int(out_len), tuple(int(d) for d in dims), int(calls)))
         return self._await(t0, self.timeout)
 
+    def dispatch(self, formats: Sequence[str]) -> dict[str, Any]:
+        """Ask SKaiNET's KernelRegistry, in this JVM, which kernel each format gets
+        (harness.jvm.dispatch.query_registry); HarnessError if the worker cannot answer."""
+        self.start()
+        t0 = time.perf_counter()
+        self._conn.send(DispatchRequest(tuple(formats)))
+        res = self._await(t0, self.timeout)
+        if isinstance(res, DispatchResult):
+            return res.data
+        err = res.error or {}
+        raise HarnessError(f"asking SKaiNET's KernelRegistry failed ({res.status}): "
+                           f"{err.get('class', '')} {err.get('message', '')}".strip())
+
     def _await(self, t0: float, limit: float) -> CallResult:
         """The case's result, restarting the hang clock at each Heartbeat (a crash result if
         the JVM dies, a timeout one if a call does not return within `limit`)."""
@@ -618,4 +715,5 @@ class Worker:
         if self._log:
             Path(self._log).unlink(missing_ok=True)
             Path(self._log + WEIGHTS_SUFFIX).unlink(missing_ok=True)
+            shutil.rmtree(self._log + TMPDIR_SUFFIX, ignore_errors=True)
             self._log = None

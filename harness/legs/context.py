@@ -19,6 +19,7 @@ class JvmOptions:
     classpath: str | None
     jdk: str | None
     lanes: tuple[str, ...]
+    props: tuple[str, ...] = ()  # --jvm-prop: system properties for every JVM
 
 
 @dataclass(frozen=True)

@@ -45,20 +45,24 @@ class JvmLeg:
         """The parity matrix of the kernels on the classpath, judged at the widths of
         `--lanes` (default the host's and the board's 4), into `out`."""
         from harness.jvm.discovery import inventory
+        from harness.jvm.dispatch import dispatched_kernels
         from harness.jvm.jdk import find_jdk
-        from harness.jvm.parity import run_matrix
+        from harness.jvm.parity import ask_dispatch, run_matrix
 
         opts = ctx.options.jvm
         jdk = find_jdk(opts.jdk)
         cp = opts.classpath
         ctx.step(f"jvm: scanning {cp}")
         listed = inventory(cp)
-        kernels = [k for k in listed if k.runnable]
+        ctx.step("jvm: asking SKaiNET's KernelRegistry which kernel runs for each format")
+        dispatch = ask_dispatch(jdk, cp, opts.props)
+        kernels = dispatched_kernels(dispatch, listed)
         if not kernels:
             raise HarnessError(f"--classpath {cp}: no class with a static INSTANCE "
                                "and the packed matmul(float[],int,byte[],int,int,int,float[],int)")
         run = run_matrix(jdk, cp, kernels, lanes=list(opts.lanes), jit=("pinned", "warm"),
-                         seed=ctx.options.seed, progress=lambda s: ctx.step(f"jvm: {s}"))
+                         seed=ctx.options.seed, progress=lambda s: ctx.step(f"jvm: {s}"),
+                         props=opts.props, dispatch=dispatch)
         fixtures = {k.short for k in kernels if k.cls.startswith("skoracle.fixture.")}
         _add_cases(out, run, fixtures)
         _add_not_run(out, [k for k in listed if not k.runnable])
@@ -101,11 +105,17 @@ def _add_summary(out: report.Leg, run: ParityRun, cp: str, n_kernels: int,
                  fixtures: bool) -> None:
     """The run's settings in the report data, and the one-line summary naming failures."""
     from harness.jvm.parity import FAILING, drift_summary, failure_summary
-    from harness.parity.verdict import CASE_PASSING
+    from harness.parity.verdict import CASE_PASSING, Verdict
 
     drift = drift_summary(run)
     killed = [f"{k} (lanes={cr.lanes} {cr.jit})" for cr in run.configs for k in cr.killed]
     probes = {f"lanes={cr.info.get('lanes')} {cr.jit}": cr.probes for cr in run.configs}
+    d = run.dispatch
+    for p in (d.providers if d else []):
+        if not p.available:
+            out.add(f"dispatch: provider {p.name} ({p.priority})", Verdict.UNAVAILABLE,
+                    detail=f"registered but unavailable: {p.reason}")
+    out.data["jvm_dispatch"] = d.lines() if d else []
     out.data["jvm"] = {"jdk": run.jdk, "classpath": cp, "widths": run.widths,
                        "probes": probes, "drift": drift, "killed": killed,
                        "starts": {f"{cr.lanes} {cr.jit}": cr.info for cr in run.configs}}
@@ -117,6 +127,8 @@ def _add_summary(out: report.Leg, run: ParityRun, cp: str, n_kernels: int,
         f"{n_kernels} kernels{' (project fixtures, not SKaiNET)' if fixtures else ''} "
         f"judged at {' and '.join(run.widths) or 'no lane width'} on {run.jdk}",
         f"probed order {_orders(run)}",
+        ("SKaiNET dispatches " + "; ".join(c.describe() for c in d.choices if c.kernel))
+        if d and not d.error else (f"dispatch not asked: {d.error}" if d else ""),
         "; ".join(drift),
         (f"killed {len(killed)} process(es) the code under test left running: "
          + ", ".join(killed)) if killed else "") if p)

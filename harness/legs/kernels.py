@@ -24,7 +24,8 @@ class KernelsLeg(AlwaysAvailable):
         rows = [v.id for v in variants() if v.id != "exact"]
         out.data["ulp_samples"] = check.samples
         out.data["matrix"] = {"title": "kernels_ref semantics x format (vs exact / vs ggml C)",
-                              "rows": ["ggml.roundf vs C", "skainet_neon.fused vs C", *rows],
+                              "rows": ["ggml.roundf vs C", "skainet_neon.fused vs C",
+                                       "skainet_x86 vs C", *rows],
                               "cols": list(PACKED_TYPES),
                               "cells": check.cells}
         out.summary = (f"{len(PACKED_TYPES)} formats: ggml semantics against the C library, "

@@ -1,13 +1,17 @@
 """The host-side parity cases of `run`'s kernels leg, through `LocalRunner` and the one judge:
 kernels_ref's ggml semantics against ggml's C dot products, the skainet_neon order against
-the project's fixture C kernel (under qemu-aarch64), and every kernels_ref variant against
-the exact result and its rigorous bound."""
+the project's fixture C kernel (under qemu-aarch64), the skainet_x86 order against the
+project's host fixture (x86-64), and every kernels_ref variant against the exact result and
+its rigorous bound."""
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +23,8 @@ from harness.report import plural
 OUT_DIM, BATCH = 96, 2
 FIXTURE_NOTE = ("fixtures/board/kernels, SKaiNET's flags, under qemu-aarch64 (the project's "
                 "kernel, not SKaiNET's)")
+HOST_FIXTURE_NOTE = ("fixtures/host, SKaiNET's x86 flags, this host's gcc (the project's "
+                     "kernel, not SKaiNET's)")
 NOT_JUDGED_WHY = ("bound >= 2|y| on {blind} of {n} outputs, so 'within bound' would pass a "
                   "sign flip; this order is modelled: judged bit-exactly against C kernels "
                   "instead (the 'vs C' rows; SKaiNET's own: `board kernel-parity`)")
@@ -88,6 +94,49 @@ def _vs_fixture_c(out: KernelsCheck, call: KernelCall, qt: str) -> None:
     out.cells[f"skainet_neon.fused vs C|{qt}"] = j.verdict
 
 
+def _vs_host_fixture(out: KernelsCheck, call: KernelCall, qt: str, lib: Path | str) -> None:
+    """The skainet_x86 order must equal the project's host fixture (fixtures/host, built
+    here with SKaiNET's x86 flags, run in a child) bit for bit; `lib` is the library, or
+    why there is none. Only the formats the fixture has (Q8_0, Q4_0) get a row."""
+    from harness.board.hostkernels import HOST_FIXTURE_FORMATS, run_host_kernel
+    from harness.board.parity import KERNEL_SYMBOLS, packed_for
+    from kernels_ref import matmul_wt
+
+    if qt not in HOST_FIXTURE_FORMATS:
+        return
+    case = f"{qt} skainet_x86 vs host fixture C kernel"
+    if isinstance(lib, str):
+        out.rows.append(Row(case, Verdict.UNAVAILABLE, detail=lib))
+        return
+    k = next(k for k in KERNEL_SYMBOLS if k.qtype == qt and k.kernel_order == "feed")
+    t0 = time.perf_counter()
+    c = run_host_kernel(lib, k.symbol, call.x, packed_for(k, call.weights), call.in_dim,
+                        call.out_dim)
+    x86 = matmul_wt(call.x, call.weights, qt, call.out_dim, call.in_dim,
+                    semantics="skainet_x86")
+    j = judge(c, Expectation([("skainet_x86", x86)], binding=True))
+    out.rows.append(Row(case, j.verdict, j.max_ulp, time.perf_counter() - t0,
+                        ("" if j.verdict == Verdict.BIT_EXACT else f"{_differ(j)}; ")
+                        + HOST_FIXTURE_NOTE))
+    out.cells[f"skainet_x86 vs C|{qt}"] = j.verdict
+
+
+@contextlib.contextmanager
+def host_fixture() -> object:
+    """The host fixture library built for this run, or why there is none (a string)."""
+    from harness.board.hostkernels import fixture_host_library
+    from harness.errors import HarnessError
+
+    if platform.machine() != "x86_64":
+        yield f"the host is {platform.machine()}, the fixture models an x86-64 build"
+        return
+    try:
+        with fixture_host_library() as lib:
+            yield lib
+    except HarnessError as exc:
+        yield str(exc)
+
+
 def _variant(out: KernelsCheck, call: KernelCall, qt: str, v: object,
              exact: np.ndarray) -> None:
     """One kernels_ref variant against the exact result and its rigorous bound."""
@@ -128,26 +177,36 @@ def check_kernels(seed: int, step: Callable[[str], None] = lambda s: None) -> Ke
     """Every packed format: the C comparisons and every kernels_ref variant (the seed draws
     the weights and activations, format after format)."""
     from harness.ggml.cref import CRef
-    from harness.golden.compute import variants
-    from kernels_ref import matmul_wt
-    from oracle import PACKED_TYPES, qtype, quantize
+    from oracle import PACKED_TYPES
 
     cref = CRef.load()
     rng = np.random.default_rng(seed)
     out = KernelsCheck()
-    for qt in PACKED_TYPES:
-        in_dim = 2 * qtype(qt).block if qtype(qt).kquant else 640  # 640: FunctionGemma n_embd
-        w = quantize(qt, rng.standard_normal((OUT_DIM, in_dim)).astype(np.float32))
-        x = rng.standard_normal((BATCH, in_dim)).astype(np.float32)
-        step(f"kernels: {qt} [{OUT_DIM} x {in_dim}], batch {BATCH}")
-        call = KernelCall(qt, x, w, OUT_DIM, in_dim)
-        exact = matmul_wt(x, w, qt, OUT_DIM, in_dim, semantics="exact")
-        _vs_ggml_c(out, call, qt, cref)
-        _vs_fixture_c(out, call, qt)
-        for v in variants():
-            if v.id != "exact":
-                _variant(out, call, qt, v, exact)
+    with host_fixture() as lib:
+        for qt in PACKED_TYPES:
+            _check_format(out, qt, rng, cref, lib, step)
     return out
+
+
+def _check_format(out: KernelsCheck, qt: str, rng: np.random.Generator, cref: object,
+                  lib: Path | str, step: Callable[[str], None]) -> None:
+    """One packed format: its C comparisons and every kernels_ref variant."""
+    from harness.golden.compute import variants
+    from kernels_ref import matmul_wt
+    from oracle import qtype, quantize
+
+    in_dim = 2 * qtype(qt).block if qtype(qt).kquant else 640  # 640: FunctionGemma n_embd
+    w = quantize(qt, rng.standard_normal((OUT_DIM, in_dim)).astype(np.float32))
+    x = rng.standard_normal((BATCH, in_dim)).astype(np.float32)
+    step(f"kernels: {qt} [{OUT_DIM} x {in_dim}], batch {BATCH}")
+    call = KernelCall(qt, x, w, OUT_DIM, in_dim)
+    exact = matmul_wt(x, w, qt, OUT_DIM, in_dim, semantics="exact")
+    _vs_ggml_c(out, call, qt, cref)
+    _vs_fixture_c(out, call, qt)
+    _vs_host_fixture(out, call, qt, lib)
+    for v in variants():
+        if v.id != "exact":
+            _variant(out, call, qt, v, exact)
 
 
 __all__ = ["BATCH", "OUT_DIM", "KernelsCheck", "check_kernels"]

@@ -78,12 +78,14 @@ class ParityOptions:
     decode_inputs: list[str] = field(default_factory=list)
     decode_format: str = "voicecc"
     expect_n: int = 32
+    jvm_props: tuple[str, ...] = ()  # --skainet-jvm-prop: system properties of every JVM
 
     @classmethod
     def read(cls, config: pytest.Config) -> ParityOptions:
         """The options, checked (a bad value is a usage error naming the option)."""
         from harness.board.parity import DEFAULT_SHAPES as BOARD_SHAPES
         from harness.jvm.cli import _list_arg, parse_shapes
+        from harness.jvm.dispatch import parse_props
         from harness.jvm.parity import DEFAULT_LANES, parse_lanes
         from harness.jvm.parity import DEFAULT_SHAPES as JVM_SHAPES
         from harness.jvm.worker import JIT_MODES
@@ -110,7 +112,8 @@ class ParityOptions:
             model=opt("--expect-from"), tokens=opt("--tokens") or [],
             decode_program=opt("--decode-program"), decode_args=opt("--decode-args"),
             decode_inputs=opt("--decode-input") or [], decode_format=opt("--decode-format"),
-            expect_n=opt("--expect-n"))
+            expect_n=opt("--expect-n"),
+            jvm_props=parse_props(opt("--skainet-jvm-prop") or []))
         if not (o.classpath or o.fixtures or o.archive or o.model):
             raise HarnessError("--skainet-parity: nothing to run; give --skainet-classpath CP "
                                "(JVM kernels), --kernels-archive A (native kernels on a "
@@ -153,6 +156,9 @@ def add_options(group: Any) -> None:
         help="seed for weights and activations (default %(default)s)")
     add("--skainet-timeout", type=float, default=60.0, metavar="SECONDS",
         help="seconds per JVM call or board run (default %(default)s)")
+    add("--skainet-jvm-prop", action="append", default=None, metavar="KEY=VALUE",
+        help="a Java system property for every JVM of the JVM items (repeatable), e.g. "
+             "skainet.strict.kernels=true")
     add("--expect-from", default=None, metavar="MODEL.gguf",
         help="decode items: the reference decode of this model gives the expected ids")
     add("--tokens", action="append", default=None, metavar="IDS",
@@ -192,7 +198,8 @@ class ParityResources:
         key = (classpath, lanes, jit)
         if key not in self.jvm:
             self.jvm[key] = ConfigSession(find_jdk(), classpath, lanes, jit, self.options.seed,
-                                          self.options.timeout)
+                                          self.options.timeout,
+                                          props=self.options.jvm_props)
         return self.jvm[key]
 
     def board(self) -> Any:
@@ -340,8 +347,10 @@ def _jvm_case(classpath: str, k: Any, shape: tuple[int, int, int, int], lanes: s
 
 def _jvm_groups(parent: pytest.Collector, o: ParityOptions) -> Iterator[ParityGroup]:
     from harness.jvm.discovery import discover, resolve_classpath
+    from harness.jvm.dispatch import ACCESSORS, dispatched_kernels
     from harness.jvm.fixtures import LABEL, fixture_classpath
     from harness.jvm.jdk import find_jdk
+    from harness.jvm.parity import ask_dispatch
 
     sources: list[tuple[str, str]] = []
     if o.classpath:
@@ -351,7 +360,10 @@ def _jvm_groups(parent: pytest.Collector, o: ParityOptions) -> Iterator[ParityGr
         sources.append(("fixture-jvm", fixture_classpath(find_jdk())))
     explicit = tuple(int(ln) for ln in o.lanes if ln != "auto")
     for name, cp in sources:
-        kernels = [k for k in discover(cp) if o.formats is None or k.fmt in o.formats]
+        listed = [k for k in discover(cp) if o.formats is None or k.fmt in o.formats]
+        # what SKaiNET's own KernelRegistry runs comes first (its items say so)
+        kernels = dispatched_kernels(ask_dispatch(find_jdk(), cp, o.jvm_props, tuple(
+            f for f in ACCESSORS if o.formats is None or f in o.formats), o.timeout), listed)
         if not kernels and name == "jvm":  # the fixtures may lack a format: no items
             raise HarnessError(f"--skainet-classpath {cp}: no packed matmul kernel found"
                                + (f" for {', '.join(o.formats)}" if o.formats else ""))
