@@ -87,11 +87,7 @@ def _vs_fixture_c(out: KernelsCheck, call: KernelCall, qt: str) -> None:
         return
     neon = matmul_wt(call.x, call.weights, qt, call.out_dim, call.in_dim,
                      semantics="skainet_neon")
-    j = judge(c, Expectation([("skainet_neon.fused", neon)], binding=True))
-    out.rows.append(Row(case, j.verdict, j.max_ulp, time.perf_counter() - t0,
-                        ("" if j.verdict == Verdict.BIT_EXACT else f"{_differ(j)}; ")
-                        + FIXTURE_NOTE))
-    out.cells[f"skainet_neon.fused vs C|{qt}"] = j.verdict
+    _model_row(out, case, c, ("skainet_neon.fused", neon), FIXTURE_NOTE, t0, qt)
 
 
 def _vs_host_fixture(out: KernelsCheck, call: KernelCall, qt: str, lib: Path | str) -> None:
@@ -114,11 +110,17 @@ def _vs_host_fixture(out: KernelsCheck, call: KernelCall, qt: str, lib: Path | s
                         call.out_dim)
     x86 = matmul_wt(call.x, call.weights, qt, call.out_dim, call.in_dim,
                     semantics="skainet_x86")
-    j = judge(c, Expectation([("skainet_x86", x86)], binding=True))
+    _model_row(out, case, c, ("skainet_x86", x86), HOST_FIXTURE_NOTE, t0, qt)
+
+
+def _model_row(out: KernelsCheck, case: str, c: object, model: tuple[str, object], note: str,
+               t0: float, qt: str) -> None:
+    """A fixture C kernel's outcome judged against one binding order model: its row (how
+    it differs when it does, then `note`) and its heat-map cell."""
+    j = judge(c, Expectation([model], binding=True))
     out.rows.append(Row(case, j.verdict, j.max_ulp, time.perf_counter() - t0,
-                        ("" if j.verdict == Verdict.BIT_EXACT else f"{_differ(j)}; ")
-                        + HOST_FIXTURE_NOTE))
-    out.cells[f"skainet_x86 vs C|{qt}"] = j.verdict
+                        ("" if j.verdict == Verdict.BIT_EXACT else f"{_differ(j)}; ") + note))
+    out.cells[f"{model[0]} vs C|{qt}"] = j.verdict
 
 
 @contextlib.contextmanager
