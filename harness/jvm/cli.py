@@ -27,7 +27,7 @@ from harness.jvm.discovery import (
     inventory,
     resolve_classpath,
 )
-from harness.jvm.dispatch import ACCESSORS, Dispatch, dispatched_kernels, parse_props
+from harness.jvm.dispatch import Dispatch, dispatch_keys, dispatched_kernels, parse_props
 from harness.jvm.jdk import find_jdk
 from harness.jvm.parity import (
     DEFAULT_LANES,
@@ -129,7 +129,7 @@ def parity_cmd(args: argparse.Namespace) -> int:
     props = parse_props(args.jvm_prop)
     cp = resolve_classpath(args.classpath)
     listed = [k for k in inventory(cp) if formats is None or k.fmt in formats]
-    dispatch = ask_dispatch(jdk, cp, props, _dispatch_formats(formats), args.timeout)
+    dispatch = ask_dispatch(jdk, cp, props, dispatch_keys(formats), args.timeout)
     ks = dispatched_kernels(dispatch, listed)
     not_run = [k for k in listed if not k.runnable]
     if not ks:
@@ -156,19 +156,13 @@ def parity_cmd(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _dispatch_formats(formats: list[str] | None) -> tuple[str, ...]:
-    """The formats to ask the registry about: --formats, else every one it has an
-    accessor for."""
-    return tuple(f for f in ACCESSORS if formats is None or f in formats)
-
-
 def dispatch_cmd(args: argparse.Namespace) -> int:
     """SKaiNET's own answer: which provider and kernel each format gets."""
     jdk = find_jdk(args.jdk)
     formats = _list_arg(args.formats, JVM_FORMATS, "--formats") if args.formats else None
     props = parse_props(args.jvm_prop)
     cp = resolve_classpath(args.classpath)
-    d = ask_dispatch(jdk, cp, props, _dispatch_formats(formats), args.timeout)
+    d = ask_dispatch(jdk, cp, props, dispatch_keys(formats), args.timeout)
     if d.error:
         raise HarnessError(f"--classpath {args.classpath}: {d.error}")
     if args.json:

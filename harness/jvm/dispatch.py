@@ -23,6 +23,7 @@ from harness.jvm.discovery import (
     BF16,
     FFM,
     FP32,
+    MEMSEG,
     NARROW,
     PACKED,
     PANAMA,
@@ -31,15 +32,19 @@ from harness.jvm.discovery import (
 )
 
 REGISTRY = "sk.ainet.backend.api.kernel.KernelRegistry"
+#: The dispatch key of a MemorySegment-weight accessor: "Q4_K+MemorySegment".
+MEMSEG_SUFFIX = "+MemorySegment"
 SERVICE_LOADER = "sk.ainet.backend.api.kernel.KernelServiceLoader"
 #: The registry accessor of each format (SKaiNET's KernelProvider), in the oracle's names.
 ACCESSORS: dict[str, str] = {
     "F32": "matmulFp32", "BF16": "matmulBf16", "F16": "matmulFp16",
     "Q8_0": "matmulQ8_0", "Q4_0": "matmulQ4_0", "Q5_0": "matmulQ5_0", "Q5_1": "matmulQ5_1",
     "Q4_K": "matmulQ4K", "Q5_K": "matmulQ5K", "Q6_K": "matmulQ6K",
+    # MemSegKernelProvider (JVM only): weights in a MemorySegment (a mapped GGUF)
+    "Q4_K" + MEMSEG_SUFFIX: "matmulQ4KMemSeg",
 }
 #: The kernel kind a format's accessor returns (harness.jvm.discovery kinds).
-ACCESSOR_KINDS = {"F32": FP32, "BF16": BF16, "F16": NARROW}
+ACCESSOR_KINDS = {"F32": FP32, "BF16": BF16, "F16": NARROW, "Q4_K" + MEMSEG_SUFFIX: MEMSEG}
 #: SKaiNET's bundled native library, by resource path (NativeLibraryLoader's convention).
 LIBRARY_NAMES = {"linux": "libskainet_kernels.so", "macos": "libskainet_kernels.dylib",
                  "windows": "skainet_kernels.dll"}
@@ -148,6 +153,16 @@ class Dispatch:
         return out + list(self.notes)
 
 
+def base_format(key: str) -> str:
+    """The oracle format of a dispatch key ("Q4_K+MemorySegment" -> "Q4_K")."""
+    return key.split("+", 1)[0]
+
+
+def dispatch_keys(formats: Sequence[str] | None) -> tuple[str, ...]:
+    """The dispatch keys to ask about: every accessor's, or those of `formats`."""
+    return tuple(f for f in ACCESSORS if formats is None or base_format(f) in formats)
+
+
 def short(cls: str) -> str:
     return cls.rsplit(".", 1)[-1]
 
@@ -200,8 +215,9 @@ def _provider_entry(jpype: Any, p: Any, formats: Sequence[str], objects: dict[st
         entry["available"], entry["reason"] = False, f"isAvailable() threw {_exc_text(exc)}"
     for fmt in formats:
         accessor = getattr(p, ACCESSORS[fmt], None)
-        if accessor is None:
-            entry["kernels"][fmt] = f"!no {ACCESSORS[fmt]}() (an older KernelProvider)"
+        if accessor is None:  # not a MemSegKernelProvider, or an older KernelProvider
+            entry["kernels"][fmt] = None if fmt.endswith(MEMSEG_SUFFIX) else \
+                f"!no {ACCESSORS[fmt]}() (an older KernelProvider)"
             continue
         try:
             k = accessor()
@@ -305,8 +321,8 @@ def dispatched_kernels(d: Dispatch, listed: Sequence[Kernel]) -> list[Kernel]:
     first: list[Kernel] = []
     for cls, (prov, fmt) in d.chosen().items():
         fmts = tuple(c.fmt for c in d.choices if c.kernel == cls)
-        k = by_cls.get(cls) or Kernel(cls, fmt, _provider_kind(prov), "KernelRegistry",
-                                      kind=ACCESSOR_KINDS.get(fmt, PACKED))
+        k = by_cls.get(cls) or Kernel(cls, base_format(fmt), _provider_kind(prov),
+                                      "KernelRegistry", kind=ACCESSOR_KINDS.get(fmt, PACKED))
         k.dispatched = fmts
         k.dispatched_by = prov
         if k.runnable:

@@ -26,7 +26,7 @@ import numpy as np
 from harness.console import escape_control
 from harness.errors import HarnessError
 from harness.jvm.discovery import DENSE_FORMATS, FFM, MEMSEG, PACKED, PANAMA, SCALAR, Kernel
-from harness.jvm.dispatch import ACCESSORS, Dispatch
+from harness.jvm.dispatch import Dispatch, dispatch_keys
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
 from harness.jvm.worker import (
     GUARD,
@@ -663,13 +663,15 @@ def run_matrix(jdk: Jdk, classpath: str, kernels: Sequence[Kernel],
 
 
 def ask_dispatch(jdk: Jdk, classpath: str, props: Sequence[str] = (),
-                 formats: Sequence[str] = tuple(ACCESSORS), timeout: float = 60.0) -> Dispatch:
+                 formats: Sequence[str] | None = None, timeout: float = 60.0) -> Dispatch:
     """SKaiNET's own KernelRegistry's answer, in a JVM with the user's system properties:
     which provider and kernel each format gets, and why a registered provider is
     unavailable (harness.jvm.dispatch)."""
     with Worker(JvmConfig(str(jdk.home), classpath, "auto", "pinned", jdk.has_vector,
                           tuple(props)), timeout=timeout) as wk:
-        return Dispatch.from_json({**wk.dispatch(formats), "props": tuple(props)})
+        return Dispatch.from_json({**wk.dispatch(formats if formats is not None
+                                                 else dispatch_keys(None)),
+                                   "props": tuple(props)})
 
 
 FAILING = CASE_FAILING

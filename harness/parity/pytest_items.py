@@ -347,7 +347,7 @@ def _jvm_case(classpath: str, k: Any, shape: tuple[int, int, int, int], lanes: s
 
 def _jvm_groups(parent: pytest.Collector, o: ParityOptions) -> Iterator[ParityGroup]:
     from harness.jvm.discovery import discover, resolve_classpath
-    from harness.jvm.dispatch import ACCESSORS, dispatched_kernels
+    from harness.jvm.dispatch import dispatch_keys, dispatched_kernels
     from harness.jvm.fixtures import LABEL, fixture_classpath
     from harness.jvm.jdk import find_jdk
     from harness.jvm.parity import ask_dispatch
@@ -362,8 +362,8 @@ def _jvm_groups(parent: pytest.Collector, o: ParityOptions) -> Iterator[ParityGr
     for name, cp in sources:
         listed = [k for k in discover(cp) if o.formats is None or k.fmt in o.formats]
         # what SKaiNET's own KernelRegistry runs comes first (its items say so)
-        kernels = dispatched_kernels(ask_dispatch(find_jdk(), cp, o.jvm_props, tuple(
-            f for f in ACCESSORS if o.formats is None or f in o.formats), o.timeout), listed)
+        kernels = dispatched_kernels(ask_dispatch(find_jdk(), cp, o.jvm_props,
+                                                  dispatch_keys(o.formats), o.timeout), listed)
         if not kernels and name == "jvm":  # the fixtures may lack a format: no items
             raise HarnessError(f"--skainet-classpath {cp}: no packed matmul kernel found"
                                + (f" for {', '.join(o.formats)}" if o.formats else ""))
