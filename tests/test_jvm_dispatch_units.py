@@ -127,3 +127,23 @@ def test_clean_call_has_no_violation_and_past_writes_are_named() -> None:
     assert got == [f"wrote output[outputOffset+outputDim+2] (row 0's call, array index "
                    f"{offsets[0] + 7}), outside its output range"]
     assert out.view(np.uint32)[0] == SENTINEL_BITS
+
+
+def test_dispatch_keys_include_the_memory_segment_accessor() -> None:
+    from harness.jvm.dispatch import ACCESSORS, base_format, dispatch_keys
+
+    assert dispatch_keys(["Q4_K"]) == ("Q4_K", "Q4_K+MemorySegment")
+    assert dispatch_keys(None) == tuple(ACCESSORS)
+    assert base_format("Q4_K+MemorySegment") == "Q4_K"
+
+
+def test_memseg_kernel_from_the_registry_is_a_memseg_kernel() -> None:
+    from harness.jvm.discovery import MEMSEG
+
+    provs = [{"name": "native-ffm", "cls": "x.P", "priority": 100, "available": True,
+              "reason": "", "kernels": {"Q4_K+MemorySegment": "x.NativeQ4KMemSegMatmulKernel"}}]
+    d = Dispatch.from_json({"providers": provs,
+                            "choices": [_choice("Q4_K+MemorySegment", provs)]})
+    (k,) = dispatched_kernels(d, [])
+    assert (k.fmt, k.kind, k.provider) == ("Q4_K", MEMSEG, FFM)
+    assert k.dispatched == ("Q4_K+MemorySegment",)
