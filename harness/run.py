@@ -385,5 +385,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JDK for the JVM leg (default: JAVA_HOME, then /usr/lib/jvm/*)")
     p.add_argument("--jvm-prop", action="append", default=[], metavar="KEY=VALUE",
                    help="a Java system property for the JVM leg's JVMs (repeatable), e.g. "
-                        "skainet.strict.kernels=true")
+                        "skainet.strict.kernels=true (default: none)")
     p.set_defaults(func=run)

@@ -235,9 +235,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--jdk", metavar="DIR",
                         help="JDK home (default: JAVA_HOME, then /usr/lib/jvm/*)")
     common.add_argument("--json", action="store_true", help="JSON on stdout")
-    common.add_argument("--jvm-prop", action="append", default=[], metavar="KEY=VALUE",
-                        help="a Java system property for every JVM (repeatable), e.g. "
-                             "skainet.strict.kernels=true or skainet.cpu.vector.enabled=false")
     k = jsub.add_parser("kernels", parents=[common], help="list the kernels on a classpath",
                         description="List every kernel class a SKaiNET classpath provides "
                                     "(every class implementing an interface of "
@@ -283,7 +280,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "JDK, no KernelRegistry on the classpath)",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--formats", metavar="FORMATS",
-                   help=f"comma-separated subset of {','.join(JVM_FORMATS)}")
+                   help=f"comma-separated subset of {','.join(JVM_FORMATS)} (default: every "
+                   "format the registry has an accessor for)")
     d.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="seconds for the JVM's answer (default %(default)s)")
+    for sp in (q, d):
+        sp.add_argument("--jvm-prop", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Java system property for every JVM (repeatable), e.g. "
+                             "skainet.strict.kernels=true or skainet.cpu.vector.enabled=false "
+                             "(default: none)")
     d.set_defaults(func=dispatch_cmd)

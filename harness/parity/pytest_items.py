@@ -158,7 +158,7 @@ def add_options(group: Any) -> None:
         help="seconds per JVM call or board run (default %(default)s)")
     add("--skainet-jvm-prop", action="append", default=None, metavar="KEY=VALUE",
         help="a Java system property for every JVM of the JVM items (repeatable), e.g. "
-             "skainet.strict.kernels=true")
+             "skainet.strict.kernels=true (default: none)")
     add("--expect-from", default=None, metavar="MODEL.gguf",
         help="decode items: the reference decode of this model gives the expected ids")
     add("--tokens", action="append", default=None, metavar="IDS",
