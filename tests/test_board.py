@@ -391,7 +391,12 @@ def test_client_killed_mid_push_leaves_no_part_file(sim, tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
         assert proc.returncode == 130
-        assert re.search(r"push of \S+ interrupted: partial file \S+\.part-\w+ removed", err)
+        # removed from the client's side; or, when the board-in-a-box drops the connection
+        # under load first, said so (the board side removes it as its channel closes: the
+        # directory must be empty below either way)
+        assert re.search(r"push of \S+ interrupted: (partial file \S+\.part-\w+ removed|"
+                         r"could not check that the partial file \S+\.part-\w+ is gone)",
+                         err), err
     deadline = time.monotonic() + 3
     while list(dest.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
