@@ -13,10 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.board.hostkernels import (
     HOST_FIXTURE_DIR,
+    HOST_FIXTURE_FORMATS,
     HOST_FIXTURE_LABEL,
     HOST_MODEL,
     SKAINET_X86_CFLAGS,
@@ -24,8 +26,12 @@ from harness.board.hostkernels import (
     host_kernel_parity,
     host_library,
     host_order,
+    run_host_kernel,
 )
+from harness.parity.judge import OK
 from harness.parity.verdict import Verdict
+from kernels_ref import matmul_wt
+from oracle import to_input_block_major
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
                                 reason="the host kernels are x86-64 builds")
@@ -85,8 +91,10 @@ def test_fixture_library_is_bit_exact_with_skainet_x86() -> None:
         result = host_kernel_parity(lib, shapes=SHAPES, fixture=True)
     assert [k.symbol for k in result.inventory.run] == [
         "skainet_q8_0_matmul", "skainet_q8_0_matmul_rm", "skainet_q4_0_matmul",
-        "skainet_q4_0_matmul_rm"]
-    assert len(result.cases) == 8 and result.ok
+        "skainet_q4_0_matmul_rm", "skainet_q4k_matmul", "skainet_q4k_matmul_rm"]
+    # Q4_K has no case at in 640 (not a whole number of its 256-element blocks)
+    assert len(result.cases) == 10 and result.ok
+    assert {c.qtype for c in result.cases} == set(HOST_FIXTURE_FORMATS)
     for case in result.cases:
         assert case.verdict == Verdict.BIT_EXACT, case.row()
         assert case.reference == HOST_MODEL
@@ -94,6 +102,63 @@ def test_fixture_library_is_bit_exact_with_skainet_x86() -> None:
     assert result.summary().startswith(f"[{HOST_FIXTURE_LABEL}]")
     assert "judged bit-exact against skainet_x86" in result.summary()
     assert "within the rigorous bound, order not modelled" not in result.summary()
+
+
+def adversarial_q4k(out_dim: int = 13) -> tuple[np.ndarray, np.ndarray]:
+    """(x (3, 768), row-major Q4_K bytes) the quantizer and the block sums can get wrong: an
+    all-zero block (d_in 0); maxabs 127 and 254 with halves, so x*(127/maxabs) lands on .5
+    (lrintf rounds ties to even); maxabs 9, whose d_in = maxabs*float(1/127) (gcc
+    -ffast-math's multiply) differs from maxabs/127; a block so small that 127/maxabs
+    overflows (every code 0: cvtss2si's integer indefinite); a lone spike with codes 0
+    around it; scales 1e15 and 1e-12; weights of random bytes (every 6-bit scale and min,
+    every nibble) with finite d and dmin of either sign. The one subnormal, that tiny
+    block's d_in, multiplies an exact zero, so the flush-to-zero -ffast-math's start-up code
+    sets cannot change a bit."""
+    rng = np.random.default_rng(178)
+    x = rng.standard_normal((3, 3, 256)).astype(np.float32)
+    x[0, 0, 11] = 9.0  # maxabs 9: maxabs*float(1/127) is not maxabs/127
+    x[0, 1] = 0.0
+    x[0, 2] = rng.integers(-127, 127, 256) + 0.5
+    x[0, 2, 7] = 127.0
+    x[1, 0] *= np.float32(1e-37) / np.abs(x[1, 0]).max()
+    x[1, 1] *= np.float32(1e-12)
+    x[1, 2] *= np.float32(1e15)
+    x[2, 0] *= np.float32(1e-3)
+    x[2, 0, 100] = np.float32(-1e20)
+    x[2, 1] = rng.integers(-127, 127, 256) * 2 + 1
+    x[2, 1, 3] = -254.0
+    x[2, 2, ::5] = -0.0
+    raw = rng.integers(0, 256, (out_dim, 3, 144), dtype=np.uint8)
+    scales = (rng.standard_normal((out_dim, 3, 2)) * 10.0 ** rng.integers(-6, 3, (out_dim, 3, 2)))
+    raw[..., :4] = scales.astype(np.float16).view(np.uint8).reshape(out_dim, 3, 4)
+    return x.reshape(3, 768), raw.reshape(out_dim, -1)
+
+
+@pytest.mark.parametrize("kernel_order", ["feed", "rm"])
+def test_fixture_q4k_is_bit_exact_with_skainet_x86_on_adversarial_inputs(kernel_order: str
+                                                                         ) -> None:
+    """The fixture's Q4_K kernels against skainet_x86, bit for bit, on inputs chosen to
+    break the activation quantizer and the block sums; on the same inputs the other Q4_K
+    orders (skainet_neon with FMA, or dividing maxabs by 127; SKaiNET's Q8-activation
+    reference kernel) give other bits, so the match names the order."""
+    x, raw = adversarial_q4k()
+    out_dim, in_dim = raw.shape[0], x.shape[1]
+    weights = raw if kernel_order == "rm" else to_input_block_major(raw, "Q4_K")
+    symbol = "skainet_q4k_matmul" + ("_rm" if kernel_order == "rm" else "")
+    with fixture_host_library() as lib:
+        got = run_host_kernel(lib, symbol, x, weights.reshape(-1), in_dim, out_dim)
+    assert got.status == OK, got.error
+    x86 = matmul_wt(x, raw, "Q4_K", out_dim, in_dim, semantics="skainet_x86",
+                    kernel_order=kernel_order)
+    assert np.isfinite(x86).all()
+    assert got.y.view(np.uint32).tobytes() == x86.view(np.uint32).tobytes()
+    others = {"skainet_neon": {"kernel_order": kernel_order},
+              "skainet_neon(fused_final=False)": {"fused_final": False},
+              "skainet_q8_reference": {}}
+    for name, opts in others.items():
+        other = matmul_wt(x, raw, "Q4_K", out_dim, in_dim, semantics=name.split("(")[0],
+                          **opts)
+        assert (other.view(np.uint32) != x86.view(np.uint32)).any(), name
 
 
 def test_a_build_summing_in_another_order_fails_inside_the_bound(tmp_path: Path) -> None:

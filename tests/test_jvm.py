@@ -29,7 +29,8 @@ SHAPES = [(16, 256, 2, 0), (7, 512, 1, 40)]
 NOT_IN_MATRIX = ("Overreads4LaneQ8_0MatmulKernel", "WritesPastRowQ8_0MatmulKernel",
                  "LeavesProcessQ8_0MatmulKernel")
 #: the native (FFM) fixtures over the fixture C library (test_jvm_native_fixture.py)
-NATIVE = ("FixtureNativeQ8_0MatmulKernel", "ZeroesBeforeOffsetNativeQ4_0MatmulKernel")
+NATIVE = ("FixtureNativeQ8_0MatmulKernel", "ZeroesBeforeOffsetNativeQ4_0MatmulKernel",
+          "FixtureNativeQ4KMatmulKernel", "FixtureNativeQ4KMemSegMatmulKernel")
 #: fixtures in the order of SKaiNET's Q8-activation reference kernels (their own test)
 Q8_ACTIVATION = ("Q4_KQ8ActivationReferenceKernel", "Q6_KQ8ActivationReferenceKernel",
                  "ScaleDistributedQ4_KQ8ActivationReferenceKernel")
@@ -278,13 +279,19 @@ def test_a_gemm_call_reads_strided_operands_at_offsets(jdk, cp):
 def test_a_memory_segment_kernel_reads_weights_mapped_from_a_file(jdk, cp):
     ks = [k for k in discover(cp) if k.kind == "memseg"]
     assert [(k.short, k.fmt, k.provider, k.model) for k in ks] == [
-        (f"{wrong}Q4_KQ8ActivationReferenceMemSegKernel", "Q4_K", FFM, "skainet_q8_reference")
-        for wrong in ("IgnoresOffset", "")]
+        *((f"{wrong}Q4_KQ8ActivationReferenceMemSegKernel", "Q4_K", FFM, "skainet_q8_reference")
+          for wrong in ("IgnoresOffset", "")),
+        ("FixtureNativeQ4KMemSegMatmulKernel", "Q4_K", FFM, None)]  # skoracle.fixture.ffm
     run = run_config(jdk, cp, ks, "auto", "pinned", SHAPES, 0, 30)
     by = {(c.kernel, c.shape[3]): c for c in run.cases}
     for off in (0, 40):  # the weights start at weightByteOffset 40 in the second shape
         ok = by["Q4_KQ8ActivationReferenceMemSegKernel", off]
         assert ok.verdict == "bit-exact" and ok.reference == "skainet_q8_reference", ok.detail
+        assert "C kernel through FFM" not in ok.detail  # Java, in its own modelled order
+        native = by["FixtureNativeQ4KMemSegMatmulKernel", off]  # the C kernel, through FFM
+        assert native.verdict == "bit-exact" and native.reference == "skainet_x86", \
+            native.detail
+        assert "C kernel through FFM: the x86-64 order gcc" in native.detail
     assert by["IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel", 0].verdict == "bit-exact"
     wrong = by["IgnoresOffsetQ4_KQ8ActivationReferenceMemSegKernel", 40]
     assert wrong.verdict == "FAIL" and "not bit-exact" in wrong.detail

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.jvm.fixtures import fixture_classpath, unavailable_native_classpaths
@@ -60,16 +61,24 @@ def test_dispatch_picks_the_native_provider_first(cp: str) -> None:
     assert q8["fallbacks"] == [["scalar", "skoracle.fixture.ScalarQ8_0MatmulKernel"]]
     assert _choice(d, "F32")["provider"] == "panama-vector"
     assert "kernel" not in _choice(d, "Q6_K") or _choice(d, "Q6_K")["kernel"] is None
+    # Q4_K: the byte-array accessor, and MemSegKernelProvider's for MemorySegment weights
+    for key, cls in (("Q4_K", "FixtureNativeQ4KMatmulKernel"),
+                     ("Q4_K+MemorySegment", "FixtureNativeQ4KMemSegMatmulKernel")):
+        q4k = _choice(d, key)
+        assert (q4k["provider"], q4k["kernel"]) == ("native-ffm", f"skoracle.fixture.ffm.{cls}")
+        assert not q4k.get("fallbacks")  # no other fixture provider carries Q4_K
 
 
 def test_dispatch_text_is_labelled_as_fixture(cp: str) -> None:
-    r = _skoracle("dispatch", "--classpath", cp, "--formats", "Q8_0,Q4_K")
+    r = _skoracle("dispatch", "--classpath", cp, "--formats", "Q8_0,Q4_K,Q6_K")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "TEST FIXTURE" in lines[0]
     assert "Q8_0 -> native-ffm FixtureNativeQ8_0MatmulKernel; fallback scalar " \
            "ScalarQ8_0MatmulKernel" in lines
-    assert "Q4_K -> no available provider carries it" in lines
+    assert "Q4_K -> native-ffm FixtureNativeQ4KMatmulKernel" in lines
+    assert "Q4_K+MemorySegment -> native-ffm FixtureNativeQ4KMemSegMatmulKernel" in lines
+    assert "Q6_K -> no available provider carries it" in lines
 
 
 def test_jvm_prop_reaches_the_registry(cp: str) -> None:
@@ -139,6 +148,122 @@ def test_parity_text_says_what_skainet_runs(cp: str) -> None:
     assert summary.startswith("FAIL: ZeroesBeforeOffsetNativeQ4_0MatmulKernel (SKaiNET runs "
                               "it for Q4_0 via native-ffm) at 4 lanes: FAIL wrote before its "
                               "output offset")
+
+
+def test_parity_judges_the_native_memory_segment_kernel_bit_exact_vs_skainet_x86(cp: str
+                                                                                 ) -> None:
+    """The MemorySegment kernel SKaiNET's registry hands out for Q4_K (the fixture's C
+    skainet_q4k_matmul through FFM, the worker's read-only mapping passed as is) is judged
+    against skainet_x86, binding, at every default shape (one at weightByteOffset 40). On
+    9x512x3 the other Q4_K orders give other bits, so judging it against any of them (the
+    Q8-activation reference candidate native kernels fall back to, the NEON build's orders)
+    would FAIL."""
+    from harness.jvm.parity import DEFAULT_SHAPES, reference
+
+    r = _skoracle("parity", "--classpath", cp, "--formats", "Q4_K", "--lanes", "4",
+                  "--jit", "pinned", "--timeout", "30", "--json")
+    assert r.returncode == 1, r.stderr  # the deliberately wrong Java Q4_K fixtures FAIL
+    run = json.loads(r.stdout)
+    cases = [c for cr in run["configs"] for c in cr["cases"]]
+    n = len(DEFAULT_SHAPES)
+    assert [c["kernel"] for c in cases[:2 * n]] == [
+        *["FixtureNativeQ4KMatmulKernel"] * n, *["FixtureNativeQ4KMemSegMatmulKernel"] * n]
+    memseg = cases[n:2 * n]
+    assert [tuple(c["shape"]) for c in memseg] == list(DEFAULT_SHAPES)
+    for c in memseg:
+        assert c["dispatched"] == "Q4_K+MemorySegment via native-ffm"
+        assert c["verdict"] == "bit-exact" and c["reference"] == "skainet_x86", c
+        assert c["detail"].startswith("vs skainet_x86; C kernel through FFM: the x86-64 order "
+                                      "gcc") and c["detail"].endswith(
+            "; SKaiNET runs this for Q4_K+MemorySegment via native-ffm"), c["detail"]
+    for c in cases[:n]:
+        assert c["dispatched"] == "Q4_K via native-ffm" and c["verdict"] == "bit-exact", c
+    shape = (9, 512, 3, 0)
+    x86 = reference("Q4_K", shape, 0, "skainet_x86", (("kernel_order", "feed"),))
+    for model, opts in (("skainet_q8_reference", ()), ("skainet_neon", ()),
+                        ("skainet_neon", (("fused_final", False),))):
+        other = reference("Q4_K", shape, 0, model, opts)
+        assert (other.view(np.uint32) != x86.view(np.uint32)).any(), (model, opts)
+
+
+#: The child: start a JVM on CP, take the MemorySegment Q4_K kernel SKaiNET's registry hands
+#: out, map the weights file read-only and call it once per batch row (weights at byte
+#: offset PAD), then with a segment one byte too short and an offset past int32.
+MEMSEG_CHILD = r"""
+import json, sys
+import jpype
+import numpy as np
+libjvm, cp, tmp, data, weights, out = sys.argv[1:7]
+jpype.startJVM(libjvm, f"-Djava.io.tmpdir={tmp}", "--enable-native-access=ALL-UNNAMED",
+               classpath=cp.split(":"), convertStrings=True)
+J = jpype.JClass
+api = "sk.ainet.backend.api.kernel."
+J(api + "KernelServiceLoader").INSTANCE.installAll()
+memseg = J(api + "MemSegKernelProvider")
+provider = next(p for p in J(api + "KernelRegistry").INSTANCE.providers()
+                if p.isAvailable() and isinstance(p, memseg) and p.matmulQ4KMemSeg() is not None)
+kernel = provider.matmulQ4KMemSeg()
+d = np.load(data)
+in_dim, out_dim, pad = (int(v) for v in d["dims"])
+x = jpype.JArray(jpype.JFloat)(d["x"].ravel())
+batch = d["x"].shape[0]
+y = jpype.JArray(jpype.JFloat)(np.zeros(batch * out_dim, np.float32))
+channel = J("java.nio.channels.FileChannel")
+arena = J("java.lang.foreign.Arena").ofConfined()
+ch = channel.open(J("java.nio.file.Path").of(weights), J("java.nio.file.StandardOpenOption").READ)
+seg = ch.map(channel.MapMode.READ_ONLY, 0, ch.size(), arena)
+ch.close()
+for r in range(batch):
+    kernel.matmul(x, r * in_dim, seg, pad, in_dim, out_dim, y, r * out_dim)
+refused = []
+for w, off in ((seg.asSlice(0, seg.byteSize() - 1), pad), (seg, 2**31)):
+    try:
+        kernel.matmul(x, 0, w, off, in_dim, out_dim, y, 0)
+        refused.append("")
+    except jpype.JException as exc:
+        refused.append(f"{exc.getClass().getName()}: {exc.getMessage()}")
+np.save(out, np.array(y, np.float32).reshape(batch, out_dim))
+print(json.dumps({"provider": provider.getName(), "kernel": kernel.getClass().getName(),
+                  "read_only": bool(seg.isReadOnly()), "native": bool(seg.isNative()),
+                  "refused": refused}))
+"""
+
+
+def test_memory_segment_kernel_reads_a_read_only_mapping_in_place(cp: str, tmp_path: Path
+                                                                   ) -> None:
+    """In a JVM of its own: the registry's MemorySegment Q4_K kernel called on a weights file
+    mapped READ_ONLY (as a packed model load maps its GGUF), 40 bytes in: bit-exact with
+    skainet_x86, the file unchanged; a segment shorter than the blocks it reads, and an
+    offset the C kernel's int32 cannot take, are refused with IllegalArgumentException
+    before any native call."""
+    from harness.jvm.parity import case_data, reference
+
+    shape = (9, 512, 3, 40)
+    x, _, arr = case_data("Q4_K", shape, 0)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(arr.tobytes())
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, dims=np.array([shape[1], shape[0], shape[3]]))
+    jvm_tmp, out = tmp_path / "jvm-tmp", tmp_path / "y.npy"
+    jvm_tmp.mkdir()
+    r = subprocess.run([sys.executable, "-c", MEMSEG_CHILD, str(find_jdk().libjvm), cp,
+                        str(jvm_tmp), str(data), str(weights), str(out)],
+                       capture_output=True, text=True, timeout=120, env=os.environ)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rep["provider"] == "native-ffm"
+    assert rep["kernel"] == "skoracle.fixture.ffm.FixtureNativeQ4KMemSegMatmulKernel"
+    assert rep["read_only"] and rep["native"]
+    x86 = reference("Q4_K", shape, 0, "skainet_x86", (("kernel_order", "feed"),))
+    assert np.load(out).view(np.uint32).tobytes() == x86.view(np.uint32).tobytes()
+    assert weights.read_bytes() == arr.tobytes()
+    short, far = rep["refused"]
+    assert short == ("java.lang.IllegalArgumentException: FixtureNativeQ4KMemSegMatmulKernel: "
+                     f"the weight segment holds {arr.size - 1} bytes, the kernel reads "
+                     f"{arr.size - 40} from offset 40")
+    assert far.startswith("java.lang.IllegalArgumentException: FixtureNativeQ4KMemSegMatmul"
+                          "Kernel: weightByteOffset 2147483648 is not an int32 offset")
+    assert not list(jvm_tmp.iterdir())
 
 
 def test_killed_worker_leaves_no_extracted_library(cp: str) -> None:

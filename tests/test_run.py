@@ -84,9 +84,10 @@ def test_kernel_leg_holds_ggml_to_the_c_library(report_dir: Path) -> None:
     # the NEON order held bit for bit to the project's C kernels compiled with SKaiNET's flags
     neon_rows = [r for r in kern["rows"] if "vs fixture C kernel" in r["case"]]
     assert len(neon_rows) == 7 and all(r["verdict"] == "bit-exact" for r in neon_rows)
-    # the x86-64 order held to the project's host fixture (Q8_0, Q4_0) built with gcc here
+    # the x86-64 order held to the project's host fixture (Q8_0, Q4_0, Q4_K) built with gcc here
     x86_rows = [r for r in kern["rows"] if "skainet_x86 vs host fixture" in r["case"]]
-    assert len(x86_rows) == 2 and all(r["verdict"] == "bit-exact" for r in x86_rows)
+    assert [r["case"].split()[0] for r in x86_rows] == ["Q4_0", "Q8_0", "Q4_K"]
+    assert all(r["verdict"] == "bit-exact" for r in x86_rows)
     assert kern["data"]["ulp_samples"] and kern["data"]["matrix"]["cells"]
 
 

@@ -41,7 +41,7 @@ SKAINET_X86_CFLAGS = ("-std=c11", "-O3", "-ffast-math", "-funroll-loops", "-fPIC
                       "-fvisibility=hidden")
 HOST_FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "host"
 #: the formats the host fixture has a kernel for (both block orders)
-HOST_FIXTURE_FORMATS = ("Q8_0", "Q4_0")
+HOST_FIXTURE_FORMATS = ("Q8_0", "Q4_0", "Q4_K")
 HOST_FIXTURE_LABEL = ("TEST FIXTURE: the project's own scalar C kernels (fixtures/host), "
                       "built for this host, not SKaiNET's result")
 #: ELF e_machine of the machines a host library may be built for

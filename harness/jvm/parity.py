@@ -407,7 +407,7 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     j = judge_outcome(outcome, exp)
     case.verdict, case.reference, case.max_ulp = j.verdict, j.reference, j.max_ulp
     case.detail = _detail(j, exp, res, order)
-    if k.provider == FFM and k.kind in NATIVE_KINDS:
+    if k.provider == FFM and k.kind in NATIVE_KINDS and k.model is None:
         case.detail += f"; {native_models(k.fmt)[1]}"
     elif k.provider == FFM and k.kind in DENSE_FORMATS:
         case.detail += f"; {NATIVE_DENSE_NOTE}"

@@ -93,7 +93,8 @@ def _vs_fixture_c(out: KernelsCheck, call: KernelCall, qt: str) -> None:
 def _vs_host_fixture(out: KernelsCheck, call: KernelCall, qt: str, lib: Path | str) -> None:
     """The skainet_x86 order must equal the project's host fixture (fixtures/host, built
     here with SKaiNET's x86 flags, run in a child) bit for bit; `lib` is the library, or
-    why there is none. Only the formats the fixture has (Q8_0, Q4_0) get a row."""
+    why there is none. Only the formats the fixture has (HOST_FIXTURE_FORMATS: Q8_0, Q4_0,
+    Q4_K) get a row."""
     from harness.board.hostkernels import HOST_FIXTURE_FORMATS, run_host_kernel
     from harness.board.parity import KERNEL_SYMBOLS, packed_for
     from kernels_ref import matmul_wt
