@@ -282,3 +282,27 @@ def test_jar_without_this_hosts_library_is_one_line_exit_2(tmp_path: Path) -> No
     jar.write_bytes(b"PK\x03\x04" + b"\0" * 40)  # a corrupt zip
     res = _cli("--kernels-archive", str(jar))
     assert res.returncode == 2 and "corrupt zip container" in res.stderr
+
+
+def test_subnormals_survive_loading_a_fast_math_library() -> None:
+    """gcc links crtfastmath into a -ffast-math library: loading it turns on flush-to-zero.
+    The child puts the default float environment back (as SKaiNET's JVM calls the kernels
+    with its own), so subnormal products are kept and the order model still holds bit for
+    bit; with FTZ left on every output here would be 0.0."""
+    import numpy as np
+
+    from harness.board.hostkernels import run_host_kernel
+    from harness.board.parity import KERNEL_SYMBOLS, packed_for
+    from kernels_ref import matmul_wt
+    from oracle import quantize
+
+    rng = np.random.default_rng(3)
+    out_dim, in_dim = 8, 256
+    raw = quantize("Q8_0", rng.standard_normal((out_dim, in_dim)).astype(np.float32))
+    x = (rng.uniform(1.0, 2.0, (1, in_dim)) * 1e-39).astype(np.float32)  # subnormal
+    k = next(k for k in KERNEL_SYMBOLS if k.qtype == "Q8_0" and k.kernel_order == "feed")
+    with fixture_host_library() as lib:
+        got = run_host_kernel(lib, k.symbol, x, packed_for(k, raw), in_dim, out_dim)
+    want = matmul_wt(x, raw, "Q8_0", out_dim, in_dim, semantics="skainet_x86")
+    assert np.count_nonzero(want) == want.size  # the model keeps the subnormals
+    assert got.y.view(np.uint32).tolist() == want.view(np.uint32).tolist()

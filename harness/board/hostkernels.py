@@ -319,13 +319,31 @@ def host_summary_note(orders: dict[str, tuple[str | None, str]]) -> str:
     return ". ".join(parts)
 
 
+#: glibc's FE_DFL_ENV: ((const fenv_t *) -1)
+FE_DFL_ENV = -1
+
+
+def load_library(lib: str) -> object:
+    """Load a kernel library in the child, then put the floating-point environment back to
+    the default. A library linked by gcc with -ffast-math carries crtfastmath's constructor,
+    which turns on flush-to-zero and denormals-are-zero (MXCSR) in the loading process;
+    SKaiNET's JVM calls the same kernels with the JVM's own MXCSR (no FTZ/DAZ), and the
+    order models assume IEEE subnormals, so the child must not keep them."""
+    import ctypes
+
+    handle = ctypes.CDLL(lib)
+    ctypes.CDLL("libm.so.6").fesetenv(ctypes.c_void_p(FE_DFL_ENV))
+    return handle
+
+
 def child_main(argv: Sequence[str]) -> int:
-    """The child: load the library, call SYMBOL once per batch row, write y.bin."""
+    """The child: load the library (default float environment), call SYMBOL once per
+    batch row, write y.bin."""
     import ctypes
 
     lib, symbol, tmp = argv[0], argv[1], Path(argv[2])
     in_dim, out_dim, batch = (int(a) for a in argv[3:6])
-    fn = getattr(ctypes.CDLL(lib), symbol)
+    fn = getattr(load_library(lib), symbol)
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                    ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
