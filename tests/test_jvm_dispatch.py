@@ -278,3 +278,29 @@ def test_killed_worker_leaves_no_extracted_library(cp: str) -> None:
         assert "FixtureNativeQ8_0MatmulKernel" in r.stdout  # the library was extracted
         assert os.listdir(tmp) == []  # the worker's log, weights and java.io.tmpdir
     assert set(glob.glob(java_default)) - before == set()
+
+
+def test_native_kernel_in_the_jvm_keeps_subnormals(cp: str) -> None:
+    """The fixture library is linked with gcc's crtfastmath (loading it turns on
+    flush-to-zero in a plain process); in the JVM the FFM call runs with the JVM's own
+    float environment, so subnormal products are kept and skainet_x86 holds bit for bit
+    (the host child resets the environment to match: tests/test_host_kernels.py)."""
+    import numpy as np
+
+    from harness.jvm.worker import JvmConfig, Worker
+    from kernels_ref import matmul_wt
+    from oracle import quantize, to_input_block_major
+
+    jdk = find_jdk()
+    rng = np.random.default_rng(3)
+    out_dim, in_dim = 8, 256
+    raw = quantize("Q8_0", rng.standard_normal((out_dim, in_dim)).astype(np.float32))
+    x = (rng.uniform(1.0, 2.0, (2, in_dim)) * 1e-39).astype(np.float32)
+    ibm = np.ascontiguousarray(to_input_block_major(raw, "Q8_0"), np.uint8).reshape(-1)
+    with Worker(JvmConfig(str(jdk.home), cp, "4", "pinned", jdk.has_vector)) as wk:
+        r = wk.call("skoracle.fixture.ffm.FixtureNativeQ8_0MatmulKernel", x, ibm, in_dim,
+                    out_dim, calls=2)
+    want = matmul_wt(x, raw, "Q8_0", out_dim, in_dim, semantics="skainet_x86")
+    assert r.status == "ok" and r.violations == []
+    assert np.count_nonzero(want) == want.size
+    assert r.y.view(np.uint32).tolist() == want.view(np.uint32).tolist()
