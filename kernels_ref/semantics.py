@@ -813,8 +813,9 @@ class SkainetX86(SkainetNeon):
     no FMA (every product and sum rounded). Read from the disassembly of Debian's gcc 12.2.0
     build of these sources (SKaiNET-developers/SKaiNET, src/: q8_0_matmul.c, q4_0_matmul.c,
     q5_1_matmul.c, q5k_matmul.c, q4k_matmul.c, q6k_matmul.c with the shared block terms and
-    skainet_row_threads.c; q5_0_matmul.c at 3127b31b, feed order only) and checked bit for
-    bit against it. Another compiler, or another gcc, may reassociate differently.
+    skainet_row_threads.c; q5_0_matmul.c at 3127b31b, feed order only; the dense
+    fp32_matmul.c, bf16_matmul.c, fp16_matmul.c) and checked bit for bit against it.
+    Another compiler, or another gcc, may reassociate differently.
 
     `sse_sum32` is the in-block sum of a 32-element loop; `kernel_order` as skainet_neon's.
 
@@ -832,6 +833,8 @@ class SkainetX86(SkainetNeon):
     - Q4_K / Q6_K: skainet_neon's order with fused_final=False (integer dots, then
       acc + d_in*(d*A - dmin*B) and acc + (d*d_in)*W), the activations quantized as there
       but lrintf is cvtss2si (a non-finite x*inv gives code 0).
+    - dense GEMMs (`gemm`): per C element c + a*b from +0, p ascending, rounded twice; the
+      NaN payloads by SSE's operand order per column (`x86_dense_first`).
     """
 
     name = "skainet_x86"
