@@ -2,7 +2,9 @@
 
 - dense GEMM, C(m, n) = A(m, k) . B(k, n), A float32 and B float32, BF16 or FP16 bytes in
   (k, n) row-major order (`skainet_fp32_matmul`, `skainet_bf16_matmul`,
-  `skainet_fp16_matmul`): `gemm`, `gemm_bound`;
+  `skainet_fp16_matmul`): `gemm`, `gemm_bound`; on the board skainet_neon's order, for
+  an x86-64 build skainet_x86's (the same element order, rounded twice, and the NaN
+  payloads SSE's operand order keeps);
 - BitNet GEMV, int8 activations with one scale per row against TQ2_0 weights, row-major
   blocks (`skainet_bitnet_gemv_tq2_0`): `bitnet_gemv`;
 - ternary GEMV, float32 activations against 2-bit codes (4 per byte, low bit pair first,
@@ -56,9 +58,10 @@ def dense_values(b_raw: object, dtype: str, k: int, n: int) -> np.ndarray:
 
 def gemm(a: np.ndarray, b_raw: object, dtype: str, k: int, n: int,
          semantics: str = "skainet_neon", **opts: Any) -> np.ndarray:
-    """C = A.B in the order of `semantics` (exact, skainet_scalar, skainet_neon)."""
+    """C = A.B in the order of `semantics` (exact, skainet_scalar, skainet_neon,
+    skainet_x86: the kernel of `dtype`'s x86-64 build)."""
     a = np.asarray(a, F32).reshape(-1, k)
-    return make(semantics, **opts).gemm(a, dense_values(b_raw, dtype, k, n))
+    return make(semantics, **opts).gemm(a, dense_values(b_raw, dtype, k, n), dtype)
 
 
 def gemm_bound(a: np.ndarray, b_raw: object, dtype: str, k: int, n: int) -> np.ndarray:

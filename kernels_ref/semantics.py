@@ -21,7 +21,7 @@ import numpy as np
 from kernels_ref import activations
 from kernels_ref.fma import fma32
 from oracle import OracleError, dequantize
-from oracle.cfloat import F32
+from oracle.cfloat import F32, bits_f32, f32_from_bits
 
 # ----------------------------------------------------------------------------------------
 # element-major helpers
@@ -143,13 +143,44 @@ def fsub(a: Any, b: Any) -> np.ndarray:
         return f32(f32(a) - f32(b))
 
 
-def dense_gemm(a: np.ndarray, b: np.ndarray, fused: bool) -> np.ndarray:
+#: x86-64's default NaN (the "QNaN floating-point indefinite"), what an invalid SSE
+#: operation on non-NaN operands (inf*0, inf-inf) returns
+SSE_DEFAULT_NAN = 0xFFC00000
+#: the quiet bit of a float32 NaN
+QUIET_BIT = 0x00400000
+
+
+def sse_nan(result: np.ndarray, first: Any, second: Any) -> np.ndarray:
+    """`result` of an SSE binary operation with x86-64's NaN rules made explicit (Intel SDM
+    vol. 1, table 4-7): a NaN first source (the destination register of the two-operand
+    form) comes back quieted, whatever the second; else a NaN second source, quieted; else
+    a NaN result is the default NaN. So the payload does not depend on NumPy's own order."""
+    first, second = f32(first), f32(second)
+    out = np.where(np.isnan(result), np.uint32(SSE_DEFAULT_NAN), bits_f32(result))
+    out = np.where(np.isnan(second), bits_f32(second) | np.uint32(QUIET_BIT), out)
+    out = np.where(np.isnan(first), bits_f32(first) | np.uint32(QUIET_BIT), out)
+    return f32_from_bits(out)
+
+
+def dense_gemm(a: np.ndarray, b: np.ndarray, fused: bool,
+               sse_first: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """C = A.B with one float32 accumulator per element from +0 and p ascending: each step
-    fma(a[i,p], b[p,j], c) when `fused`, else c + a[i,p]*b[p,j] rounded twice."""
+    fma(a[i,p], b[p,j], c) when `fused`, else c + a[i,p]*b[p,j] rounded twice.
+    `sse_first` = (a_first, c_first), bool per column of C: x86-64 SSE, whose NaN payloads
+    follow the operand order (`sse_nan`): the product's first source is a[i,p] where
+    a_first, else b[p,j]; the sum's is c where c_first, else the product."""
     c = np.zeros((a.shape[0], b.shape[1]), F32)
     for p in range(a.shape[1]):
         col, row = a[:, p : p + 1], b[p][None, :]
-        c = fma32(col, row, c) if fused else fadd(c, fmul(col, row))
+        if fused:
+            c = fma32(col, row, c)
+        elif sse_first is None:
+            c = fadd(c, fmul(col, row))
+        else:
+            a_first, c_first = sse_first
+            prod = fmul(col, row)
+            prod = sse_nan(prod, np.where(a_first, col, row), np.where(a_first, row, col))
+            c = sse_nan(fadd(prod, c), np.where(c_first, c, prod), np.where(c_first, prod, c))
     return c
 
 
@@ -298,7 +329,7 @@ class Exact(Semantics):
     def prepare(self, fmt, x):
         return x.astype(np.float64)
 
-    def gemm(self, a, b):
+    def gemm(self, a, b, dtype="F32"):
         """C = A.B for float32 A (m, k), B (k, n): float64 sums of exact products, rounded
         once (the yardstick of the dense kernels)."""
         with np.errstate(all="ignore"):
@@ -404,7 +435,7 @@ class SkainetScalar(Semantics):
     def q6_k(self, x, p, prep):
         return seq_add(flat_blocks(fmul(em_x(x, 256), q6k_weights(p))))
 
-    def gemm(self, a, b):
+    def gemm(self, a, b, dtype="F32"):
         """C = A.B, each element from +0 over p ascending: c + a[i,p]*b[p,j], rounded twice
         (the scalar C loop of the dense kernels without contraction)."""
         return dense_gemm(a, b, fused=False)
@@ -622,7 +653,7 @@ class SkainetNeon(Semantics):
         bs = self._neon_dot(x, em_codes(p["qs"]).astype(F32), 32)
         return self._accumulate_blocks(bs, em_scale(p["d"], 1))
 
-    def gemm(self, a, b):
+    def gemm(self, a, b, dtype="F32"):
         """The dense kernels (fp32_matmul.c, bf16_matmul.c, fp16_matmul.c): i-p-j, each
         C element from +0 with p ascending; `vfmaq_f32` over 4 columns (fp32) or gcc's
         contraction of `c += a*b` (bf16, fp16, the column tail): c = fma(a[i,p], b[p,j], c).
@@ -782,8 +813,9 @@ class SkainetX86(SkainetNeon):
     no FMA (every product and sum rounded). Read from the disassembly of Debian's gcc 12.2.0
     build of these sources (SKaiNET-developers/SKaiNET, src/: q8_0_matmul.c, q4_0_matmul.c,
     q5_1_matmul.c, q5k_matmul.c, q4k_matmul.c, q6k_matmul.c with the shared block terms and
-    skainet_row_threads.c; q5_0_matmul.c at 3127b31b, feed order only) and checked bit for
-    bit against it. Another compiler, or another gcc, may reassociate differently.
+    skainet_row_threads.c; q5_0_matmul.c at 3127b31b, feed order only; the dense
+    fp32_matmul.c, bf16_matmul.c, fp16_matmul.c) and checked bit for bit against it.
+    Another compiler, or another gcc, may reassociate differently.
 
     `sse_sum32` is the in-block sum of a 32-element loop; `kernel_order` as skainet_neon's.
 
@@ -801,6 +833,8 @@ class SkainetX86(SkainetNeon):
     - Q4_K / Q6_K: skainet_neon's order with fused_final=False (integer dots, then
       acc + d_in*(d*A - dmin*B) and acc + (d*d_in)*W), the activations quantized as there
       but lrintf is cvtss2si (a non-finite x*inv gives code 0).
+    - dense GEMMs (`gemm`): per C element c + a*b from +0, p ascending, rounded twice; the
+      NaN payloads by SSE's operand order per column (`x86_dense_first`).
     """
 
     name = "skainet_x86"
@@ -841,8 +875,16 @@ class SkainetX86(SkainetNeon):
         raise OracleError(f"semantics 'skainet_x86' has no order for {kernel}: its x86-64 "
                           "build was not read")
 
-    def gemm(self, a, b):
-        self._not_read("the dense GEMM")
+    def gemm(self, a, b, dtype="F32"):
+        """The dense kernels (fp32_matmul.c, bf16_matmul.c, fp16_matmul.c): gcc vectorizes
+        the j loop, so every C element keeps its own accumulator from +0 (memset) with p
+        ascending, c = c + a[i,p]*b[p,j] rounded twice (mulps then addps, no FMA): the
+        source order, exactly skainet_scalar's. fp16's branch-free decode is exact (its one
+        float subtraction, 2**-14*(1 + m/1024) - 2**-14, is exact and NaN payloads pass
+        through, quieted by the product). What the vectorization does decide is which
+        operand an SSE instruction takes first, and so which NaN payload survives when
+        both are NaN (`x86_dense_first`)."""
+        return dense_gemm(a, b, fused=False, sse_first=x86_dense_first(dtype, b.shape[1]))
 
     def bitnet_tq2_0(self, act, act_scale, codes, d):
         self._not_read("the BitNet TQ2_0 GEMV")
@@ -898,6 +940,40 @@ class SkainetX86(SkainetNeon):
             b_hi = fmul(fmul(input_sum[:, hi], dmin), mn[:, hi])
             local = fadd(fsub(local, b_hi), fsub(fmul(a, d), b_lo))
         return seq_add(local)
+
+
+def x86_dense_first(dtype: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a_first, c_first), bool (n,) each: the columns of C whose product a[i,p]*b[p,j] the
+    x86-64 dense kernel computes with a as the first SSE source (else b), and whose sum
+    with c as the first source (else the product), by where gcc 12.2's vectorized loop and
+    its tails put them (read from the build's disassembly, probed with NaN payloads):
+
+    - F32: 4-wide body, then a 2-wide and a scalar step; the scalar step (the last column
+      when n is odd) takes a first; every sum takes the product first.
+    - BF16: 8-wide body; of the remaining r = n % 8 columns, a 4-wide step (r >= 4) takes
+      a then the product first in its lanes 0 and 1 and b then c first in lanes 2 and 3;
+      a 2-wide step b first; the last column when r % 4 == 3 a first (r % 4 == 1: b).
+    - F16: per 512-column tile (the decode buffer), 4-wide body; the tile's last w % 4
+      columns (w its width) take a first; every sum takes the product first.
+    """
+    j = np.arange(n)
+    none = np.zeros(n, bool)
+    if dtype == "F32":
+        return (n % 2 == 1) & (j == n - 1), none
+    if dtype == "BF16":
+        base = n - n % 8
+        step4 = n % 8 >= 4
+        return (step4 & ((j == base) | (j == base + 1))) | ((n % 4 == 3) & (j == n - 1)), \
+            step4 & ((j == base + 2) | (j == base + 3))
+    if dtype == "F16":
+        start = j - j % X86_FP16_TILE
+        width = np.minimum(X86_FP16_TILE, n - start)
+        return j - start >= width - width % 4, none
+    raise OracleError(f"dense weight type {dtype!r}: expected one of F32, BF16, F16")
+
+
+#: the columns skainet_fp16_matmul decodes at a time (its stack buffer)
+X86_FP16_TILE = 512
 
 
 # ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from harness.board.hostkernels import (
+    FENV_NOTE,
     HOST_FIXTURE_DIR,
     HOST_FIXTURE_FORMATS,
     HOST_FIXTURE_LABEL,
@@ -26,6 +27,7 @@ from harness.board.hostkernels import (
     host_kernel_parity,
     host_library,
     host_order,
+    library_changes_fenv,
     run_host_kernel,
 )
 from harness.parity.judge import OK
@@ -91,10 +93,11 @@ def test_fixture_library_is_bit_exact_with_skainet_x86() -> None:
         result = host_kernel_parity(lib, shapes=SHAPES, fixture=True)
     assert [k.symbol for k in result.inventory.run] == [
         "skainet_q8_0_matmul", "skainet_q8_0_matmul_rm", "skainet_q4_0_matmul",
-        "skainet_q4_0_matmul_rm", "skainet_q4k_matmul", "skainet_q4k_matmul_rm"]
+        "skainet_q4_0_matmul_rm", "skainet_q4k_matmul", "skainet_q4k_matmul_rm",
+        "skainet_fp32_matmul"]
     # Q4_K has no case at in 640 (not a whole number of its 256-element blocks)
-    assert len(result.cases) == 10 and result.ok
-    assert {c.qtype for c in result.cases} == set(HOST_FIXTURE_FORMATS)
+    assert len(result.cases) == 12 and result.ok
+    assert {c.qtype for c in result.cases} == set(HOST_FIXTURE_FORMATS) | {"F32"}
     for case in result.cases:
         assert case.verdict == Verdict.BIT_EXACT, case.row()
         assert case.reference == HOST_MODEL
@@ -102,6 +105,8 @@ def test_fixture_library_is_bit_exact_with_skainet_x86() -> None:
     assert result.summary().startswith(f"[{HOST_FIXTURE_LABEL}]")
     assert "judged bit-exact against skainet_x86" in result.summary()
     assert "within the rigorous bound, order not modelled" not in result.summary()
+    # built and linked in one gcc call with -ffast-math: crtfastmath.o sets FTZ/DAZ on load
+    assert FENV_NOTE in result.summary()
 
 
 def adversarial_q4k(out_dim: int = 13) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +195,9 @@ def test_other_hosts_have_no_order_model() -> None:
     assert model is None and note.startswith("aarch64 build: order not modelled")
     assert host_order("Q8_0", "rm", machine="x86_64")[0] == HOST_MODEL
     assert host_order("Q5_0", "rm", machine="x86_64")[0] is None
+    for dense in ("F32", "BF16", "F16"):
+        assert host_order(dense, "rm", machine="x86_64")[0] == HOST_MODEL
+        assert host_order(dense, "rm", machine="aarch64")[0] is None
 
 
 def test_wrong_kernel_fails_by_name_through_the_cli() -> None:
@@ -306,3 +314,90 @@ def test_subnormals_survive_loading_a_fast_math_library() -> None:
     want = matmul_wt(x, raw, "Q8_0", out_dim, in_dim, semantics="skainet_x86")
     assert np.count_nonzero(want) == want.size  # the model keeps the subnormals
     assert got.y.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+
+
+# -- the dense GEMMs ------------------------------------------------------------------------
+
+DENSE_SIGNATURE = """
+#include <stdint.h>
+__attribute__((visibility("default"))) void skainet_fp32_matmul(
+    const float *a, int32_t a_offset, int32_t a_stride, const float *b, int32_t b_offset,
+    int32_t b_stride, float *c, int32_t c_offset, int32_t c_stride, int32_t m, int32_t n,
+    int32_t k) {
+    for (int32_t i = 0; i < m; ++i) {
+        const float *a_row = a + a_offset + (long) i * a_stride;
+        float *c_row = c + c_offset + (long) i * c_stride;
+        for (int32_t j = 0; j < %(n)s; ++j) c_row[j] = 0.0f;
+        for (int32_t q = 0; q < k; ++q) {
+            int32_t p = %(p)s;
+            const float *b_row = b + b_offset + (long) p * b_stride;
+            for (int32_t j = 0; j < %(n)s; ++j) c_row[j] += a_row[p] * b_row[j];
+        }
+    }
+}
+"""
+#: p descending: a correct GEMM that adds in another order
+DENSE_REVERSED = DENSE_SIGNATURE % {"p": "k - 1 - q", "n": "n"}
+#: one column too many: zeroes (then sums into) the cell after each row of C's block
+DENSE_OVERRUN = DENSE_SIGNATURE % {"p": "q", "n": "n + 1"}
+BITNET_STUB = DENSE_SIGNATURE % {"p": "q", "n": "n"} + """
+__attribute__((visibility("default"))) void skainet_bitnet_gemv_tq2_0(void) {}
+"""
+
+
+def _dense_case(lib: Path, seed: int = 0, model: str | None = HOST_MODEL):
+    from harness.board.kernelkinds import OTHER_KERNELS
+    from harness.board.parity import kernel_case
+    from harness.parity.runner import HostRunner
+
+    k = next(k for k in OTHER_KERNELS if k.symbol == "skainet_fp32_matmul")
+    return kernel_case(HostRunner(lib), k, (37, 300, 3), seed, model=model)
+
+
+def test_dense_kernel_keeps_subnormals_although_its_library_sets_ftz_daz() -> None:
+    """The fixture library sets FTZ/DAZ when loaded (it is linked with -ffast-math); the
+    child puts the caller's environment back, as HotSpot does, so 2**-140*1 + 2**-127*0.5
+    is 2**-128 + 2**-140 (under FTZ/DAZ: 0). A and B sit at offsets in padded buffers."""
+    a = np.array([[2.0**-140, 2.0**-127], [1.0, -1.0]], np.float32)
+    b = np.array([[1.0], [0.5]], np.float32).view(np.uint8).reshape(-1)
+    with fixture_host_library() as lib:
+        assert library_changes_fenv(lib)
+        out = run_host_kernel(lib, "skainet_fp32_matmul", a, b, 2, 1)
+    assert out.status == "ok", out.error
+    assert out.y[:, 0].tolist() == [np.float32(2.0**-128 + 2.0**-140), 0.5]
+
+
+def test_library_linked_without_fast_math_keeps_the_environment(tmp_path: Path) -> None:
+    lib = _build(tmp_path, "ieee", DENSE_REVERSED, ("-O2", "-fPIC"))
+    assert not library_changes_fenv(lib)
+
+
+def test_dense_kernel_in_another_order_fails_inside_the_bound(tmp_path: Path) -> None:
+    """p descending is a correct GEMM in another order: FAIL against skainet_x86, and the
+    row says it is still inside the rigorous bound."""
+    case = _dense_case(_build(tmp_path, "reversed", DENSE_REVERSED, SKAINET_X86_CFLAGS))
+    assert case.verdict == Verdict.FAIL and case.mismatches, case.row()
+    assert "inside the rigorous bound: the build orders its sums unlike the model" \
+        in case.row()
+
+
+def test_dense_kernel_writing_outside_its_block_fails_by_name(tmp_path: Path) -> None:
+    case = _dense_case(_build(tmp_path, "overrun", DENSE_OVERRUN, SKAINET_X86_CFLAGS))
+    assert case.verdict == Verdict.FAIL and case.failed_run, case.row()
+    assert "skainet_fp32_matmul wrote outside its output block (a guard cell of C changed)" \
+        in case.row()
+
+
+def test_dense_kernel_without_a_model_is_judged_within_the_bound() -> None:
+    """Another host's build (no model): the exact product and its any-order bound."""
+    with fixture_host_library() as lib:
+        case = _dense_case(lib, model=None)
+    assert case.verdict == Verdict.WITHIN_BOUND and case.reference == "bound", case.row()
+
+
+def test_kinds_the_host_does_not_call_are_listed_not_run(tmp_path: Path) -> None:
+    lib = _build(tmp_path, "bitnet", BITNET_STUB, SKAINET_X86_CFLAGS)
+    result = host_kernel_parity(lib, shapes=SHAPES[:1])
+    assert [c.symbol for c in result.cases] == ["skainet_fp32_matmul"] and result.ok
+    assert result.inventory.not_modelled["skainet_bitnet_gemv_tq2_0"] == (
+        "the host runner calls the packed matmuls and the dense GEMMs only")

@@ -134,3 +134,99 @@ def test_quantizing_kernels_are_neon_without_fma_on_finite_activations(fmt: str)
         neon = matmul_wt(x, raw, fmt, 6, 512, semantics="skainet_neon", fused_final=False,
                          kernel_order=order)
         assert np.array_equal(x86.view(np.uint32), neon.view(np.uint32))
+
+
+# -- the dense GEMMs (fp32_matmul.c, bf16_matmul.c, fp16_matmul.c) ---------------------------
+
+QNAN_A, QNAN_C, SNAN_B = 0x7FC0000A, 0x7FC0000C, 0x7F80000B  # SNAN_B quiets to 0x7FC0000B
+
+
+def gemm_bits(a: list[list[float]] | np.ndarray, b: np.ndarray, dtype: str = "F32",
+              semantics: str = "skainet_x86", **opts) -> np.ndarray:
+    """C's float32 bits for A (m, k) and B given as (k, n) float32 values (F32) or 16-bit
+    patterns (BF16, F16)."""
+    from kernels_ref import dense
+
+    a = np.asarray(a, F) if not isinstance(a, np.ndarray) else a
+    k, n = b.shape
+    raw = np.ascontiguousarray(b, "<f4" if dtype == "F32" else "<u2").view(np.uint8)
+    return dense.gemm(a, raw.reshape(-1), dtype, k, n, semantics, **opts).view(np.uint32)
+
+
+def nan_f32(*bits: int) -> np.ndarray:
+    return np.array(bits, np.uint32).view(F)
+
+
+def test_dense_adds_p_ascending_from_plus_zero() -> None:
+    """a = 1, B, -B against ones: ((0 + 1) + B) - B = 0 (1 + B rounds to B); p descending
+    gives 1, as does the exact sum."""
+    ones = np.ones((3, 1), F)
+    assert gemm_bits([[1.0, B, -B]], ones).view(F)[0, 0] == 0.0
+    assert gemm_bits([[1.0, B, -B]], ones, semantics="exact").view(F)[0, 0] == 1.0
+    assert gemm_bits([[-1.0]], np.zeros((1, 1), F))[0, 0] == 0  # +0 + (-0) = +0
+
+
+def test_dense_rounds_the_product_before_the_sum() -> None:
+    """No FMA on x86-64 without -march: c = -(1 + 2**-11), then (1 + 2**-12)**2 rounds to
+    1 + 2**-11 (a tie to even) before it is added: 0. Contracted into an FMA (the NEON
+    build) it is the exact 2**-24."""
+    a, b = [[-(1 + 2.0**-11), 1 + 2.0**-12]], np.array([[1.0], [1 + 2.0**-12]], F)
+    assert gemm_bits(a, b).view(F)[0, 0] == 0.0
+    assert gemm_bits(a, b, semantics="skainet_neon").view(F)[0, 0] == 2.0**-24
+
+
+def test_dense_invalid_product_is_the_default_nan_and_subnormals_are_ieee() -> None:
+    """inf*0 gives x86's default NaN 0xFFC00000; subnormal products and sums are kept (the
+    kernels run with FTZ/DAZ off: 2**-140*1 + 2**-127*0.5 = 2**-128 + 2**-140 exactly)."""
+    assert gemm_bits([[np.inf]], np.zeros((1, 1), F))[0, 0] == 0xFFC00000
+    got = gemm_bits([[2.0**-140, 2.0**-127]], np.array([[1.0], [0.5]], F)).view(F)[0, 0]
+    assert got == F(2.0**-128 + 2.0**-140) and got != 0.0
+
+
+def test_fp16_decode_is_exact_and_keeps_nan_payloads() -> None:
+    """The branch-free decode: 0x0001 = 2**-24, 0x83FF = -1023*2**-24 (subnormals, renormalised
+    exactly), 0xFC00 = -inf, and the signalling NaN 0x7C01 keeps its payload, quieted by the
+    product: 0x7FC02000."""
+    b = np.array([[0x0001, 0x83FF, 0xFC00, 0x7C01]], np.uint16)
+    got = gemm_bits([[1.0]], b, "F16")[0]
+    assert got.view(F)[:3].tolist() == [2.0**-24, -1023 * 2.0**-24, -np.inf]
+    assert got[3] == 0x7FC02000
+
+
+def test_fp32_nan_operand_order_by_column() -> None:
+    """a and b both NaN: SSE keeps the first source's payload. n = 3: columns 0 and 1 are the
+    2-wide step (b first), column 2 the scalar step (a first)."""
+    got = gemm_bits(nan_f32(QNAN_A).reshape(1, 1), nan_f32(SNAN_B, SNAN_B, SNAN_B)[None, :])
+    assert [hex(v) for v in got[0]] == ["0x7fc0000b", "0x7fc0000b", "0x7fc0000a"]
+
+
+def test_bf16_four_wide_tail_takes_operands_in_two_orders() -> None:
+    """n = 4 (the 8-wide body never runs): lanes 0, 1 multiply a first and add the product
+    first, lanes 2, 3 multiply b first and add c first. k = 1, a = NaN A, b = NaN B: A, A,
+    B, B. k = 2, a = NaN A then NaN C, b = 1: c = A after p = 0, then the product C meets
+    it: C, C, A, A."""
+    b_nan = np.full((1, 4), 0x7F8B, np.uint16)  # a signalling bf16 NaN: 0x7FCB0000 quieted
+    got = gemm_bits(nan_f32(QNAN_A).reshape(1, 1), b_nan, "BF16")[0]
+    assert [hex(v) for v in got] == ["0x7fc0000a"] * 2 + ["0x7fcb0000"] * 2
+    got = gemm_bits(nan_f32(QNAN_A, QNAN_C).reshape(1, 2), np.full((2, 4), 0x3F80, np.uint16),
+                    "BF16")[0]
+    assert [hex(v) for v in got] == ["0x7fc0000c"] * 2 + ["0x7fc0000a"] * 2
+
+
+def test_dense_operand_order_tables() -> None:
+    """Where each kernel's tails fall: fp16 per 512-column tile (the last n % 4 of each),
+    bf16 after its 8-wide body, fp32 the odd last column."""
+    from kernels_ref.semantics import x86_dense_first
+
+    def cols(mask: np.ndarray) -> list[int]:
+        return np.flatnonzero(mask).tolist()
+
+    assert cols(x86_dense_first("F16", 515)[0]) == [512, 513, 514]
+    assert cols(x86_dense_first("F16", 1027)[0]) == [1024, 1025, 1026]
+    assert cols(x86_dense_first("F16", 512)[0]) == []
+    assert cols(x86_dense_first("BF16", 15)[0]) == [8, 9, 14]
+    assert cols(x86_dense_first("BF16", 15)[1]) == [10, 11]
+    assert cols(x86_dense_first("BF16", 17)[0]) == []
+    assert cols(x86_dense_first("F32", 7)[0]) == [6] and cols(x86_dense_first("F32", 8)[0]) == []
+    with pytest.raises(OracleError, match="dense weight type 'Q8_0'"):
+        x86_dense_first("Q8_0", 4)

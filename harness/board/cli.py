@@ -541,10 +541,12 @@ def _add_kernel_options(p: argparse.ArgumentParser) -> None:
                         "lm-head kind): every kernel in it must FAIL")
     p.add_argument("--host", action="store_true",
                    help="run the kernels on this machine instead of a board: ARCHIVE is a "
-                        "build for this host (lib.so, or lib.a linked here into a temporary "
-                        ".so), each case in a child process through ctypes; with --fixture, "
-                        "the project's scalar fixtures/host kernels; judged within the "
-                        "rigorous bound (the x86-64 build's float order is not modelled)")
+                        "build for this host (lib.so, lib.a linked here into a temporary "
+                        ".so, or SKaiNET's native-cpu JAR), its packed matmuls and dense "
+                        "GEMMs each case in a child process through ctypes; with --fixture, "
+                        "the project's scalar fixtures/host kernels; on x86-64 judged "
+                        "bit-exact against skainet_x86, elsewhere (or where that order was "
+                        "not established) within the rigorous bound")
     p.add_argument("--formats", type=lambda s: [f for f in s.split(",") if f], metavar="LIST",
                    help="comma-separated formats, e.g. Q8_0,Q4_K; also F32, BF16, F16 (dense "
                         "GEMM), TQ2_0 (BitNet GEMV), TERNARY, TERNARY4 (ternary GEMV, "

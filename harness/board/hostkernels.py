@@ -9,9 +9,16 @@ build of its sources: every kernel it covers must match it bit for bit; a kernel
 was not established (and every kernel on another host) is judged within the rigorous bound,
 and its row says why (`host_order`).
 
+The child calls the packed matmuls one batch row at a time and the dense GEMMs
+(`skainet_fp32_matmul`, `skainet_bf16_matmul`, `skainet_fp16_matmul`) once on all rows, at
+offsets inside padded buffers with guard cells around C's block (kernelkinds.DENSE_LAYOUT),
+as the board's driver does. It loads the library with the caller's floating-point
+environment put back afterwards (`load_library`), as HotSpot does.
+
 Child: python3 -m harness.board.hostkernels LIB SYMBOL DIR IN_DIM OUT_DIM BATCH
-(DIR holds w.bin and x.bin; the child writes DIR/y.bin, one call per batch row, as the
-board's driver calls a packed kernel).
+(DIR holds w.bin and x.bin; the child writes DIR/y.bin; exit 3 when a dense kernel wrote
+outside its output block), or LIB --fenv (prints whether loading LIB changed the
+floating-point environment).
 """
 
 from __future__ import annotations
@@ -50,6 +57,19 @@ AR_MAGIC = b"!<arch>\n"
 #: SKaiNET's x86 build flags, with which the host fixture kernels are built
 #: The fixture library is built exactly as SKaiNET builds its x86-64 library.
 FIXTURE_CFLAGS = (*SKAINET_X86_CFLAGS, "-shared")
+#: the kinds of kernel the host child calls (kernelkinds: packed matmuls, dense GEMMs)
+HOST_KINDS = ("packed", "dense")
+#: what the inventory says of the other kinds an archive exports
+HOST_KINDS_ONLY = "the host runner calls the packed matmuls and the dense GEMMs only"
+#: the dense kernels' weight types and bytes per element (kernels_ref.dense.DENSE_TYPES)
+DENSE_ELEMENT_BYTES = {"F32": 4, "BF16": 2, "F16": 2}
+#: exit status of a child whose dense kernel wrote outside its output block
+GUARD_EXIT = 3
+#: what the summary says when loading the library changed the floating-point environment
+FENV_NOTE = ("Loading the library sets flush-to-zero/denormals-are-zero (it was linked with "
+             "-ffast-math: gcc before 13 links crtfastmath.o into shared libraries too); its "
+             "kernels ran with the caller's environment put back, as HotSpot does after "
+             "loading a library (JDK-8295159, JDK 22), so subnormals are IEEE's")
 
 
 def _elf_machine(head: bytes) -> int | None:
@@ -244,7 +264,9 @@ def established_on() -> str:
 def host_order(qtype: str, kernel_order: str, machine: str | None = None
                ) -> tuple[str | None, str]:
     """(the order model a host build of this kernel follows, or None; what its row says):
-    skainet_x86 on x86-64 where its order was established, else the rigorous bound and why."""
+    skainet_x86 on x86-64 where its order was established (every packed format but Q5_0's
+    row-major entry, and the dense F32, BF16 and F16 GEMMs), else the rigorous bound and
+    why."""
     from kernels_ref.semantics import make
     from oracle import OracleError
 
@@ -253,7 +275,8 @@ def host_order(qtype: str, kernel_order: str, machine: str | None = None
         return None, (f"{machine} build: order not modelled on this host, judged within the "
                       "rigorous bound")
     try:
-        make(HOST_MODEL, kernel_order=kernel_order).check_format(qtype)
+        if qtype not in DENSE_ELEMENT_BYTES:
+            make(HOST_MODEL, kernel_order=kernel_order).check_format(qtype)
     except OracleError as exc:
         why = str(exc).split(": ", 1)[-1]
         return None, (f"x86-64 build: order not established for this kernel ({why}), judged "
@@ -265,13 +288,13 @@ def host_kernel_parity(library: Path, formats: Sequence[str] | None = None,
                        shapes: Sequence[tuple[int, int, int]] | None = None, seed: int = 0,
                        progress: Callable[[str], None] | None = None,
                        fixture: bool = False, label: Path | None = None):
-    """Every packed kernel the library exports, run here (`HostRunner`) on the board's
-    case plan and judged by the one judge: bit-exact against `host_order`'s model, or within
-    the rigorous bound where there is none (the row says why).
+    """Every packed matmul and dense GEMM the library exports, run here (`HostRunner`) on
+    the board's case plan and judged by the one judge: bit-exact against `host_order`'s
+    model, or within the rigorous bound where there is none (the row says why).
     `label`: the path to name in the inventory (the user's file, not a temporary link)."""
     from harness.board.parity import (
+        ALL_KERNELS,
         DEFAULT_SHAPES,
-        KERNEL_SYMBOLS,
         KernelParity,
         inventory,
         kernel_case,
@@ -280,18 +303,20 @@ def host_kernel_parity(library: Path, formats: Sequence[str] | None = None,
     from harness.parity.runner import HostRunner
 
     inv = inventory(Path(library), formats, symbols=library_symbols(library))
-    packed = set(KERNEL_SYMBOLS)
-    for k in [k for k in inv.run if k not in packed]:
+    for k in [k for k in inv.run if k.kind not in HOST_KINDS]:
         inv.run.remove(k)
-        inv.not_modelled[k.symbol] = "the host runner calls the packed matmuls only"
+        inv.not_modelled[k.symbol] = HOST_KINDS_ONLY
     if not inv.run:
         raise HarnessError(f"--kernels-archive {label or library}: exports none of the "
-                           "packed matmul kernels the host runner calls")
+                           "packed matmul or dense GEMM kernels the host runner calls")
     inv.archive = Path(label or library)
-    inv.absent = [a for a in inv.absent if a in {k.symbol for k in packed}]
+    callable_here = {k.symbol for k in ALL_KERNELS if k.kind in HOST_KINDS}
+    inv.absent = [a for a in inv.absent if a in callable_here]
     orders = {k.symbol: host_order(k.qtype, k.kernel_order) for k in inv.run}
-    result = KernelParity(inv, fixture=fixture, fixture_label=HOST_FIXTURE_LABEL,
-                          note=host_summary_note(orders))
+    note = host_summary_note(orders)
+    if library_changes_fenv(Path(library)):
+        note = f"{note}. {FENV_NOTE}" if note else FENV_NOTE
+    result = KernelParity(inv, fixture=fixture, fixture_label=HOST_FIXTURE_LABEL, note=note)
     runner = HostRunner(library)
     for planned in plan_cases(inv, shapes or DEFAULT_SHAPES, result.skipped):
         model, note = orders[planned.kernel.symbol]
@@ -319,40 +344,120 @@ def host_summary_note(orders: dict[str, tuple[str | None, str]]) -> str:
     return ". ".join(parts)
 
 
-#: glibc's FE_DFL_ENV: ((const fenv_t *) -1)
-FE_DFL_ENV = -1
+def _fp_controls(fenv: bytes) -> bytes:
+    """The control part of a glibc fenv_t (its exception flags left out): x86-64 the x87
+    control word and MXCSR's control bits (FTZ, DAZ, rounding, masks), aarch64 FPCR."""
+    machine = platform.machine()
+    if machine == "x86_64":
+        mxcsr = int.from_bytes(fenv[28:32], "little") & ~0x3F
+        return fenv[:2] + mxcsr.to_bytes(4, "little")
+    return fenv[:4] if machine == "aarch64" else fenv
 
 
-def load_library(lib: str) -> object:
-    """Load a kernel library in the child, then put the floating-point environment back to
-    the default. A library linked by gcc with -ffast-math carries crtfastmath's constructor,
-    which turns on flush-to-zero and denormals-are-zero (MXCSR) in the loading process;
-    SKaiNET's JVM calls the same kernels with the JVM's own MXCSR (no FTZ/DAZ), and the
-    order models assume IEEE subnormals, so the child must not keep them."""
+def load_library(path: str):
+    """(the library loaded with ctypes, whether loading it changed the floating-point
+    controls). Whatever its constructors set (a library linked with gcc's -ffast-math sets
+    FTZ and DAZ from crtfastmath.o) is put back afterwards, as HotSpot does after loading a
+    library (JDK-8295159): the kernels run in the caller's IEEE environment, as in the JVM.
+    Without that, the loading thread — NumPy's arithmetic in it too — flushes subnormals."""
+    import ctypes
+    import ctypes.util
+
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    before, after = ctypes.create_string_buffer(64), ctypes.create_string_buffer(64)
+    libm.fegetenv(before)
+    lib = ctypes.CDLL(path)
+    libm.fegetenv(after)
+    libm.fesetenv(before)
+    return lib, _fp_controls(before.raw) != _fp_controls(after.raw)
+
+
+def library_changes_fenv(lib: Path, timeout: float = 60.0) -> bool:
+    """Whether loading `lib` changes the floating-point controls (asked of a child, which
+    dies with the harness; False when the child cannot tell: its cases then say why)."""
+    cmd = [sys.executable, "-m", "harness.board.hostkernels", str(lib), "--fenv"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=timeout, env=os.environ,
+                             preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        return False
+    return res.returncode == 0 and res.stdout.strip() == b"changed"
+
+
+def _kernel_kind(symbol: str) -> tuple[str, int]:
+    """("packed", 0) or ("dense", bytes per B element) for an exported symbol."""
+    from harness.board.kernelkinds import OTHER_KERNELS
+
+    dense = {k.symbol: k.qtype for k in OTHER_KERNELS if k.kind == "dense"}
+    return ("dense", DENSE_ELEMENT_BYTES[dense[symbol]]) if symbol in dense else ("packed", 0)
+
+
+def _call_packed(fn, x: np.ndarray, w: np.ndarray, in_dim: int, out_dim: int,
+                 batch: int) -> np.ndarray:
+    """A packed matmul once per batch row, as SKaiNET's dispatch calls it."""
     import ctypes
 
-    handle = ctypes.CDLL(lib)
-    ctypes.CDLL("libm.so.6").fesetenv(ctypes.c_void_p(FE_DFL_ENV))
-    return handle
-
-
-def child_main(argv: Sequence[str]) -> int:
-    """The child: load the library (default float environment), call SYMBOL once per
-    batch row, write y.bin."""
-    import ctypes
-
-    lib, symbol, tmp = argv[0], argv[1], Path(argv[2])
-    in_dim, out_dim, batch = (int(a) for a in argv[3:6])
-    fn = getattr(load_library(lib), symbol)
-    fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                    ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32]
-    x = np.fromfile(tmp / "x.bin", "<f4")
-    w = np.fromfile(tmp / "w.bin", np.uint8)
     y = np.zeros(batch * out_dim, "<f4")
     for b in range(batch):
         fn(x.ctypes.data, b * in_dim, w.ctypes.data, 0, in_dim, out_dim,
            y.ctypes.data + 4 * b * out_dim, 0)
+    return y
+
+
+def _call_dense(fn, elem: int, x: np.ndarray, w: np.ndarray, k: int, n: int, m: int
+                ) -> tuple[np.ndarray, bool]:
+    """A dense GEMM once, C(m, n) = A(m, k) B(k, n), on copies of A and B at offsets in
+    padded buffers (B's offset and stride in bytes for 16-bit B): (C's block, whether
+    every guard cell around it is intact)."""
+    import ctypes
+
+    from harness.board.kernelkinds import DENSE_GUARD, DENSE_LAYOUT
+
+    lay = DENSE_LAYOUT
+    a_stride, b_stride, c_stride = k + lay["a_pad"], n + lay["b_pad"], n + lay["c_pad"]
+    a = np.zeros(lay["a_off"] + m * a_stride, "<f4")
+    a[lay["a_off"]:].reshape(m, a_stride)[:, :k] = x.reshape(m, k)
+    b = np.zeros((lay["b_off"] + k * b_stride) * elem, np.uint8)
+    b[lay["b_off"] * elem:].reshape(k, b_stride * elem)[:, :n * elem] = w.reshape(k, n * elem)
+    c = np.full(lay["c_off"] + m * c_stride, DENSE_GUARD, np.uint32)
+    b_off, b_step = (lay["b_off"], b_stride) if elem == 4 else \
+        (lay["b_off"] * elem, b_stride * elem)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32] * 3 + [ctypes.c_int32] * 3
+    fn(a.ctypes.data, lay["a_off"], a_stride, b.ctypes.data, b_off, b_step,
+       c.ctypes.data, lay["c_off"], c_stride, m, n, k)
+    block = c[lay["c_off"]:].reshape(m, c_stride)
+    intact = bool((c[:lay["c_off"]] == DENSE_GUARD).all() and (block[:, n:] == DENSE_GUARD).all())
+    return np.ascontiguousarray(block[:, :n]).view("<f4"), intact
+
+
+def child_main(argv: Sequence[str]) -> int:
+    """The child: load the library (`load_library`), call SYMBOL (a packed matmul per batch
+    row, a dense GEMM once), write y.bin; or, with --fenv, say whether loading changed the
+    floating-point controls."""
+    if len(argv) == 2 and argv[1] == "--fenv":
+        print("changed" if load_library(argv[0])[1] else "kept")
+        return 0
+    lib, symbol, tmp = argv[0], argv[1], Path(argv[2])
+    in_dim, out_dim, batch = (int(a) for a in argv[3:6])
+    fn = getattr(load_library(lib)[0], symbol)
+    fn.restype = None
+    x = np.fromfile(tmp / "x.bin", "<f4")
+    w = np.fromfile(tmp / "w.bin", np.uint8)
+    kind, elem = _kernel_kind(symbol)
+    if kind == "packed":
+        y = _call_packed(fn, x, w, in_dim, out_dim, batch)
+    else:
+        if w.size != in_dim * out_dim * elem or x.size != batch * in_dim:
+            print(f"{symbol}: B holds {w.size} bytes, A {x.size} floats: expected "
+                  f"{in_dim * out_dim * elem} and {batch * in_dim}", file=sys.stderr)
+            return 2
+        y, intact = _call_dense(fn, elem, x, w, in_dim, out_dim, batch)
+        if not intact:
+            print(f"{symbol} wrote outside its output block (a guard cell of C changed)",
+                  file=sys.stderr)
+            return GUARD_EXIT
     y.tofile(tmp / "y.bin")
     return 0
 

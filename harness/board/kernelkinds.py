@@ -23,6 +23,15 @@ import numpy as np
 MODELLED_KINDS = ("packed", "dense", "bitnet", "ternary", "lmhead")
 
 
+#: Where a dense kernel's operands sit when it is called (elements of A, B, C): A, B and C
+#: at offsets inside buffers whose rows are padded, so a kernel that ignores a stride or an
+#: offset reads or writes the wrong cells; C's padding holds the guard NaN `DENSE_GUARD`.
+#: The board driver (fixtures/board/skainet_kernel_driver.c, run_dense) and the host child
+#: (harness.board.hostkernels) call it so.
+DENSE_LAYOUT = {"a_off": 1, "a_pad": 3, "b_off": 2, "b_pad": 2, "c_off": 1, "c_pad": 1}
+DENSE_GUARD = 0x7FC0DEAD
+
+
 @dataclass(frozen=True)
 class KernelSymbol:
     symbol: str
@@ -117,12 +126,18 @@ def case_inputs(k: KernelSymbol, rng: np.random.Generator, shape: tuple[int, int
     return _ternary_inputs(k, rng, shape)
 
 
-def reference(k: KernelSymbol, x: np.ndarray, w: np.ndarray, out_dim: int, in_dim: int
-              ) -> dict[str, np.ndarray]:
-    """What kernels_ref says a non-packed kernel outputs: {"fused", "unfused"} (skainet_neon
-    with fused_final True / False), or {"fused"} alone where intrinsics fix every rounding."""
+def reference(k: KernelSymbol, x: np.ndarray, w: np.ndarray, out_dim: int, in_dim: int,
+              model: str | None = "skainet_neon") -> dict[str, np.ndarray]:
+    """What kernels_ref says a non-packed kernel outputs: under skainet_neon (the board)
+    {"fused", "unfused"} (fused_final True / False), or {"fused"} alone where intrinsics fix
+    every rounding; a dense kernel under another `model` (skainet_x86: a host build)
+    {"model"}, and without one (None) the exact result and its rigorous bound."""
     from kernels_ref import dense
 
+    if k.kind == "dense" and model != "skainet_neon":
+        if model is None:
+            return dense_bound_reference(k, x, w, out_dim, in_dim)
+        return {"model": dense.gemm(x, w, k.qtype, in_dim, out_dim, model)}
     if k.kind == "dense":
         return {name: dense.gemm(x, w, k.qtype, in_dim, out_dim, fused_final=f)
                 for name, f in (("fused", True), ("unfused", False))}
@@ -138,5 +153,14 @@ def reference(k: KernelSymbol, x: np.ndarray, w: np.ndarray, out_dim: int, in_di
     return {"fused": dense.lmhead_stage1_model(x, w[:4 * plane], bits, out_dim, in_dim)}
 
 
-__all__ = ["MODELLED_KINDS", "OTHER_KERNELS", "KernelSymbol", "case_inputs", "reference",
-           "skip_reason"]
+def dense_bound_reference(k: KernelSymbol, x: np.ndarray, w: np.ndarray, out_dim: int,
+                          in_dim: int) -> dict[str, np.ndarray]:
+    """{"exact", "bound"} of a dense kernel: the exact product and its any-order bound."""
+    from kernels_ref import dense
+
+    return {"exact": dense.gemm(x, w, k.qtype, in_dim, out_dim, "exact"),
+            "bound": dense.gemm_bound(x, w, k.qtype, in_dim, out_dim)}
+
+
+__all__ = ["DENSE_GUARD", "DENSE_LAYOUT", "MODELLED_KINDS", "OTHER_KERNELS", "KernelSymbol",
+           "case_inputs", "dense_bound_reference", "reference", "skip_reason"]

@@ -20,7 +20,12 @@ from harness.board.decode import (  # decode parity lives there; re-exported for
     compare_decode,
     read_token_list,
 )
-from harness.board.kernelkinds import MODELLED_KINDS, OTHER_KERNELS, KernelSymbol
+from harness.board.kernelkinds import (
+    MODELLED_KINDS,
+    OTHER_KERNELS,
+    KernelSymbol,
+    dense_bound_reference,
+)
 from harness.board.kernelkinds import case_inputs as other_case_inputs
 from harness.board.kernelkinds import reference as other_reference
 from harness.board.kernelkinds import skip_reason as other_skip_reason
@@ -182,6 +187,8 @@ def bound_reference(x: np.ndarray, packed: np.ndarray, k: KernelSymbol, out_dim:
     without one, skainet_neon) quantizes them."""
     from kernels_ref import error_bound, matmul_wt
 
+    if k.kind == "dense":
+        return dense_bound_reference(k, x, packed, out_dim, in_dim)
     args = (x, packed, k.qtype, out_dim, in_dim)
     return {"exact": matmul_wt(*args, order=k.order, semantics="exact"),
             "bound": error_bound(*args, order=k.order, semantics=model or BOARD_MODEL)}
@@ -474,8 +481,8 @@ def kernel_case(runner: CaseRunner, k: KernelSymbol, shape: tuple[int, int, int]
     judge it with the one judge: what `kernel_parity`, the pool spread, the host runner and
     the pytest items (harness.parity.pytest_items) all call. `model`: the semantics whose
     order the build follows (skainet_x86 for an x86-64 host build), None where it has none
-    (the case is judged within the rigorous bound); `note` is said in the row. A packed
-    kernel that misses its model bit for bit is FAIL, and its row says whether it still
+    (the case is judged within the rigorous bound); `note` is said in the row. A packed or
+    dense kernel that misses its model bit for bit is FAIL, and its row says whether it still
     lies inside the rigorous bound (a build whose compiler ordered the sums differently)."""
     x, packed, ref = case_data(k, shape, case_rng(k, shape, seed), model=model)
     modelled = k.kind in MODELLED_KINDS and model_key(ref) is not None
@@ -487,7 +494,7 @@ def kernel_case(runner: CaseRunner, k: KernelSymbol, shape: tuple[int, int, int]
         case.detail = outcome.error
         return case
     judge(case, outcome.y, ref)
-    if modelled and k.kind == "packed" and not case.bit_exact:
+    if modelled and k.kind in ("packed", "dense") and not case.bit_exact:
         off_model_detail(case, outcome.y, bound_reference(x, packed, k, *shape[:2], model))
     return case
 
@@ -549,7 +556,7 @@ def case_data(k: KernelSymbol, shape: tuple[int, int, int], rng: np.random.Gener
     out_dim, in_dim, _ = shape
     if k.kind != "packed":
         x, packed = other_case_inputs(k, rng, shape)
-        return x, packed, other_reference(k, x, packed, out_dim, in_dim)
+        return x, packed, other_reference(k, x, packed, out_dim, in_dim, model)
     w = rng.standard_normal((out_dim, in_dim)).astype(np.float32)
     x = rng.standard_normal((shape[2], in_dim)).astype(np.float32)
     packed = packed_for(k, quantize(k.qtype, w))
