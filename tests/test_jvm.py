@@ -30,7 +30,8 @@ NOT_IN_MATRIX = ("Overreads4LaneQ8_0MatmulKernel", "WritesPastRowQ8_0MatmulKerne
                  "LeavesProcessQ8_0MatmulKernel")
 #: the native (FFM) fixtures over the fixture C library (test_jvm_native_fixture.py)
 NATIVE = ("FixtureNativeQ8_0MatmulKernel", "ZeroesBeforeOffsetNativeQ4_0MatmulKernel",
-          "FixtureNativeQ4KMatmulKernel", "FixtureNativeQ4KMemSegMatmulKernel")
+          "FixtureNativeQ4KMatmulKernel", "FixtureNativeQ4KMemSegMatmulKernel",
+          "FixtureNativeFp32MatmulKernel")
 #: fixtures in the order of SKaiNET's Q8-activation reference kernels (their own test)
 Q8_ACTIVATION = ("Q4_KQ8ActivationReferenceKernel", "Q6_KQ8ActivationReferenceKernel",
                  "ScaleDistributedQ4_KQ8ActivationReferenceKernel")

@@ -59,7 +59,10 @@ def test_dispatch_picks_the_native_provider_first(cp: str) -> None:
     assert q8["provider"] == "native-ffm"
     assert q8["kernel"] == "skoracle.fixture.ffm.FixtureNativeQ8_0MatmulKernel"
     assert q8["fallbacks"] == [["scalar", "skoracle.fixture.ScalarQ8_0MatmulKernel"]]
-    assert _choice(d, "F32")["provider"] == "panama-vector"
+    f32 = _choice(d, "F32")
+    assert (f32["provider"], f32["kernel"]) == (
+        "native-ffm", "skoracle.fixture.ffm.FixtureNativeFp32MatmulKernel")
+    assert [p for p, _ in f32["fallbacks"]] == ["panama-vector", "scalar"]
     assert "kernel" not in _choice(d, "Q6_K") or _choice(d, "Q6_K")["kernel"] is None
     # Q4_K: the byte-array accessor, and MemSegKernelProvider's for MemorySegment weights
     for key, cls in (("Q4_K", "FixtureNativeQ4KMatmulKernel"),
@@ -87,7 +90,7 @@ def test_jvm_prop_reaches_the_registry(cp: str) -> None:
     panama = next(p for p in d["providers"] if p["name"] == "panama-vector")
     assert not panama["available"]
     assert panama["reason"] == "-Dskainet.cpu.vector.enabled=false"
-    assert _choice(d, "F32")["provider"] == "scalar"
+    assert [p for p, _ in _choice(d, "F32")["fallbacks"]] == ["scalar"]  # panama is off
 
 
 def test_bad_jvm_prop_is_a_usage_error(cp: str) -> None:
@@ -304,3 +307,18 @@ def test_native_kernel_in_the_jvm_keeps_subnormals(cp: str) -> None:
     assert r.status == "ok" and r.violations == []
     assert np.count_nonzero(want) == want.size
     assert r.y.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+
+
+def test_dense_native_kernel_is_bit_exact_with_the_x86_dense_order(cp: str) -> None:
+    """SKaiNET's dense C kernels through FFM (here the fixture's skainet_fp32_matmul) are
+    held to skainet_x86's dense order, binding, at the GEMM shapes (offsets, strides, k not
+    a multiple of the lanes)."""
+    r = _skoracle("parity", "--classpath", cp, "--formats", "F32", "--lanes", "4", "--jit",
+                  "pinned", "--json")
+    run = json.loads(r.stdout)
+    cases = [c for cr in run["configs"] for c in cr["cases"]
+             if c["kernel"] == "FixtureNativeFp32MatmulKernel"]
+    assert len(cases) == 3
+    for c in cases:
+        assert (c["verdict"], c["reference"], c["dispatched"]) == (
+            "bit-exact", "skainet_x86", "F32 via native-ffm"), c

@@ -180,7 +180,7 @@ def test_dispatch_takes_the_native_kernels_and_they_compute(jdk, cp, tmp_path):
     assert rep["picked"] == {
         "Q8_0": "skoracle.fixture.ffm.FixtureNativeQ8_0MatmulKernel",
         "Q4_0": "skoracle.fixture.ffm.ZeroesBeforeOffsetNativeQ4_0MatmulKernel",
-        "F32": "skoracle.fixture.PanamaVectorFp32MatmulKernel"}
+        "F32": "skoracle.fixture.ffm.FixtureNativeFp32MatmulKernel"}
     # the library was copied under java.io.tmpdir while the JVM ran (and is gone after)
     [copied] = rep["tmp_while_running"]
     assert copied.startswith("skoracle-fixture-native-") and copied.endswith("/" + NATIVE_LIBRARY)

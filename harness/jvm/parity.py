@@ -42,7 +42,7 @@ from harness.parity.runner import JvmRunner, KernelCall
 from harness.parity.verdict import CASE_FAILING, Verdict
 from kernels_ref import error_bound, matmul_wt
 from kernels_ref.dense_jvm import decode_b16, gemm, gemm_error_bound
-from kernels_ref.semantics import PANAMA_REDUCTIONS
+from kernels_ref.semantics import PANAMA_REDUCTIONS, make
 from oracle import qtype, quantize, to_input_block_major
 
 #: (out_dim, in_dim, batch, weightByteOffset): every in_dim a multiple of 256 so all seven
@@ -283,11 +283,6 @@ Q8_ACTIVATION_NATIVE = ("Q4_K", "Q6_K")
 NATIVE_KINDS = (PACKED, MEMSEG)
 
 
-#: What a dense native (FFM) kernel's rows say: no model of its C build's order yet.
-NATIVE_DENSE_NOTE = ("C kernel through FFM: the order of a dense kernel's host build is not "
-                     "modelled, judged within the rigorous bound")
-
-
 def native_models(fmt: str) -> tuple[str | None, str]:
     """(the order model of SKaiNET's C kernel for `fmt` as the JVM loads it on this host,
     binding; or None: judged within the bound), and what its rows say
@@ -321,6 +316,11 @@ def gemm_expectation(k: Kernel, shape: tuple[int, int, int, int], seed: int,
     at the real lane count in every reduction order), as candidates; exact and its bound."""
     a, b = gemm_data(shape, seed, k.fmt)[:2]
     models: list[tuple[str, np.ndarray]] = []
+    if k.provider == FFM:  # SKaiNET's dense C kernel: its host build's order, binding
+        model = native_models(k.fmt)[0]
+        models = [(model, make(model).gemm(a, b, k.fmt))] if model else []
+        return Expectation(models, binding=bool(models), exact=gemm(a, b),
+                           bound=gemm_error_bound(a, b))
     if k.provider == SCALAR:
         models = [("skainet_scalar", gemm(a, b, "skainet_scalar"))]
     elif k.provider == PANAMA and lanes:
@@ -407,10 +407,9 @@ def judge(case: Case, res: CallResult, k: Kernel, seed: int, lanes: int | None,
     j = judge_outcome(outcome, exp)
     case.verdict, case.reference, case.max_ulp = j.verdict, j.reference, j.max_ulp
     case.detail = _detail(j, exp, res, order)
-    if k.provider == FFM and k.kind in NATIVE_KINDS and k.model is None:
+    if k.provider == FFM and k.model is None and (k.kind in NATIVE_KINDS
+                                                  or k.kind in DENSE_FORMATS):
         case.detail += f"; {native_models(k.fmt)[1]}"
-    elif k.provider == FFM and k.kind in DENSE_FORMATS:
-        case.detail += f"; {NATIVE_DENSE_NOTE}"
 
 
 # ------------------------------------------------------------------------------ errors
