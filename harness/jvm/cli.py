@@ -20,6 +20,7 @@ from harness.console import ResultTable, cell, make_console
 from harness.errors import HarnessError
 from harness.jvm.discovery import (
     DENSE_FORMATS,
+    FFM,
     MATMUL_DESCRIPTOR,
     PANAMA,
     SCALAR,
@@ -38,6 +39,7 @@ from harness.jvm.parity import (
     ask_dispatch,
     drift_summary,
     failure_summary,
+    native_models,
     parse_lanes,
     run_matrix,
 )
@@ -87,6 +89,10 @@ def judged_by(k: Kernel) -> str:
         return f"not run: {k.reason}"
     if k.model:
         return f"{k.model} (its own order, bit-exact only)"
+    if k.provider == FFM:
+        model = native_models(k.fmt)[0] if k.fmt else None
+        return (f"{model} (this host's C build, bit-exact only)" if model
+                else "exact + error_bound (this host's C build: order not modelled)")
     return {SCALAR: "skainet_scalar", PANAMA: "skainet_panama (probed order)"}.get(
         k.provider, "exact + error_bound (order not modelled)")
 
