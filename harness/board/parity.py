@@ -31,7 +31,7 @@ from harness.board.kernelkinds import reference as other_reference
 from harness.board.kernelkinds import skip_reason as other_skip_reason
 from harness.board.target import RunResult, Target
 from harness.errors import HarnessError
-from harness.parity.judge import FAILED, OK, Expectation, Outcome, verdict_rule
+from harness.parity.judge import FAILED, OK, Expectation, Outcome, off_model_note, verdict_rule
 from harness.parity.judge import judge as judge_outcome
 from harness.parity.runner import BoardRunner, CaseRunner, KernelCall
 from harness.parity.verdict import CASE_PASSING, Verdict
@@ -502,11 +502,7 @@ def kernel_case(runner: CaseRunner, k: KernelSymbol, shape: tuple[int, int, int]
 def off_model_detail(case: KernelCase, y: np.ndarray, ref: dict[str, np.ndarray]) -> None:
     """Add to a case that missed its order model whether its outputs lie inside the
     rigorous bound of the exact result (the verdict stays FAIL)."""
-    j = judge_outcome(Outcome(y=y), expectation(ref))
-    inside = j.verdict == Verdict.WITHIN_BOUND
-    said = (f"vs exact: error/bound {j.bound_used:.3g}, "
-            + ("inside the rigorous bound: the build orders its sums unlike the model"
-               if inside else "outside the rigorous bound too"))
+    said = off_model_note(y, ref["exact"], ref["bound"])
     case.detail = f"{case.detail}; {said}" if case.detail else said
 
 

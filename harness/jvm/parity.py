@@ -36,7 +36,7 @@ from harness.jvm.worker import (
     JvmConfig,
     Worker,
 )
-from harness.parity.judge import Expectation, Judgement, Outcome
+from harness.parity.judge import Expectation, Judgement, Outcome, off_model_note
 from harness.parity.judge import judge as judge_outcome
 from harness.parity.runner import JvmRunner, KernelCall
 from harness.parity.verdict import CASE_FAILING, Verdict
@@ -380,10 +380,7 @@ def _binding_miss(j: Judgement, exp: Expectation, y: np.ndarray) -> str:
     first = np.argwhere(y.view(np.uint32) != ref.view(np.uint32))
     where = (f", first (row {first[0][0]}, out {first[0][1]}): got {y[tuple(first[0])]!r}, "
              f"model {ref[tuple(first[0])]!r}") if len(first) else ""
-    inside = "" if exp.bound is None else (
-        "; inside the rigorous bound (another float order)"
-        if bool(np.all(np.abs(y.astype(np.float64) - exp.exact) <= exp.bound))
-        else "; outside the rigorous bound too")
+    inside = "" if exp.bound is None else f"; {off_model_note(y, exp.exact, exp.bound)}"
     return (f"not bit-exact vs {j.reference}: {j.mismatches} of {y.size} outputs differ, "
             f"max {j.max_ulp} ulp{where}{inside}")
 

@@ -150,3 +150,13 @@ def judge(out: Outcome, exp: Expectation) -> Judgement:
 
 __all__ = ["FAILED", "OK", "Expectation", "Judgement", "Outcome", "bits_equal", "judge",
            "verdict_rule"]
+
+
+def off_model_note(y: np.ndarray, exact: np.ndarray, bound: np.ndarray) -> str:
+    """For outputs that missed their binding order model (the verdict stays FAIL): how far
+    they are from the exact result, and whether they still lie inside its rigorous bound
+    (a build, or a class, that orders its sums unlike the model)."""
+    j = judge(Outcome(y=y), Expectation(exact=exact, bound=bound))
+    return (f"vs exact: error/bound {j.bound_used:.3g}, "
+            + ("inside the rigorous bound: the build orders its sums unlike the model"
+               if j.verdict == Verdict.WITHIN_BOUND else "outside the rigorous bound too"))
