@@ -623,8 +623,11 @@ class SkainetNeon(Semantics):
         if not isinstance(self.opts["fused_final"], bool | np.bool_):
             raise OracleError("semantics 'skainet_neon': fused_final must be True or False, "
                               f"got {self.opts['fused_final']!r}")
+        self._check_kernel_order()
+
+    def _check_kernel_order(self) -> None:
         if self.opts["kernel_order"] not in self.KERNEL_ORDERS:
-            raise OracleError("semantics 'skainet_neon': kernel_order must be one of "
+            raise OracleError(f"semantics {self.name!r}: kernel_order must be one of "
                               f"{', '.join(self.KERNEL_ORDERS)}, got {self.opts['kernel_order']!r}")
 
     @property
@@ -849,9 +852,7 @@ class SkainetX86(SkainetNeon):
                         "order is not established"}
 
     def check_opts(self):
-        if self.opts["kernel_order"] not in self.KERNEL_ORDERS:
-            raise OracleError("semantics 'skainet_x86': kernel_order must be one of "
-                              f"{', '.join(self.KERNEL_ORDERS)}, got {self.opts['kernel_order']!r}")
+        self._check_kernel_order()  # no fused_final: x86-64 has no FMA here
 
     def check_format(self, fmt):
         super().check_format(fmt)

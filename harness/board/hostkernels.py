@@ -39,6 +39,7 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.parity.judge import FAILED, OK, Outcome
 from harness.parity.verdict import Verdict
+from kernels_ref.dense import DENSE_TYPES
 
 #: The order model of an x86-64 build of SKaiNET's C kernels
 HOST_MODEL = "skainet_x86"
@@ -54,15 +55,18 @@ HOST_FIXTURE_LABEL = ("TEST FIXTURE: the project's own scalar C kernels (fixture
 #: ELF e_machine of the machines a host library may be built for
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 AR_MAGIC = b"!<arch>\n"
-#: SKaiNET's x86 build flags, with which the host fixture kernels are built
 #: The fixture library is built exactly as SKaiNET builds its x86-64 library.
 FIXTURE_CFLAGS = (*SKAINET_X86_CFLAGS, "-shared")
 #: the kinds of kernel the host child calls (kernelkinds: packed matmuls, dense GEMMs)
 HOST_KINDS = ("packed", "dense")
 #: what the inventory says of the other kinds an archive exports
 HOST_KINDS_ONLY = "the host runner calls the packed matmuls and the dense GEMMs only"
-#: the dense kernels' weight types and bytes per element (kernels_ref.dense.DENSE_TYPES)
-DENSE_ELEMENT_BYTES = {"F32": 4, "BF16": 2, "F16": 2}
+#: SKaiNET's bundled native library (NativeLibraryLoader's resource convention,
+#: native/<os>-<arch>/<file>), by platform.system() and by platform.machine()
+NATIVE_OS = {"Linux": ("linux", "libskainet_kernels.so"),
+             "Darwin": ("macos", "libskainet_kernels.dylib"),
+             "Windows": ("windows", "skainet_kernels.dll")}
+NATIVE_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 #: exit status of a child whose dense kernel wrote outside its output block
 GUARD_EXIT = 3
 #: what the summary says when loading the library changed the floating-point environment
@@ -92,10 +96,15 @@ def _archive_machine(data: bytes, label: str) -> int | None:
     return None
 
 
-#: Where SKaiNET's native-cpu JAR bundles the library for this machine (NativeLibraryLoader's
-#: resource convention), e.g. native/linux-x86_64/libskainet_kernels.so.
-JAR_LIBRARY = "native/linux-{arch}/libskainet_kernels.so"
 ZIP_MAGIC = b"PK\x03\x04"
+
+
+def native_library_resource() -> str | None:
+    """Where SKaiNET's native-cpu JAR bundles its library for this machine, e.g.
+    native/linux-x86_64/libskainet_kernels.so (None: SKaiNET ships none for this OS or
+    architecture)."""
+    os_tag, arch = NATIVE_OS.get(platform.system()), NATIVE_ARCH.get(platform.machine())
+    return f"native/{os_tag[0]}-{arch}/{os_tag[1]}" if os_tag and arch else None
 
 
 def jar_library(path: Path, data: bytes) -> bytes:
@@ -104,8 +113,10 @@ def jar_library(path: Path, data: bytes) -> bytes:
     from harness.gate.errors import GateError
     from harness.gate.ziputil import zip_member
 
-    arch = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    member = JAR_LIBRARY.format(arch=arch)
+    member = native_library_resource()
+    if member is None:
+        raise HarnessError(f"--kernels-archive {path}: SKaiNET bundles no library for "
+                           f"{platform.system()} {platform.machine()}")
     try:
         lib = zip_member(f"--kernels-archive {path}", data, member)
     except GateError as exc:
@@ -119,6 +130,11 @@ def jar_library(path: Path, data: bytes) -> bytes:
 def check_host_library(path: Path) -> str:
     """"so", "a" or "jar" (SKaiNET's native-cpu JAR: the library it bundles for this
     machine) for a library built for this machine (HarnessError, one line, else)."""
+    return _read_host_library(path)[0]
+
+
+def _read_host_library(path: Path) -> tuple[str, bytes]:
+    """(check_host_library's kind, the file's bytes: for a JAR, its library's)."""
     label = f"--kernels-archive {path}"
     try:
         data = Path(path).read_bytes()
@@ -126,7 +142,7 @@ def check_host_library(path: Path) -> str:
         raise HarnessError(f"{label}: {exc.strerror or exc}") from None
     if data[:4] == ZIP_MAGIC:
         data = jar_library(Path(path), data)
-        label += f"!/{JAR_LIBRARY.split('{')[0]}..."
+        label += f"!/{native_library_resource()}"
         kind = "jar"
     else:
         kind = "a" if data[:8] == AR_MAGIC else "so"
@@ -138,7 +154,7 @@ def check_host_library(path: Path) -> str:
     if machine != want:
         raise HarnessError(f"{label}: built for ELF machine {machine}, this host "
                            f"({platform.machine()}) is {want}: --host needs a build for it")
-    return kind
+    return kind, data
 
 
 def library_symbols(lib: Path) -> set[str]:
@@ -175,14 +191,14 @@ def host_library(path: Path) -> Iterator[Path]:
     """A shared library for `path`: itself, the one a SKaiNET native-cpu JAR bundles for
     this machine (extracted), or a static archive linked into a temporary one (whole
     archive); temporaries in a temp dir removed afterwards."""
-    kind = check_host_library(path)
+    kind, data = _read_host_library(path)
     if kind == "so":
         yield Path(path)
         return
     with tempfile.TemporaryDirectory(prefix="skoracle-host-") as tmp:
         lib = Path(tmp) / "libskainet_kernels_host.so"
         if kind == "jar":
-            lib.write_bytes(jar_library(Path(path), Path(path).read_bytes()))
+            lib.write_bytes(data)
             yield lib
             return
         _gcc(["-shared", "-o", str(lib), "-Wl,--whole-archive", str(Path(path).resolve()),
@@ -275,7 +291,7 @@ def host_order(qtype: str, kernel_order: str, machine: str | None = None
         return None, (f"{machine} build: order not modelled on this host, judged within the "
                       "rigorous bound")
     try:
-        if qtype not in DENSE_ELEMENT_BYTES:
+        if qtype not in DENSE_TYPES:
             make(HOST_MODEL, kernel_order=kernel_order).check_format(qtype)
     except OracleError as exc:
         why = str(exc).split(": ", 1)[-1]
@@ -389,7 +405,7 @@ def _kernel_kind(symbol: str) -> tuple[str, int]:
     from harness.board.kernelkinds import OTHER_KERNELS
 
     dense = {k.symbol: k.qtype for k in OTHER_KERNELS if k.kind == "dense"}
-    return ("dense", DENSE_ELEMENT_BYTES[dense[symbol]]) if symbol in dense else ("packed", 0)
+    return ("dense", DENSE_TYPES[dense[symbol]]) if symbol in dense else ("packed", 0)
 
 
 def _call_packed(fn, x: np.ndarray, w: np.ndarray, in_dim: int, out_dim: int,

@@ -13,6 +13,7 @@ not on the classpath, does not load, lacks a symbol, the JDK has no FFM or no Ve
 
 from __future__ import annotations
 
+import platform
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,9 +46,6 @@ ACCESSORS: dict[str, str] = {
 }
 #: The kernel kind a format's accessor returns (harness.jvm.discovery kinds).
 ACCESSOR_KINDS = {"F32": FP32, "BF16": BF16, "F16": NARROW, "Q4_K" + MEMSEG_SUFFIX: MEMSEG}
-#: SKaiNET's bundled native library, by resource path (NativeLibraryLoader's convention).
-LIBRARY_NAMES = {"linux": "libskainet_kernels.so", "macos": "libskainet_kernels.dylib",
-                 "windows": "skainet_kernels.dll"}
 #: Symbols a native provider needs, checked when its library loads yet it says unavailable.
 NATIVE_SYMBOLS = ("skainet_q4k_matmul", "skainet_q8_0_matmul", "skainet_q4_0_matmul",
                   "skainet_q6k_matmul")
@@ -255,10 +253,10 @@ def unavailable_reason(jpype: Any, provider: Any) -> str:
     for a native provider its library resource (missing, not loading, lacking a symbol) or
     the JDK's FFM; for a Panama one the Vector API module and skainet.cpu.vector.enabled."""
     system = jpype.JClass("java.lang.System")
-    text = f"{provider.getName()} {provider.getClass().getName()}".lower()
-    if "native" in text or "ffm" in text:
-        return _native_reason(jpype, provider, system)
-    if "panama" in text or "vector" in text:
+    kind = _provider_kind(f"{provider.getName()} {provider.getClass().getName()}")
+    if kind == FFM:
+        return _native_reason(jpype, provider)
+    if kind == PANAMA:
         if str(system.getProperty("skainet.cpu.vector.enabled", "")) == "false":
             return "-Dskainet.cpu.vector.enabled=false"
         layer = jpype.JClass("java.lang.ModuleLayer").boot()
@@ -267,24 +265,24 @@ def unavailable_reason(jpype: Any, provider: Any) -> str:
     return "isAvailable() returned false (the provider gives no reason)"
 
 
-def _native_reason(jpype: Any, provider: Any, system: Any) -> str:
-    """A native provider's library: where the resource should be, and what loading says."""
+def _native_reason(jpype: Any, provider: Any) -> str:
+    """A native provider's library: where the resource should be (the worker's JVM runs on
+    this machine), and what loading it says."""
+    from harness.board.hostkernels import native_library_resource
+
     feature = int(jpype.JClass("java.lang.Runtime").version().feature())
     if feature < FFM_JDK:
         return f"the FFM API (java.lang.foreign) is final from JDK {FFM_JDK}; this JVM is " \
                f"{feature}"
-    os_name, arch = str(system.getProperty("os.name")).lower(), \
-        str(system.getProperty("os.arch")).lower()
-    tag = ("linux" if "linux" in os_name else "macos" if "mac" in os_name or "darwin" in
-           os_name else "windows" if "windows" in os_name else os_name)
-    arch_tag = {"amd64": "x86_64", "x86_64": "x86_64", "aarch64": "arm64",
-                "arm64": "arm64"}.get(arch, arch)
-    resource = f"native/{tag}-{arch_tag}/{LIBRARY_NAMES.get(tag, 'libskainet_kernels')}"
+    resource = native_library_resource()
+    if resource is None:
+        return f"SKaiNET bundles no library for {platform.system()} {platform.machine()}"
     loader = provider.getClass().getClassLoader() or \
         jpype.JClass("java.lang.ClassLoader").getSystemClassLoader()
     if loader.getResource(resource) is None:
+        platform_dir = resource.split("/")[1]
         return f"no {resource} on the classpath (the build ships no library for " \
-               f"{tag}-{arch_tag})"
+               f"{platform_dir})"
     return _load_reason(jpype, loader, resource)
 
 
@@ -317,9 +315,9 @@ def dispatched_kernels(d: Dispatch, listed: Sequence[Kernel]) -> list[Kernel]:
     """The kernels SKaiNET runs, one per class, first: the discovered entry when discovery
     found the class (marked), else one built from the registry's answer (the worker calls
     the very object the registry handed out). Then every other runnable kernel."""
-    by_cls = {k.cls: k for k in listed}
+    by_cls, chosen = {k.cls: k for k in listed}, d.chosen()
     first: list[Kernel] = []
-    for cls, (prov, fmt) in d.chosen().items():
+    for cls, (prov, fmt) in chosen.items():
         fmts = tuple(c.fmt for c in d.choices if c.kernel == cls)
         k = by_cls.get(cls) or Kernel(cls, base_format(fmt), _provider_kind(prov),
                                       "KernelRegistry", kind=ACCESSOR_KINDS.get(fmt, PACKED))
@@ -327,7 +325,7 @@ def dispatched_kernels(d: Dispatch, listed: Sequence[Kernel]) -> list[Kernel]:
         k.dispatched_by = prov
         if k.runnable:
             first.append(k)
-    rest = [k for k in listed if k.runnable and k.cls not in d.chosen()]
+    rest = [k for k in listed if k.runnable and k.cls not in chosen]
     return first + rest
 
 

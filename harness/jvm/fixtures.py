@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from harness.board.hostkernels import NATIVE_OS, native_library_resource
 from harness.errors import HarnessError
 from harness.ggml.build import cache_root
 from harness.jvm.jdk import VECTOR_MODULE, Jdk
@@ -32,10 +33,8 @@ SOURCE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "jvm"
 LABEL = "project fixture kernel (not SKaiNET)"
 #: Where ServiceLoader reads the kernel providers of a class directory.
 SERVICES_FILE = "META-INF/services/sk.ainet.backend.api.kernel.KernelProvider"
-#: The library's file name and the resource directory's architecture tag, by host machine
-#: (SKaiNET's native/<os>-<arch> convention).
-NATIVE_LIBRARY = "libskainet_kernels.so"
-NATIVE_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
+#: The fixture library's file name (SKaiNET's on Linux: the fixture is built for Linux only).
+NATIVE_LIBRARY = NATIVE_OS["Linux"][1]
 
 #: The first JDK with the final FFM API (java.lang.foreign), which the MemorySegment
 #: and native fixtures use.
@@ -55,10 +54,7 @@ def _resources(part: str) -> list[Path]:
 def native_resource() -> str | None:
     """native/linux-<arch>/libskainet_kernels.so on a Linux x86-64 or aarch64 host, else
     None (the fixture C library is built for the host only)."""
-    arch = NATIVE_ARCH.get(platform.machine())
-    if platform.system() != "Linux" or arch is None:
-        return None
-    return f"native/linux-{arch}/{NATIVE_LIBRARY}"
+    return native_library_resource() if platform.system() == "Linux" else None
 
 
 def _native_inputs() -> list[Path]:

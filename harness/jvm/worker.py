@@ -254,13 +254,12 @@ def _preload_vector_api(jpype: Any) -> int:
 
 @dataclass
 class _Repeats:
-    """The whole calls of one case so far: the last and the first output (rows), the
-    last whole output array, how many calls and how many drifted from the first, and in
-    warm mode the call count when C2 code for the kernel was seen installed."""
+    """The whole calls of one case so far: the last and the first output (rows), how many
+    calls and how many drifted from the first, and in warm mode the call count when C2 code
+    for the kernel was seen installed."""
 
     y: np.ndarray | None = None
     first: np.ndarray | None = None
-    full: np.ndarray | None = None
     done: int = 0
     drifted: int = 0
     seen_at: int | None = None
@@ -377,14 +376,18 @@ class _CaseRunner:
         rep, violations = _Repeats(), []
         while True:
             prev, rows = rep.y, []
-            for r in range(batch):  # one call per row, as SKaiNET batches
-                before = np.array(jy, dtype=np.float32) if rep.done == 0 else None
-                inst.matmul(jx, r * req.in_dim, jw, w_off, req.in_dim, out_dim, jy, offsets[r])
+            # the first pass checks each call against the array as the call before left it;
+            # the repeats read only each call's own row
+            snap = np.array(jy, dtype=np.float32) if rep.done == 0 else None
+            for r, o in enumerate(offsets):  # one call per row, as SKaiNET batches
+                inst.matmul(jx, r * req.in_dim, jw, w_off, req.in_dim, out_dim, jy, o)
+                if snap is None:
+                    rows.append(np.array(jy[o:o + out_dim], dtype=np.float32))
+                    continue
                 after = np.array(jy, dtype=np.float32)
-                rows.append(after[offsets[r]:offsets[r] + out_dim].copy())
-                if before is not None and not violations:
-                    violations = call_violations(before, after, offsets[r], out_dim, r)
-            rep.full = after
+                rows.append(after[o:o + out_dim].copy())
+                violations = violations or call_violations(snap, after, o, out_dim, r)
+                snap = after
             rep.y = np.stack(rows)
             rep.done += 1
             self.conn.send(Heartbeat(rep.done))  # alive: the parent's hang clock restarts
@@ -394,7 +397,8 @@ class _CaseRunner:
                 rep.drifted += 1
             if self._enough(req, rep, prev, t0):
                 break
-        violations = violations or guard_violations(rep.full, offsets, out_dim)
+        violations = violations or guard_violations(np.array(jy, dtype=np.float32), offsets,
+                                                    out_dim)
         violations += changed_cells("input", np.array(jx, dtype=np.float32), x, 0)
         if check_weight:  # a mapped segment is read-only: the JVM refuses a write
             violations += changed_cells("weight", np.array(jw, dtype=np.int8), w, w_off)
