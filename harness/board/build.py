@@ -20,6 +20,8 @@ CROSS_AR = "aarch64-linux-gnu-ar"
 #: The SL2610's Cortex-A55: Armv8.2-A with fp16 and dotprod, and nothing newer.
 BOARD_MARCH = "armv8.2-a+fp16+dotprod"
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "board"
+#: C headers shared by the board's and the host's fixture kernels (fixtures/common)
+COMMON_FIXTURE_DIR = FIXTURE_DIR.parent / "common"
 #: SKaiNET's native kernel flags (its CMake build); the project's fixture kernels use them too.
 SKAINET_KERNEL_FLAGS = ("-std=c11", "-fPIC", "-O3", "-ffast-math", "-funroll-loops",
                         "-march=armv8.2-a+fp16+dotprod", "-fvisibility=hidden")
@@ -136,7 +138,8 @@ def fixture_kernel_archive(out_dir: Path | None = None, wrong: bool = False) -> 
     src_dir = FIXTURE_DIR / ("kernels_wrong" if wrong else "kernels")
     srcs = sorted(src_dir.glob("*.c"))
     h = hashlib.sha256("\0".join(SKAINET_KERNEL_FLAGS).encode())
-    for s in sorted({*src_dir.glob("*.[ch]"), *(FIXTURE_DIR / "kernels").glob("*.h")}):
+    for s in sorted({*src_dir.glob("*.[ch]"), *(FIXTURE_DIR / "kernels").glob("*.h"),
+                     *COMMON_FIXTURE_DIR.glob("*.h")}):
         h.update(s.name.encode() + b"\0" + s.read_bytes())
     name = "libfixture_kernels_wrong.a" if wrong else "libfixture_kernels.a"
     target = (out_dir or default_cache()) / h.hexdigest()[:16] / name

@@ -59,9 +59,11 @@ def native_resource() -> str | None:
 
 def _native_inputs() -> list[Path]:
     """What the fixture C library is built from (hashed with the Java sources)."""
+    from harness.board.build import COMMON_FIXTURE_DIR
     from harness.board.hostkernels import HOST_FIXTURE_DIR, fixture_host_source
 
-    return [fixture_host_source(), *sorted(HOST_FIXTURE_DIR.glob("*.h"))]
+    return [fixture_host_source(), *sorted(HOST_FIXTURE_DIR.glob("*.h")),
+            *sorted(COMMON_FIXTURE_DIR.glob("*.h"))]
 
 
 def _copy_resources(parts: list[str], out: Path) -> None:
