@@ -100,6 +100,18 @@ def test_bad_jvm_prop_is_a_usage_error(cp: str) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("entry", ["missing-dir", "not-a.jar"])
+def test_bad_classpath_entry_is_named_before_a_jvm_starts(tmp_path: Path, entry: str) -> None:
+    bad = tmp_path / entry
+    if entry.endswith(".jar"):
+        bad.write_bytes(b"PK\x03\x04 not a zip")
+    r = _skoracle("dispatch", "--classpath", str(bad))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    why = "neither a directory nor a jar" if entry.endswith(".jar") else \
+        "no such file or directory"
+    assert r.stderr.strip().endswith(f"--classpath entry {bad}: {why}"), r.stderr
+
+
 def test_no_registry_on_the_classpath_is_a_usage_error(tmp_path: Path) -> None:
     r = _skoracle("dispatch", "--classpath", str(tmp_path))
     assert r.returncode == 2

@@ -25,6 +25,7 @@ from harness.jvm.discovery import (
     PANAMA,
     SCALAR,
     Kernel,
+    check_classpath,
     inventory,
     resolve_classpath,
 )
@@ -168,6 +169,7 @@ def dispatch_cmd(args: argparse.Namespace) -> int:
     formats = _list_arg(args.formats, JVM_FORMATS, "--formats") if args.formats else None
     props = parse_props(args.jvm_prop)
     cp = resolve_classpath(args.classpath)
+    check_classpath(cp)
     d = ask_dispatch(jdk, cp, props, dispatch_keys(formats), args.timeout)
     if d.error:
         raise HarnessError(f"--classpath {args.classpath}: {d.error}")

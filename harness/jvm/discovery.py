@@ -261,10 +261,24 @@ def iter_class_files(classpath: str) -> Iterator[tuple[str, bytes]]:
                 for n in sorted(z.namelist()):
                     if n.endswith(".class") and not n.startswith("META-INF/"):
                         yield f"{p}!{n}", z.read(n)
-        elif not p.exists():
-            raise HarnessError(f"--classpath entry {entry}: no such file or directory")
         else:
-            raise HarnessError(f"--classpath entry {entry}: neither a directory nor a jar")
+            raise _bad_entry(entry)
+
+
+def _bad_entry(entry: str) -> HarnessError:
+    """Why a classpath entry is neither a directory nor a jar."""
+    if not Path(entry).exists():
+        return HarnessError(f"--classpath entry {entry}: no such file or directory")
+    return HarnessError(f"--classpath entry {entry}: neither a directory nor a jar")
+
+
+def check_classpath(classpath: str) -> None:
+    """Every entry a directory or a jar (HarnessError naming the first that is not), before
+    a JVM is started on it."""
+    for entry in [e for e in classpath.split(":") if e]:
+        p = Path(entry)
+        if not (p.is_dir() or (p.is_file() and zipfile.is_zipfile(p))):
+            raise _bad_entry(entry)
 
 
 def read_classpath(classpath: str) -> tuple[dict[str, ClassInfo], dict[str, str]]:
