@@ -45,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["reference", "diff"]:  # its own parser: its own help and options
-        from harness.reference.cli import build_diff_parser
+    try:  # building the parser imports every command's module: Ctrl-C may land there
+        if argv[:2] == ["reference", "diff"]:  # its own parser: its own help and options
+            from harness.reference.cli import build_diff_parser
 
-        args = build_diff_parser().parse_args(argv[2:])
-    else:
-        args = build_parser().parse_args(argv)
+            args = build_diff_parser().parse_args(argv[2:])
+        else:
+            args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("skoracle: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except (*INPUT_ERRORS, OracleError) as exc:
